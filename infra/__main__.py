@@ -1,0 +1,79 @@
+"""The lab on GCP: network, bucket, identity, tracker and workers, and the outputs the toolkit reads."""
+
+import pulumi
+import stack_config
+from bucket import ArtifactBucket, ArtifactBucketArgs
+from identity import LabIdentity, LabIdentityArgs
+from network import LabNetwork, LabNetworkArgs
+from tracker import Tracker, TrackerArgs
+from workers import WorkerPool, WorkerPoolArgs
+
+settings = stack_config.load()
+prefix = settings.name_prefix
+metadata = stack_config.ssh_metadata(settings)
+
+bucket = ArtifactBucket(
+    "artifacts",
+    ArtifactBucketArgs(
+        name=settings.bucket_name,
+        location=settings.bucket_location,
+        labels=settings.labels,
+        destroy_data=settings.destroy_data,
+    ),
+)
+identity = LabIdentity("vms", LabIdentityArgs(account_id=settings.service_account_id, bucket=bucket.name))
+network = LabNetwork(
+    "network",
+    LabNetworkArgs(
+        prefix=prefix,
+        region=settings.region,
+        allowed_ssh_cidrs=settings.allowed_ssh_cidrs,
+        tracker_ports=[settings.mlflow_port],
+    ),
+)
+tracker = Tracker(
+    "tracker",
+    TrackerArgs(
+        prefix=prefix,
+        machine_type=settings.tracker_machine_type,
+        zone=settings.zone,
+        region=settings.region,
+        disk_gb=settings.tracker_disk_gb,
+        subnet=network.subnet.id,
+        service_account=identity.email,
+        metadata=metadata,
+        labels=settings.labels,
+    ),
+)
+workers = WorkerPool(
+    "worker",
+    WorkerPoolArgs(
+        prefix=prefix,
+        count=settings.workers,
+        machine_type=settings.worker_machine_type,
+        gpus=settings.worker_gpus,
+        spot=settings.spot,
+        image=settings.worker_image,
+        disk_gb=settings.worker_disk_gb,
+        zone=settings.zone,
+        subnet=network.subnet.id,
+        service_account=identity.email,
+        metadata=metadata,
+        labels=settings.labels,
+    ),
+)
+
+pulumi.export("project", settings.project)
+pulumi.export("region", settings.region)
+pulumi.export("zone", settings.zone)
+pulumi.export("ssh_user", settings.ssh_user)
+pulumi.export("bucket_name", bucket.name)
+pulumi.export("bucket_url", bucket.url)
+pulumi.export("service_account", identity.email)
+pulumi.export("tracker_name", tracker.name)
+pulumi.export("tracker_internal_ip", tracker.internal_ip)
+pulumi.export("tracker_external_ip", tracker.external_ip)
+pulumi.export("mlflow_internal_url", tracker.internal_ip.apply(lambda ip: f"http://{ip}:{settings.mlflow_port}"))
+pulumi.export("worker_names", workers.names)
+pulumi.export("worker_internal_ips", workers.internal_ips)
+pulumi.export("worker_external_ips", workers.external_ips)

@@ -1,0 +1,48 @@
+"""The artifact bucket: private, versioned, and kept when the stack is destroyed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_gcp as gcp
+
+NONCURRENT_VERSION_DAYS = 30
+
+
+@dataclass(frozen=True)
+class ArtifactBucketArgs:
+    name: str
+    location: str
+    labels: dict[str, str]
+    destroy_data: bool  # lab:destroyData: only then may a destroy delete the bucket and what it holds
+
+
+class ArtifactBucket(pulumi.ComponentResource):
+    """MLflow artifacts and tracker backups. Uniform access, public access prevention enforced,
+    versioning on, old versions expired after a while; retained on destroy unless destroy_data."""
+
+    def __init__(self, name: str, args: ArtifactBucketArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("lab:infra:ArtifactBucket", name, None, opts)
+        self.bucket = gcp.storage.Bucket(
+            name,
+            name=args.name,
+            location=args.location,
+            uniform_bucket_level_access=True,
+            public_access_prevention="enforced",
+            versioning=gcp.storage.BucketVersioningArgs(enabled=True),
+            lifecycle_rules=[
+                gcp.storage.BucketLifecycleRuleArgs(
+                    action=gcp.storage.BucketLifecycleRuleActionArgs(type="Delete"),
+                    condition=gcp.storage.BucketLifecycleRuleConditionArgs(
+                        days_since_noncurrent_time=NONCURRENT_VERSION_DAYS, with_state="ARCHIVED"
+                    ),
+                )
+            ],
+            labels={**args.labels, "role": "artifacts"},
+            force_destroy=args.destroy_data,
+            opts=pulumi.ResourceOptions(parent=self, retain_on_delete=not args.destroy_data),
+        )
+        self.name = self.bucket.name
+        self.url = self.bucket.url
+        self.register_outputs({"name": self.name, "url": self.url})

@@ -1,0 +1,51 @@
+"""The program's one reader of Pulumi config: every key goes through toolkit.schema, like `lab config`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pulumi
+
+from toolkit import schema
+
+
+def load() -> schema.Settings:
+    """The stack's settings for the gcp target; every problem at once, as one error the engine reports."""
+    raw: dict[str, str] = {}
+    for key in schema.KEYS:
+        namespace, name = key.name.split(":", 1)
+        value = pulumi.Config(namespace).get(name)
+        if value is not None:
+            raw[key.name] = value
+    resolution = schema.resolve(raw, stack=pulumi.get_stack(), target="gcp")
+    if resolution.problems or resolution.settings is None:
+        listed = "\n".join(f"  - {problem}" for problem in resolution.problems)
+        raise pulumi.RunError(
+            f"the stack's configuration has problems (`lab config validate` lists them too):\n{listed}"
+        )
+    return resolution.settings
+
+
+def ssh_public_key(settings: schema.Settings) -> str:
+    """The public key installed for lab:sshUser, read from lab:sshPublicKeyPath."""
+    path = Path(settings.ssh_public_key_path).expanduser()
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except OSError:
+        raise pulumi.RunError(
+            f"lab:sshPublicKeyPath: no public key at {path}; create one with "
+            f"`ssh-keygen -t ed25519 -f {path.with_suffix('')}` or point the key "
+            "at yours"
+        ) from None
+    if not key or "PRIVATE KEY" in key:
+        raise pulumi.RunError(f"lab:sshPublicKeyPath: {path} is not a public key (use the .pub file)")
+    return key.splitlines()[0]
+
+
+def ssh_metadata(settings: schema.Settings) -> dict[str, str]:
+    """Instance metadata that lets only the lab's key in, and only as lab:sshUser."""
+    return {
+        "ssh-keys": f"{settings.ssh_user}:{ssh_public_key(settings)}",
+        "block-project-ssh-keys": "TRUE",
+        "enable-oslogin": "FALSE",
+    }

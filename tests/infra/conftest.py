@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.infra.program import ProgramRun, run_program
+from toolkit import stack
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def ssh_key(tmp_path: Path) -> Path:
+    public = tmp_path / "id_ed25519.pub"
+    public.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGxhYnRlc3RrZXlsYWJ0ZXN0a2V5bGFidGVzdGtleQ lab@test\n")
+    return public
+
+
+@pytest.fixture
+def dev_config(ssh_key: Path) -> dict[str, Any]:
+    """The shipped Pulumi.dev.yaml, with the test's SSH key."""
+    raw = dict(stack.read(str(ROOT / "Pulumi.dev.yaml")).raw)
+    raw["lab:sshPublicKeyPath"] = str(ssh_key)
+    return raw
+
+
+@pytest.fixture
+def run(dev_config: dict[str, Any]) -> Callable[..., ProgramRun]:
+    """Run the program on the dev stack with some keys changed (None removes a key)."""
+
+    def runner(**changes: Any) -> ProgramRun:
+        config = dict(dev_config)
+        for name, value in changes.items():
+            key = "lab:" + name if ":" not in name else name
+            if value is None:
+                config.pop(key, None)
+            else:
+                config[key] = value
+        return run_program(config)
+
+    return runner

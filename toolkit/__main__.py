@@ -1,0 +1,5 @@
+"""`python -m toolkit` runs the `lab` CLI."""
+
+from toolkit.cli import main
+
+raise SystemExit(main())

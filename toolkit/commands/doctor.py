@@ -1,0 +1,63 @@
+"""`lab doctor`: is this machine ready for a target, and if not, the commands that make it so."""
+
+from __future__ import annotations
+
+import json
+
+from toolkit import options, prerequisites, schema, stack
+from toolkit.console import out
+from toolkit.errors import LabError
+
+
+def _target_and_key(stack_name: str, target: str | None) -> tuple[str, str]:
+    """The target to check and the SSH key to look for: from the stack file when there is one."""
+    default_key = schema.KEYS_BY_NAME["lab:sshPublicKeyPath"].default
+    try:
+        _, resolution = stack.load(stack_name, target=target)
+    except LabError:
+        # No readable stack file: the embedded default is the local target.
+        return target or "local", default_key
+    values = resolution.values
+    chosen = target or values.get("lab:target") or "local"
+    key_path = values.get("lab:sshPublicKeyPath")
+    return chosen, key_path if isinstance(key_path, str) else default_key
+
+
+def doctor(
+    target: options.Target = None,
+    stack_name: options.Stack = options.STACK_DEFAULT,
+    as_json: options.Json = False,
+) -> None:
+    """Check the prerequisites of a target (Pulumi CLI, GCP credentials, SSH key, Ansible, disk)."""
+    chosen, key_path = _target_and_key(stack_name, options.target_name(target))
+    checks = prerequisites.for_target(chosen, key_path)
+    missing = [c for c in checks if not c.ok and c.required]
+    if as_json:
+        document = {"target": chosen, "ok": not missing, "checks": [c.__dict__ for c in checks]}
+        out().print_json(json.dumps(document))
+    else:
+        from rich.markup import escape
+        from rich.table import Table
+
+        table = Table(title=f"prerequisites of the {chosen} target", title_justify="left")
+        table.add_column("check", style="bold")
+        table.add_column("status")
+        table.add_column("found", overflow="fold")
+        for check in checks:
+            status = (
+                "[green]ok[/green]"
+                if check.ok
+                else ("[red]missing[/red]" if check.required else "[yellow]optional[/yellow]")
+            )
+            table.add_row(escape(check.name), status, escape(check.detail))
+        out().print(table)
+        fixes = [c for c in checks if not c.ok and c.fix]
+        if fixes:
+            out().print("\nTo fix:")
+            for check in fixes:
+                out().print(f"  {escape(check.name)}: [bold]{escape(check.fix or '')}[/bold]", highlight=False)
+    if missing:
+        names = ", ".join(c.name for c in missing)
+        raise LabError(f"the {chosen} target is missing: {names}", hint="run the fixes above")
+    if not as_json:
+        out().print(f"\n[green]ready[/green] for the {chosen} target")

@@ -1,0 +1,197 @@
+"""What each target needs on this machine, checked without importing any heavy SDK.
+
+Each check says whether it passed, what it found, and, when it did not pass, the command that fixes it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import stat
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from toolkit import proc
+from toolkit.errors import LabError
+from toolkit.paths import lab_home, packaged_project
+
+MIN_PULUMI = (3, 150, 0)
+MIN_FREE_GIB = 2.0
+MIN_PYTHON = (3, 10)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str | None = None
+    required: bool = True
+
+
+def python_version() -> Check:
+    found = ".".join(str(p) for p in sys.version_info[:3])
+    ok = sys.version_info[:2] >= MIN_PYTHON
+    return Check(
+        "python", ok, f"Python {found}", None if ok else f"install Python {'.'.join(map(str, MIN_PYTHON))} or newer"
+    )
+
+
+def lab_home_writable() -> Check:
+    home = lab_home()
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        probe = home / ".doctor-probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        return Check(
+            "LAB_HOME",
+            False,
+            f"{home} is not writable ({exc.strerror})",
+            f"mkdir -p {home} && chmod u+rwx {home}   # or set LAB_HOME to a writable folder",
+        )
+    return Check("LAB_HOME", True, str(home))
+
+
+def free_disk() -> Check:
+    home = lab_home()
+    existing = next((p for p in (home, *home.parents) if p.exists()), Path("/"))
+    free_gib = shutil.disk_usage(existing).free / 2**30
+    ok = free_gib >= MIN_FREE_GIB
+    return Check(
+        "free disk",
+        ok,
+        f"{free_gib:.1f} GiB free under {existing}",
+        None if ok else f"free at least {MIN_FREE_GIB:g} GiB there, or set LAB_HOME to a bigger disk",
+    )
+
+
+def install_command(extra: str) -> str:
+    """How to add an extra to this install: from the checkout when lab runs from one."""
+    try:
+        project = packaged_project()
+    except LabError:
+        project = None
+    if project is not None and (project / "pyproject.toml").is_file():
+        return f"{sys.executable} -m pip install -e '{project}[{extra}]'"
+    return f"{sys.executable} -m pip install 'lab[{extra}]'"
+
+
+def python_packages(extra: str, modules: tuple[str, ...], *, required: bool = True) -> Check:
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    detail = "installed" if not missing else f"missing: {', '.join(missing)}"
+    return Check(
+        f"lab[{extra}] packages", not missing, detail, None if not missing else install_command(extra), required
+    )
+
+
+def program_on_path(name: str, fix: str, *, required: bool = True) -> Check:
+    found = _which(name)
+    return Check(name, found is not None, found or "not found on PATH", None if found else fix, required)
+
+
+def _which(name: str) -> str | None:
+    """A program on PATH, or beside this Python (a venv's bin/ that is not activated)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.is_file() and os.access(beside, os.X_OK) else None
+
+
+def pulumi_cli() -> Check:
+    fix = "curl -fsSL https://get.pulumi.com | sh   (then open a new shell)"
+    path = _which("pulumi")
+    if path is None:
+        return Check("pulumi CLI", False, "not found on PATH", fix)
+    try:
+        result = proc.run([path, "version"], timeout=30)
+    except LabError as exc:
+        return Check("pulumi CLI", False, f"{path} does not run: {exc.one_line()}", fix)
+    match = re.search(r"v?(\d+)\.(\d+)\.(\d+)", result.stdout)
+    if not match:
+        return Check("pulumi CLI", False, f"{path} printed no version: {result.stdout.strip()[:60]!r}", fix)
+    version = tuple(int(p) for p in match.groups())
+    text = ".".join(map(str, version))
+    if version < MIN_PULUMI:
+        need = ".".join(map(str, MIN_PULUMI))
+        return Check(
+            "pulumi CLI",
+            False,
+            f"{path} is v{text}; the lab needs v{need} or newer",
+            "pulumi self-update   (or reinstall it)",
+        )
+    return Check("pulumi CLI", True, f"v{text} at {path}")
+
+
+def gcp_credentials() -> Check:
+    fix = "gcloud auth application-default login"
+    explicit = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS", "").strip()
+    if explicit:
+        if Path(explicit).expanduser().is_file():
+            return Check("GCP credentials", True, f"GOOGLE_APPLICATION_CREDENTIALS={explicit}")
+        return Check(
+            "GCP credentials",
+            False,
+            f"GOOGLE_APPLICATION_CREDENTIALS={explicit} does not exist",
+            "point GOOGLE_APPLICATION_CREDENTIALS at an existing file, or unset it and run " + fix,
+        )
+    config_dir = Path(os.environ.get("CLOUDSDK_CONFIG", "") or Path.home() / ".config" / "gcloud")
+    adc = config_dir / "application_default_credentials.json"
+    if adc.is_file():
+        return Check("GCP credentials", True, f"application-default credentials in {adc}")
+    return Check("GCP credentials", False, "no application-default credentials", fix)
+
+
+def ssh_key(public_key_path: str) -> Check:
+    public = Path(public_key_path).expanduser()
+    private = public.with_suffix("") if public.suffix == ".pub" else public
+    fix = f"ssh-keygen -t ed25519 -f {private}"
+    if not public.is_file():
+        return Check("SSH key", False, f"no public key at {public} (lab:sshPublicKeyPath)", fix)
+    text = public.read_text(encoding="utf-8", errors="replace").strip()
+    if not re.match(r"^(ssh-(ed25519|rsa)|ecdsa-sha2-\S+|sk-\S+) [A-Za-z0-9+/=]+", text):
+        return Check("SSH key", False, f"{public} is not an OpenSSH public key", fix)
+    if not private.is_file():
+        return Check("SSH key", False, f"{public} has no private key beside it at {private}", fix)
+    mode = stat.S_IMODE(private.stat().st_mode)
+    if mode & 0o077:
+        return Check(
+            "SSH key",
+            False,
+            f"{private} is readable by others (mode {mode:o}); ssh will refuse it",
+            f"chmod 600 {private}",
+        )
+    return Check("SSH key", True, str(public))
+
+
+def for_target(target: str, public_key_path: str) -> list[Check]:
+    """Every prerequisite of a target, in the order a user would fix them."""
+    checks: list[Callable[[], Check]] = [python_version, lab_home_writable, free_disk]
+    if target == "local":
+        checks.append(lambda: python_packages("local", ("mlflow", "optuna", "papermill", "jupyterlab")))
+    if target in ("ssh", "gcp"):
+        checks += [
+            lambda: program_on_path("ssh", "apt-get install openssh-client   (or your OS's OpenSSH package)"),
+            lambda: ssh_key(public_key_path),
+            lambda: program_on_path("ansible-playbook", install_command("remote")),
+            # Needed by `lab dispatch` from this machine, not to bring the lab up.
+            lambda: python_packages("client", ("mlflow", "optuna", "papermill"), required=False),
+        ]
+    if target == "gcp":
+        checks += [
+            pulumi_cli,
+            gcp_credentials,
+            lambda: python_packages("gcp", ("pulumi", "pulumi_gcp", "google.cloud.storage")),
+            lambda: program_on_path(
+                "gcloud",
+                "https://cloud.google.com/sdk/docs/install (optional: for `gcloud auth` and quota requests)",
+                required=False,
+            ),
+        ]
+    return [check() for check in checks]

@@ -1,0 +1,419 @@
+"""The lab's configuration keys: names, types, defaults, and every rule about them, in one place.
+
+The Pulumi program (`infra/stack_config.py`) and the toolkit (`toolkit/stack.py`) both hand their raw
+values to `resolve`, so a stack is judged the same way by `lab config validate` and by the engine.
+Raw values may be native YAML (a stack file) or strings (Pulumi's runtime config, lists as JSON).
+
+This module imports nothing heavy: it runs on every `lab` command.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from toolkit import machines
+
+TARGETS = ("gcp", "ssh", "local")
+MLFLOW_PORT = 5000
+
+DEFAULT_WORKER_IMAGE = (
+    "projects/deeplearning-platform-release/global/images/family/pytorch-2-9-cu129-ubuntu-2204-nvidia-580"
+)
+
+
+@dataclass(frozen=True)
+class Key:
+    """One configuration key of a stack file."""
+
+    name: str
+    kind: str  # "string", "integer", "boolean" or "list"
+    doc: str
+    default: Any = None
+    derived: str | None = None  # how the default is derived, when it is not a constant
+    required_for: tuple[str, ...] = ()
+    choices: tuple[str, ...] = ()
+    minimum: int | None = None
+
+    @property
+    def attribute(self) -> str:
+        """The Settings attribute: lab:workerDiskGb -> worker_disk_gb, gcp:project -> project."""
+        name = self.name.split(":", 1)[1]
+        return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+KEYS: tuple[Key, ...] = (
+    Key(
+        "lab:target",
+        "string",
+        "where the hosts come from: gcp, ssh or local (--target overrides)",
+        default="gcp",
+        choices=TARGETS,
+    ),
+    Key("gcp:project", "string", "the GCP project id", required_for=("gcp",)),
+    Key("gcp:region", "string", "the GCP region, e.g. us-central1", required_for=("gcp",)),
+    Key("gcp:zone", "string", "the zone the lab runs in, inside gcp:region", required_for=("gcp",)),
+    Key("lab:zones", "list", "ordered zones to try when a zone has no capacity", derived="[gcp:zone]"),
+    Key("lab:workers", "integer", "number of GPU workers (0 allowed)", default=1, minimum=0),
+    Key(
+        "lab:workerMachineType",
+        "string",
+        "worker machine type: a2-highgpu-1g (A100 40GB), g2-standard-8 (L4), n1-standard-8 (+ lab:workerGpu)",
+        default="a2-highgpu-1g",
+    ),
+    Key("lab:workerGpu", "string", "accelerator attached to N1 workers, e.g. nvidia-tesla-t4", default=None),
+    Key("lab:workerGpuCount", "integer", "accelerators per N1 worker", default=1, minimum=1),
+    Key("lab:spot", "boolean", "spot (preemptible) workers", default=True),
+    Key(
+        "lab:workerImage",
+        "string",
+        "worker boot image or image family (a Deep Learning VM image)",
+        default=DEFAULT_WORKER_IMAGE,
+    ),
+    Key("lab:workerDiskGb", "integer", "worker boot disk size in GB (pd-ssd)", default=150, minimum=10),
+    Key("lab:trackerMachineType", "string", "tracker VM machine type; never preemptible", default="e2-standard-2"),
+    Key("lab:trackerDiskGb", "integer", "tracker data disk size in GB", default=30, minimum=10),
+    Key("lab:sshUser", "string", "login for SSH and Ansible", default="lab"),
+    Key("lab:sshPublicKeyPath", "string", "public key installed for lab:sshUser", default="~/.ssh/id_ed25519.pub"),
+    Key(
+        "lab:allowedSshCidrs",
+        "list",
+        "who may reach SSH, e.g. [203.0.113.7/32]; world-open is refused",
+        default=(),
+        required_for=("gcp",),
+    ),
+    Key("lab:bucketName", "string", "artifact bucket name (globally unique)", derived="<gcp:project>-lab-<stack>"),
+    Key("lab:bucketLocation", "string", "artifact bucket location", derived="gcp:region"),
+    Key(
+        "lab:destroyData",
+        "boolean",
+        "let `pulumi destroy` delete the bucket and its data (normally it is retained)",
+        default=False,
+    ),
+    Key("lab:runsPerGpu", "integer", "parallel trials per GPU", default=1, minimum=1),
+    Key(
+        "lab:idleMinutes",
+        "integer",
+        "a worker powers itself off after this long idle (0 = never)",
+        default=30,
+        minimum=0,
+    ),
+)
+
+KEYS_BY_NAME: dict[str, Key] = {key.name: key for key in KEYS}
+
+# Provider settings of pulumi-gcp that a stack may carry and the lab passes through untouched.
+GCP_PASSTHROUGH_KEYS = frozenset(
+    {
+        "gcp:credentials",
+        "gcp:accessToken",
+        "gcp:impersonateServiceAccount",
+        "gcp:billingProject",
+        "gcp:userProjectOverride",
+        "gcp:requestTimeout",
+        "gcp:defaultLabels",
+        "gcp:addTerraformAttributionLabel",
+    }
+)
+
+_PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+_REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
+_ZONE = re.compile(r"^([a-z]+-[a-z]+[0-9]+)-[a-z]$")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
+_UNIX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a stack, named by its key."""
+
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A value Pulumi keeps encrypted in the stack file; the lab never needs to read it."""
+
+    def __str__(self) -> str:
+        return "[secret]"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A stack's resolved settings: every key of KEYS as a typed attribute, defaults filled in."""
+
+    stack: str
+    target: str
+    project: str | None
+    region: str | None
+    zone: str | None
+    zones: tuple[str, ...]
+    workers: int
+    worker_machine_type: str
+    worker_gpu: str | None
+    worker_gpu_count: int
+    spot: bool
+    worker_image: str
+    worker_disk_gb: int
+    tracker_machine_type: str
+    tracker_disk_gb: int
+    ssh_user: str
+    ssh_public_key_path: str
+    allowed_ssh_cidrs: tuple[str, ...]
+    bucket_name: str | None
+    bucket_location: str | None
+    destroy_data: bool
+    runs_per_gpu: int
+    idle_minutes: int
+
+    @property
+    def name_prefix(self) -> str:
+        """Prefix of every cloud resource name: lab-<stack>, as a DNS label."""
+        return "lab-" + dns_label(self.stack, 40)
+
+    @property
+    def service_account_id(self) -> str:
+        """The VMs' service account id (6-30 characters)."""
+        return "lab-" + dns_label(self.stack, 21) + "-vms"
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """Labels on everything the lab creates, so `lab down` can find what is left."""
+        return {"lab": dns_label(self.stack, 63), "managed-by": "lab"}
+
+    @property
+    def worker_gpus(self) -> machines.GpuShape | None:
+        return machines.worker_gpus(self.worker_machine_type, self.worker_gpu, self.worker_gpu_count)
+
+    @property
+    def mlflow_port(self) -> int:
+        return MLFLOW_PORT
+
+
+@dataclass
+class Resolution:
+    """What `resolve` made of a stack: the settings (None when a value could not be read) and problems."""
+
+    settings: Settings | None
+    problems: list[Problem] = field(default_factory=list)
+    values: dict[str, Any] = field(default_factory=dict)  # key -> resolved value
+    sources: dict[str, str] = field(default_factory=dict)  # key -> "stack", "default" or "derived"
+
+
+def dns_label(text: str, limit: int) -> str:
+    """Lowercase letters, digits and dashes, at most `limit` long: fit for GCP names and labels."""
+    label = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+    return label[:limit].rstrip("-") or "lab"
+
+
+def _coerce(key: Key, value: Any) -> tuple[Any, str | None]:
+    """The value as the key's type, or an error saying what was expected."""
+    if isinstance(value, dict) and set(value) == {"secure"}:
+        return Secret(), None
+    if key.kind == "string":
+        if isinstance(value, str) and value.strip():
+            return value.strip(), None
+        return None, f"expected text, got {_show(value)}"
+    if key.kind == "integer":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value, None
+        if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
+            return int(value), None
+        return None, f"expected a whole number, got {_show(value)}"
+    if key.kind == "boolean":
+        if isinstance(value, bool):
+            return value, None
+        if isinstance(value, str) and value.strip().lower() in {"true", "false"}:
+            return value.strip().lower() == "true", None
+        return None, f"expected true or false, got {_show(value)}"
+    # list of strings; Pulumi's runtime hands lists over as JSON text
+    if isinstance(value, str) and value.strip().startswith("["):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            return None, f"expected a list, got {_show(value)}"
+    if isinstance(value, list) and all(isinstance(v, str) and v.strip() for v in value):
+        return tuple(v.strip() for v in value), None
+    return None, f"expected a list of text values such as [a, b], got {_show(value)}"
+
+
+def _show(value: Any) -> str:
+    text = repr(value) if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def unknown_key_problem(name: str) -> Problem:
+    known = [*KEYS_BY_NAME, *GCP_PASSTHROUGH_KEYS]
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    if not close:
+        lowered = {k.lower(): k for k in known}
+        close = [lowered[name.lower()]] if name.lower() in lowered else []
+    hint = f"; did you mean {close[0]}?" if close else "; `lab config show` lists the keys"
+    return Problem(name, f"unknown key{hint}")
+
+
+def resolve(raw: Mapping[str, Any], *, stack: str, target: str | None = None) -> Resolution:
+    """Check a stack's raw key/value pairs against every rule and fill in defaults.
+
+    `target` overrides lab:target (as --target does). Every problem found is reported, not just the first.
+    """
+    problems: list[Problem] = []
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+
+    for name in raw:
+        if name not in KEYS_BY_NAME and name not in GCP_PASSTHROUGH_KEYS:
+            problems.append(unknown_key_problem(name))
+
+    for key in KEYS:
+        if key.name in raw and raw[key.name] is not None:
+            value, error = _coerce(key, raw[key.name])
+            if error:
+                problems.append(Problem(key.name, error))
+                continue
+            values[key.name] = value
+            sources[key.name] = "stack"
+        elif key.derived is None:
+            values[key.name] = key.default
+            sources[key.name] = "default"
+
+    if target is not None:
+        values["lab:target"] = target
+        sources["lab:target"] = "--target"
+    chosen = values.get("lab:target")
+    if isinstance(chosen, str) and chosen not in TARGETS:
+        problems.append(Problem("lab:target", f"{chosen!r} is not a target; choose one of {', '.join(TARGETS)}"))
+    elif isinstance(chosen, str):
+        for key in KEYS:
+            missing = values.get(key.name) in (None, ())
+            if chosen in key.required_for and missing and key.name not in _bad(problems):
+                problems.append(Problem(key.name, f"required for the {chosen} target; set it in the stack file"))
+
+    _derive(values, sources, stack)
+    problems.extend(_check_values(values))
+
+    settings = None
+    if not any(p.key in KEYS_BY_NAME and p.message.startswith("expected") for p in problems):
+        settings = Settings(
+            stack=stack,
+            **{key.attribute: _plain(values.get(key.name)) for key in KEYS},
+        )
+    return Resolution(settings=settings, problems=problems, values=values, sources=sources)
+
+
+def _plain(value: Any) -> Any:
+    return None if isinstance(value, Secret) else value
+
+
+def _bad(problems: list[Problem]) -> set[str]:
+    return {p.key for p in problems}
+
+
+def _derive(values: dict[str, Any], sources: dict[str, str], stack: str) -> None:
+    zone, project, region = values.get("gcp:zone"), values.get("gcp:project"), values.get("gcp:region")
+    if "lab:zones" not in values:
+        values["lab:zones"] = (zone,) if isinstance(zone, str) else ()
+        sources["lab:zones"] = "derived"
+    if "lab:bucketName" not in values:
+        values["lab:bucketName"] = (
+            f"{dns_label(project, 40)}-lab-{dns_label(stack, 20)}" if isinstance(project, str) else None
+        )
+        sources["lab:bucketName"] = "derived"
+    if "lab:bucketLocation" not in values:
+        values["lab:bucketLocation"] = region.upper() if isinstance(region, str) else None
+        sources["lab:bucketLocation"] = "derived"
+
+
+def _check_values(values: dict[str, Any]) -> list[Problem]:
+    """The rules that look at values (and at pairs of them), once each value has its type."""
+    problems: list[Problem] = []
+
+    def value(name: str) -> Any:
+        found = values.get(name)
+        return None if isinstance(found, Secret) else found
+
+    for key in KEYS:
+        found = value(key.name)
+        if key.minimum is not None and isinstance(found, int) and found < key.minimum:
+            problems.append(Problem(key.name, f"must be at least {key.minimum}, got {found}"))
+
+    project = value("gcp:project")
+    if isinstance(project, str) and not _PROJECT_ID.match(project):
+        problems.append(
+            Problem(
+                "gcp:project",
+                f"{project!r} is not a project id (6-30 lowercase letters, digits and dashes, starting with a letter)",
+            )
+        )
+    region = value("gcp:region")
+    if isinstance(region, str) and not _REGION.match(region):
+        problems.append(Problem("gcp:region", f"{region!r} is not a region name such as us-central1"))
+        region = None
+    for name, zones in (("gcp:zone", [value("gcp:zone")]), ("lab:zones", list(value("lab:zones") or ()))):
+        for zone in zones:
+            if not isinstance(zone, str):
+                continue
+            match = _ZONE.match(zone)
+            if not match:
+                problems.append(Problem(name, f"{zone!r} is not a zone name such as us-central1-a"))
+            elif region and match.group(1) != region:
+                problems.append(
+                    Problem(name, f"zone {zone} is not in region {region}; use a {region}-* zone or change gcp:region")
+                )
+
+    worker_type, tracker_type = value("lab:workerMachineType"), value("lab:trackerMachineType")
+    for name, machine_type in (("lab:workerMachineType", worker_type), ("lab:trackerMachineType", tracker_type)):
+        if isinstance(machine_type, str) and not machines.MACHINE_TYPE.match(machine_type):
+            problems.append(Problem(name, f"{machine_type!r} is not a machine type such as e2-standard-2"))
+    gpu_count = value("lab:workerGpuCount")
+    if isinstance(worker_type, str) and machines.MACHINE_TYPE.match(worker_type) and isinstance(gpu_count, int):
+        mismatch = machines.gpu_problem(worker_type, value("lab:workerGpu"), gpu_count)
+        if mismatch:
+            problems.append(Problem("lab:workerMachineType", mismatch))
+
+    problems.extend(_cidr_problems(value("lab:allowedSshCidrs") or ()))
+
+    bucket = value("lab:bucketName")
+    if isinstance(bucket, str) and (not _BUCKET.match(bucket) or ".." in bucket or bucket.startswith("goog")):
+        problems.append(
+            Problem(
+                "lab:bucketName",
+                f"{bucket!r} is not a valid bucket name (3-63 lowercase letters, digits, dashes, dots or underscores)",
+            )
+        )
+    user = value("lab:sshUser")
+    if isinstance(user, str) and (not _UNIX_USER.match(user) or user == "root"):
+        problems.append(Problem("lab:sshUser", f"{user!r} is not a usable login name (lowercase, not root)"))
+    return problems
+
+
+def _cidr_problems(cidrs: tuple[str, ...]) -> list[Problem]:
+    problems: list[Problem] = []
+    key = "lab:allowedSshCidrs"
+    for text in cidrs:
+        try:
+            network = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            problems.append(Problem(key, f"{text!r} is not an address range such as 203.0.113.7/32"))
+            continue
+        if network.prefixlen == 0:
+            problems.append(
+                Problem(
+                    key,
+                    f"{text} opens SSH to the whole internet; list only your own addresses, e.g. your IP as x.x.x.x/32",
+                )
+            )
+        elif network.version == 6:
+            problems.append(Problem(key, f"{text}: the lab's VMs have IPv4 addresses only; list IPv4 ranges"))
+        elif str(network) != text and "/" in text:
+            problems.append(Problem(key, f"{text} has host bits set; did you mean {network}?"))
+    return problems
