@@ -36,6 +36,11 @@ class ProgramRun:
     def of_type(self, type_: str) -> list[Registered]:
         return [r for r in self.resources if r.type == type_]
 
+    def one_named(self, type_: str, name: str) -> Registered:
+        found = [r for r in self.of_type(type_) if r.name == name]
+        assert len(found) == 1, f"expected one {type_} named {name}"
+        return found[0]
+
     def one(self, type_: str) -> Registered:
         found = self.of_type(type_)
         assert len(found) == 1, f"expected one {type_}, found {[r.name for r in found]}"
