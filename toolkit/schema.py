@@ -299,7 +299,7 @@ def resolve(raw: Mapping[str, Any], *, stack: str, target: str | None = None) ->
                 problems.append(Problem(key.name, f"required for the {chosen} target; set it in the stack file"))
 
     _derive(values, sources, stack)
-    problems.extend(_check_values(values))
+    problems.extend(_check_values(values, sources))
 
     settings = None
     if not any(p.key in KEYS_BY_NAME and p.message.startswith("expected") for p in problems):
@@ -333,7 +333,7 @@ def _derive(values: dict[str, Any], sources: dict[str, str], stack: str) -> None
         sources["lab:bucketLocation"] = "derived"
 
 
-def _check_values(values: dict[str, Any]) -> list[Problem]:
+def _check_values(values: dict[str, Any], sources: dict[str, str]) -> list[Problem]:
     """The rules that look at values (and at pairs of them), once each value has its type."""
     problems: list[Problem] = []
 
@@ -358,7 +358,9 @@ def _check_values(values: dict[str, Any]) -> list[Problem]:
     if isinstance(region, str) and not _REGION.match(region):
         problems.append(Problem("gcp:region", f"{region!r} is not a region name such as us-central1"))
         region = None
-    for name, zones in (("gcp:zone", [value("gcp:zone")]), ("lab:zones", list(value("lab:zones") or ()))):
+    # lab:zones derived from gcp:zone would only repeat gcp:zone's problem.
+    listed = list(value("lab:zones") or ()) if sources.get("lab:zones") == "stack" else []
+    for name, zones in (("gcp:zone", [value("gcp:zone")]), ("lab:zones", listed)):
         for zone in zones:
             if not isinstance(zone, str):
                 continue

@@ -104,8 +104,10 @@ def test_outputs_the_toolkit_needs(run):
         ({"workerMachineType": "n1-standard-8", "workerGpu": None}, r"n1-standard-8 needs lab:workerGpu"),
         ({"workerMachineType": "a2-highgpu-1g", "workerGpu": "nvidia-tesla-t4"}, r"comes with its own GPUs"),
         ({"workers": -1}, r"lab:workers: must be at least 0, got -1"),
-        ({"workerGpuCount": -2, "workerMachineType": "n1-standard-4", "workerGpu": "nvidia-tesla-t4"},
-         r"lab:workerGpuCount: must be at least 1"),
+        (
+            {"workerGpuCount": -2, "workerMachineType": "n1-standard-4", "workerGpu": "nvidia-tesla-t4"},
+            r"lab:workerGpuCount: must be at least 1",
+        ),
         ({"gcp:zone": "europe-west4-a"}, r"zone europe-west4-a is not in region us-central1"),
         ({"workers": "three"}, r"lab:workers: expected a whole number, got 'three'"),
     ],

@@ -1,0 +1,54 @@
+"""Isolation for every test: its own LAB_HOME and HOME, no stack or credentials from the machine."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LAB = Path(sys.executable).with_name("lab")
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("LAB_HOME", str(home / ".lab"))
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(home / "gcloud"))
+    for name in (
+        "LAB_STACK",
+        "LAB_PROJECT_DIR",
+        "LAB_DEBUG",
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        "PULUMI_CONFIG",
+        "PULUMI_ACCESS_TOKEN",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(ROOT)
+    return home
+
+
+@dataclass
+class Ran:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def lab():
+    """Run the installed `lab` console script as a user would, in this test's environment."""
+
+    def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 60) -> Ran:
+        merged = {**os.environ, "COLUMNS": "200", **(env or {})}
+        done = subprocess.run(
+            [str(LAB), *args], capture_output=True, text=True, env=merged, cwd=cwd, timeout=timeout, check=False
+        )
+        return Ran(done.returncode, done.stdout, done.stderr)
+
+    return run
