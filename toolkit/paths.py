@@ -46,7 +46,7 @@ def project_dir() -> Path:
     """The folder holding Pulumi.yaml and the stack files.
 
     LAB_PROJECT_DIR if set; else the nearest folder from the current one upwards that holds the lab's
-    Pulumi.yaml; else the project files that ship with the toolkit.
+    Pulumi.yaml; else the checkout this toolkit runs from; else the current folder.
     """
     value = os.environ.get("LAB_PROJECT_DIR", "").strip()
     if value:
@@ -61,4 +61,5 @@ def project_dir() -> Path:
     for folder in (cwd, *cwd.parents):
         if _is_lab_project(folder):
             return folder
-    return packaged_project()
+    checkout = Path(__file__).resolve().parent.parent
+    return checkout if _is_lab_project(checkout) else cwd

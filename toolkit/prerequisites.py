@@ -5,7 +5,7 @@ Each check says whether it passed, what it found, and, when it did not pass, the
 
 from __future__ import annotations
 
-import importlib.util
+import importlib.metadata
 import os
 import re
 import shutil
@@ -82,8 +82,18 @@ def install_command(extra: str) -> str:
     return f"{sys.executable} -m pip install 'lab[{extra}]'"
 
 
-def python_packages(extra: str, modules: tuple[str, ...], *, required: bool = True) -> Check:
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+def _installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def python_packages(extra: str, distributions: tuple[str, ...], *, required: bool = True) -> Check:
+    """Distributions installed in this Python (checked by metadata, so nothing gets imported).
+    `a|b` accepts either, e.g. mlflow|mlflow-skinny."""
+    missing = [d.split("|")[0] for d in distributions if not any(_installed(n) for n in d.split("|"))]
     detail = "installed" if not missing else f"missing: {', '.join(missing)}"
     return Check(
         f"lab[{extra}] packages", not missing, detail, None if not missing else install_command(extra), required
@@ -181,13 +191,13 @@ def for_target(target: str, public_key_path: str) -> list[Check]:
             lambda: ssh_key(public_key_path),
             lambda: program_on_path("ansible-playbook", install_command("remote")),
             # Needed by `lab dispatch` from this machine, not to bring the lab up.
-            lambda: python_packages("client", ("mlflow", "optuna", "papermill"), required=False),
+            lambda: python_packages("client", ("mlflow|mlflow-skinny", "optuna", "papermill"), required=False),
         ]
     if target == "gcp":
         checks += [
             pulumi_cli,
             gcp_credentials,
-            lambda: python_packages("gcp", ("pulumi", "pulumi_gcp", "google.cloud.storage")),
+            lambda: python_packages("gcp", ("pulumi", "pulumi-gcp", "google-cloud-storage")),
             lambda: program_on_path(
                 "gcloud",
                 "https://cloud.google.com/sdk/docs/install (optional: for `gcloud auth` and quota requests)",
