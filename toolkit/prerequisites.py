@@ -5,7 +5,6 @@ Each check says whether it passed, what it found, and, when it did not pass, the
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import re
 import shutil
@@ -83,6 +82,8 @@ def install_command(extra: str) -> str:
 
 
 def _installed(distribution: str) -> bool:
+    import importlib.metadata
+
     try:
         importlib.metadata.distribution(distribution)
     except importlib.metadata.PackageNotFoundError:

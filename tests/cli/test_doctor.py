@@ -31,13 +31,17 @@ def machine(tmp_path, isolated):
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(ssh_dir / "id_ed25519")], check=True)
     credentials = tmp_path / "adc.json"
     credentials.write_text(json.dumps({"type": "authorized_user"}))
-    return {"PATH": f"{bin_dir}:/usr/bin:/bin", "GOOGLE_APPLICATION_CREDENTIALS": str(credentials),
-            "bin": bin_dir, "ssh": ssh_dir}
+    return {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "GOOGLE_APPLICATION_CREDENTIALS": str(credentials),
+        "bin": bin_dir,
+        "ssh": ssh_dir,
+    }
 
 
 def set_pulumi_version(bin_dir: Path, version: str) -> None:
     fake = bin_dir / "pulumi"
-    fake.write_text(f"#!/bin/sh\n[ \"$1\" = version ] && echo {version}\n")
+    fake.write_text(f'#!/bin/sh\n[ "$1" = version ] && echo {version}\n')
     fake.chmod(0o755)
 
 

@@ -41,8 +41,10 @@ def test_user_error_is_one_line_without_traceback(lab):
 
 
 def test_debug_shows_the_traceback(lab):
-    for ran in (lab("--debug", "config", "show", "--stack", "missing"),
-                lab("config", "show", "--stack", "missing", env={"LAB_DEBUG": "1"})):
+    for ran in (
+        lab("--debug", "config", "show", "--stack", "missing"),
+        lab("config", "show", "--stack", "missing", env={"LAB_DEBUG": "1"}),
+    ):
         assert ran.code == 1
         assert "Traceback" in ran.err
         assert ran.err.strip().splitlines()[-1].startswith("error: no stack file")
@@ -76,8 +78,9 @@ def test_ctrl_c_exits_130(tmp_path, isolated):
     fake.write_text(f"#!/bin/sh\ntouch {started}\nexec sleep 30\n")
     fake.chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    process = subprocess.Popen([str(LAB), "doctor", "--target", "gcp"], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [str(LAB), "doctor", "--target", "gcp"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 30
     while not started.exists():
         assert time.monotonic() < deadline, "lab doctor never ran pulumi"
@@ -91,6 +94,5 @@ def test_ctrl_c_exits_130(tmp_path, isolated):
 
 
 def test_python_dash_m_runs_the_cli():
-    done = subprocess.run([sys.executable, "-m", "toolkit", "--version"], capture_output=True, text=True,
-                          check=False)
+    done = subprocess.run([sys.executable, "-m", "toolkit", "--version"], capture_output=True, text=True, check=False)
     assert done.returncode == 0 and done.stdout.strip() == f"lab {__version__}"

@@ -8,8 +8,18 @@ import sys
 
 import pytest
 
-HEAVY = ("mlflow", "pulumi", "pulumi_gcp", "papermill", "optuna", "google.cloud", "ansible", "ansible_runner",
-         "boto3", "sqlalchemy")
+HEAVY = (
+    "mlflow",
+    "pulumi",
+    "pulumi_gcp",
+    "papermill",
+    "optuna",
+    "google.cloud",
+    "ansible",
+    "ansible_runner",
+    "boto3",
+    "sqlalchemy",
+)
 
 PROBE = """
 import json, sys
@@ -22,8 +32,17 @@ print(json.dumps({{"code": code, "heavy": heavy}}), file=sys.stderr)
 
 @pytest.mark.parametrize(
     "args",
-    [["--help"], ["--version"], ["config", "--help"], ["config", "show", "--help"], ["config", "validate", "--help"],
-     ["doctor", "--help"], ["config", "show"], ["config", "validate"], ["config", "show", "--json"]],
+    [
+        ["--help"],
+        ["--version"],
+        ["config", "--help"],
+        ["config", "show", "--help"],
+        ["config", "validate", "--help"],
+        ["doctor", "--help"],
+        ["config", "show"],
+        ["config", "validate"],
+        ["config", "show", "--json"],
+    ],
     ids=" ".join,
 )
 def test_no_heavy_imports(args):
