@@ -12,6 +12,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB = Path(sys.executable).with_name("lab")
+# The machine's own environment, before `isolated` hides it: only `cloud` tests may look at it.
+MACHINE_ENV = dict(os.environ)
 
 
 @pytest.fixture(autouse=True)
