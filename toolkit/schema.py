@@ -269,6 +269,7 @@ def resolve(raw: Mapping[str, Any], *, stack: str, target: str | None = None) ->
     problems: list[Problem] = []
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
+    unreadable: set[str] = set()  # keys whose value is not of the key's type
 
     for name in raw:
         if name not in KEYS_BY_NAME and name not in GCP_PASSTHROUGH_KEYS:
@@ -279,6 +280,7 @@ def resolve(raw: Mapping[str, Any], *, stack: str, target: str | None = None) ->
             value, error = _coerce(key, raw[key.name])
             if error:
                 problems.append(Problem(key.name, error))
+                unreadable.add(key.name)
                 continue
             values[key.name] = value
             sources[key.name] = "stack"
@@ -295,27 +297,20 @@ def resolve(raw: Mapping[str, Any], *, stack: str, target: str | None = None) ->
     elif isinstance(chosen, str):
         for key in KEYS:
             missing = values.get(key.name) in (None, ())
-            if chosen in key.required_for and missing and key.name not in _bad(problems):
+            if chosen in key.required_for and missing and key.name not in unreadable:
                 problems.append(Problem(key.name, f"required for the {chosen} target; set it in the stack file"))
 
     _derive(values, sources, stack)
     problems.extend(_check_values(values, sources))
 
     settings = None
-    if not any(p.key in KEYS_BY_NAME and p.message.startswith("expected") for p in problems):
-        settings = Settings(
-            stack=stack,
-            **{key.attribute: _plain(values.get(key.name)) for key in KEYS},
-        )
+    if not unreadable:
+        settings = Settings(stack=stack, **{key.attribute: _plain(values.get(key.name)) for key in KEYS})
     return Resolution(settings=settings, problems=problems, values=values, sources=sources)
 
 
 def _plain(value: Any) -> Any:
     return None if isinstance(value, Secret) else value
-
-
-def _bad(problems: list[Problem]) -> set[str]:
-    return {p.key for p in problems}
 
 
 def _derive(values: dict[str, Any], sources: dict[str, str], stack: str) -> None:

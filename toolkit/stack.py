@@ -70,15 +70,3 @@ def load(stack: str, *, target: str | None = None) -> tuple[StackFile, schema.Re
     stack_file = read(stack)
     return stack_file, schema.resolve(stack_file.raw, stack=stack_file.name, target=target)
 
-
-def settings(stack: str, *, target: str | None = None) -> schema.Settings:
-    """A stack's settings, or a LabError naming the first problem and how to see them all."""
-    stack_file, resolution = load(stack, target=target)
-    if resolution.problems or resolution.settings is None:
-        count = len(resolution.problems)
-        first = resolution.problems[0] if resolution.problems else "unreadable values"
-        raise LabError(
-            f"{stack_file.path.name} has {count} problem{'s' * (count != 1)} (first: {first})",
-            hint=f"run `lab config validate --stack {stack}` to list them",
-        )
-    return resolution.settings
