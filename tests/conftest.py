@@ -20,6 +20,7 @@ MACHINE_ENV = dict(os.environ)
 def isolated(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("HOME", str(home))
+    (home / ".lab").mkdir()
     monkeypatch.setenv("LAB_HOME", str(home / ".lab"))
     monkeypatch.setenv("CLOUDSDK_CONFIG", str(home / "gcloud"))
     for name in (

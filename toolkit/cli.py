@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from toolkit import __version__, errors
-from toolkit.commands import config_show, config_validate, doctor
+from toolkit.commands import backup, config_show, config_validate, doctor, down, restore, status, up
 
 
 def _print_version(value: bool) -> None:
@@ -32,6 +32,11 @@ config_app = typer.Typer(help="Show and check a stack's settings.", no_args_is_h
 config_app.command("show")(config_show.show)
 config_app.command("validate")(config_validate.validate)
 app.add_typer(config_app, name="config")
+app.command("up")(up.up)
+app.command("status")(status.status)
+app.command("backup")(backup.backup)
+app.command("restore")(restore.restore)
+app.command("down")(down.down)
 app.command("doctor")(doctor.doctor)
 
 

@@ -37,3 +37,8 @@ Target = Annotated[
 
 def target_name(target: TargetChoice | None) -> str | None:
     return None if target is None else str(target.value)
+
+
+Local = Annotated[bool, typer.Option("--local", help="Short for --target local: the lab on this machine.")]
+
+Yes = Annotated[bool, typer.Option("--yes", "-y", help="Answer yes to confirmations (for cron and CI).")]

@@ -96,6 +96,8 @@ KEYS: tuple[Key, ...] = (
         default=False,
     ),
     Key("lab:runsPerGpu", "integer", "parallel trials per GPU", default=1, minimum=1),
+    Key("lab:backupKeep", "integer", "tracker backups to keep: the newest this many", default=10, minimum=1),
+    Key("lab:backupDays", "integer", "and the newest backup of each day for this many days", default=14, minimum=0),
     Key(
         "lab:idleMinutes",
         "integer",
@@ -173,6 +175,8 @@ class Settings:
     bucket_location: str | None
     destroy_data: bool
     runs_per_gpu: int
+    backup_keep: int
+    backup_days: int
     idle_minutes: int
 
     @property

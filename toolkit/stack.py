@@ -69,4 +69,3 @@ def load(stack: str, *, target: str | None = None) -> tuple[StackFile, schema.Re
     """Read and resolve a stack; the caller decides what to do with the problems."""
     stack_file = read(stack)
     return stack_file, schema.resolve(stack_file.raw, stack=stack_file.name, target=target)
-

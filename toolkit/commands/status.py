@@ -1,0 +1,91 @@
+"""`lab status`: each component's state, URL and uptime, and how old the latest backup is."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from toolkit import backups, local_lab, options, targets
+from toolkit.console import err, out
+
+
+def _age(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    if seconds < 172800:
+        return f"{seconds // 3600} h"
+    return f"{seconds // 86400} days"
+
+
+def status(
+    local: options.Local = False,
+    target: options.Target = None,
+    stack_name: options.Stack = options.STACK_DEFAULT,
+    as_json: options.Json = False,
+) -> None:
+    """Show the lab's components (state, URL, uptime) and the age of the latest backup."""
+    targets.require_local(targets.choose(stack_name, local, target), "status")
+    lab = local_lab.open_lab(stack_name)
+    components: dict[str, dict[str, Any]] = {}
+    for name in (local_lab.MLFLOW, local_lab.JUPYTER):
+        record = local_lab.running(lab, name, err().print)
+        components[name] = (
+            {
+                "state": "running",
+                "url": record.url,
+                "pid": record.pid,
+                "port": record.port,
+                "uptime_s": round(record.uptime_s),
+                "log": record.log,
+            }
+            if record
+            else {"state": "stopped"}
+        )
+    known = backups.listing(lab.backups_dir)
+    latest = known[0].manifest if known else None
+    now = dt.datetime.now(dt.timezone.utc)
+    backup_info = {
+        "count": len(known),
+        "latest": latest.id if latest else None,
+        "age_s": round((now - latest.created_at).total_seconds()) if latest else None,
+        "folder": str(lab.backups_dir),
+    }
+    document = {
+        "stack": lab.stack,
+        "target": "local",
+        "state": str(lab.root),
+        "components": components,
+        "tracker_db": {
+            "path": str(lab.mlflow_db),
+            "size": lab.mlflow_db.stat().st_size if lab.mlflow_db.exists() else None,
+        },
+        "backups": backup_info,
+        "bucket": lab.bucket,
+    }
+    if as_json:
+        out().print_json(json.dumps(document))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"lab {lab.stack} (local)", title_justify="left")
+    for column in ("component", "state", "url", "uptime"):
+        table.add_column(column)
+    for name, info in components.items():
+        running = info["state"] == "running"
+        table.add_row(
+            name,
+            "[green]running[/green]" if running else "[dim]stopped[/dim]",
+            info.get("url", "-"),
+            _age(info["uptime_s"]) if running else "-",
+        )
+    out().print(table)
+    if latest:
+        out().print(
+            f"latest backup: {latest.id}, {_age(backup_info['age_s'])} old ({len(known)} kept in {lab.backups_dir})"
+        )
+    else:
+        out().print("no backup yet: `lab backup` takes one")

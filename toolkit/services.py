@@ -1,0 +1,194 @@
+"""Detached local services (the MLflow server, JupyterLab): start, health-check, find, stop.
+
+Each running service has a record `<run_dir>/<name>.json` (pid, the process's start time, port, URL,
+log). The start time guards against a recycled PID: a record whose process is gone, or whose PID now
+belongs to another process, is stale.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from toolkit.errors import LabError
+
+STOP_TIMEOUT_S = 15.0
+LOG_TAIL_LINES = 15
+
+
+@dataclass(frozen=True)
+class Record:
+    name: str
+    pid: int
+    create_time: float
+    port: int
+    url: str
+    health_url: str
+    log: str
+    started: str  # ISO 8601, UTC
+
+    @property
+    def uptime_s(self) -> float:
+        return (dt.datetime.now(dt.timezone.utc) - dt.datetime.fromisoformat(self.started)).total_seconds()
+
+
+def record_path(run_dir: Path, name: str) -> Path:
+    return run_dir / f"{name}.json"
+
+
+def read(run_dir: Path, name: str) -> Record | None:
+    path = record_path(run_dir, name)
+    try:
+        return Record(**json.loads(path.read_text()))
+    except FileNotFoundError:
+        return None
+    except (ValueError, TypeError):
+        path.unlink(missing_ok=True)  # an unreadable record describes nothing we can manage
+        return None
+
+
+def is_running(record: Record) -> bool:
+    """The recorded process still runs (and is the same process, not a recycled PID)."""
+    import psutil
+
+    try:
+        process = psutil.Process(record.pid)
+        return abs(process.create_time() - record.create_time) < 1.0 and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def forget(run_dir: Path, name: str) -> None:
+    record_path(run_dir, name).unlink(missing_ok=True)
+
+
+def port_holder(port: int, host: str = "127.0.0.1") -> str | None:
+    """Who listens on a port, as words ("python3 (pid 123): mlflow server ..."), or None when it is free."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+            return None
+        except OSError:
+            pass
+    import psutil
+
+    with contextlib.suppress(psutil.Error):
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+                process = psutil.Process(conn.pid)
+                command = " ".join(process.cmdline())[:80]
+                return f"{process.name()} (pid {conn.pid}: {command})"
+    return "another process"
+
+
+def http_ok(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 -- our own http:// URL
+            return 200 <= response.status < 300
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def log_tail(log: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def start(
+    name: str,
+    argv: Sequence[str],
+    *,
+    run_dir: Path,
+    log: Path,
+    port: int,
+    url: str,
+    health_url: str,
+    env: Mapping[str, str],
+    cwd: Path | None = None,
+) -> Record:
+    """Start a program detached from this terminal (its own session) and record it."""
+    import psutil
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        try:
+            process = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=dict(env),
+                cwd=cwd,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise LabError(f"cannot start {name}: {exc.strerror or exc}") from None
+    record = Record(
+        name=name,
+        pid=process.pid,
+        create_time=psutil.Process(process.pid).create_time(),
+        port=port,
+        url=url,
+        health_url=health_url,
+        log=str(log),
+        started=dt.datetime.now(dt.timezone.utc).isoformat(),
+    )
+    path = record_path(run_dir, name)
+    path.write_text(json.dumps(asdict(record), indent=2))
+    return record
+
+
+def wait_healthy(record: Record, timeout: float) -> float:
+    """Poll the health URL until it answers; seconds it took. A process that dies, or never answers,
+    is stopped and reported with the end of its log."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if not is_running(record):
+            tail = log_tail(Path(record.log))
+            raise LabError(f"{record.name} exited while starting; the end of {record.log}:\n{tail}")
+        if http_ok(record.health_url):
+            return time.monotonic() - started
+        time.sleep(0.25)
+    stop(record)
+    raise LabError(f"{record.name} did not answer {record.health_url} within {timeout:g} s", hint=f"see {record.log}")
+
+
+def stop(record: Record, timeout: float = STOP_TIMEOUT_S) -> str:
+    """SIGTERM to the service's process group, then SIGKILL after `timeout`. Returns how it ended."""
+    if not is_running(record):
+        return "not running"
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(record.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not is_running(record) and not _group_alive(record.pid):
+            return "stopped"
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(record.pid, signal.SIGKILL)
+    return "killed"
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

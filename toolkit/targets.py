@@ -1,0 +1,30 @@
+"""Which target a command works on: --local, --target, the stack's lab:target, or local without a stack."""
+
+from __future__ import annotations
+
+from toolkit import options, stack
+from toolkit.errors import LabError
+
+
+def choose(stack_name: str, local: bool, target: options.TargetChoice | None) -> str:
+    if local:
+        return "local"
+    if target is not None:
+        return str(target.value)
+    try:
+        _, resolution = stack.load(stack_name)
+    except LabError as exc:
+        if str(exc).startswith("no stack file"):
+            return "local"  # the embedded default: no stack, no cloud
+        raise
+    chosen = resolution.values.get("lab:target")
+    return chosen if isinstance(chosen, str) else "local"
+
+
+def require_local(target: str, command: str) -> None:
+    """The ssh and gcp targets of this command are not built yet: say so, and what works."""
+    if target != "local":
+        raise LabError(
+            f"`lab {command}` on the {target} target is not available yet",
+            hint=f"run `lab {command} --local` for the lab on this machine",
+        )
