@@ -195,12 +195,17 @@ def take(
     sources = [tracker_dir / name for name in TRACKER_DBS if (tracker_dir / name).is_file()]
     if not sources:
         raise LabError(f"there is no tracker DB in {tracker_dir} to back up", hint="start the lab with `lab up` first")
-    backups_dir.mkdir(parents=True, exist_ok=True)
-    clear_incoming(backups_dir)
     moment = now_utc()
     backup_id = new_id(moment)
     incoming = backups_dir / f"{INCOMING}{backup_id}"
-    incoming.mkdir()
+    try:
+        backups_dir.mkdir(parents=True, exist_ok=True)
+        clear_incoming(backups_dir)
+        incoming.mkdir()
+    except OSError as exc:
+        raise LabError(
+            f"cannot write backups to {backups_dir}: {exc.strerror or exc}", hint="it must be a writable folder"
+        ) from None
     try:
         files = []
         for source in sources:
@@ -227,10 +232,11 @@ def take(
         final = backups_dir / backup_id
         incoming.rename(final)
         _fsync(backups_dir)
-    except OSError as exc:
+    except (OSError, sqlite3.Error) as exc:
         shutil.rmtree(incoming, ignore_errors=True)
+        reason = getattr(exc, "strerror", None) or str(exc)
         raise LabError(
-            f"the backup could not be written to {backups_dir}: {exc.strerror or exc}",
+            f"the backup could not be written to {backups_dir}: {reason}",
             hint="free some space there; the earlier backups are untouched",
         ) from None
     except BaseException:
