@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import stat
 import subprocess
 from pathlib import Path
@@ -51,7 +50,7 @@ def test_up_log_backup_down_up_read(lab, ports, state, tmp_path):
     assert ran.code == 0, ran.err
     assert "the lab is down (jupyter, mlflow stopped)" in ran.out
     for pid in pids.values():
-        assert not os.path.exists(f"/proc/{pid}"), "a service outlived `lab down`"
+        assert not Path(f"/proc/{pid}").exists(), "a service outlived `lab down`"
     assert lab("down", "--local").out.strip() == "nothing to do: the lab is not running"
 
     # Lose the tracker's DB: the next up restores the newest verified backup (the one `down` took).
