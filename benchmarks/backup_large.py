@@ -1,0 +1,127 @@
+"""`lab backup` of a 1 GB tracker DB under concurrent writes, against `sqlite3 SRC ".backup DST"`.
+
+`lab backup` = snapshot + PRAGMA integrity_check + sha256 + manifest (+ the CLI's start-up); the sqlite3
+CLI does the snapshot alone. Both run on the same DB, in the same run, alternating, while an MLflow
+client logs metrics to the running tracker. Target (issue 3): `lab backup` within 1.5x.
+
+Run: .venv/bin/python benchmarks/backup_large.py [--gb 1.0] [--rounds 3]
+Needs the sqlite3 CLI (apt-get install sqlite3) and lab[local]. Uses a temporary LAB_HOME.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+LAB = Path(sys.executable).with_name("lab")
+
+
+def build_db(path: Path, gigabytes: float) -> None:
+    """An MLflow-schema DB grown to size with metric rows, as a long-lived tracker's would be."""
+    subprocess.run(
+        [sys.executable, "-m", "mlflow", "db", "upgrade", f"sqlite:///{path}"], check=True, capture_output=True
+    )
+    db = sqlite3.connect(path)
+    db.execute(
+        "INSERT INTO experiments (experiment_id, name, artifact_location, lifecycle_stage) "
+        "VALUES (1, 'bench', '/tmp/bench', 'active')"
+    )
+    run_cols = (
+        "run_uuid, name, source_type, source_name, entry_point_name, user_id, status, start_time, "
+        "end_time, source_version, lifecycle_stage, artifact_uri, experiment_id"
+    )
+    batch, target = 200_000, int(gigabytes * 2**30)
+    run = 0
+    while path.stat().st_size < target:
+        run += 1
+        run_id = f"{run:032x}"
+        db.execute(
+            f"INSERT INTO runs ({run_cols}) VALUES (?, 'r', 'LOCAL', '', '', 'b', 'FINISHED', 0, 0, '', "
+            "'active', '/tmp', 1)",
+            (run_id,),
+        )
+        db.executemany(
+            "INSERT INTO metrics (key, value, timestamp, run_uuid, step, is_nan) VALUES (?, ?, ?, ?, ?, 0)",
+            ((f"metric_{i % 50}", i * 0.001, 1_700_000_000_000 + i, run_id, i) for i in range(batch)),
+        )
+        db.commit()
+    db.close()
+
+
+def writer(uri: str, stop: threading.Event, counter: list[int]) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    run_id = client.create_run("1").info.run_id
+    step = 0
+    while not stop.is_set():
+        client.log_metric(run_id, "live", step * 0.5, step=step)
+        step += 1
+        counter[0] = step
+
+
+def timed(argv: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(argv, check=True, capture_output=True, env=env)
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gb", type=float, default=1.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    if shutil.which("sqlite3") is None:
+        print("needs the sqlite3 CLI: apt-get install sqlite3", file=sys.stderr)
+        return 1
+    home = Path(tempfile.mkdtemp(prefix="lab-bench-"))
+    env = {**os.environ, "LAB_HOME": str(home), "LAB_STACK": "bench"}
+    tracker = home / "stacks" / "bench" / "tracker"
+    tracker.mkdir(parents=True)
+    db = tracker / "mlflow.db"
+    port = "5917"
+    try:
+        started = time.perf_counter()
+        build_db(db, args.gb)
+        print(f"built {db.stat().st_size / 2**30:.2f} GiB tracker DB in {time.perf_counter() - started:.0f} s")
+        subprocess.run(
+            [str(LAB), "up", "--local", "--no-jupyter", "--port", port], check=True, env=env, capture_output=True
+        )
+        stop, counter = threading.Event(), [0]
+        thread = threading.Thread(target=writer, args=(f"http://127.0.0.1:{port}", stop, counter), daemon=True)
+        thread.start()
+        time.sleep(2)
+        lab_times, cli_times = [], []
+        for round_ in range(args.rounds):
+            copy = home / f"cli-{round_}.db"
+            cli_times.append(timed(["sqlite3", str(db), f".backup '{copy}'"], env))
+            copy.unlink()
+            lab_times.append(timed([str(LAB), "backup", "--local"], env))
+        before = counter[0]
+        time.sleep(1)
+        writes_per_s = counter[0] - before
+        stop.set()
+        thread.join(timeout=30)
+        lab_median, cli_median = statistics.median(lab_times), statistics.median(cli_times)
+        print(f"concurrent writer: ~{writes_per_s} metric writes/s through the MLflow server")
+        print(f"sqlite3 .backup (snapshot only)      median {cli_median:6.2f} s  {[round(t, 2) for t in cli_times]}")
+        print(f"lab backup (snapshot+integrity+sha)  median {lab_median:6.2f} s  {[round(t, 2) for t in lab_times]}")
+        ratio = lab_median / cli_median
+        print(f"ratio lab/sqlite3: {ratio:.2f}x (target <= 1.5x: {'met' if ratio <= 1.5 else 'NOT met'})")
+    finally:
+        subprocess.run([str(LAB), "down", "--local", "--force"], env=env, capture_output=True, check=False)
+        shutil.rmtree(home, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
