@@ -126,9 +126,7 @@ def open_lab(stack_name: str) -> LocalLab:
     try:
         stack_file, resolution = stack.load(stack_name, target="local")
         name, bucket_explicit = stack_file.name, resolution.sources.get("lab:bucketName") == "stack"
-    except LabError as exc:
-        if not str(exc).startswith("no stack file"):
-            raise
+    except stack.StackFileMissing:
         name, bucket_explicit = stack.stack_path(stack_name)[0], False
         resolution = schema.resolve({}, stack=name, target="local")
     if resolution.problems or resolution.settings is None:

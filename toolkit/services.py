@@ -159,8 +159,9 @@ def wait_healthy(record: Record, timeout: float) -> float:
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         if not is_running(record):
-            tail = log_tail(Path(record.log))
-            raise LabError(f"{record.name} exited while starting; the end of {record.log}:\n{tail}")
+            lines = [line for line in log_tail(Path(record.log)).splitlines() if line.strip()]
+            last = lines[-1].strip() if lines else "no output"
+            raise LabError(f"{record.name} exited while starting: {last}", hint=f"see {record.log}")
         if http_ok(record.health_url):
             return time.monotonic() - started
         time.sleep(0.25)

@@ -14,6 +14,10 @@ from toolkit.paths import project_dir
 DEFAULT_STACK = "dev"
 
 
+class StackFileMissing(LabError):
+    """The stack has no file: callers that can do without one (the local target) catch this."""
+
+
 @dataclass(frozen=True)
 class StackFile:
     """A stack's name, the file it lives in, and its raw `config:` mapping."""
@@ -42,7 +46,7 @@ def read(stack: str) -> StackFile:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise LabError(
+        raise StackFileMissing(
             f"no stack file {path}", hint="create it (copy Pulumi.dev.yaml) or pick another with --stack"
         ) from None
     except OSError as exc:

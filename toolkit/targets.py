@@ -13,10 +13,8 @@ def choose(stack_name: str, local: bool, target: options.TargetChoice | None) ->
         return str(target.value)
     try:
         _, resolution = stack.load(stack_name)
-    except LabError as exc:
-        if str(exc).startswith("no stack file"):
-            return "local"  # the embedded default: no stack, no cloud
-        raise
+    except stack.StackFileMissing:
+        return "local"  # the embedded default: no stack, no cloud
     chosen = resolution.values.get("lab:target")
     return chosen if isinstance(chosen, str) else "local"
 
