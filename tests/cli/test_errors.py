@@ -96,3 +96,14 @@ def test_ctrl_c_exits_130(tmp_path, isolated):
 def test_python_dash_m_runs_the_cli():
     done = subprocess.run([sys.executable, "-m", "toolkit", "--version"], capture_output=True, text=True, check=False)
     assert done.returncode == 0 and done.stdout.strip() == f"lab {__version__}"
+
+
+def test_targets_not_built_yet_say_what_works(lab):
+    # The shipped dev stack's target is gcp; the local lab is what runs today.
+    for command in ("up", "down", "status", "backup", "restore"):
+        ran = lab(command)
+        assert ran.code == 1, command
+        assert ran.err.strip() == (
+            f"error: `lab {command}` on the gcp target is not available yet; "
+            f"run `lab {command} --local` for the lab on this machine"
+        )

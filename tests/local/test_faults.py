@@ -237,7 +237,6 @@ def test_restore_while_running_needs_stop_and_keeps_the_replaced_db(lab, tracker
     assert ran.err.strip().splitlines()[-1] == (
         "error: the tracker is running; pass --stop to stop it first, or `lab down --local`"
     )
-    replaced = sha(tracker / "mlflow.db")
     ran = lab("restore", chosen, "--local", "--stop")
     assert ran.code == 0, ran.err
     assert "mlflow stopped" in ran.err
@@ -245,7 +244,6 @@ def test_restore_while_running_needs_stop_and_keeps_the_replaced_db(lab, tracker
     assert len(kept) == 1
     assert kept[0].manifest.files[0].counts["runs"] == 3
     assert json.loads(lab("status", "--local", "--json").out)["components"]["mlflow"]["state"] == "stopped"
-    del replaced
 
 
 def test_backup_from_an_older_mlflow_is_upgraded_and_kept(lab, state, ports):

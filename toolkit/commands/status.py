@@ -57,7 +57,7 @@ def status(
     document = {
         "stack": lab.stack,
         "target": "local",
-        "state": str(lab.root),
+        "state_dir": str(lab.root),
         "components": components,
         "tracker_db": {
             "path": str(lab.mlflow_db),
