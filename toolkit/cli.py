@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from toolkit import __version__, errors
-from toolkit.commands import backup, config_show, config_validate, doctor, down, restore, status, up
+from toolkit.commands import backup, config_show, config_validate, dispatch, doctor, down, restore, status, up
 
 
 def _print_version(value: bool) -> None:
@@ -37,6 +37,7 @@ app.command("status")(status.status)
 app.command("backup")(backup.backup)
 app.command("restore")(restore.restore)
 app.command("down")(down.down)
+app.command("dispatch")(dispatch.dispatch)
 app.command("doctor")(doctor.doctor)
 
 

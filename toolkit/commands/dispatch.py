@@ -1,0 +1,150 @@
+"""`lab dispatch`: a sweep of a notebook on the lab's slots, chosen by Optuna, recorded in MLflow."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from toolkit import local_lab, options, targets
+from toolkit.console import err, out
+from toolkit.errors import LabError
+
+DEFAULT_OUTPUT = "out/{study}/{notebook}-{trial}-{run_id}.ipynb"
+
+
+def _table(sweep: object, started: float) -> object:
+    from rich.table import Table
+
+    progress = sweep.progress  # type: ignore[attr-defined]
+    done, failed = progress.count("COMPLETE"), progress.count("FAIL") + progress.count("INTERRUPTED")
+    running = [r for r in progress.results if r.state == "RUNNING"]
+    best = "-" if progress.best is None else f"{progress.best:.6g}"
+    table = Table(
+        title=f"{done} done, {len(running)} running, {failed} failed of {progress.planned} "
+        f"(+{progress.already} earlier); best {best}; {time.monotonic() - started:.0f} s",
+        title_justify="left",
+    )
+    for column in ("slot", "trial", "elapsed", "params"):
+        table.add_column(column)
+    busy = {r.slot: r for r in running}
+    for slot in sweep.slots:  # type: ignore[attr-defined]
+        result = busy.get(slot.name)
+        if result:
+            params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.params.items())
+            table.add_row(slot.name, str(result.number), f"{time.monotonic() - result.started:.0f} s", params)
+        else:
+            table.add_row(slot.name, "-", "-", "idle")
+    return table
+
+
+def dispatch(
+    notebook: Annotated[Path, typer.Argument(help="The notebook to run (a cell tagged `parameters`).")],
+    space_file: Annotated[Path, typer.Option("--space", help="The search-space YAML file.")],
+    trials: Annotated[int, typer.Option("--trials", "-n", min=1, help="Trials in the study, in all.")] = 10,
+    parallel: Annotated[int, typer.Option("--parallel", "-j", min=1, help="Trials at once (slots).")] = 1,
+    study: Annotated[
+        Optional[str],  # noqa: UP045 -- typer reads the annotation at run time on Python 3.10 too
+        typer.Option("--study", help="Study name; the same name resumes it. Default: the notebook's name."),
+    ] = None,
+    timeout: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option("--timeout", min=1, help="Seconds a trial may run before it is stopped and failed."),
+    ] = None,
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="Where executed notebooks go: {study}, {trial}, {run_id}, {notebook}.")
+    ] = DEFAULT_OUTPUT,
+    gpus: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--gpus", help="GPU ids, e.g. 0,1: each slot sees one (CUDA_VISIBLE_DEVICES), lab:runsPerGpu slots per GPU."
+        ),
+    ] = None,
+    as_json: options.Json = False,
+    local: options.Local = False,
+    target: options.Target = None,
+    stack_name: options.Stack = options.STACK_DEFAULT,
+) -> None:
+    """Run a sweep: Optuna proposes parameters, papermill runs the notebook on parallel slots, MLflow
+    records every trial. Exit 0 when at least one trial completed."""
+    targets.require_local(targets.choose(stack_name, local, target), "dispatch")
+    from toolkit import dispatch as engine
+    from toolkit import slots, space
+
+    if not notebook.is_file():
+        raise LabError(f"no notebook {notebook}", hint="pass the path of an .ipynb file")
+    searched = space.load(space_file)
+    lab = local_lab.open_lab(stack_name)
+    tracker = local_lab.running(lab, local_lab.MLFLOW, err().print)
+    if tracker is None:
+        raise LabError("the local lab is not up", hint="start it with `lab up --local`")
+    gpu_list = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else None
+    slot_list = slots.local_slots(parallel, gpu_list, lab.settings.runs_per_gpu)
+    spec = engine.SweepSpec(
+        notebook=notebook.resolve(),
+        space=searched,
+        study=study or notebook.stem,
+        trials=trials,
+        timeout=timeout,
+        output_pattern=output,
+        tracking_uri=tracker.url,
+        storage_path=lab.tracker_dir / "optuna.db",
+    )
+    engine.output_path(output, study=spec.study, trial=0, run_id="x", notebook=notebook)  # fail fast on typos
+    with engine.study_lock(spec.storage_path, spec.study):
+        sweep = engine.Sweep(spec, slot_list)
+        progress = sweep.open()
+        started = time.monotonic()
+        if progress.planned == 0:
+            err().print(f"nothing to do: study {spec.study!r} already has {progress.already} finished trials")
+        elif as_json:
+            sweep.run()
+        else:
+            from rich.live import Live
+
+            with Live(_table(sweep, started), console=err(), refresh_per_second=4, transient=False) as live:
+                try:
+                    sweep.run(on_change=lambda: live.update(_table(sweep, started)))
+                except KeyboardInterrupt:
+                    stopped = progress.count("INTERRUPTED")
+                    err().print(
+                        f"stopped {stopped} running trial{'s' * (stopped != 1)}, marked them interrupted "
+                        "and queued their parameters; run the same command again to resume"
+                    )
+                    raise
+        best = sweep.best()
+    summary = {
+        "study": spec.study,
+        "tracking_uri": spec.tracking_uri,
+        "experiment_id": sweep.experiment_id,
+        "trials": [
+            {
+                "number": r.number,
+                "state": r.state,
+                "value": r.value,
+                "params": r.params,
+                "run_id": r.run_id,
+                "slot": r.slot,
+                "attempts": r.attempts,
+                "seconds": round(r.seconds, 3),
+                "output": r.output,
+                "error": r.error,
+            }
+            for r in progress.results
+        ],
+        "completed": progress.count("COMPLETE"),
+        "failed": progress.count("FAIL"),
+        "best": best,
+    }
+    if as_json:
+        out().print_json(json.dumps(summary, default=str))
+    else:
+        out().print(f"{summary['completed']} completed, {summary['failed']} failed this run")
+        if best:
+            out().print(f"best trial {best['trial']}: {spec.space.metric} = {best['value']:.6g} with {best['params']}")
+            out().print(f"best run: {best['url']}")
+    if (progress.planned and summary["completed"] == 0) or best is None:
+        raise LabError(f"no trial of study {spec.study!r} completed", hint="see each run's lab.error tag in MLflow")

@@ -1,0 +1,158 @@
+"""Slots: where one trial's notebook runs. A slot takes a job and returns how it ended.
+
+The local slot runs papermill as its own process, with the slot's environment (for example
+CUDA_VISIBLE_DEVICES) on top of the trial's (MLFLOW_TRACKING_URI, MLFLOW_RUN_ID). Remote slots (SSH to a
+worker) implement the same `run`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+ERROR_LINES = 12
+POLL_S = 0.05
+# What papermill says when the kernel itself went away (killed, out of memory): the slot died.
+DEAD_KERNEL_SIGNS = ("DeadKernelError", "Kernel died", "kernel died")
+
+
+@dataclass(frozen=True)
+class Job:
+    notebook: Path
+    output: Path
+    parameters: dict[str, Any]
+    env: dict[str, str]
+    timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """ok, failed (the notebook raised), timeout, died (the process or kernel went away), cancelled."""
+
+    kind: str
+    seconds: float
+    error: str = ""
+
+
+class Slot(Protocol):
+    name: str
+
+    def run(self, job: Job, cancel: threading.Event) -> Outcome: ...
+
+
+def kill_tree(pid: int) -> None:
+    """Kill a process and everything it started (papermill starts its kernel in a session of its own)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        family = [*root.children(recursive=True), root]
+    except psutil.Error:
+        return
+    for process in family:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(family, timeout=5)
+
+
+def last_lines(text: str, count: int = ERROR_LINES) -> str:
+    lines = [line.rstrip() for line in text.splitlines() if line.strip()]
+    return "\n".join(lines[-count:])
+
+
+@dataclass
+class LocalSlot:
+    """A slot on this machine: papermill in a process of its own."""
+
+    name: str
+    env: dict[str, str] = field(default_factory=dict)
+    pid: int | None = None  # the running papermill, for tests and for `lab sweep` diagnostics
+
+    def run(self, job: Job, cancel: threading.Event) -> Outcome:
+        import yaml
+
+        job.output.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="lab-trial-") as scratch:
+            params_file = Path(scratch) / "parameters.yaml"
+            params_file.write_text(yaml.safe_dump(job.parameters))
+            stderr_path = Path(scratch) / "stderr.txt"
+            argv = [
+                sys.executable,
+                "-m",
+                "papermill",
+                str(job.notebook),
+                str(job.output),
+                "-f",
+                str(params_file),
+                "--cwd",
+                str(job.notebook.parent),
+                "--no-progress-bar",
+            ]
+            env = {**os.environ, **self.env, **job.env}
+            started = time.monotonic()
+            with stderr_path.open("wb") as stderr:
+                process = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=stderr,
+                    env=env,
+                    start_new_session=True,
+                )
+                self.pid = process.pid
+                ended = self._wait(process, job, cancel, started)
+            seconds = time.monotonic() - started
+            self.pid = None
+            if ended:
+                return Outcome(
+                    ended,
+                    seconds,
+                    "cancelled"
+                    if ended == "cancelled"
+                    else f"the trial ran longer than --timeout {job.timeout:g} s and was stopped",
+                )
+            log = stderr_path.read_text(errors="replace")
+        if process.returncode == 0:
+            return Outcome("ok", seconds)
+        if process.returncode < 0:
+            return Outcome("died", seconds, f"papermill was killed by signal {-process.returncode}")
+        if any(sign in log for sign in DEAD_KERNEL_SIGNS):
+            return Outcome("died", seconds, last_lines(log))
+        return Outcome("failed", seconds, last_lines(log) or f"papermill exited with {process.returncode}")
+
+    @staticmethod
+    def _wait(process: subprocess.Popen, job: Job, cancel: threading.Event, started: float) -> str | None:
+        """Wait for papermill; stop it (and its kernel) on cancel or timeout, saying which."""
+        while True:
+            try:
+                process.wait(timeout=POLL_S)
+                return None
+            except subprocess.TimeoutExpired:
+                pass
+            if cancel.is_set():
+                kill_tree(process.pid)
+                process.wait()
+                return "cancelled"
+            if job.timeout is not None and time.monotonic() - started > job.timeout:
+                kill_tree(process.pid)
+                process.wait()
+                return "timeout"
+
+
+def local_slots(parallel: int, gpus: list[str] | None, runs_per_gpu: int) -> list[LocalSlot]:
+    """`parallel` slots; with GPUs, each slot sees one GPU and each GPU takes `runs_per_gpu` slots."""
+    if not gpus:
+        return [LocalSlot(name=f"slot-{i}") for i in range(parallel)]
+    layout = [gpu for gpu in gpus for _ in range(runs_per_gpu)]
+    return [
+        LocalSlot(name=f"gpu{gpu}-{i}", env={"CUDA_VISIBLE_DEVICES": gpu})
+        for i, gpu in enumerate(layout[:parallel] if parallel else layout)
+    ]
