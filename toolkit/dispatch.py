@@ -16,6 +16,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,8 @@ class TrialResult:
     attempts: int = 0
     started: float = field(default_factory=time.monotonic)
     seconds: float = 0.0  # time inside the slot (papermill), all attempts
+    slot_start: float = 0.0  # when papermill started and ended, on the sweep's clock (time.monotonic)
+    slot_end: float = 0.0
     output: str = ""
 
 
@@ -119,6 +122,8 @@ class Sweep:
         self.client: Any = None
         self.experiment_id = ""
         self.errors: list[BaseException] = []
+        self.finisher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="finish")
+        self.finishing: list[Future] = []
 
     # -- setup ---------------------------------------------------------------------------------
     def open(self) -> Progress:
@@ -193,12 +198,19 @@ class Sweep:
             self.cancel.set()
             for thread in threads:
                 thread.join()
+            self._drain()
             on_change()
             raise
+        self._drain()
         on_change()
         if self.errors:
             raise self.errors[0]
         return progress
+
+    def _drain(self) -> None:
+        """Wait for every trial's bookkeeping; a failure in it is an error of the sweep."""
+        self.finisher.shutdown(wait=True)
+        self.errors.extend(f.exception() for f in self.finishing if f.exception() is not None)
 
     def _next(self, slot: slots.Slot) -> tuple[Any, TrialResult] | None:
         with self.lock:
@@ -246,12 +258,12 @@ class Sweep:
                     "MLFLOW_EXPERIMENT_ID": self.experiment_id,
                 },
             )
+            result.slot_start = result.slot_start or time.monotonic()
             outcome = slot.run(job, self.cancel)
+            result.slot_end = time.monotonic()
             result.seconds += outcome.seconds
-            if output.exists():
-                with contextlib.suppress(Exception):
-                    self.client.log_artifact(run_id, str(output))
             if outcome.kind == "died" and result.attempts <= spec.max_retries and not self.cancel.is_set():
+                self._store_notebook(run_id, output)
                 self._fail_run(
                     run_id,
                     f"the slot's process died ({outcome.error}); retrying with the same parameters",
@@ -259,7 +271,14 @@ class Sweep:
                 )
                 continue
             break
-        self._finish(trial, result, outcome)
+        # The bookkeeping after a trial (its notebook, its objective, telling Optuna) runs beside the
+        # slot, which goes straight on to its next trial.
+        self.finishing.append(self.finisher.submit(self._finish, trial, result, outcome, output))
+
+    def _store_notebook(self, run_id: str, output: Path) -> None:
+        if output.exists():
+            with contextlib.suppress(Exception):
+                self.client.log_artifact(run_id, str(output))
 
     def _start_run(self, number: int, result: TrialResult, parameters: dict[str, Any]) -> str:
         from mlflow.entities import Param
@@ -298,10 +317,11 @@ class Sweep:
             return None, f"the objective metric {metric!r} is {value}"
         return value, ""
 
-    def _finish(self, trial: Any, result: TrialResult, outcome: slots.Outcome) -> None:
+    def _finish(self, trial: Any, result: TrialResult, outcome: slots.Outcome, output: Path) -> None:
         import optuna
 
         run_id = result.run_id or ""
+        self._store_notebook(run_id, output)
         state, value, error = "FAIL", None, outcome.error
         if outcome.kind == "ok":
             value, error = self._objective(run_id)

@@ -98,6 +98,7 @@ def dispatch(
         sweep = engine.Sweep(spec, slot_list)
         progress = sweep.open()
         started = time.monotonic()
+        wall = 0.0
         if progress.planned == 0:
             err().print(f"nothing to do: study {spec.study!r} already has {progress.already} finished trials")
         elif as_json:
@@ -115,6 +116,7 @@ def dispatch(
                         "and queued their parameters; run the same command again to resume"
                     )
                     raise
+        wall = time.monotonic() - started
         best = sweep.best()
     summary = {
         "study": spec.study,
@@ -130,11 +132,15 @@ def dispatch(
                 "slot": r.slot,
                 "attempts": r.attempts,
                 "seconds": round(r.seconds, 3),
+                "slot_start": round(r.slot_start - started, 3),
+                "slot_end": round(r.slot_end - started, 3),
                 "output": r.output,
                 "error": r.error,
             }
             for r in progress.results
         ],
+        "slots": len(slot_list),
+        "wall_s": round(wall, 3),
         "completed": progress.count("COMPLETE"),
         "failed": progress.count("FAIL"),
         "best": best,
