@@ -339,3 +339,32 @@ def test_dispatch_needs_the_lab_up(lab, tmp_path):
     ran = lab("dispatch", str(PROBE), "--space", str(probe_space(tmp_path)), "--local")
     assert ran.code == 1
     assert ran.err.strip() == "error: the local lab is not up; start it with `lab up --local`"
+
+
+def test_same_seed_same_metrics(lab, lab_up, state, tmp_path):
+    """Two studies with the same sampler seed propose the same parameters and trial seeds; with
+    seed_everything in the notebook, every metric comes out identical."""
+    values = {}
+    for name in ("twin-a", "twin-b"):
+        ran = dispatch(
+            lab,
+            tmp_path,
+            str(QUICKSTART / "quickstart.ipynb"),
+            "--space",
+            str(QUICKSTART / "space.yml"),
+            "--trials",
+            "2",
+            "--parallel",
+            "2",
+            "--study",
+            name,
+        )
+        assert ran.code == 0, ran.err
+        values[name] = sorted((t["number"], t["params"]["lr"], t["value"]) for t in json.loads(ran.out)["trials"])
+    assert values["twin-a"] == values["twin-b"]
+    client = mlflow.MlflowClient(lab_up)
+    histories = [
+        [m.value for m in client.get_metric_history(t, "train_loss")]
+        for t in (study_of(state, n).trials[0].user_attrs["mlflow_run_id"] for n in ("twin-a", "twin-b"))
+    ]
+    assert histories[0] == histories[1] and len(histories[0]) == 3
