@@ -8,7 +8,19 @@ from typing import Annotated
 import typer
 
 from toolkit import __version__, errors
-from toolkit.commands import backup, config_show, config_validate, dispatch, doctor, down, restore, status, up
+from toolkit.commands import (
+    backup,
+    config_show,
+    config_validate,
+    dispatch,
+    doctor,
+    down,
+    restore,
+    status,
+    sweep_show,
+    sweeps,
+    up,
+)
 
 
 def _print_version(value: bool) -> None:
@@ -38,6 +50,10 @@ app.command("backup")(backup.backup)
 app.command("restore")(restore.restore)
 app.command("down")(down.down)
 app.command("dispatch")(dispatch.dispatch)
+app.command("sweeps")(sweeps.sweeps)
+sweep_app = typer.Typer(help="Look at one sweep.", no_args_is_help=True)
+sweep_app.command("show")(sweep_show.show)
+app.add_typer(sweep_app, name="sweep")
 app.command("doctor")(doctor.doctor)
 
 
