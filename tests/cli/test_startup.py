@@ -42,6 +42,8 @@ print(json.dumps({{"code": code, "heavy": heavy}}), file=sys.stderr)
         ["config", "show"],
         ["config", "validate"],
         ["config", "show", "--json"],
+        *([name, "--help"] for name in ("up", "status", "backup", "restore", "down", "dispatch", "sweeps")),
+        ["sweep", "show", "--help"],
     ],
     ids=" ".join,
 )
