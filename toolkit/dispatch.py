@@ -122,6 +122,8 @@ class Sweep:
         self.client: Any = None
         self.experiment_id = ""
         self.errors: list[BaseException] = []
+        self.active = 0
+        self.all_done = threading.Event()
         self.finisher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="finish")
         self.finishing: list[Future] = []
 
@@ -184,22 +186,21 @@ class Sweep:
     def run(self, on_change: Callable[[], None] = lambda: None, poll: float = 0.2) -> Progress:
         """Run the sweep to the end; Ctrl-C stops the running trials, records them, and re-raises."""
         progress = self.progress or self.open()
-        threads = [
-            threading.Thread(target=self._slot_loop, args=(slot,), name=slot.name, daemon=True) for slot in self.slots
-        ]
-        for thread in threads:
-            thread.start()
+        # Slots report their end through a counter and an event, not Thread.join: on Python 3.11 a
+        # join interrupted by Ctrl-C can mark a thread that still runs as finished.
+        self.active = len(self.slots)
+        for slot in self.slots:
+            threading.Thread(target=self._slot_loop, args=(slot,), name=slot.name, daemon=True).start()
         try:
-            while any(t.is_alive() for t in threads):
+            while not self.all_done.wait(timeout=poll):
                 on_change()
-                for thread in threads:
-                    thread.join(timeout=poll / len(threads))
         except KeyboardInterrupt:
             self.cancel.set()
-            for thread in threads:
-                thread.join()
+            self.all_done.wait()
             self._drain()
             on_change()
+            if self.errors:
+                raise self.errors[0] from None
             raise
         self._drain()
         on_change()
@@ -229,6 +230,11 @@ class Sweep:
         except BaseException as exc:  # a bug here must not vanish with the thread
             self.errors.append(exc)
             self.cancel.set()
+        finally:
+            with self.lock:
+                self.active -= 1
+                if self.active == 0:
+                    self.all_done.set()
 
     def _run_trial(self, slot: slots.Slot, trial: Any, result: TrialResult) -> None:
         spec, space = self.spec, self.spec.space

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -13,13 +13,19 @@ from toolkit import local_lab, options, targets
 from toolkit.console import err, out
 from toolkit.errors import LabError
 
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from toolkit.dispatch import Sweep
+
 DEFAULT_OUTPUT = "out/{study}/{notebook}-{trial}-{run_id}.ipynb"
 
 
-def _table(sweep: object, started: float) -> object:
+def _table(sweep: Sweep, started: float) -> Table:
     from rich.table import Table
 
-    progress = sweep.progress  # type: ignore[attr-defined]
+    progress = sweep.progress
+    assert progress is not None  # noqa: S101 -- the sweep is open before anything is shown
     done, failed = progress.count("COMPLETE"), progress.count("FAIL") + progress.count("INTERRUPTED")
     running = [r for r in progress.results if r.state == "RUNNING"]
     best = "-" if progress.best is None else f"{progress.best:.6g}"
@@ -31,7 +37,7 @@ def _table(sweep: object, started: float) -> object:
     for column in ("slot", "trial", "elapsed", "params"):
         table.add_column(column)
     busy = {r.slot: r for r in running}
-    for slot in sweep.slots:  # type: ignore[attr-defined]
+    for slot in sweep.slots:
         result = busy.get(slot.name)
         if result:
             params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.params.items())
