@@ -74,7 +74,6 @@ class LocalSlot:
 
     name: str
     env: dict[str, str] = field(default_factory=dict)
-    pid: int | None = None  # the running papermill, for tests and for `lab sweep` diagnostics
 
     def run(self, job: Job, cancel: threading.Event) -> Outcome:
         import yaml
@@ -107,10 +106,8 @@ class LocalSlot:
                     env=env,
                     start_new_session=True,
                 )
-                self.pid = process.pid
                 ended = self._wait(process, job, cancel, started)
             seconds = time.monotonic() - started
-            self.pid = None
             if ended:
                 return Outcome(
                     ended,
