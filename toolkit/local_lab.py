@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit import backups, paths, proc, schema, services, stack
+from toolkit import backups, paths, schema, services, stack, tracker_db
 from toolkit.errors import LabError
 
 MLFLOW = "mlflow"
@@ -162,13 +162,6 @@ def _check_port(port: int, name: str) -> None:
         )
 
 
-def _service_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
 def restore_if_empty(lab: LocalLab, say: Say) -> backups.Backup | None:
     """Before a first start: bring back the newest backup that verifies, local or from the bucket."""
     if lab.mlflow_db.exists():
@@ -196,37 +189,7 @@ def restore_if_empty(lab: LocalLab, say: Say) -> backups.Backup | None:
 
 
 def install(lab: LocalLab, backup: backups.Backup, say: Say) -> None:
-    """Put a verified backup's DBs in place (atomically, file by file) and bring the MLflow schema up to
-    date; the backup itself stays as it was."""
-    lab.tracker_dir.mkdir(parents=True, exist_ok=True)
-    for described in backup.manifest.files:
-        staging = lab.tracker_dir / f".restoring-{described.name}"
-        with (backup.path / described.name).open("rb") as src, staging.open("wb") as dst:
-            while chunk := src.read(backups.HASH_CHUNK):
-                dst.write(chunk)
-            dst.flush()
-            os.fsync(dst.fileno())
-        staging.replace(lab.tracker_dir / described.name)
-    say(f"restored backup {backup.manifest.id} ({_describe(backup.manifest)})")
-    if lab.mlflow_db.exists():
-        upgrade_schema(lab, backup.manifest, say)
-
-
-def upgrade_schema(lab: LocalLab, manifest: backups.Manifest, say: Say) -> None:
-    """`mlflow db upgrade` on the restored DB: a no-op when the schema is current."""
-    proc.run(
-        [sys.executable, "-m", "mlflow", "db", "upgrade", f"sqlite:///{lab.mlflow_db}"], timeout=600, env=_service_env()
-    )
-    before = manifest.mlflow.schema_revision if manifest.mlflow else None
-    after = backups.inspect(lab.mlflow_db, "mlflow.db").schema_revision
-    if before != after:
-        say(f"upgraded the MLflow schema from {before} to {after} (the backup keeps the original)")
-
-
-def _describe(manifest: backups.Manifest) -> str:
-    counts = manifest.mlflow.counts if manifest.mlflow else {}
-    parts = [f"{counts[k]} {k}" for k in ("experiments", "runs", "metrics") if k in counts]
-    return ", ".join(parts) or f"{manifest.size} bytes"
+    tracker_db.install(lab.tracker_dir, backup, say)
 
 
 def _token(lab: LocalLab) -> str:
@@ -273,7 +236,7 @@ def start_mlflow(lab: LocalLab, port: int, say: Say) -> services.Record:
         port=port,
         url=url,
         health_url=f"{url}/health",
-        env=_service_env(),
+        env=tracker_db.server_env(),
     )
     seconds = services.wait_healthy(record, MLFLOW_READY_TIMEOUT_S)
     say(f"mlflow answered in {seconds:.1f} s")
@@ -282,7 +245,7 @@ def start_mlflow(lab: LocalLab, port: int, say: Say) -> services.Record:
 
 def start_jupyter(lab: LocalLab, port: int, say: Say) -> services.Record:
     _check_port(port, JUPYTER)
-    env = _service_env()
+    env = tracker_db.server_env()
     env["JUPYTER_TOKEN"] = _token(lab)  # read from the environment: never in argv, never in its log
     env["JUPYTER_RUNTIME_DIR"] = str(lab.root / "secrets" / "jupyter-runtime")
     env["MLFLOW_TRACKING_URI"] = f"http://{HOST}:{_mlflow_port(lab)}"
