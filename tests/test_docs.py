@@ -54,6 +54,8 @@ def test_every_key_is_documented(key):
         assert default == str(key.default).lower()
     elif key.default is None:
         assert default == "none"
+    elif key.default == ():
+        assert default == "[]"
     elif key.name != "lab:workerImage":  # documented by name: the full image path is long
         assert default == str(key.default)
 

@@ -81,6 +81,13 @@ KEYS: tuple[Key, ...] = (
     Key("lab:sshUser", "string", "login for SSH and Ansible", default="lab"),
     Key("lab:sshPublicKeyPath", "string", "public key installed for lab:sshUser", default="~/.ssh/id_ed25519.pub"),
     Key(
+        "lab:trackerHost",
+        "string",
+        "ssh target: the tracker machine (an address or a ~/.ssh/config alias)",
+        required_for=("ssh",),
+    ),
+    Key("lab:workerHosts", "list", "ssh target: the worker machines (addresses or aliases)", default=()),
+    Key(
         "lab:allowedSshCidrs",
         "list",
         "who may reach SSH, e.g. [203.0.113.7/32]; world-open is refused",
@@ -127,6 +134,7 @@ _PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 _REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
 _ZONE = re.compile(r"^([a-z]+-[a-z]+[0-9]+)-[a-z]$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
+_HOST = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$")
 _UNIX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 
 
@@ -170,6 +178,8 @@ class Settings:
     tracker_disk_gb: int
     ssh_user: str
     ssh_public_key_path: str
+    tracker_host: str | None
+    worker_hosts: tuple[str, ...]
     allowed_ssh_cidrs: tuple[str, ...]
     bucket_name: str | None
     bucket_location: str | None
@@ -201,6 +211,11 @@ class Settings:
     @property
     def mlflow_port(self) -> int:
         return MLFLOW_PORT
+
+    @property
+    def ssh_private_key_path(self) -> str:
+        """The key lab logs in with: the public key's path without `.pub`."""
+        return self.ssh_public_key_path.removesuffix(".pub")
 
 
 @dataclass
@@ -382,6 +397,7 @@ def _check_values(values: dict[str, Any], sources: dict[str, str]) -> list[Probl
             problems.append(Problem("lab:workerMachineType", mismatch))
 
     problems.extend(_cidr_problems(value("lab:allowedSshCidrs") or ()))
+    problems.extend(_host_problems(value("lab:trackerHost"), value("lab:workerHosts") or ()))
 
     bucket = value("lab:bucketName")
     if isinstance(bucket, str) and (not _BUCKET.match(bucket) or ".." in bucket or bucket.startswith("goog")):
@@ -394,6 +410,18 @@ def _check_values(values: dict[str, Any], sources: dict[str, str]) -> list[Probl
     user = value("lab:sshUser")
     if isinstance(user, str) and (not _UNIX_USER.match(user) or user == "root"):
         problems.append(Problem("lab:sshUser", f"{user!r} is not a usable login name (lowercase, not root)"))
+    return problems
+
+
+def _host_problems(tracker: str | None, workers: tuple[str, ...]) -> list[Problem]:
+    problems: list[Problem] = []
+    for key, hosts in (("lab:trackerHost", [tracker] if tracker else []), ("lab:workerHosts", list(workers))):
+        for host in hosts:
+            if not _HOST.match(host):
+                problems.append(Problem(key, f"{host!r} is not a host name, address or ssh alias"))
+    seen = [h for h in ([tracker] if tracker else []) + list(workers)]
+    for host in sorted({h for h in seen if seen.count(h) > 1}):
+        problems.append(Problem("lab:workerHosts", f"{host} is listed twice; each machine has one role in the lab"))
     return problems
 
 

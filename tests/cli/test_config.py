@@ -106,7 +106,7 @@ def test_show_on_a_broken_stack_shows_what_it_can_and_fails(lab):
 
 def test_stack_by_name_from_the_project_folder(lab, tmp_path):
     (tmp_path / "Pulumi.yaml").write_text("name: lab\nruntime: python\n")
-    write_stack(tmp_path, "config:\n  lab:target: ssh\n", name="uni")
+    write_stack(tmp_path, "config:\n  lab:target: ssh\n  lab:trackerHost: gpu-box.example.edu\n", name="uni")
     ran = lab("config", "validate", "--stack", "uni", cwd=tmp_path)
     assert ran.code == 0, ran.err
     assert str(tmp_path / "Pulumi.uni.yaml") in ran.out
