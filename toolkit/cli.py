@@ -16,9 +16,11 @@ from toolkit.commands import (
     doctor,
     down,
     restore,
+    ssh,
     status,
     sweep_show,
     sweeps,
+    tunnel,
     up,
 )
 
@@ -49,6 +51,8 @@ app.command("status")(status.status)
 app.command("backup")(backup.backup)
 app.command("restore")(restore.restore)
 app.command("down")(down.down)
+app.command("tunnel")(tunnel.tunnel)
+app.command("ssh")(ssh.ssh)
 app.command("dispatch")(dispatch.dispatch)
 app.command("sweeps")(sweeps.sweeps)
 sweep_app = typer.Typer(help="Look at one sweep.", no_args_is_help=True)

@@ -70,8 +70,9 @@ class SweepSpec:
     timeout: float | None
     output_pattern: str
     tracking_uri: str
-    storage_path: Path
+    storage_path: Path  # the study DB (local), or beside which the study's lock lives (remote)
     max_retries: int = MAX_RETRIES
+    grpc_port: int | None = None  # a remote tracker's Optuna storage proxy, through a tunnel on this port
 
 
 def output_path(pattern: str, *, study: str, trial: int, run_id: str, notebook: Path) -> Path:
@@ -126,6 +127,9 @@ class Sweep:
         self.all_done = threading.Event()
         self.finisher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="finish")
         self.finishing: list[Future] = []
+        # trials whose slot's host went away, waiting for another slot (trial, result, parameters)
+        self.requeued: list[tuple[Any, TrialResult]] = []
+        self.lost_slots: list[str] = []
 
     # -- setup ---------------------------------------------------------------------------------
     def open(self) -> Progress:
@@ -134,9 +138,12 @@ class Sweep:
         from mlflow.tracking import MlflowClient
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        storage = optuna.storages.RDBStorage(
-            f"sqlite:///{self.spec.storage_path}", engine_kwargs={"connect_args": {"timeout": 60}}
-        )
+        if self.spec.grpc_port:
+            storage: Any = optuna.storages.GrpcStorageProxy(host="127.0.0.1", port=self.spec.grpc_port)
+        else:
+            storage = optuna.storages.RDBStorage(
+                f"sqlite:///{self.spec.storage_path}", engine_kwargs={"connect_args": {"timeout": 60}}
+            )
         space = self.spec.space
         self.study = optuna.create_study(
             study_name=self.spec.study,
@@ -216,7 +223,13 @@ class Sweep:
     def _next(self, slot: slots.Slot) -> tuple[Any, TrialResult] | None:
         with self.lock:
             progress = self.progress
-            if self.cancel.is_set() or progress is None or len(progress.results) >= progress.planned:
+            if self.cancel.is_set() or progress is None:
+                return None
+            if self.requeued:
+                trial, result = self.requeued.pop(0)
+                result.slot = slot.name
+                return trial, result
+            if len(progress.results) >= progress.planned:
                 return None
             trial = self.study.ask(self.spec.space.distributions())
             result = TrialResult(number=trial.number, params=dict(trial.params), slot=slot.name)
@@ -226,7 +239,12 @@ class Sweep:
     def _slot_loop(self, slot: slots.Slot) -> None:
         try:
             while (picked := self._next(slot)) is not None:
-                self._run_trial(slot, *picked)
+                if not self._run_trial(slot, *picked):
+                    break  # the slot's host is gone: its trial waits for another slot
+            while self._waiting_for_others():
+                time.sleep(0.2)  # a requeued trial may still come to this slot once the others are busy
+                if (picked := self._next(slot)) is not None and not self._run_trial(slot, *picked):
+                    break
         except BaseException as exc:  # a bug here must not vanish with the thread
             self.errors.append(exc)
             self.cancel.set()
@@ -234,9 +252,27 @@ class Sweep:
             with self.lock:
                 self.active -= 1
                 if self.active == 0:
+                    self._abandon_requeued()
                     self.all_done.set()
 
-    def _run_trial(self, slot: slots.Slot, trial: Any, result: TrialResult) -> None:
+    def _waiting_for_others(self) -> bool:
+        """Whether a healthy slot should stay around: another slot may still hand back a trial."""
+        with self.lock:
+            return not self.cancel.is_set() and (bool(self.requeued) or self._busy_elsewhere())
+
+    def _busy_elsewhere(self) -> bool:
+        progress = self.progress
+        return progress is not None and any(r.state == "RUNNING" and r.slot_end == 0.0 for r in progress.results)
+
+    def _abandon_requeued(self) -> None:
+        """No slot is left for trials whose host went away: they fail, saying so (called under the lock)."""
+        for trial, result in self.requeued:
+            outcome = slots.Outcome("lost", 0.0, "no slot was left to run it on (every worker went away)")
+            self.finishing.append(self.finisher.submit(self._finish, trial, result, outcome, Path(result.output)))
+        self.requeued.clear()
+
+    def _run_trial(self, slot: slots.Slot, trial: Any, result: TrialResult) -> bool:
+        """Run one trial on a slot (retrying a dead process there); False when the slot's host is gone."""
         spec, space = self.spec, self.spec.space
         parameters = {
             **space.fixed,
@@ -265,9 +301,22 @@ class Sweep:
                 },
             )
             result.slot_start = result.slot_start or time.monotonic()
+            result.slot_end = 0.0
             outcome = slot.run(job, self.cancel)
             result.slot_end = time.monotonic()
             result.seconds += outcome.seconds
+            if outcome.kind == "lost" and not self.cancel.is_set():
+                self._fail_run(
+                    run_id,
+                    f"slot {slot.name} went away ({outcome.error}); the trial runs again on another slot",
+                    status="FAILED",
+                )
+                with self.lock:
+                    self.lost_slots.append(slot.name)
+                    if result.attempts <= spec.max_retries:
+                        self.requeued.append((trial, result))
+                        return False
+                break
             if outcome.kind == "died" and result.attempts <= spec.max_retries and not self.cancel.is_set():
                 self._store_notebook(run_id, output)
                 self._fail_run(
@@ -280,6 +329,7 @@ class Sweep:
         # The bookkeeping after a trial (its notebook, its objective, telling Optuna) runs beside the
         # slot, which goes straight on to its next trial.
         self.finishing.append(self.finisher.submit(self._finish, trial, result, outcome, output))
+        return outcome.kind != "lost"
 
     def _store_notebook(self, run_id: str, output: Path) -> None:
         if output.exists():

@@ -192,17 +192,21 @@ def install(lab: LocalLab, backup: backups.Backup, say: Say) -> None:
     tracker_db.install(lab.tracker_dir, backup, say)
 
 
-def _token(lab: LocalLab) -> str:
-    """The Jupyter token: made once, kept in a 0600 file inside a 0700 folder."""
-    folder = lab.token_file.parent
+def ensure_token(token_file: Path) -> str:
+    """A Jupyter token: made once, kept in a 0600 file inside a 0700 folder."""
+    folder = token_file.parent
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     folder.chmod(0o700)
-    if not lab.token_file.exists():
-        fd = os.open(lab.token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    if not token_file.exists():
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_urlsafe(32))
-    lab.token_file.chmod(0o600)
-    return lab.token_file.read_text().strip()
+    token_file.chmod(0o600)
+    return token_file.read_text().strip()
+
+
+def _token(lab: LocalLab) -> str:
+    return ensure_token(lab.token_file)
 
 
 def start_mlflow(lab: LocalLab, port: int, say: Say) -> services.Record:

@@ -35,7 +35,8 @@ class Job:
 
 @dataclass(frozen=True)
 class Outcome:
-    """ok, failed (the notebook raised), timeout, died (the process or kernel went away), cancelled."""
+    """ok, failed (the notebook raised), timeout, died (the process or kernel went away), lost (the slot's
+    host went away: the trial goes to another slot and this slot takes no more), cancelled."""
 
     kind: str
     seconds: float

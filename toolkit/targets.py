@@ -26,3 +26,10 @@ def require_local(target: str, command: str) -> None:
             f"`lab {command}` on the {target} target is not available yet",
             hint=f"run `lab {command} --local` for the lab on this machine",
         )
+
+
+def require(target: str, command: str, supported: tuple[str, ...] = ("local", "ssh")) -> None:
+    """Refuse a target whose `lab <command>` is not built yet, naming what works."""
+    if target not in supported:
+        others = " or ".join(f"--target {t}" for t in supported)
+        raise LabError(f"`lab {command}` on the {target} target is not available yet", hint=f"use {others}")

@@ -99,11 +99,17 @@ def test_python_dash_m_runs_the_cli():
 
 
 def test_targets_not_built_yet_say_what_works(lab):
-    # The shipped dev stack's target is gcp; the local lab is what runs today.
-    for command in ("up", "down", "status", "backup", "restore"):
-        ran = lab(command)
+    # The shipped dev stack's target is gcp; the local and ssh targets are what run today.
+    for command in ("up", "down", "status", "backup", "restore", "dispatch x.ipynb --space s.yml"):
+        ran = lab(*command.split())
+        assert ran.code == 1, command
+        name = command.split()[0]
+        assert ran.err.strip() == (
+            f"error: `lab {name}` on the gcp target is not available yet; use --target local or --target ssh"
+        )
+    for command in ("tunnel", "ssh tracker"):
+        ran = lab(*command.split())
         assert ran.code == 1, command
         assert ran.err.strip() == (
-            f"error: `lab {command}` on the gcp target is not available yet; "
-            f"run `lab {command} --local` for the lab on this machine"
+            f"error: `lab {command.split()[0]}` on the gcp target is not available yet; use --target ssh"
         )

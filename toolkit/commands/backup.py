@@ -19,7 +19,11 @@ def backup(
 ) -> None:
     """Take a consistent snapshot of the tracker while it runs: integrity-checked, checksummed, with a
     manifest, rotated, and uploaded to the bucket when one is configured."""
-    targets.require_local(targets.choose(stack_name, local, target), "backup")
+    chosen = targets.choose(stack_name, local, target)
+    targets.require(chosen, "backup")
+    if chosen != "local":
+        _backup_remote(stack_name, chosen, as_json)
+        return
     lab = local_lab.open_lab(stack_name)
     if not lab.mlflow_db.exists():
         raise LabError(f"there is no tracker DB at {lab.mlflow_db} yet", hint="start the lab with `lab up --local`")
@@ -56,3 +60,17 @@ def backup(
             out().print(f"uploaded and verified: {uploaded}")
     if failure:
         raise failure
+
+
+def _backup_remote(stack_name: str, target: str, as_json: bool) -> None:
+    from toolkit import remote_lab
+
+    lab = remote_lab.open_lab(stack_name, target)
+    made, document = remote_lab.backup(lab, reason="manual", say=err().print)
+    if as_json:
+        document.update({"path": str(made.path), "tracker_path": document.get("path")})
+        out().print_json(json.dumps(document))
+        return
+    out().print(f"backup {made.manifest.id} -> {made.path} (taken on {lab.tracker.name}, verified here)")
+    if document.get("uploaded"):
+        out().print(f"uploaded and verified: {document['uploaded']}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from toolkit.errors import LabError
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from toolkit.dispatch import Sweep
+    from toolkit.dispatch import Sweep, SweepSpec
 
 DEFAULT_OUTPUT = "out/{study}/{notebook}-{trial}-{run_id}.ipynb"
 
@@ -51,7 +52,10 @@ def dispatch(
     notebook: Annotated[Path, typer.Argument(help="The notebook to run (a cell tagged `parameters`).")],
     space_file: Annotated[Path, typer.Option("--space", help="The search-space YAML file.")],
     trials: Annotated[int, typer.Option("--trials", "-n", min=1, help="Trials in the study, in all.")] = 10,
-    parallel: Annotated[int, typer.Option("--parallel", "-j", min=1, help="Trials at once (slots).")] = 1,
+    parallel: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option("--parallel", "-j", min=1, help="Trials at once (slots); default 1 locally, every slot remotely."),
+    ] = None,
     study: Annotated[
         Optional[str],  # noqa: UP045 -- typer reads the annotation at run time on Python 3.10 too
         typer.Option("--study", help="Study name; the same name resumes it. Default: the notebook's name."),
@@ -76,29 +80,76 @@ def dispatch(
 ) -> None:
     """Run a sweep: Optuna proposes parameters, papermill runs the notebook on parallel slots, MLflow
     records every trial. Exit 0 when at least one trial completed."""
-    targets.require_local(targets.choose(stack_name, local, target), "dispatch")
+    chosen = targets.choose(stack_name, local, target)
+    targets.require(chosen, "dispatch")
     from toolkit import dispatch as engine
-    from toolkit import slots, space
+    from toolkit import space
 
     if not notebook.is_file():
         raise LabError(f"no notebook {notebook}", hint="pass the path of an .ipynb file")
     searched = space.load(space_file)
+    gpu_list = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else None
+    with contextlib.ExitStack() as stack:
+        if chosen == "local":
+            slot_list, tracking_uri, storage_path, grpc_port = _local_slots(stack_name, parallel, gpu_list)
+        else:
+            if gpu_list:
+                raise LabError("--gpus is for the local target", hint="remote workers report their own GPUs")
+            slot_list, tracking_uri, storage_path, grpc_port = _remote_slots(stack, stack_name, chosen, parallel)
+        spec = engine.SweepSpec(
+            notebook=notebook.resolve(),
+            space=searched,
+            study=study or notebook.stem,
+            trials=trials,
+            timeout=timeout,
+            output_pattern=output,
+            tracking_uri=tracking_uri,
+            storage_path=storage_path,
+            grpc_port=grpc_port,
+        )
+        _sweep(spec, slot_list, as_json)
+
+
+def _local_slots(stack_name: str, parallel: int | None, gpu_list: list[str] | None) -> tuple[list, str, Path, None]:
+    from toolkit import slots
+
     lab = local_lab.open_lab(stack_name)
     tracker = local_lab.running(lab, local_lab.MLFLOW, err().print)
     if tracker is None:
         raise LabError("the local lab is not up", hint="start it with `lab up --local`")
-    gpu_list = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else None
-    slot_list = slots.local_slots(parallel, gpu_list, lab.settings.runs_per_gpu)
-    spec = engine.SweepSpec(
-        notebook=notebook.resolve(),
-        space=searched,
-        study=study or notebook.stem,
-        trials=trials,
-        timeout=timeout,
-        output_pattern=output,
-        tracking_uri=tracker.url,
-        storage_path=lab.tracker_dir / "optuna.db",
-    )
+    slot_list = slots.local_slots(parallel or 1, gpu_list, lab.settings.runs_per_gpu)
+    return slot_list, tracker.url, lab.tracker_dir / "optuna.db", None
+
+
+def _remote_slots(
+    stack: contextlib.ExitStack, stack_name: str, target: str, parallel: int | None
+) -> tuple[list, str, Path, int]:
+    """The workers' slots, and tunnels to the tracker's MLflow and Optuna storage for the dispatcher."""
+    from toolkit import remote, remote_lab, ssh_slots
+
+    lab = remote_lab.open_lab(stack_name, target)
+    if not lab.workers:
+        raise LabError("the lab has no workers to run trials on", hint="list them in lab:workerHosts")
+    facts = remote_lab.tracker_facts(lab)
+    mlflow_port, optuna_port = remote.free_port(), remote.free_port()
+    for local_port, address, port in (
+        (mlflow_port, facts.get("mlflow_bind", "127.0.0.1"), facts.get("mlflow_port", 5000)),
+        (optuna_port, "127.0.0.1", facts.get("optuna_port", remote_lab.OPTUNA_PORT)),
+    ):
+        tunnel = remote.forward(lab.access, lab.tracker, local_port, address, int(port))
+        stack.callback(tunnel.wait, 10)
+        stack.callback(tunnel.terminate)
+    slot_list = ssh_slots.ssh_slots(lab.access, list(lab.workers), lab.settings.runs_per_gpu)
+    if parallel:
+        slot_list = slot_list[:parallel]
+    return slot_list, f"http://127.0.0.1:{mlflow_port}", lab.root / "sweeps", optuna_port
+
+
+def _sweep(spec: SweepSpec, slot_list: list, as_json: bool) -> None:
+    from toolkit import dispatch as engine
+
+    output = spec.output_pattern
+    notebook = spec.notebook
     engine.output_path(output, study=spec.study, trial=0, run_id="x", notebook=notebook)  # fail fast on typos
     with engine.study_lock(spec.storage_path, spec.study):
         sweep = engine.Sweep(spec, slot_list)

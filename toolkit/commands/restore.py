@@ -24,9 +24,13 @@ def restore(
 ) -> None:
     """Restore the tracker from a backup: verified (checksum, integrity) before anything is touched;
     refused while the tracker runs unless --stop; the DBs it replaces are kept as a backup."""
-    targets.require_local(targets.choose(stack_name, local, target), "restore")
-    lab = local_lab.open_lab(stack_name)
+    chosen_target = targets.choose(stack_name, local, target)
+    targets.require(chosen_target, "restore")
     say = err().print
+    if chosen_target != "local":
+        _restore_remote(stack_name, chosen_target, name, from_bucket, stop)
+        return
+    lab = local_lab.open_lab(stack_name)
     if from_bucket:
         if not lab.bucket:
             raise LabError("no bucket is configured for this stack", hint="set lab:bucketName in the stack file")
@@ -55,3 +59,27 @@ def restore(
         say(f"kept the current DBs as backup {kept.manifest.id}")
     local_lab.install(lab, chosen, say)
     out().print(f"restored {chosen.manifest.id}; start the lab with `lab up --local`")
+
+
+def _restore_remote(stack_name: str, target: str, name: str | None, from_bucket: bool, stop: bool) -> None:
+    from toolkit import remote_lab
+
+    lab = remote_lab.open_lab(stack_name, target)
+    say = err().print
+    if from_bucket:
+        if not lab.bucket:
+            raise LabError("no bucket is configured for this stack", hint="set lab:bucketName in the stack file")
+        from toolkit import gcs
+
+        chosen = gcs.download(lab.bucket, lab.stack, lab.backups_dir, name)
+    elif name:
+        chosen = backups.find(lab.backups_dir, name)
+    else:
+        known = backups.listing(lab.backups_dir)
+        if not known:
+            raise LabError(f"there are no backups in {lab.backups_dir}", hint="take one with `lab backup`")
+        chosen = known[0]
+    backups.verify(chosen.path)
+    say(f"backup {chosen.manifest.id} verified")
+    remote_lab.restore(lab, chosen, stop=stop, say=say)
+    out().print(f"restored {chosen.manifest.id} on {lab.tracker.name}")

@@ -28,7 +28,11 @@ def status(
     as_json: options.Json = False,
 ) -> None:
     """Show the lab's components (state, URL, uptime) and the age of the latest backup."""
-    targets.require_local(targets.choose(stack_name, local, target), "status")
+    chosen = targets.choose(stack_name, local, target)
+    targets.require(chosen, "status")
+    if chosen != "local":
+        _status_remote(stack_name, chosen, as_json)
+        return
     lab = local_lab.open_lab(stack_name)
     components: dict[str, dict[str, Any]] = {}
     for name in (local_lab.MLFLOW, local_lab.JUPYTER):
@@ -89,3 +93,80 @@ def status(
         )
     else:
         out().print("no backup yet: `lab backup` takes one")
+
+
+def _backup_info(backups_dir: Any) -> dict[str, Any]:
+    known = backups.listing(backups_dir)
+    latest = known[0].manifest if known else None
+    now = dt.datetime.now(dt.timezone.utc)
+    return {
+        "count": len(known),
+        "latest": latest.id if latest else None,
+        "age_s": round((now - latest.created_at).total_seconds()) if latest else None,
+        "folder": str(backups_dir),
+    }
+
+
+def _status_remote(stack_name: str, target: str, as_json: bool) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from toolkit import remote, remote_lab
+    from toolkit.errors import LabError
+
+    lab = remote_lab.open_lab(stack_name, target)
+
+    def look(host: remote.Host) -> dict[str, Any]:
+        info: dict[str, Any] = {"role": host.role, "address": host.address}
+        try:
+            info["services"] = remote_lab.units_state(lab, host)
+            info["reachable"] = True
+        except LabError as exc:
+            info.update(reachable=False, error=exc.one_line(), services={})
+        return info
+
+    with ThreadPoolExecutor(max_workers=len(lab.hosts)) as pool:
+        hosts = dict(zip([h.name for h in lab.hosts], pool.map(look, lab.hosts), strict=True))
+    tracker: dict[str, Any] = {}
+    if hosts[lab.tracker.name]["reachable"]:
+        try:
+            tracker = {**remote_lab.tracker_facts(lab), **json.loads(remote_lab.agent(lab, "status"))}
+        except LabError as exc:
+            tracker = {"error": exc.one_line()}
+    document = {
+        "stack": lab.stack,
+        "target": target,
+        "state_dir": str(lab.root),
+        "hosts": hosts,
+        "tracker": tracker,
+        "backups": _backup_info(lab.backups_dir),
+        "bucket": lab.bucket,
+    }
+    if as_json:
+        out().print_json(json.dumps(document))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"lab {lab.stack} ({target})", title_justify="left")
+    for column in ("host", "role", "address", "services"):
+        table.add_column(column)
+    for name, info in hosts.items():
+        if not info["reachable"]:
+            services = f"[red]unreachable[/red]: {info['error']}"
+        else:
+            services = ", ".join(
+                f"{unit.split('.')[0]} "
+                + ("[green]active[/green]" if state == "active" else f"[yellow]{state}[/yellow]")
+                for unit, state in info["services"].items()
+            )
+        table.add_row(name, info["role"], info["address"], services)
+    out().print(table)
+    if tracker.get("mlflow_url"):
+        out().print(f"MLflow {tracker['mlflow_url']} (inside the lab's network; `lab tunnel` reaches it from here)")
+    newest = tracker.get("newest_backup")
+    if newest:
+        out().print(f"newest backup on the tracker: {newest['id']} ({tracker.get('backups')} kept there)")
+    info = document["backups"]
+    if info["latest"]:
+        out().print(f"newest backup here: {info['latest']}, {_age(info['age_s'])} old ({info['count']} kept)")
+    else:
+        out().print("no backup here yet: `lab backup` takes one")
