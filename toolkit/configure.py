@@ -113,9 +113,9 @@ def inventory(hosts: Sequence[remote.Host], access: remote.Access) -> dict[str, 
     return {"all": {"children": groups}}
 
 
-def _ansible_env(access: remote.Access) -> dict[str, str]:
+def _ansible_env(access: remote.Access, project: Path) -> dict[str, str]:
     ssh_args = [o for o in access.options() if o not in ("-i", str(access.key))]
-    return {
+    env = {
         "ANSIBLE_PIPELINING": "True",
         "ANSIBLE_SSH_ARGS": shlex.join(ssh_args),
         "ANSIBLE_HOST_KEY_CHECKING": "True",
@@ -123,10 +123,12 @@ def _ansible_env(access: remote.Access) -> dict[str, str]:
         "ANSIBLE_FORKS": "10",
         "ANSIBLE_TIMEOUT": str(remote.CONNECT_TIMEOUT_S * 3),
         "ANSIBLE_NOCOLOR": "True",
-        "ANSIBLE_CONFIG": str(playbooks_dir() / "ansible.cfg"),
         # ansible-playbook from the same environment as lab (a venv's bin is not always on PATH)
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     }
+    if (project / "ansible.cfg").is_file():
+        env["ANSIBLE_CONFIG"] = str(project / "ansible.cfg")
+    return env
 
 
 def _message(result: Mapping[str, Any]) -> str:
@@ -192,13 +194,16 @@ def run(
     *,
     on_change: Callable[[Report], None] = lambda report: None,
     limit: str | None = None,
+    project: Path | None = None,
 ) -> Report:
-    """Run one packaged playbook; returns its report, or raises PlaybookFailed with host, task and message."""
+    """Run one packaged playbook (or one of `project`); returns its report, or raises PlaybookFailed with
+    host, task and message."""
     import time
 
     import ansible_runner
 
-    book = playbooks_dir() / playbook
+    project = project or playbooks_dir()
+    book = project / playbook
     if not book.is_file():
         raise LabError(f"the playbook {book} is missing from this install", hint="reinstall lab")
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -208,11 +213,11 @@ def run(
     started = time.monotonic()
     runner = ansible_runner.run(
         private_data_dir=str(state_dir),
-        project_dir=str(playbooks_dir()),
+        project_dir=str(project),
         playbook=playbook,
         inventory=inventory(hosts, access),
         extravars=dict(extravars),
-        envvars=_ansible_env(access),
+        envvars=_ansible_env(access, project),
         event_handler=events,
         quiet=True,
         suppress_env_files=True,  # extra variables (the token's lookup, not the token) stay out of files
