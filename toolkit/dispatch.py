@@ -238,13 +238,13 @@ class Sweep:
 
     def _slot_loop(self, slot: slots.Slot) -> None:
         try:
-            while (picked := self._next(slot)) is not None:
-                if not self._run_trial(slot, *picked):
-                    break  # the slot's host is gone: its trial waits for another slot
-            while self._waiting_for_others():
-                time.sleep(0.2)  # a requeued trial may still come to this slot once the others are busy
-                if (picked := self._next(slot)) is not None and not self._run_trial(slot, *picked):
-                    break
+            usable = True
+            while usable and (picked := self._next(slot)) is not None:
+                usable = self._run_trial(slot, *picked)  # False: the slot's host is gone, its trial requeued
+            while usable and self._waiting_for_others():
+                time.sleep(0.2)  # another slot may still hand back a trial for this one to run
+                if (picked := self._next(slot)) is not None:
+                    usable = self._run_trial(slot, *picked)
         except BaseException as exc:  # a bug here must not vanish with the thread
             self.errors.append(exc)
             self.cancel.set()

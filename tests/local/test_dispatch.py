@@ -368,3 +368,72 @@ def test_same_seed_same_metrics(lab, lab_up, state, tmp_path):
         for t in (study_of(state, n).trials[0].user_attrs["mlflow_run_id"] for n in ("twin-a", "twin-b"))
     ]
     assert histories[0] == histories[1] and len(histories[0]) == 3
+
+
+def test_a_trial_whose_slot_went_away_runs_on_another_slot(lab_up, state, tmp_path):
+    """The sweep's side of a worker that disappears: its slot reports `lost` (as an SSH slot does when
+    its host stops answering; that slot is tested on real hosts in tests/remote), takes no more trials,
+    and the trial runs again on a slot that is still there."""
+    import threading
+
+    from toolkit import dispatch as engine
+    from toolkit import slots, space
+
+    class VanishingSlot(slots.LocalSlot):
+        def __init__(self) -> None:
+            super().__init__(name="vanishing")
+            self.jobs = 0
+
+        def run(self, job: slots.Job, cancel: threading.Event) -> slots.Outcome:
+            self.jobs += 1
+            return slots.Outcome("lost", 0.1, "the host stopped answering")
+
+    vanishing = VanishingSlot()
+    spec = engine.SweepSpec(
+        notebook=PROBE,
+        space=space.load(probe_space(tmp_path)),
+        study="vanish",
+        trials=3,
+        timeout=None,
+        output_pattern=str(tmp_path / "out/{trial}-{run_id}.ipynb"),
+        tracking_uri=lab_up,
+        storage_path=state / "tracker" / "optuna.db",
+    )
+    sweep = engine.Sweep(spec, [vanishing, slots.LocalSlot(name="steady")])
+    progress = sweep.run()
+    assert vanishing.jobs == 1, "a slot whose host went away takes no more trials"
+    assert sweep.lost_slots == ["vanishing"]
+    assert [r.state for r in progress.results] == ["COMPLETE"] * 3
+    moved = [r for r in progress.results if r.attempts == 2]
+    assert len(moved) == 1 and moved[0].slot == "steady"
+    runs = mlflow.MlflowClient(lab_up).search_runs([sweep.experiment_id], max_results=50)
+    failed = [r for r in runs if r.info.status == "FAILED"]
+    assert len(runs) == 4 and len(failed) == 1
+    assert "went away" in failed[0].data.tags["lab.error"]
+    assert study_of(state, "vanish").trials[moved[0].number].params == moved[0].params
+
+
+def test_trials_fail_when_every_slot_went_away(lab_up, state, tmp_path):
+    import threading
+
+    from toolkit import dispatch as engine
+    from toolkit import slots, space
+
+    class GoneSlot(slots.LocalSlot):
+        def run(self, job: slots.Job, cancel: threading.Event) -> slots.Outcome:
+            return slots.Outcome("lost", 0.1, "the host stopped answering")
+
+    spec = engine.SweepSpec(
+        notebook=PROBE,
+        space=space.load(probe_space(tmp_path)),
+        study="all-gone",
+        trials=2,
+        timeout=None,
+        output_pattern=str(tmp_path / "out/{trial}-{run_id}.ipynb"),
+        tracking_uri=lab_up,
+        storage_path=state / "tracker" / "optuna.db",
+    )
+    sweep = engine.Sweep(spec, [GoneSlot(name="a"), GoneSlot(name="b")])
+    progress = sweep.run()
+    assert [r.state for r in progress.results] == ["FAIL", "FAIL"]
+    assert any("no slot was left" in r.error for r in progress.results)
