@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.hosts.fixtures import host_pool, tracker_host, worker_hosts  # noqa: F401  (VM-like hosts, any test folder)
+
 ROOT = Path(__file__).resolve().parents[1]
 LAB = Path(sys.executable).with_name("lab")
 # The machine's own environment, before `isolated` hides it: only `cloud` tests may look at it.

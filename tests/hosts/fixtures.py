@@ -1,0 +1,78 @@
+"""Pytest fixtures for tests that need VM-like hosts (see vmhosts.py).
+
+The root ``tests/conftest.py`` imports them, so any test module anywhere under tests/ can use them::
+
+    import pytest
+
+    pytestmark = pytest.mark.hosts  # lets `pytest -m "not hosts"` leave these out
+
+
+    def test_tracker_answers(host_pool, tracker_host, worker_hosts):
+        assert host_pool.ssh(tracker_host, "hostname").stdout.strip() == "c1"
+        for worker in worker_hosts:
+            print(worker.name, worker.ip, worker.user, worker.key)  # c2/c3, 10.200.0.12/13, ci, <top>/id_labtest
+        inventory = host_pool.inventory({"tracker": [tracker_host], "workers": worker_hosts})
+
+``host_pool`` (session scope) builds the cached base if needed (~60-80 s the first time), brings up c1 (the tracker),
+c2 and c3 (workers), yields the HostPool and always tears it down at the end, even after a failure or Ctrl-C.
+Where the machine cannot run the hosts (not Linux, not root, tools missing) the tests that use it are skipped with
+the reason; with LAB_REQUIRE_TEST_HOSTS=1 (CI sets it) they fail instead. LAB_TEST_HOSTS_TOP, LAB_TEST_HOSTS_BRIDGE
+and LAB_TEST_HOSTS_NET move the pool (e.g. /var/tmp/lab-test-hosts-dev, br-labdev, 10.202.0) so that people working
+on one machine at once do not tear down each other's hosts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tests.hosts.vmhosts import Host, HostPool, missing_requirements, pool_from_env
+
+REQUIRE_ENV = "LAB_REQUIRE_TEST_HOSTS"
+SESSION_HOSTS = 3  # c1 = tracker, c2 and c3 = workers
+
+
+def require_hosts_or_skip() -> None:
+    """Skip the caller if this machine cannot run test hosts; fail instead under LAB_REQUIRE_TEST_HOSTS=1."""
+    problems = missing_requirements()
+    if not problems:
+        return
+    reason = "VM-like test hosts unavailable: " + "; ".join(problems)
+    if os.environ.get(REQUIRE_ENV) == "1":
+        pytest.fail(f"{reason} ({REQUIRE_ENV}=1, so this is a failure, not a skip)", pytrace=False)
+    pytest.skip(reason)
+
+
+def running_pool(request: pytest.FixtureRequest, pool: HostPool, n: int) -> Iterator[HostPool]:
+    """Build the base if needed, bring up fresh c1..cN, yield the pool; ``down()`` no matter how the run ends."""
+    require_hosts_or_skip()
+    pool.down()  # what a killed run of this pool left (hosts still up, mounts, bridge): the hosts must be fresh
+    # A safety net: config cleanups run even when Ctrl-C ends the session before fixture teardown. down() is
+    # idempotent, so the second call finds nothing to do.
+    request.config.add_cleanup(pool.down)
+    try:
+        pool.build_base()
+        pool.up(n)
+        yield pool
+    finally:
+        pool.down()
+
+
+@pytest.fixture(scope="session")
+def host_pool(request: pytest.FixtureRequest) -> Iterator[HostPool]:
+    """Three running hosts for the session: c1 (tracker), c2, c3 (workers); ``pool.hosts()`` lists them."""
+    yield from running_pool(request, pool_from_env(), SESSION_HOSTS)
+
+
+@pytest.fixture(scope="session")
+def tracker_host(host_pool: HostPool) -> Host:
+    """c1 of the session pool."""
+    return host_pool.host("c1")
+
+
+@pytest.fixture(scope="session")
+def worker_hosts(host_pool: HostPool) -> list[Host]:
+    """c2 and c3 of the session pool."""
+    return [host_pool.host(f"c{i}") for i in range(2, SESSION_HOSTS + 1)]
