@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,30 +24,54 @@ class StudySummary:
     last_activity: dt.datetime | None
 
 
-def _storage(path: Path) -> str:
+def _local(path: Path) -> str:
     if not path.exists():
         raise LabError(f"there are no sweeps yet ({path} does not exist)", hint="run `lab dispatch` first")
     return f"sqlite:///{path}"
 
 
-def load(path: Path, name: str) -> Any:
+@contextlib.contextmanager
+def storage_for(stack_name: str, target: str) -> Iterator[Any]:
+    """The lab's Optuna storage: the local tracker's optuna.db, or a remote tracker's storage proxy
+    through an SSH tunnel (open while the block runs)."""
+    if target == "local":
+        from toolkit import local_lab
+
+        yield _local(local_lab.open_lab(stack_name).tracker_dir / "optuna.db")
+        return
+    import optuna
+
+    from toolkit import remote, remote_lab
+
+    lab = remote_lab.open_lab(stack_name, target)
+    port = int(remote_lab.tracker_facts(lab).get("optuna_port", remote_lab.OPTUNA_PORT))
+    local_port = remote.free_port()
+    tunnel = remote.forward(lab.access, lab.tracker, local_port, "127.0.0.1", port)
+    try:
+        yield optuna.storages.GrpcStorageProxy(host="127.0.0.1", port=local_port)
+    finally:
+        tunnel.terminate()
+        tunnel.wait(10)
+
+
+def load(storage: Any, name: str) -> Any:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        return optuna.load_study(study_name=name, storage=_storage(path))
+        return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
-        known = ", ".join(optuna.get_all_study_names(_storage(path))) or "none"
+        known = ", ".join(optuna.get_all_study_names(storage)) or "none"
         raise LabError(f"no sweep named {name!r}", hint=f"known sweeps: {known}") from None
 
 
-def summaries(path: Path) -> list[StudySummary]:
+def summaries(storage: Any) -> list[StudySummary]:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     found = []
-    for name in optuna.get_all_study_names(_storage(path)):
-        study = optuna.load_study(study_name=name, storage=_storage(path))
+    for name in optuna.get_all_study_names(storage):
+        study = optuna.load_study(study_name=name, storage=storage)
         trials = study.get_trials(deepcopy=False)
         stamps = [t.datetime_complete or t.datetime_start for t in trials if t.datetime_complete or t.datetime_start]
         complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]

@@ -251,6 +251,14 @@ def test_sweep_goes_on_when_a_worker_powers_off(site, tmp_path):
     site.pool.up(3)  # the powered-off worker boots again, as it was
 
 
+def test_sweeps_are_read_from_the_trackers_storage(site, tmp_path):
+    listed = json_of(site.lab("sweeps", "--json"))
+    found = {s["name"]: s for s in listed}
+    assert found["lose-a-worker"]["complete"] == 6
+    shown = json_of(site.lab("sweep", "show", "lose-a-worker", "--json", "--plot-dir", str(tmp_path)))
+    assert len(shown["best"]) == 5 and all(Path(p).is_file() for p in shown["plots"])
+
+
 def test_tracker_reboot_keeps_every_run(site):
     before = mlflow_runs_seen_from(site, site.workers[0])
     assert before >= 7  # six completed trials and the failed attempt on the lost worker

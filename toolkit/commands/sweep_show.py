@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from toolkit import local_lab, options, studies, targets
+from toolkit import options, studies, targets
 from toolkit.console import out
 
 
@@ -26,11 +26,13 @@ def show(
 ) -> None:
     """Show a sweep's best trials and write a parallel-coordinates plot (HTML, and PNG) of its
     parameters against the objective."""
-    targets.require_local(targets.choose(stack_name, local, target), "sweep show")
-    lab = local_lab.open_lab(stack_name)
-    study = studies.load(lab.tracker_dir / "optuna.db", name)
-    best = studies.best_trials(study, top)
-    written = studies.plot_parallel_coordinates(study, plot_dir or Path("out") / name)
+    chosen = targets.choose(stack_name, local, target)
+    targets.require(chosen, "sweep show")
+    with studies.storage_for(stack_name, chosen) as storage:
+        study = studies.load(storage, name)
+        best = studies.best_trials(study, top)
+        written = studies.plot_parallel_coordinates(study, plot_dir or Path("out") / name)
+        direction = study.direction.name.lower()
     rows = [
         {"trial": t.number, "value": t.value, "params": t.params, "run_id": t.user_attrs.get("mlflow_run_id")}
         for t in best
@@ -40,7 +42,7 @@ def show(
         return
     from rich.table import Table
 
-    table = Table(title=f"best trials of {name} ({study.direction.name.lower()})", title_justify="left")
+    table = Table(title=f"best trials of {name} ({direction})", title_justify="left")
     for column in ("trial", "value", "params", "run"):
         table.add_column(column, overflow="fold")
     for row in rows:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from toolkit import local_lab, options, studies, targets
+from toolkit import options, studies, targets
 from toolkit.console import out
 
 
@@ -15,15 +15,16 @@ def sweeps(
     as_json: options.Json = False,
 ) -> None:
     """List the sweeps (Optuna studies): trials, best value, last activity."""
-    targets.require_local(targets.choose(stack_name, local, target), "sweeps")
-    lab = local_lab.open_lab(stack_name)
-    found = studies.summaries(lab.tracker_dir / "optuna.db")
+    chosen = targets.choose(stack_name, local, target)
+    targets.require(chosen, "sweeps")
+    with studies.storage_for(stack_name, chosen) as storage:
+        found = studies.summaries(storage)
     if as_json:
         out().print_json(json.dumps([s.__dict__ for s in found], default=str))
         return
     from rich.table import Table
 
-    table = Table(title=f"sweeps of {lab.stack}", title_justify="left")
+    table = Table(title="sweeps", title_justify="left")
     for column in ("sweep", "direction", "trials", "complete", "failed", "best", "last activity"):
         table.add_column(column)
     for s in found:
