@@ -1,0 +1,241 @@
+#!/usr/bin/python3
+"""lab-idle-check: power this worker off once it has been idle for long enough.
+
+lab-idle.timer runs it every ~20 s as root (standard library only). The worker is busy when any of:
+  gpu      nvidia-smi reports a GPU's utilization above 0 or a compute process (only where nvidia-smi exists)
+  jupyter  a Jupyter kernel's execution_state is "busy" (GET /api/kernels with the lab's token; a Jupyter
+           that does not answer counts as not busy)
+  trials   a file in the trials folder holds the PID of a live process, or a papermill process runs
+  ssh      an ESTABLISHED TCP connection to the local SSH port
+When busy, the time goes to the state file. When idle for --minutes since the later of the last activity
+and this boot, the reason goes to the log file and the journal and the host powers off.
+--minutes 0 turns the check off. --dry-run prints the checks as JSON and changes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+Check = tuple[bool, str]  # (busy, what was seen)
+
+
+def check_gpu() -> Check:
+    nvidia_smi = shutil.which("nvidia-smi")
+    if nvidia_smi is None:
+        return False, "no nvidia-smi"
+    try:
+        usage = subprocess.run(
+            [nvidia_smi, "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout.split()
+        apps = subprocess.run(
+            [nvidia_smi, "--query-compute-apps=pid", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout.split()
+    except (OSError, subprocess.SubprocessError) as exc:  # a broken driver must not keep a GPU VM up
+        return False, f"nvidia-smi failed ({exc.__class__.__name__})"
+    used = [u for u in usage if u.isdigit() and int(u) > 0]
+    if used or apps:
+        return True, f"utilization {','.join(usage)}%, {len(apps)} compute process(es)"
+    return False, f"{len(usage)} GPU(s) at 0%, no compute process"
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    values = {}
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return values
+    for line in lines:
+        name, sep, value = line.strip().partition("=")
+        if sep and not name.startswith("#"):
+            values[name.strip()] = value.strip().strip("\"'")
+    return values
+
+
+def check_jupyter(port: int, env_file: Path) -> Check:
+    token = read_env_file(env_file).get("JUPYTER_TOKEN", "")
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/kernels")
+    if token:
+        request.add_header("Authorization", f"token {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 (fixed local URL)
+            kernels = json.load(response)
+    except (OSError, ValueError) as exc:
+        return False, f"Jupyter did not answer ({exc.__class__.__name__})"
+    busy = [k for k in kernels if k.get("execution_state") == "busy"]
+    if busy:
+        return True, f"{len(busy)} of {len(kernels)} kernel(s) busy"
+    return False, f"{len(kernels)} kernel(s), none busy"
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def trial_pid(path: Path) -> int | None:
+    """A trial file holds its process's PID: a plain number, or JSON with a "pid" key."""
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    if isinstance(value, dict):
+        value = value.get("pid")
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def papermill_processes() -> list[int]:
+    found = []
+    me = os.getpid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(b"papermill" in arg for arg in argv):
+            found.append(int(entry.name))
+    return found
+
+
+def check_trials(trials: Path) -> Check:
+    files = sorted(p for p in trials.glob("*") if p.is_file()) if trials.is_dir() else []
+    live = [p.name for p in files if (pid := trial_pid(p)) is not None and pid_alive(pid)]
+    papermill = papermill_processes()
+    if live or papermill:
+        return True, f"{len(live)} running trial file(s), {len(papermill)} papermill process(es)"
+    return False, f"no running trial ({len(files)} stale file(s)), no papermill process"
+
+
+def established_connections(port: int) -> int:
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 3 and fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                count += 1
+    return count
+
+
+def check_ssh(port: int) -> Check:
+    sessions = established_connections(port)
+    if sessions:
+        return True, f"{sessions} SSH connection(s)"
+    return False, "no SSH session"
+
+
+def boot_time() -> float:
+    """When this host (or container) booted: the start of PID 1, in epoch seconds."""
+    btime = next(
+        int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime ")
+    )
+    stat = Path("/proc/1/stat").read_text()
+    start_ticks = int(stat[stat.rindex(")") + 2 :].split()[19])  # field 22, starttime
+    return btime + start_ticks / os.sysconf("SC_CLK_TCK")
+
+
+def last_active(state: Path) -> float | None:
+    try:
+        return float(state.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def record_active(state: Path, now: float) -> None:
+    state.parent.mkdir(parents=True, exist_ok=True)
+    staging = state.with_name(f".{state.name}.tmp")
+    staging.write_text(f"{now:.0f}\n")
+    staging.replace(state)
+
+
+def say(log: Path, message: str) -> None:
+    line = f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} {message}"
+    print(message, flush=True)  # the journal, through the service's stdout
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("a") as handle:
+            handle.write(line + "\n")
+    except OSError as exc:
+        print(f"cannot write {log}: {exc}", file=sys.stderr)
+
+
+def parser() -> argparse.ArgumentParser:
+    cli = argparse.ArgumentParser(prog="lab-idle-check", description=__doc__.splitlines()[0])
+    cli.add_argument("--minutes", type=float, required=True, help="idle minutes before power-off; 0 = never")
+    cli.add_argument("--jupyter-port", type=int, default=8888)
+    cli.add_argument("--jupyter-env", type=Path, default=Path("/etc/lab/jupyter.env"))
+    cli.add_argument("--trials", type=Path, default=Path("/var/lib/lab/trials"))
+    cli.add_argument("--state", type=Path, default=Path("/var/lib/lab/last-active"))
+    cli.add_argument("--log", type=Path, default=Path("/var/log/lab/idle.log"))
+    cli.add_argument("--ssh-port", type=int, default=22)
+    cli.add_argument("--dry-run", action="store_true", help="print the checks as JSON; change nothing")
+    return cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.minutes <= 0 and not args.dry_run:
+        return 0
+    checks = {
+        "gpu": check_gpu(),
+        "jupyter": check_jupyter(args.jupyter_port, args.jupyter_env),
+        "trials": check_trials(args.trials),
+        "ssh": check_ssh(args.ssh_port),
+    }
+    busy = [name for name, (is_busy, _) in checks.items() if is_busy]
+    now = time.time()
+    since = max(last_active(args.state) or 0.0, boot_time())
+    idle_for = 0.0 if busy else max(0.0, now - since)
+    power_off = args.minutes > 0 and not busy and idle_for >= args.minutes * 60
+    if args.dry_run:
+        document = {
+            "busy": busy,
+            "checks": {name: {"busy": is_busy, "seen": seen} for name, (is_busy, seen) in checks.items()},
+            "idle_for_s": round(idle_for, 1),
+            "minutes": args.minutes,
+            "would_power_off": power_off,
+        }
+        print(json.dumps(document))
+        return 0
+    if busy:
+        record_active(args.state, now)
+        return 0
+    if not power_off:
+        return 0
+    seen = "; ".join(f"{name}: {what}" for name, (_, what) in checks.items())
+    say(args.log, f"powering off: idle for {idle_for / 60:.1f} min (limit {args.minutes:g} min). Idle checks: {seen}")
+    subprocess.run(["systemctl", "poweroff"], check=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
