@@ -108,10 +108,10 @@ def trial_pid(path: Path) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
-def papermill_processes() -> list[int]:
+def papermill_processes(proc: Path) -> list[int]:
     found = []
     me = os.getpid()
-    for entry in Path("/proc").iterdir():
+    for entry in proc.iterdir():
         if not entry.name.isdigit() or int(entry.name) == me:
             continue
         try:
@@ -123,20 +123,20 @@ def papermill_processes() -> list[int]:
     return found
 
 
-def check_trials(trials: Path) -> Check:
+def check_trials(trials: Path, proc: Path) -> Check:
     files = sorted(p for p in trials.glob("*") if p.is_file()) if trials.is_dir() else []
     live = [p.name for p in files if (pid := trial_pid(p)) is not None and pid_alive(pid)]
-    papermill = papermill_processes()
+    papermill = papermill_processes(proc)
     if live or papermill:
         return True, f"{len(live)} running trial file(s), {len(papermill)} papermill process(es)"
     return False, f"no running trial ({len(files)} stale file(s)), no papermill process"
 
 
-def established_connections(port: int) -> int:
+def established_connections(port: int, proc: Path) -> int:
     count = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    for table in ("net/tcp", "net/tcp6"):
         try:
-            lines = Path(table).read_text().splitlines()[1:]
+            lines = (proc / table).read_text().splitlines()[1:]
         except OSError:
             continue
         for line in lines:
@@ -146,20 +146,21 @@ def established_connections(port: int) -> int:
     return count
 
 
-def check_ssh(port: int) -> Check:
-    sessions = established_connections(port)
+def check_ssh(port: int, proc: Path) -> Check:
+    sessions = established_connections(port, proc)
     if sessions:
         return True, f"{sessions} SSH connection(s)"
     return False, "no SSH session"
 
 
-def boot_time() -> float:
-    """When this host (or container) booted: the start of PID 1, in epoch seconds."""
-    btime = next(
-        int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime ")
-    )
-    stat = Path("/proc/1/stat").read_text()
-    start_ticks = int(stat[stat.rindex(")") + 2 :].split()[19])  # field 22, starttime
+def boot_time(proc: Path) -> float:
+    """When this host (or container) booted: the start of its PID 1, in epoch seconds."""
+    btime = next(int(line.split()[1]) for line in (proc / "stat").read_text().splitlines() if line.startswith("btime "))
+    try:
+        stat = (proc / "1" / "stat").read_text()
+        start_ticks = int(stat[stat.rindex(")") + 2 :].split()[19])  # field 22, starttime
+    except (OSError, ValueError, IndexError):
+        return float(btime)  # the kernel's boot
     return btime + start_ticks / os.sysconf("SC_CLK_TCK")
 
 
@@ -197,6 +198,7 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument("--state", type=Path, default=Path("/var/lib/lab/last-active"))
     cli.add_argument("--log", type=Path, default=Path("/var/log/lab/idle.log"))
     cli.add_argument("--ssh-port", type=int, default=22)
+    cli.add_argument("--proc", type=Path, default=Path("/proc"), help=argparse.SUPPRESS)  # tests: a fake /proc
     cli.add_argument("--dry-run", action="store_true", help="print the checks as JSON; change nothing")
     return cli
 
@@ -208,12 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     checks = {
         "gpu": check_gpu(),
         "jupyter": check_jupyter(args.jupyter_port, args.jupyter_env),
-        "trials": check_trials(args.trials),
-        "ssh": check_ssh(args.ssh_port),
+        "trials": check_trials(args.trials, args.proc),
+        "ssh": check_ssh(args.ssh_port, args.proc),
     }
     busy = [name for name, (is_busy, _) in checks.items() if is_busy]
     now = time.time()
-    since = max(last_active(args.state) or 0.0, boot_time())
+    since = max(last_active(args.state) or 0.0, boot_time(args.proc))
     idle_for = 0.0 if busy else max(0.0, now - since)
     power_off = args.minutes > 0 and not busy and idle_for >= args.minutes * 60
     if args.dry_run:
