@@ -195,11 +195,15 @@ def test_tunnel_reaches_mlflow_and_jupyter_until_ctrl_c(site):
                 assert answer.status == 200
             with pytest.raises(urllib.error.HTTPError) as refused:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/api/kernels", timeout=10)
+            refused.value.close()
             assert refused.value.code == 403
     finally:
         process.send_signal(signal.SIGINT)
         code = process.wait(timeout=20)
-    assert code == 0, process.stderr.read()
+        errors = process.stderr.read()
+        process.stdout.close()
+        process.stderr.close()
+    assert code == 0, errors
     with pytest.raises((urllib.error.URLError, ConnectionError)):
         urllib.request.urlopen(f"http://127.0.0.1:{mlflow_port}/health", timeout=5)
 
@@ -240,6 +244,7 @@ def test_sweep_goes_on_when_a_worker_powers_off(site, tmp_path):
     finally:
         if sweep.poll() is None:
             sweep.kill()
+            sweep.communicate()
     assert sweep.returncode == 0, err[-3000:]
     summary = json.loads(out)
     assert [t["state"] for t in summary["trials"]] == ["COMPLETE"] * 6, summary["trials"]
