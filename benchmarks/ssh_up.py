@@ -1,0 +1,71 @@
+"""`lab up --target ssh` on 1 tracker + 2 fresh VM-like hosts: the first up, then an up with no changes.
+
+Run as root: .venv/bin/python benchmarks/ssh_up.py [--again 2]. Brings up its own hosts (bridge br-labbench,
+10.205.0.x, the test harness's cached base) and always tears them down. Prints each run's wall time and the
+playbook's slowest tasks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.hosts.vmhosts import HostPool
+
+LAB = Path(sys.executable).with_name("lab")
+
+
+def up(stack: Path, home: Path) -> tuple[float, dict]:
+    started = time.monotonic()
+    ran = subprocess.run(
+        [str(LAB), "up", "--json", "--stack", str(stack)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "LAB_HOME": str(home)},
+        check=False,
+    )
+    seconds = time.monotonic() - started
+    if ran.returncode != 0:
+        raise SystemExit(f"lab up failed ({ran.returncode}): {ran.stderr[-2000:]}")
+    return seconds, json.loads(ran.stdout)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--again", type=int, default=2, help="no-change ups after the first")
+    parser.add_argument("--top", default=os.environ.get("LAB_TEST_HOSTS_TOP", "/var/tmp/lab-test-hosts"))
+    args = parser.parse_args()
+    pool = HostPool(top=args.top, bridge="br-labbench", net="10.205.0")
+    work = Path(tempfile.mkdtemp(prefix="lab-bench-ssh-"))
+    try:
+        pool.down()
+        pool.build_base()
+        tracker, *workers = pool.up(3)
+        stack = work / "Pulumi.bench.yaml"
+        stack.write_text(
+            "config:\n  lab:target: ssh\n"
+            f"  lab:trackerHost: {tracker.ip}\n  lab:workerHosts: [{', '.join(w.ip for w in workers)}]\n"
+            f"  lab:sshUser: ci\n  lab:sshPublicKeyPath: {pool.key}.pub\n  lab:idleMinutes: 0\n"
+        )
+        (work / "home").mkdir()
+        first, document = up(stack, work / "home")
+        print(f"first up (1 tracker + 2 workers): {first:.1f} s (configure {document['configure']['seconds']} s)")
+        for index in range(args.again):
+            seconds, document = up(stack, work / "home")
+            changed = sum(h["changed"] for h in document["configure"]["hosts"].values())
+            print(f"no-change up #{index + 1}: {seconds:.1f} s, {changed} tasks changed")
+    finally:
+        pool.down()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
