@@ -70,11 +70,23 @@ def test_runtime_strings_are_read_like_yaml_values():
         ({"idleMinutes": -5}, "lab:idleMinutes: must be at least 0, got -5"),
         ({"runsPerGpu": 0}, "lab:runsPerGpu: must be at least 1, got 0"),
         ({"workerDiskGb": 5}, "lab:workerDiskGb: must be at least 10, got 5"),
+        ({"stateBackend": "s3://x"}, "lab:stateBackend: 's3://x' is not a state backend; use file://FOLDER or gs://"),
+        ({"stateBackend": "gs://Bad_Bucket"}, "lab:stateBackend: 'Bad_Bucket' is not a valid bucket name"),
+        ({"stateBackend": "file://relative/dir"}, "needs an absolute folder"),
+        ({"secretsProvider": "awskms://k"}, "lab:secretsProvider: 'awskms://k' is neither passphrase nor a KMS key"),
     ],
 )
 def test_each_rule_names_the_key(changes, expected):
     found = problems(**changes)
     assert any(expected in p for p in found), found
+
+
+def test_state_backends_and_kms_keys_that_are_accepted():
+    kms = "gcpkms://projects/p/locations/global/keyRings/lab/cryptoKeys/state"
+    for backend in ("gs://my-lab-state", "file:///srv/pulumi", "file://~/.lab/pulumi"):
+        assert problems(stateBackend=backend, secretsProvider=kms) == []
+    settings = schema.resolve(GOOD, stack="dev").settings
+    assert settings.state_backend is None and settings.secrets_provider == "passphrase"
 
 
 def test_every_problem_is_reported_not_just_the_first():

@@ -106,6 +106,20 @@ KEYS: tuple[Key, ...] = (
     Key("lab:backupKeep", "integer", "tracker backups to keep: the newest this many", default=10, minimum=1),
     Key("lab:backupDays", "integer", "and the newest backup of each day for this many days", default=14, minimum=0),
     Key(
+        "lab:stateBackend",
+        "string",
+        "where Pulumi keeps the gcp target's state: a folder (file://PATH) or gs://BUCKET, reachable by a scheduled"
+        " `lab down` elsewhere",
+        derived="file://$LAB_HOME/pulumi",
+    ),
+    Key(
+        "lab:secretsProvider",
+        "string",
+        "how Pulumi encrypts the stack's secrets: passphrase (from PULUMI_CONFIG_PASSPHRASE or"
+        " PULUMI_CONFIG_PASSPHRASE_FILE) or gcpkms://projects/P/locations/L/keyRings/R/cryptoKeys/K",
+        default="passphrase",
+    ),
+    Key(
         "lab:idleMinutes",
         "integer",
         "a worker powers itself off after this long idle (0 = never)",
@@ -135,6 +149,7 @@ _REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
 _ZONE = re.compile(r"^([a-z]+-[a-z]+[0-9]+)-[a-z]$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
 _HOST = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$")
+_KMS_KEY = re.compile(r"^gcpkms://projects/[^/]+/locations/[^/]+/keyRings/[^/]+/cryptoKeys/[^/]+$")
 _UNIX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 
 
@@ -187,6 +202,8 @@ class Settings:
     runs_per_gpu: int
     backup_keep: int
     backup_days: int
+    state_backend: str | None
+    secrets_provider: str
     idle_minutes: int
 
     @property
@@ -342,6 +359,9 @@ def _derive(values: dict[str, Any], sources: dict[str, str], stack: str) -> None
             f"{dns_label(project, 40)}-lab-{dns_label(stack, 20)}" if isinstance(project, str) else None
         )
         sources["lab:bucketName"] = "derived"
+    if "lab:stateBackend" not in values:
+        values["lab:stateBackend"] = None  # the toolkit fills in file://$LAB_HOME/pulumi (toolkit.pulumi_engine)
+        sources["lab:stateBackend"] = "derived"
     if "lab:bucketLocation" not in values:
         values["lab:bucketLocation"] = region.upper() if isinstance(region, str) else None
         sources["lab:bucketLocation"] = "derived"
@@ -407,10 +427,37 @@ def _check_values(values: dict[str, Any], sources: dict[str, str]) -> list[Probl
                 f"{bucket!r} is not a valid bucket name (3-63 lowercase letters, digits, dashes, dots or underscores)",
             )
         )
+    backend = value("lab:stateBackend")
+    if isinstance(backend, str):
+        problems.extend(_backend_problems(backend))
+    provider = value("lab:secretsProvider")
+    if isinstance(provider, str) and provider != "passphrase" and not _KMS_KEY.match(provider):
+        problems.append(
+            Problem(
+                "lab:secretsProvider",
+                f"{provider!r} is neither passphrase nor a KMS key such as"
+                " gcpkms://projects/P/locations/global/keyRings/R/cryptoKeys/K",
+            )
+        )
     user = value("lab:sshUser")
     if isinstance(user, str) and (not _UNIX_USER.match(user) or user == "root"):
         problems.append(Problem("lab:sshUser", f"{user!r} is not a usable login name (lowercase, not root)"))
     return problems
+
+
+def _backend_problems(backend: str) -> list[Problem]:
+    key = "lab:stateBackend"
+    if backend.startswith("gs://"):
+        bucket = backend.removeprefix("gs://").split("/", 1)[0]
+        if not _BUCKET.match(bucket) or ".." in bucket:
+            return [Problem(key, f"{bucket!r} is not a valid bucket name; use gs://BUCKET such as gs://my-lab-state")]
+        return []
+    if backend.startswith("file://"):
+        path = backend.removeprefix("file://")
+        if not (path.startswith("/") or path.startswith("~")):
+            return [Problem(key, f"{backend!r} needs an absolute folder, such as file://~/.lab/pulumi")]
+        return []
+    return [Problem(key, f"{backend!r} is not a state backend; use file://FOLDER or gs://BUCKET")]
 
 
 def _host_problems(tracker: str | None, workers: tuple[str, ...]) -> list[Problem]:
