@@ -17,15 +17,19 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_UNEXPECTED = 3
+EXIT_BACKUP_FAILED = 4  # `lab down`: the tracker's backup failed or did not verify, so nothing was destroyed
+EXIT_LOCKED = 5  # another `lab up`/`lab down` holds the stack's lock
+EXIT_LEFTOVERS = 6  # `lab down` finished, but something labelled with the lab is still there (it says what)
 EXIT_INTERRUPTED = 130
 
 
 class LabError(Exception):
     """A problem the user can act on. Its message is one line: what is wrong and how to fix it."""
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(self, message: str, *, hint: str | None = None, code: int = EXIT_ERROR) -> None:
         self.message = message
         self.hint = hint
+        self.code = code
         super().__init__(self.one_line())
 
     def one_line(self) -> str:
@@ -66,7 +70,7 @@ def handle(run: Callable[[], int | None], argv: list[str]) -> int:
         if debug:
             traceback.print_exc(file=sys.stderr)
         print(f"error: {exc.one_line()}", file=sys.stderr)
-        return EXIT_ERROR
+        return exc.code
     except typer.Exit as exc:
         code = exc.exit_code
     except TyperException as exc:  # usage errors: unknown option, bad value, missing argument

@@ -19,6 +19,11 @@ def lab_home() -> Path:
     return Path.home() / ".lab"
 
 
+def pulumi_cli_root() -> Path:
+    """Where `lab doctor --install-pulumi` puts the Pulumi CLI (used when no `pulumi` is on PATH)."""
+    return lab_home() / "pulumi-cli"
+
+
 def stack_home(stack: str) -> Path:
     return lab_home() / "stacks" / stack
 
