@@ -11,6 +11,7 @@ from workers import WorkerPool, WorkerPoolArgs
 settings = stack_config.load()
 prefix = settings.name_prefix
 metadata = stack_config.ssh_metadata(settings)
+choices = stack_config.run_choices(settings)
 
 bucket = ArtifactBucket(
     "artifacts",
@@ -52,10 +53,10 @@ workers = WorkerPool(
         count=settings.workers,
         machine_type=settings.worker_machine_type,
         gpus=settings.worker_gpus,
-        spot=settings.spot,
+        spot=choices.spot,
         image=settings.worker_image,
         disk_gb=settings.worker_disk_gb,
-        zone=settings.zone,
+        zone=choices.worker_zone,
         subnet=network.subnet.id,
         service_account=identity.email,
         metadata=metadata,
@@ -74,6 +75,10 @@ pulumi.export("tracker_name", tracker.name)
 pulumi.export("tracker_internal_ip", tracker.internal_ip)
 pulumi.export("tracker_external_ip", tracker.external_ip)
 pulumi.export("mlflow_internal_url", tracker.internal_ip.apply(lambda ip: f"http://{ip}:{settings.mlflow_port}"))
+pulumi.export("tracker_status", tracker.status)
+pulumi.export("worker_zone", choices.worker_zone)
+pulumi.export("worker_spot", choices.spot)
 pulumi.export("worker_names", workers.names)
+pulumi.export("worker_statuses", workers.statuses)
 pulumi.export("worker_internal_ips", workers.internal_ips)
 pulumi.export("worker_external_ips", workers.external_ips)

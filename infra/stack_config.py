@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pulumi
@@ -24,6 +26,29 @@ def load() -> schema.Settings:
             f"the stack's configuration has problems (`lab config validate` lists them too):\n{listed}"
         )
     return resolution.settings
+
+
+@dataclass(frozen=True)
+class RunChoices:
+    """What `lab up` decided for this run beyond the stack file (see toolkit.pulumi_engine.RunChoices)."""
+
+    worker_zone: str
+    spot: bool
+
+
+def run_choices(settings: schema.Settings) -> RunChoices:
+    """The zone the workers go to (lab's zone failover) and whether spot is waived (--fallback-on-demand).
+
+    They arrive as LAB_WORKER_ZONE and LAB_WORKER_ON_DEMAND; without them, gcp:zone and lab:spot.
+    """
+    zone = os.environ.get("LAB_WORKER_ZONE", "").strip() or settings.zone or ""
+    allowed = {settings.zone, *settings.zones}
+    if zone not in allowed:
+        raise pulumi.RunError(
+            f"LAB_WORKER_ZONE={zone} is not gcp:zone or one of lab:zones ({', '.join(sorted(allowed))})"
+        )
+    on_demand = os.environ.get("LAB_WORKER_ON_DEMAND", "").strip() == "1"
+    return RunChoices(worker_zone=zone, spot=settings.spot and not on_demand)
 
 
 def ssh_public_key(settings: schema.Settings) -> str:

@@ -88,6 +88,7 @@ class Tracker(pulumi.ComponentResource):
             opts=child,
         )
         self.name = self.instance.name
+        self.status = self.instance.current_status
         self.internal_ip = self.address.address
         self.external_ip = self.instance.network_interfaces.apply(
             lambda nics: nics[0].access_configs[0].nat_ip if nics and nics[0].access_configs else None

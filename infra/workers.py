@@ -85,11 +85,14 @@ class WorkerPool(pulumi.ComponentResource):
                     # Deep Learning VM images install the NVIDIA driver on first boot when asked to.
                     metadata={**args.metadata, "install-nvidia-driver": "True"},
                     allow_stopping_for_update=True,
+                    # A preempted (stopped) worker is started again by the next `lab up`.
+                    desired_status="RUNNING",
                     # Names are fixed, so a replacement must delete the old VM first.
                     opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
                 )
             )
         self.names = [vm.name for vm in self.instances]
+        self.statuses = [vm.current_status for vm in self.instances]
         self.internal_ips = [vm.network_interfaces.apply(lambda nics: nics[0].network_ip) for vm in self.instances]
         self.external_ips = [
             vm.network_interfaces.apply(

@@ -64,6 +64,7 @@ class GcpMocks(pulumi.runtime.Mocks):
             outputs["selfLink"] = f"projects/{self.project}/global/networks/{args.inputs['name']}"
         elif args.typ == "gcp:compute/instance:Instance":
             number = len(self.of("gcp:compute/instance:Instance")) + 10
+            outputs["currentStatus"] = "RUNNING"
             outputs["networkInterfaces"] = [
                 {
                     **nic,

@@ -89,7 +89,11 @@ def test_outputs_the_toolkit_needs(run):
         "tracker_internal_ip": "10.42.0.2",
         "tracker_external_ip": outputs["tracker_external_ip"],
         "mlflow_internal_url": "http://10.42.0.2:5000",
+        "tracker_status": "RUNNING",
+        "worker_zone": "us-central1-a",
+        "worker_spot": True,
         "worker_names": ["lab-dev-worker-0"],
+        "worker_statuses": ["RUNNING"],
         "worker_internal_ips": outputs["worker_internal_ips"],
         "worker_external_ips": outputs["worker_external_ips"],
     }
