@@ -95,3 +95,22 @@ def download(bucket_name: str, stack: str, backups_dir: Path, backup_id: str | N
     backups.verify(incoming)
     incoming.rename(target)
     return backups.Backup(target, backups.read_manifest(target))
+
+
+def delete_bucket(bucket_name: str) -> int:
+    """Delete every object version in the bucket, then the bucket (`lab down --destroy-data`). Returns the
+    number of object versions deleted; a bucket that is already gone is not an error."""
+    from google.api_core import exceptions as gexc
+
+    client = _client()
+    deleted = 0
+    try:
+        for blob in client.list_blobs(bucket_name, versions=True):
+            blob.bucket.delete_blob(blob.name, generation=blob.generation)
+            deleted += 1
+        client.bucket(bucket_name).delete()
+    except gexc.NotFound:
+        return deleted
+    except gexc.GoogleAPICallError as exc:
+        raise LabError(f"could not delete gs://{bucket_name}: {exc.message}") from None
+    return deleted

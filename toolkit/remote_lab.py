@@ -74,18 +74,44 @@ def open_lab(stack_name: str, target: str) -> RemoteLab:
             hint=f"`lab config validate --stack {stack_name}` lists every problem",
         )
     settings = resolution.settings
-    if target == "gcp":
-        raise LabError("the gcp target's hosts come from Pulumi, which is not wired up yet", hint="use --target ssh")
     root = local_lab.check_lab_home() / "stacks" / settings.stack
     root.mkdir(parents=True, exist_ok=True)
-    bucket = settings.bucket_name if resolution.sources.get("lab:bucketName") == "stack" else None
-    return RemoteLab(
-        settings=settings,
-        hosts=tuple(remote.hosts_of(settings)),
-        access=remote.access_of(settings),
-        root=root,
-        bucket=bucket,
-    )
+    if target == "gcp":
+        hosts, bucket = gcp_hosts(settings)
+    else:
+        hosts = tuple(remote.hosts_of(settings))
+        bucket = settings.bucket_name if resolution.sources.get("lab:bucketName") == "stack" else None
+    return RemoteLab(settings=settings, hosts=hosts, access=remote.access_of(settings), root=root, bucket=bucket)
+
+
+def gcp_hosts(settings: schema.Settings) -> tuple[tuple[remote.Host, ...], str | None]:
+    """The gcp lab's hosts and bucket, from the stack's Pulumi outputs (read without the Pulumi CLI)."""
+    from toolkit import pulumi_state
+
+    backend = pulumi_state.backend_url(settings)
+    state = pulumi_state.read(backend, settings.stack)
+    outputs = state.outputs if state else {}
+    return hosts_from_outputs(outputs, settings.stack, backend), outputs.get("bucket_name") or None
+
+
+def hosts_from_outputs(outputs: dict[str, Any], stack_name: str, backend: str = "") -> tuple[remote.Host, ...]:
+    """The tracker, then worker-1, worker-2, ... at their external addresses; workers without one (stopped,
+    preempted) are left out. The program's outputs are the contract: tests run the program under mocks and
+    hand its outputs here."""
+    tracker = outputs.get("tracker_external_ip")
+    if not isinstance(tracker, str) or not tracker:
+        where = f" in {backend}" if backend else ""
+        raise LabError(
+            f"the gcp lab of stack {stack_name} is not up (no tracker in its Pulumi state{where})", hint="run `lab up`"
+        )
+    found = [remote.Host(remote.TRACKER, tracker, remote.TRACKER)]
+    addresses = outputs.get("worker_external_ips") or []
+    found += [
+        remote.Host(f"worker-{i}", address, remote.WORKER)
+        for i, address in enumerate(addresses, start=1)
+        if isinstance(address, str) and address
+    ]
+    return tuple(found)
 
 
 def agent(lab: RemoteLab, *args: str, timeout: float = AGENT_TIMEOUT_S) -> str:
@@ -253,3 +279,28 @@ def wait_for_ssh(lab: RemoteLab, host: remote.Host, timeout: float) -> None:
 
 def state_dir(stack_name: str) -> Path:
     return paths.stack_home(stack_name)
+
+
+def forget_changed_host_keys(lab: RemoteLab) -> None:
+    """gcp: VMs come and go, so an address may now belong to a new machine with a new host key. Forget the
+    keys of addresses that are new or moved since the last `lab up` (kept in hosts.json); the rest stay
+    pinned. `lab down` on gcp forgets them all."""
+    from toolkit import proc
+
+    record = lab.root / "hosts.json"
+    try:
+        before = json.loads(record.read_text())
+    except (OSError, json.JSONDecodeError):
+        before = {}
+    now = {host.name: host.address for host in lab.hosts}
+    if lab.access.known_hosts.exists():
+        for name, address in now.items():
+            if before.get(name) != address:
+                proc.run(["ssh-keygen", "-R", address, "-f", str(lab.access.known_hosts)], check=False)
+    record.write_text(json.dumps(now, indent=2) + "\n")
+
+
+def forget_all_host_keys(lab_root: Path) -> None:
+    """After `lab down` on gcp: the machines are gone, and so are their keys."""
+    for name in ("known_hosts", "known_hosts.old", "hosts.json"):
+        (lab_root / name).unlink(missing_ok=True)

@@ -28,7 +28,7 @@ def require_local(target: str, command: str) -> None:
         )
 
 
-def require(target: str, command: str, supported: tuple[str, ...] = ("local", "ssh")) -> None:
+def require(target: str, command: str, supported: tuple[str, ...] = ("local", "ssh", "gcp")) -> None:
     """Refuse a target whose `lab <command>` is not built yet, naming what works."""
     if target not in supported:
         others = " or ".join(f"--target {t}" for t in supported)

@@ -16,13 +16,25 @@ def down(
     target: options.Target = None,
     stack_name: options.Stack = options.STACK_DEFAULT,
     yes: options.Yes = False,
-    force: Annotated[bool, typer.Option("--force", help="Stop even if the backup fails.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Stop (gcp: destroy) even if the backup fails.")] = False,
+    destroy_data: Annotated[
+        bool,
+        typer.Option(
+            "--destroy-data", help="gcp: also delete the bucket with its artifacts and backups (asks twice; --yes)."
+        ),
+    ] = False,
     as_json: options.Json = False,
 ) -> None:
-    """Back up the tracker (verified), then stop the lab's services. If the backup fails, nothing is
-    stopped (unless --force). Nothing running is "nothing to do"."""
+    """Back up the tracker (verified), then stop the lab's services (gcp: destroy its VMs; the bucket and
+    its backups stay unless --destroy-data). If the backup fails, nothing is stopped or destroyed (unless
+    --force; exit code 4). Nothing running is "nothing to do" (exit 0)."""
     chosen = targets.choose(stack_name, local, target)
     targets.require(chosen, "down")
+    if destroy_data and chosen != "gcp":
+        raise LabError("--destroy-data is for the gcp target", hint="the local and ssh targets never delete data")
+    if chosen == "gcp":
+        _down_gcp(stack_name, yes, force, destroy_data, as_json)
+        return
     if chosen != "local":
         _down_remote(stack_name, chosen, force, as_json)
         return
@@ -88,3 +100,69 @@ def _down_remote(stack_name: str, target: str, force: bool, as_json: bool) -> No
     out().print(f"the lab's services are stopped ({where}); the machines stay as they were")
     if made:
         out().print(f"backup {made.manifest.id} verified: {made.path}")
+
+
+def _down_gcp(stack_name: str, yes: bool, force: bool, destroy_data: bool, as_json: bool) -> None:
+    import json
+    from pathlib import Path
+    from typing import Any
+
+    from toolkit import gcp_lab, paths, pulumi_engine, remote_lab
+
+    say = err().print
+    settings = gcp_lab.settings_of(stack_name)
+    if destroy_data:
+        ask = gcp_lab.confirm_with(yes)
+        bucket = settings.bucket_name or "the lab's bucket"
+        if not ask(f"Delete gs://{bucket} with every artifact and backup in it, for good?"):
+            raise LabError("nothing was destroyed: deleting the data was not confirmed")
+        if not yes and not ask(f"Really delete gs://{bucket}? This cannot be undone"):
+            raise LabError("nothing was destroyed: deleting the data was not confirmed twice")
+
+    def backup(outputs: dict[str, Any]) -> Path | None:
+        if not outputs.get("tracker_external_ip"):
+            say("no tracker in the Pulumi state: nothing to back up")
+            return None
+        lab = remote_lab.open_lab(stack_name, "gcp")
+        made, _ = remote_lab.backup(lab, reason="down", say=say)
+        return made.path
+
+    with gcp_lab.stack_lock(settings, "down"):
+        done = gcp_lab.teardown(
+            settings,
+            lambda: pulumi_engine.AutomationEngine(settings, paths.project_dir()),
+            backup=backup,
+            say=say,
+            destroy_data=destroy_data,
+            force=force,
+        )
+    if done is None:
+        gcp_lab.record_down(settings)
+        if as_json:
+            out().print_json(json.dumps({"stack": settings.stack, "destroyed": 0, "nothing_to_do": True}))
+        else:
+            out().print(f"nothing to do: the gcp lab of stack {settings.stack} is not up")
+        return
+    gcp_lab.record_down(settings)
+    remote_lab.forget_all_host_keys(paths.stack_home(settings.stack))
+    if as_json:
+        out().print_json(
+            json.dumps(
+                {
+                    "stack": settings.stack,
+                    "destroyed": done.destroyed,
+                    "backup": str(done.backup) if done.backup else None,
+                    "bucket_deleted": done.bucket_deleted,
+                    "leftovers": done.leftovers,
+                    "stages_s": {k: round(v, 1) for k, v in done.stages.items()},
+                }
+            )
+        )
+    else:
+        out().print(f"destroyed {done.destroyed} resources of stack {settings.stack}")
+        if done.backup:
+            out().print(f"backup verified: {done.backup}")
+        if not done.bucket_deleted and settings.bucket_name:
+            out().print(f"the bucket gs://{settings.bucket_name} and its backups stay (--destroy-data deletes them)")
+    if done.leftovers:
+        raise gcp_lab.leftovers_error(done.leftovers)

@@ -26,7 +26,7 @@ def ssh(
     chosen = targets.choose(stack_name, False, target)
     if chosen == "local":
         raise LabError("the local lab has no hosts to log in to", hint="use --target ssh with a stack that lists hosts")
-    targets.require(chosen, "ssh", supported=("ssh",))
+    targets.require(chosen, "ssh", supported=("ssh", "gcp"))
     lab = remote_lab.open_lab(stack_name, chosen)
     found = remote.find(lab.hosts, host)
     argv = lab.access.ssh(found, command or None, extra=[] if command else ["-t"])

@@ -31,7 +31,7 @@ def tunnel(
     chosen = targets.choose(stack_name, False, target)
     if chosen == "local":
         raise LabError("the local lab needs no tunnel: its services already listen on 127.0.0.1", hint="`lab status`")
-    targets.require(chosen, "tunnel", supported=("ssh",))
+    targets.require(chosen, "tunnel", supported=("ssh", "gcp"))
     lab = remote_lab.open_lab(stack_name, chosen)
     facts = remote_lab.tracker_facts(lab)
     plan = [("MLflow", lab.tracker, mlflow_port, facts.get("mlflow_bind", "127.0.0.1"), schema.MLFLOW_PORT)]

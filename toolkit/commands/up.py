@@ -22,13 +22,29 @@ def up(
         local_lab.DEFAULT_JUPYTER_PORT
     ),
     no_jupyter: Annotated[bool, typer.Option("--no-jupyter", help="Start the tracker only.")] = False,
+    yes: options.Yes = False,
+    preview: Annotated[
+        bool, typer.Option("--preview", help="gcp: show what would change and the cost per hour, then stop.")
+    ] = False,
+    fallback_on_demand: Annotated[
+        bool,
+        typer.Option(
+            "--fallback-on-demand", help="gcp: use standard (on-demand) workers when no zone has spot capacity."
+        ),
+    ] = False,
     as_json: options.Json = False,
 ) -> None:
     """Start the lab: the MLflow tracker (restored from the latest backup when it has no DB yet) and
     JupyterLab, each answering before this returns. Local: both on 127.0.0.1. ssh: the hosts are
-    configured by the playbooks (a second run changes nothing)."""
+    configured by the playbooks (a second run changes nothing). gcp: Pulumi creates (or converges) the
+    VMs after a preview with the cost per hour and a confirmation (--yes skips it), then the same."""
     chosen = targets.choose(stack_name, local, target)
     targets.require(chosen, "up")
+    if chosen == "gcp":
+        stages = _provision_gcp(stack_name, yes, preview, fallback_on_demand, as_json)
+        if stages is not None:
+            _up_remote(stack_name, chosen, as_json, stages)
+        return
     if chosen != "local":
         _up_remote(stack_name, chosen, as_json)
         return
@@ -50,13 +66,72 @@ def up(
     out().print(f"state    {lab.root}")
 
 
-def _up_remote(stack_name: str, target: str, as_json: bool) -> None:
+def _provision_gcp(
+    stack_name: str, yes: bool, preview_only: bool, fallback_on_demand: bool, as_json: bool
+) -> dict[str, float] | None:
+    """Pulumi's part of `lab up` on gcp; the stages' durations, or None after --preview."""
+    from toolkit import gcp_lab, paths, pulumi_engine, pulumi_state, remote_lab
+
+    say = err().print
+    settings = gcp_lab.settings_of(stack_name)
+
+    def show(plan: pulumi_engine.Plan, lines: list, total: float) -> None:
+        if as_json and preview_only:
+            document = {
+                "stack": settings.stack,
+                "changes": plan.counts,
+                "steps": [{"op": op, "type": kind, "name": name} for op, kind, name in plan.steps],
+                "cost_per_hour_usd": round(total, 4),
+                "priced": [line.as_dict() for line in lines],
+            }
+            out().print_json(json.dumps(document))
+            return
+        show_to = err() if as_json else out()
+        show_to.print(f"preview of {settings.stack}: {gcp_lab.plan_summary(plan)}")
+        for op, kind, name in plan.steps:
+            show_to.print(f"  {op:8} {kind.split(':')[-1]:12} {name}")
+        for line in lines:
+            show_to.print(f"  {line.describe()}")
+        show_to.print(f"estimated cost while up: ${total:.2f}/hour")
+
+    backend = pulumi_state.backend_url(settings)
+    if backend.startswith("gs://"):
+        from toolkit import state_bucket
+
+        state_bucket.ensure_state_bucket(
+            backend.removeprefix("gs://").split("/", 1)[0], settings.project or "", settings.region or "US"
+        )
+    with gcp_lab.stack_lock(settings, "up"):
+        done = gcp_lab.provision(
+            settings,
+            pulumi_engine.AutomationEngine(settings, paths.project_dir()),
+            confirm=gcp_lab.confirm_with(yes),
+            say=say,
+            show=show,
+            preview_only=preview_only,
+            fallback_on_demand=fallback_on_demand,
+        )
+    if done is None:
+        return None
+    gcp_lab.record_up(settings, done)
+    lab = remote_lab.open_lab(stack_name, "gcp")
+    started = time.monotonic()
+    remote_lab.forget_changed_host_keys(lab)
+    for host in lab.hosts:
+        say(f"waiting for SSH on {host.name} ({host.address})")
+        remote_lab.wait_for_ssh(lab, host, timeout=600)
+    done.stages["wait for SSH"] = time.monotonic() - started
+    return done.stages
+
+
+def _up_remote(stack_name: str, target: str, as_json: bool, stages: dict[str, float] | None = None) -> None:
     from toolkit import configure, remote_lab
 
     say = err().print
     started = time.monotonic()
     lab = remote_lab.open_lab(stack_name, target)
-    stages: dict[str, float] = {}
+    stages = dict(stages or {})
+    before = sum(stages.values())  # gcp: preview, pulumi up, wait for SSH
     unreachable = {n: why for n, why in remote_lab.reachable(lab).items() if why}
     stages["reach hosts"] = time.monotonic() - started
     if unreachable:
@@ -71,7 +146,7 @@ def _up_remote(stack_name: str, target: str, as_json: bool) -> None:
             report, restored = remote_lab.configure_hosts(lab, say, lambda r: live.update(configure.table(r)))
     stages["configure"] = report.seconds
     facts = remote_lab.tracker_facts(lab)
-    stages["total"] = time.monotonic() - started
+    stages["total"] = before + time.monotonic() - started
     if as_json:
         document = {
             "stack": lab.stack,

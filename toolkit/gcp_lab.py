@@ -1,0 +1,279 @@
+"""The gcp target: Pulumi makes the hosts exist or go away; everything after "the hosts exist" is the remote
+lab's (`toolkit.remote_lab`), shared with the ssh target.
+
+`provision` (lab up): preview with the cost per hour, confirm, `up` in the first zone with capacity
+(stockouts remembered per zone, quota errors named), on-demand only when allowed. `teardown` (lab down):
+the stack's lock, a verified backup of the tracker, destroy, the bucket only on request, and a check that
+nothing of the stack is left. Both take the engine as an argument: the real one is
+`toolkit.pulumi_engine.AutomationEngine`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from toolkit import paths, pulumi_engine, pulumi_state, schema, stack
+from toolkit.errors import EXIT_BACKUP_FAILED, EXIT_LEFTOVERS, EXIT_LOCKED, LabError
+
+Say = Callable[[str], None]
+Confirm = Callable[[str], bool]
+STOCKOUT_FILE = "stockouts.json"
+UPTIME_STACK_KEY = "gcp"
+
+
+def settings_of(stack_name: str) -> schema.Settings:
+    """The stack's settings, which must be valid for the gcp target."""
+    stack_file, resolution = stack.load(stack_name, target="gcp")
+    if resolution.problems or resolution.settings is None:
+        first = resolution.problems[0] if resolution.problems else "its values cannot be read"
+        raise LabError(
+            f"{stack_file.path.name}: {first}",
+            hint=f"`lab config validate --stack {stack_name} --target gcp` lists every problem",
+        )
+    return resolution.settings
+
+
+@contextlib.contextmanager
+def stack_lock(settings: schema.Settings, doing: str) -> Iterator[None]:
+    """One `lab up`/`lab down` of a stack at a time on this machine, and none while Pulumi's own lock
+    (taken by a run here or elsewhere, e.g. a scheduled `lab down` on a CI runner) is held."""
+    folder = paths.stack_home(settings.stack)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "engine.lock"
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another lab process"
+            raise LabError(
+                f"the stack {settings.stack} is busy: {holder}",
+                hint="wait for it to finish, then run this again",
+                code=EXIT_LOCKED,
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"`lab {doing}` (pid {os.getpid()}) since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.flush()
+        held = pulumi_state.locks(pulumi_state.backend_url(settings), settings.stack)
+        if held:
+            raise LabError(
+                f"the stack {settings.stack} is locked in its Pulumi state ({held[0].describe()})",
+                hint="wait for that run to finish; if it died, `pulumi cancel` (or delete "
+                f"{held[0].path} in the backend) releases it",
+                code=EXIT_LOCKED,
+            )
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+
+
+def confirm_with(yes: bool) -> Confirm:
+    """Confirmation: --yes says yes; without a terminal there is no one to ask, so it is an error."""
+
+    def ask(question: str) -> bool:
+        if yes:
+            return True
+        if not sys.stdin.isatty():
+            raise LabError(f"{question} needs a yes, and there is no terminal to ask", hint="pass --yes")
+        import typer
+
+        return typer.confirm(question, default=False)
+
+    return ask
+
+
+# -- lab up ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Provisioned:
+    outputs: dict[str, Any]
+    zone: str | None
+    on_demand: bool
+    stages: dict[str, float] = field(default_factory=dict)
+
+
+def hourly_lines(settings: schema.Settings, on_demand: bool = False) -> tuple[list[Any], float]:
+    """The priced resources of the stack and the total per hour (toolkit.prices)."""
+    from dataclasses import replace
+
+    from toolkit import prices
+
+    priced = replace(settings, spot=settings.spot and not on_demand)
+    lines = prices.hourly(priced)
+    return lines, sum(float(line.usd_per_hour or 0) for line in lines)
+
+
+def plan_summary(plan: pulumi_engine.Plan) -> str:
+    parts = [f"{plan.counts.get(op, 0)} to {op}" for op in ("create", "update", "replace", "delete")]
+    return ", ".join(parts) + f", {plan.counts.get('same', 0)} unchanged"
+
+
+def provision(
+    settings: schema.Settings,
+    engine: pulumi_engine.Engine,
+    *,
+    confirm: Confirm,
+    say: Say,
+    show: Callable[[pulumi_engine.Plan, list[Any], float], None],
+    preview_only: bool = False,
+    fallback_on_demand: bool = False,
+) -> Provisioned | None:
+    """Preview, confirm, then `up` zone by zone until one has capacity. None after a preview only."""
+    from toolkit import capacity
+
+    stages: dict[str, float] = {}
+    state = pulumi_state.read(pulumi_state.backend_url(settings), settings.stack)
+    current = state.outputs.get("worker_zone") if state else None
+    memory = capacity.StockoutMemory(paths.stack_home(settings.stack) / STOCKOUT_FILE)
+    configured = list(settings.zones) or [settings.zone or ""]
+    zones = capacity.zones_to_try(configured, current if isinstance(current, str) else None, memory.recent())
+
+    started = time.monotonic()
+    plan = engine.preview(pulumi_engine.RunChoices(worker_zone=zones[0]), say)
+    stages["preview"] = time.monotonic() - started
+    lines, total = hourly_lines(settings)
+    show(plan, lines, total)
+    if preview_only:
+        return None
+    if plan.changes and not confirm(f"Apply these changes to the stack {settings.stack}?"):
+        raise LabError("nothing was changed: the changes were not confirmed", hint="pass --yes to skip the question")
+
+    started = time.monotonic()
+    tried: list[str] = []
+    attempts = [(zone, False) for zone in zones]
+    if fallback_on_demand and settings.spot:
+        attempts += [(zone, True) for zone in zones]
+    for zone, on_demand in attempts:
+        choices = pulumi_engine.RunChoices(worker_zone=zone, on_demand=on_demand)
+        if on_demand and (zone, on_demand) == attempts[len(zones)]:
+            say("no zone had spot capacity: trying on-demand workers (--fallback-on-demand)")
+        try:
+            outputs = engine.up(choices, say)
+        except pulumi_engine.EngineFailed as exc:
+            found = capacity.classify(exc.text)
+            if isinstance(found, capacity.Stockout):
+                memory.remember(found.zone or zone)
+                tried.append(zone)
+                say(f"{zone} has no capacity for the workers now; trying the next zone")
+                continue
+            if isinstance(found, capacity.Quota):
+                raise LabError(found.message(settings.project or "")) from None
+            raise
+        stages["pulumi up"] = time.monotonic() - started
+        return Provisioned(outputs=outputs, zone=zone, on_demand=on_demand, stages=stages)
+    raise capacity.no_capacity_message(tried, fallback_on_demand)
+
+
+def record_up(settings: schema.Settings, done: Provisioned) -> None:
+    """The lab's priced resources start their uptime now (`lab cost`)."""
+    from toolkit import uptime
+
+    lines, _ = hourly_lines(settings, done.on_demand)
+    uptime.record_up(settings.stack, lines)
+
+
+# -- lab down -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TornDown:
+    destroyed: int
+    backup: Path | None
+    bucket_deleted: str | None
+    leftovers: list[str]
+    stages: dict[str, float] = field(default_factory=dict)
+
+
+def teardown(
+    settings: schema.Settings,
+    engine_factory: Callable[[], pulumi_engine.Engine],
+    *,
+    backup: Callable[[dict[str, Any]], Path | None],
+    say: Say,
+    destroy_data: bool = False,
+    force: bool = False,
+) -> TornDown | None:
+    """Back up (verified) first, then destroy. None when there is nothing to destroy.
+
+    `backup(outputs)` returns the verified backup's folder (None when there is no tracker to back up) or
+    raises LabError; then nothing is destroyed (unless `force`) and the exit code is EXIT_BACKUP_FAILED.
+    """
+    backend = pulumi_state.backend_url(settings)
+    state = pulumi_state.read(backend, settings.stack)
+    if state is None or not state.cloud_resources:
+        return None
+    stages: dict[str, float] = {}
+    engine = engine_factory()  # fails now, before the backup, when there is no CLI to destroy with
+    started = time.monotonic()
+    made: Path | None = None
+    try:
+        made = backup(state.outputs)
+    except LabError as exc:
+        if not force:
+            raise LabError(
+                f"the backup failed, so nothing was destroyed: {exc.one_line()}",
+                hint="fix that (is the tracker running? `lab up` starts it), or pass --force to destroy without one",
+                code=EXIT_BACKUP_FAILED,
+            ) from None
+        say(f"warning: destroying without a backup (--force): {exc.one_line()}")
+    stages["backup"] = time.monotonic() - started
+
+    started = time.monotonic()
+    engine.destroy(say)
+    stages["destroy"] = time.monotonic() - started
+    bucket = state.outputs.get("bucket_name") if isinstance(state.outputs.get("bucket_name"), str) else None
+    deleted = None
+    if destroy_data and bucket:
+        from toolkit import gcs
+
+        gcs.delete_bucket(bucket)
+        deleted = bucket
+        say(f"deleted the bucket gs://{bucket} and every object version in it (--destroy-data)")
+    after = pulumi_state.read(backend, settings.stack)
+    left = [
+        f"{r.type.split(':')[-1]} {r.name} (still in the Pulumi state)"
+        for r in (after.cloud_resources if after else ())
+    ]
+    left += labelled_leftovers(settings, say)
+    return TornDown(
+        destroyed=len(state.cloud_resources), backup=made, bucket_deleted=deleted, leftovers=left, stages=stages
+    )
+
+
+def record_down(settings: schema.Settings) -> None:
+    """The lab's uptime stops now (`lab cost`)."""
+    from toolkit import uptime
+
+    uptime.record_down(settings.stack)
+
+
+def labelled_leftovers(settings: schema.Settings, say: Say) -> list[str]:
+    """Instances and disks still labelled with this stack in the project (GCP's API; skipped without it)."""
+    try:
+        from toolkit import gcp_api
+
+        return gcp_api.labelled_resources(settings.project or "", settings.labels["lab"])
+    except LabError as exc:
+        say(f"could not ask GCP for leftovers: {exc.one_line()}")
+        return []
+
+
+def leftovers_error(left: list[str]) -> LabError:
+    shown = "; ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
+    return LabError(
+        f"the lab is down, but these are left: {shown}",
+        hint="delete them in the console or with gcloud, or run `lab down` again",
+        code=EXIT_LEFTOVERS,
+    )
