@@ -98,18 +98,19 @@ def test_python_dash_m_runs_the_cli():
     assert done.returncode == 0 and done.stdout.strip() == f"lab {__version__}"
 
 
-def test_targets_not_built_yet_say_what_works(lab):
-    # The shipped dev stack's target is gcp; the local and ssh targets are what run today.
-    for command in ("up", "down", "status", "backup", "restore", "dispatch x.ipynb --space s.yml"):
+def test_gcp_lab_that_was_never_up(lab):
+    # The shipped dev stack's target is gcp; nothing was ever created and this machine has no Pulumi CLI.
+    ran = lab("up", "--yes")
+    assert ran.code == 1
+    assert "needs the Pulumi CLI" in ran.err and "lab doctor --install-pulumi" in ran.err
+    assert len(ran.err.strip().splitlines()) == 1
+    ran = lab("down", "--yes")
+    assert ran.code == 0, ran.err
+    assert "nothing to do" in ran.out
+    ran = lab("status")
+    assert ran.code == 0, ran.err
+    assert "not up" in ran.out
+    for command in ("backup", "tunnel", "ssh tracker", "dispatch x.ipynb --space s.yml"):
         ran = lab(*command.split())
         assert ran.code == 1, command
-        name = command.split()[0]
-        assert ran.err.strip() == (
-            f"error: `lab {name}` on the gcp target is not available yet; use --target local or --target ssh"
-        )
-    for command in ("tunnel", "ssh tracker"):
-        ran = lab(*command.split())
-        assert ran.code == 1, command
-        assert ran.err.strip() == (
-            f"error: `lab {command.split()[0]}` on the gcp target is not available yet; use --target ssh"
-        )
+        assert "is not up" in ran.err and "run `lab up`" in ran.err, (command, ran.err)

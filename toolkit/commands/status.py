@@ -113,6 +113,8 @@ def _status_remote(stack_name: str, target: str, as_json: bool) -> None:
     from toolkit import remote, remote_lab
     from toolkit.errors import LabError
 
+    if target == "gcp" and not _gcp_is_up(stack_name, as_json):
+        return
     lab = remote_lab.open_lab(stack_name, target)
 
     def look(host: remote.Host) -> dict[str, Any]:
@@ -170,3 +172,20 @@ def _status_remote(stack_name: str, target: str, as_json: bool) -> None:
         out().print(f"newest backup here: {info['latest']}, {_age(info['age_s'])} old ({info['count']} kept)")
     else:
         out().print("no backup here yet: `lab backup` takes one")
+
+
+def _gcp_is_up(stack_name: str, as_json: bool) -> bool:
+    """Whether the gcp lab has a tracker in its Pulumi state; if not, say so (that is not an error)."""
+    from toolkit import gcp_lab, pulumi_state
+
+    settings = gcp_lab.settings_of(stack_name)
+    backend = pulumi_state.backend_url(settings)
+    state = pulumi_state.read(backend, settings.stack)
+    if state is not None and state.outputs.get("tracker_external_ip"):
+        return True
+    left = len(state.cloud_resources) if state else 0
+    if as_json:
+        out().print_json(json.dumps({"stack": settings.stack, "target": "gcp", "up": False, "resources": left}))
+    else:
+        out().print(f"the gcp lab of stack {settings.stack} is not up (state: {backend}); `lab up` starts it")
+    return False
