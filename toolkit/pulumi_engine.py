@@ -95,7 +95,14 @@ class AutomationEngine:
         self.settings = settings
         self.project_dir = project_dir
         self.backend = pulumi_state.backend_url(settings)
-        self._stack: Any = None
+        cli = find_cli()
+        if cli is None:
+            raise LabError(
+                "the gcp target needs the Pulumi CLI, and there is none on PATH or under LAB_HOME",
+                hint="run `lab doctor --install-pulumi`",
+            )
+        self.cli = cli
+        pulumi_state.passphrase_ready(settings)
 
     def _env(self, choices: RunChoices) -> dict[str, str]:
         env = {"PULUMI_BACKEND_URL": self.backend, "PULUMI_SKIP_UPDATE_CHECK": "true", **choices.env()}
@@ -106,13 +113,6 @@ class AutomationEngine:
     def _open(self, choices: RunChoices) -> Any:
         from pulumi import automation as auto
 
-        cli = find_cli()
-        if cli is None:
-            raise LabError(
-                "the gcp target needs the Pulumi CLI, and there is none on PATH or under LAB_HOME",
-                hint="run `lab doctor --install-pulumi`",
-            )
-        pulumi_state.passphrase_ready(self.settings)
         if self.backend.startswith("file://"):
             Path(self.backend.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
         provider = None if self.settings.secrets_provider == "passphrase" else self.settings.secrets_provider
@@ -120,7 +120,7 @@ class AutomationEngine:
             work_dir=str(self.project_dir),
             env_vars=self._env(choices),
             secrets_provider=provider,
-            pulumi_command=auto.PulumiCommand(root=str(cli.parent.parent), skip_version_check=True),
+            pulumi_command=auto.PulumiCommand(root=str(self.cli.parent.parent), skip_version_check=True),
         )
         try:
             return auto.create_or_select_stack(self.settings.stack, work_dir=str(self.project_dir), opts=options)

@@ -98,6 +98,6 @@ def test_the_passphrase_must_come_from_the_environment(cli, settings, monkeypatc
     monkeypatch.delenv("PULUMI_CONFIG_PASSPHRASE")
     monkeypatch.delenv("PULUMI_CONFIG_PASSPHRASE_FILE", raising=False)
     with pytest.raises(LabError) as caught:
-        pulumi_engine.AutomationEngine(settings, ROOT).up(pulumi_engine.RunChoices(), lambda line: None)
+        pulumi_engine.AutomationEngine(settings, ROOT)
     assert "PULUMI_CONFIG_PASSPHRASE" in caught.value.one_line()
     assert not [c for c in cli.calls() if "up" in c["argv"]], "nothing ran without the passphrase"

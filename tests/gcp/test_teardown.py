@@ -1,0 +1,216 @@
+"""`lab down` on gcp: nothing is destroyed without a verified backup, one down at a time, a lab that is
+already down (or never existed) is exit 0 even without the Pulumi CLI, and what is left is reported.
+
+The engine is a recording stand-in (the real one needs the Pulumi CLI and GCP); the state files it reads
+and rewrites are in the diy backend's format, and the flows, locks and CLI are lab's real code."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.gcp.pulumi_fakes import path_without_pulumi, write_checkpoint, write_lock
+from toolkit import gcp_lab, pulumi_engine, schema
+from toolkit.errors import EXIT_BACKUP_FAILED, EXIT_LEFTOVERS, EXIT_LOCKED, LabError
+
+OUTPUTS = {
+    "tracker_external_ip": "198.51.100.10",
+    "bucket_name": "my-gcp-project-lab-dev",
+    "worker_zone": "us-central1-a",
+}
+RESOURCES = [
+    ("gcp:compute/instance:Instance", "tracker"),
+    ("gcp:compute/instance:Instance", "worker-0"),
+    ("gcp:compute/disk:Disk", "tracker-data"),
+    ("lab:infra:WorkerPool", "worker"),
+]
+
+
+@pytest.fixture
+def backend(isolated: Path) -> Path:
+    return isolated / ".lab" / "pulumi"
+
+
+@pytest.fixture
+def settings() -> schema.Settings:
+    raw = {
+        "gcp:project": "my-gcp-project",
+        "gcp:region": "us-central1",
+        "gcp:zone": "us-central1-a",
+        "lab:allowedSshCidrs": ["203.0.113.0/24"],
+    }
+    return schema.resolve(raw, stack="dev").settings
+
+
+@pytest.fixture(autouse=True)
+def no_google_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "no-such-credentials.json"))
+
+
+class RecordingEngine:
+    """Records the calls; destroy empties the checkpoint the way the engine would (or leaves `keep`)."""
+
+    def __init__(self, backend: Path, calls: list[str], keep: list[tuple[str, str]] | None = None) -> None:
+        self.backend, self.calls, self.keep = backend, calls, keep or []
+
+    def preview(self, choices: pulumi_engine.RunChoices, say) -> pulumi_engine.Plan:
+        raise AssertionError("down never previews")
+
+    def up(self, choices: pulumi_engine.RunChoices, say) -> dict:
+        raise AssertionError("down never runs up")
+
+    def destroy(self, say) -> None:
+        self.calls.append("destroy")
+        write_checkpoint(self.backend, "dev", {}, self.keep)
+
+
+def test_a_failed_backup_destroys_nothing_and_says_so_in_the_exit_code(settings, backend):
+    write_checkpoint(backend, "dev", OUTPUTS, RESOURCES)
+    calls: list[str] = []
+
+    def backup(outputs):
+        calls.append("backup")
+        raise LabError("on tracker: database disk image is malformed")
+
+    with pytest.raises(LabError) as caught:
+        gcp_lab.teardown(settings, lambda: RecordingEngine(backend, calls), backup=backup, say=lambda m: None)
+    assert calls == ["backup"], "destroy must not run after a failed backup"
+    assert caught.value.code == EXIT_BACKUP_FAILED
+    assert "nothing was destroyed" in caught.value.one_line() and "malformed" in caught.value.one_line()
+
+
+def test_force_destroys_without_a_backup(settings, backend):
+    write_checkpoint(backend, "dev", OUTPUTS, RESOURCES)
+    calls: list[str] = []
+
+    def backup(outputs):
+        calls.append("backup")
+        raise LabError("the tracker does not answer")
+
+    said: list[str] = []
+    done = gcp_lab.teardown(
+        settings, lambda: RecordingEngine(backend, calls), backup=backup, say=said.append, force=True
+    )
+    assert calls == ["backup", "destroy"]
+    assert done is not None and done.backup is None
+    assert any("without a backup" in line for line in said)
+
+
+def test_backup_first_then_destroy_then_nothing_left(settings, backend, tmp_path):
+    write_checkpoint(backend, "dev", OUTPUTS, RESOURCES)
+    calls: list[str] = []
+    seen: list[dict] = []
+
+    def backup(outputs):
+        calls.append("backup")
+        seen.append(outputs)
+        return tmp_path / "backup"
+
+    said: list[str] = []
+    done = gcp_lab.teardown(settings, lambda: RecordingEngine(backend, calls), backup=backup, say=said.append)
+    assert calls == ["backup", "destroy"]
+    assert seen == [OUTPUTS], "the backup reaches the tracker from the stack's outputs"
+    assert done.destroyed == 3, "instances and disks count; the stack, providers and components do not"
+    assert done.leftovers == []
+    assert any("could not ask GCP for leftovers" in line for line in said)
+
+
+def test_what_the_destroy_left_is_reported(settings, backend, tmp_path):
+    write_checkpoint(backend, "dev", OUTPUTS, RESOURCES)
+    left = [("gcp:compute/disk:Disk", "tracker-data")]
+    done = gcp_lab.teardown(
+        settings, lambda: RecordingEngine(backend, [], keep=left), backup=lambda o: tmp_path, say=lambda m: None
+    )
+    assert done.leftovers == ["Disk tracker-data (still in the Pulumi state)"]
+    error = gcp_lab.leftovers_error(done.leftovers)
+    assert error.code == EXIT_LEFTOVERS and "tracker-data" in error.one_line()
+
+
+def test_nothing_to_destroy_needs_no_engine(settings, backend):
+    def no_engine():
+        raise AssertionError("no engine is needed when the state shows nothing")
+
+    assert gcp_lab.teardown(settings, no_engine, backup=lambda o: None, say=lambda m: None) is None
+    write_checkpoint(backend, "dev", {}, [])  # a stack that exists but holds nothing
+    assert gcp_lab.teardown(settings, no_engine, backup=lambda o: None, say=lambda m: None) is None
+
+
+# -- through the CLI, as cron would run it -------------------------------------------------------------------
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    monkeypatch.setenv("PATH", path_without_pulumi())
+    return {"PATH": path_without_pulumi()}
+
+
+def test_down_of_a_lab_that_never_existed_is_exit_0_without_the_cli(lab, env):
+    for _ in range(2):  # and again: already down
+        ran = lab("down", "--yes", env=env)
+        assert ran.code == 0, ran.err
+        assert "nothing to do" in ran.out
+
+
+def test_down_with_resources_but_no_cli_fails_before_the_backup(lab, env, backend):
+    write_checkpoint(backend, "dev", OUTPUTS, RESOURCES)
+    ran = lab("down", "--yes", env=env)
+    assert ran.code == 1
+    assert "Pulumi CLI" in ran.err and "lab doctor --install-pulumi" in ran.err
+    assert "backup" not in ran.err.lower(), "no backup is attempted when nothing could be destroyed after it"
+
+
+def test_a_second_down_is_refused_while_pulumi_holds_the_stack(lab, env, backend):
+    write_checkpoint(backend, "dev", OUTPUTS, RESOURCES)
+    write_lock(backend, "dev")
+    ran = lab("down", "--yes", env=env)
+    assert ran.code == EXIT_LOCKED, ran.err
+    assert "locked" in ran.err and "ci@runner-7 (pid 4242)" in ran.err
+    assert len(ran.err.strip().splitlines()) == 1
+
+
+def test_a_second_down_is_refused_while_another_lab_runs_here(lab, env, settings, isolated):
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                """
+                import sys, time
+                from toolkit import gcp_lab, schema
+                raw = {"gcp:project": "my-gcp-project", "gcp:region": "us-central1", "gcp:zone": "us-central1-a",
+                       "lab:allowedSshCidrs": ["203.0.113.0/24"]}
+                with gcp_lab.stack_lock(schema.resolve(raw, stack="dev").settings, "down"):
+                    print("held", flush=True)
+                    time.sleep(30)
+                """
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        started = time.monotonic()
+        ran = lab("down", "--yes", env=env)
+        assert ran.code == EXIT_LOCKED, ran.err
+        assert "busy" in ran.err and "`lab down`" in ran.err
+        assert time.monotonic() - started < 10, "refused at once, not after waiting"
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    ran = lab("down", "--yes", env=env)
+    assert ran.code == 0, "the lock goes with the process that held it"
+
+
+def test_destroy_data_needs_a_yes_without_a_terminal(lab, env, backend):
+    write_checkpoint(backend, "dev", OUTPUTS, RESOURCES)
+    ran = lab("down", "--destroy-data", env=env)
+    assert ran.code == 1
+    assert "pass --yes" in ran.err
+    assert (backend / ".pulumi" / "stacks" / "lab" / "dev.json").exists()
