@@ -15,6 +15,7 @@ from toolkit.commands import (
     dispatch,
     doctor,
     down,
+    init,
     restore,
     ssh,
     status,
@@ -42,6 +43,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+app.command("init")(init.init)
 config_app = typer.Typer(help="Show and check a stack's settings.", no_args_is_help=True)
 config_app.command("show")(config_show.show)
 config_app.command("validate")(config_validate.validate)

@@ -42,7 +42,7 @@ print(json.dumps({{"code": code, "heavy": heavy}}), file=sys.stderr)
         ["config", "show"],
         ["config", "validate"],
         ["config", "show", "--json"],
-        *([name, "--help"] for name in ("up", "status", "backup", "restore", "down", "dispatch", "sweeps")),
+        *([name, "--help"] for name in ("up", "status", "backup", "restore", "down", "dispatch", "sweeps", "init")),
         ["sweep", "show", "--help"],
     ],
     ids=" ".join,
