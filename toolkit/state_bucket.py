@@ -11,6 +11,7 @@ google-cloud-storage is imported here only, when a gs:// backend is used.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -188,8 +189,9 @@ def _failures() -> tuple[type[Exception], ...]:
 
 
 def _reason(exc: Any) -> str:
-    """GCS's own words, on one line."""
-    return " ".join(str(getattr(exc, "message", "") or exc).split())
+    """GCS's own words, on one line, without the request line the client puts first."""
+    text = " ".join(str(getattr(exc, "message", "") or exc).split())
+    return re.sub(r"^(GET|POST|PATCH|PUT|DELETE) \S+: ", "", text)
 
 
 def _unexpected(name: str, action: str, exc: Any) -> LabError:
