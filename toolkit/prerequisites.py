@@ -16,7 +16,7 @@ from pathlib import Path
 
 from toolkit import proc
 from toolkit.errors import LabError
-from toolkit.paths import lab_home, packaged_project
+from toolkit.paths import lab_home, packaged_project, pulumi_cli_root
 
 MIN_PULUMI = (3, 150, 0)
 MIN_FREE_GIB = 2.0
@@ -115,19 +115,30 @@ def _which(name: str) -> str | None:
     return str(beside) if beside.is_file() and os.access(beside, os.X_OK) else None
 
 
-def pulumi_cli() -> Check:
-    fix = "curl -fsSL https://get.pulumi.com | sh   (then open a new shell)"
-    path = _which("pulumi")
-    if path is None:
-        return Check("pulumi CLI", False, "not found on PATH", fix)
+def pulumi_version(path: str) -> tuple[tuple[int, ...] | None, str]:
+    """The version a Pulumi CLI reports, or None and why it could not tell."""
     try:
         result = proc.run([path, "version"], timeout=30)
     except LabError as exc:
-        return Check("pulumi CLI", False, f"{path} does not run: {exc.one_line()}", fix)
+        return None, f"{path} does not run: {exc.one_line()}"
     match = re.search(r"v?(\d+)\.(\d+)\.(\d+)", result.stdout)
     if not match:
-        return Check("pulumi CLI", False, f"{path} printed no version: {result.stdout.strip()[:60]!r}", fix)
-    version = tuple(int(p) for p in match.groups())
+        return None, f"{path} printed no version: {result.stdout.strip()[:60]!r}"
+    return tuple(int(p) for p in match.groups()), ""
+
+
+def pulumi_cli() -> Check:
+    """The CLI `lab up` would use: on PATH, else the one `lab doctor --install-pulumi` put under LAB_HOME."""
+    from toolkit.pulumi_engine import find_cli
+
+    fix = "lab doctor --install-pulumi   (or curl -fsSL https://get.pulumi.com | sh, then open a new shell)"
+    found = find_cli()
+    if found is None:
+        return Check("pulumi CLI", False, f"not on PATH nor in {pulumi_cli_root() / 'bin'}", fix)
+    path = str(found)
+    version, problem = pulumi_version(path)
+    if version is None:
+        return Check("pulumi CLI", False, problem, fix)
     text = ".".join(map(str, version))
     if version < MIN_PULUMI:
         need = ".".join(map(str, MIN_PULUMI))

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from typing import Annotated
+
+import typer
 
 from toolkit import options, prerequisites, schema, stack
-from toolkit.console import out
+from toolkit.console import err, out
 from toolkit.errors import LabError
 
 
@@ -27,8 +30,18 @@ def doctor(
     target: options.Target = None,
     stack_name: options.Stack = options.STACK_DEFAULT,
     as_json: options.Json = False,
+    install_pulumi: Annotated[
+        bool,
+        typer.Option(
+            "--install-pulumi",
+            help="Install the Pulumi CLI (the version of the pulumi SDK here) into LAB_HOME/pulumi-cli, then stop.",
+        ),
+    ] = False,
 ) -> None:
     """Check the prerequisites of a target (Pulumi CLI, GCP credentials, SSH key, Ansible, disk)."""
+    if install_pulumi:
+        _install_pulumi()
+        return
     chosen, key_path = _target_and_key(stack_name, options.target_name(target))
     checks = prerequisites.for_target(chosen, key_path)
     missing = [c for c in checks if not c.ok and c.required]
@@ -61,3 +74,19 @@ def doctor(
         raise LabError(f"the {chosen} target is missing: {names}", hint="run the fixes above")
     if not as_json:
         out().print(f"\n[green]ready[/green] for the {chosen} target")
+
+
+def _install_pulumi() -> None:
+    """`--install-pulumi`: install the CLI, or say where the usable one already is."""
+    import os
+
+    from toolkit.pulumi_install import install
+
+    installed = install(say=lambda line: err().print(line, highlight=False))
+    if not installed.fresh:
+        out().print(f"the Pulumi CLI v{installed.version} is already installed at {installed.path}", highlight=False)
+        return
+    out().print(f"[green]installed[/green] the Pulumi CLI v{installed.version} at {installed.path}", highlight=False)
+    folder = str(installed.path.parent)
+    if folder not in os.environ.get("PATH", "").split(os.pathsep):
+        out().print(f"lab uses it from there; for your shell too: export PATH={folder}:$PATH", highlight=False)
