@@ -97,6 +97,10 @@ def test_state_backend_and_secrets_provider_are_written(init, project, tmp_path)
     assert written["lab:stateBackend"] == f"file://{tmp_path / 'state'}"
     assert written["lab:secretsProvider"] == kms
     assert written["lab:workers"] == 0
+    assert "lab:zones" not in written  # derived from gcp:zone
+    zones = init("init", "--stack", "zones", *GCP_FLAGS, "--zones", "us-central1-b,us-central1-c")
+    assert zones.code == 0, zones.err
+    assert config_of(project / "Pulumi.zones.yaml")["lab:zones"] == ["us-central1-a", "us-central1-b", "us-central1-c"]
     assert "secrets use a passphrase" not in (project / "Pulumi.kms.yaml").read_text()
     assert init("config", "validate", "--stack", "kms").code == 0
 

@@ -39,10 +39,12 @@ def _from_flags(flags: dict[str, Any]) -> dict[str, Any]:
 
 
 def _derive(raw: dict[str, Any]) -> None:
-    """What one answer gives another: the zone is the first of --zones, the region is the zone's."""
+    """What one answer gives another: the zone is the first of --zones (or leads them), the region is the zone's."""
     zones = raw.get("lab:zones")
     if zones and "gcp:zone" not in raw:
         raw["gcp:zone"] = zones[0]
+    elif zones and raw.get("gcp:zone") not in zones:
+        raw["lab:zones"] = [raw["gcp:zone"], *zones]
     zone = raw.get("gcp:zone")
     if isinstance(zone, str) and "gcp:region" not in raw and stack_init.region_of(zone):
         raw["gcp:region"] = stack_init.region_of(zone)
@@ -159,7 +161,7 @@ def init(
         typer.Option(
             "--zones",
             metavar="ZONE,...",
-            help="gcp: zones to try in order when one has no capacity (repeat, or a,b,c).",
+            help="gcp: zones to try in order when one has no capacity (repeat, or a,b,c); --zone leads them.",
         ),
     ] = None,
     workers: Annotated[
