@@ -110,7 +110,9 @@ def test_gcp_lab_that_was_never_up(lab):
     ran = lab("status")
     assert ran.code == 0, ran.err
     assert "not up" in ran.out
-    for command in ("backup", "tunnel", "ssh tracker", "dispatch x.ipynb --space s.yml"):
+    quickstart = Path(__file__).resolve().parents[2] / "experiments" / "quickstart"
+    dispatch = f"dispatch {quickstart / 'quickstart.ipynb'} --space {quickstart / 'space.yml'}"
+    for command in ("backup", "tunnel", "ssh tracker", dispatch):
         ran = lab(*command.split())
         assert ran.code == 1, command
         assert "is not up" in ran.err and "run `lab up`" in ran.err, (command, ran.err)

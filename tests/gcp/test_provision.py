@@ -1,0 +1,140 @@
+"""`lab up` on gcp, Pulumi's part: preview with the cost, confirmation, zone failover on real stockout texts,
+quota errors named, on-demand fallback only when allowed. The engine is a scripted stand-in (the real one
+needs the Pulumi CLI and GCP); zone choice, memory, prices and errors are lab's real code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.gcp.pulumi_fakes import write_checkpoint
+from toolkit import gcp_lab, pulumi_engine, schema
+from toolkit.errors import LabError
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "gcp_errors"
+STOCKOUT = (
+    "error: 1 error occurred:\n\t* Error creating instance: googleapi: Error 503: The zone "
+    "'projects/my-gcp-project/zones/{zone}' does not have enough resources available to fulfill the "
+    "request.  Try a different zone, or try again later., resourceExhausted\n"
+)
+QUOTA = (
+    "error: 1 error occurred:\n\t* Error creating instance: googleapi: Error 403: Quota "
+    "'PREEMPTIBLE_NVIDIA_A100_GPUS' exceeded.  Limit: 0.0 in region us-central1., quotaExceeded\n"
+)
+
+
+@pytest.fixture
+def settings() -> schema.Settings:
+    raw = {
+        "gcp:project": "my-gcp-project",
+        "gcp:region": "us-central1",
+        "gcp:zone": "us-central1-a",
+        "lab:zones": ["us-central1-a", "us-central1-b", "us-central1-c"],
+        "lab:workers": 2,
+        "lab:allowedSshCidrs": ["203.0.113.0/24"],
+    }
+    resolved = schema.resolve(raw, stack="dev")
+    assert resolved.problems == []
+    return resolved.settings
+
+
+class ScriptedEngine:
+    """Answers `up` per zone: a stockout text for the zones in `full`, else outputs."""
+
+    def __init__(self, full: set[str], quota: bool = False, spot_full_everywhere: bool = False) -> None:
+        self.full, self.quota, self.spot_full_everywhere = full, quota, spot_full_everywhere
+        self.ups: list[pulumi_engine.RunChoices] = []
+        self.previews: list[pulumi_engine.RunChoices] = []
+
+    def preview(self, choices, say):
+        self.previews.append(choices)
+        return pulumi_engine.Plan(
+            counts={"create": 9, "same": 0}, steps=[("create", "gcp:compute/instance:Instance", "worker-0")]
+        )
+
+    def up(self, choices, say):
+        self.ups.append(choices)
+        if self.quota:
+            raise pulumi_engine.EngineFailed("Pulumi failed", QUOTA)
+        if choices.worker_zone in self.full and not (choices.on_demand and not self.spot_full_everywhere):
+            raise pulumi_engine.EngineFailed("Pulumi failed", STOCKOUT.format(zone=choices.worker_zone))
+        if self.spot_full_everywhere and not choices.on_demand:
+            raise pulumi_engine.EngineFailed("Pulumi failed", STOCKOUT.format(zone=choices.worker_zone))
+        return {"tracker_external_ip": "198.51.100.10", "worker_zone": choices.worker_zone}
+
+    def destroy(self, say):
+        raise AssertionError("up never destroys")
+
+
+def provision(settings, engine, *, yes=True, preview_only=False, fallback=False, shown=None):
+    return gcp_lab.provision(
+        settings,
+        engine,
+        confirm=gcp_lab.confirm_with(yes),
+        say=lambda line: None,
+        show=lambda plan, lines, total: (shown if shown is not None else []).append((plan, lines, total)),
+        preview_only=preview_only,
+        fallback_on_demand=fallback,
+    )
+
+
+def test_preview_only_shows_changes_and_cost_and_creates_nothing(settings):
+    engine = ScriptedEngine(full=set())
+    shown: list = []
+    assert provision(settings, engine, preview_only=True, shown=shown) is None
+    assert engine.ups == []
+    ((plan, lines, total),) = shown
+    assert plan.counts["create"] == 9
+    assert total > 0 and total == pytest.approx(sum(line.usd_per_hour for line in lines))
+
+
+def test_without_yes_and_without_a_terminal_nothing_is_changed(settings):
+    engine = ScriptedEngine(full=set())
+    with pytest.raises(LabError, match="pass --yes"):
+        provision(settings, engine, yes=False)
+    assert engine.ups == []
+
+
+def test_a_stocked_out_zone_is_skipped_and_remembered(settings):
+    engine = ScriptedEngine(full={"us-central1-a"})
+    done = provision(settings, engine)
+    assert [c.worker_zone for c in engine.ups] == ["us-central1-a", "us-central1-b"]
+    assert done.zone == "us-central1-b" and done.on_demand is False
+    # The next `up` starts where the workers are, and does not try the stocked-out zone first again.
+    engine = ScriptedEngine(full=set())
+    provision(settings, engine)
+    assert engine.previews[0].worker_zone == "us-central1-b"
+
+
+def test_the_zone_the_workers_run_in_comes_first(settings, isolated):
+    write_checkpoint(isolated / ".lab" / "pulumi", "dev", {"worker_zone": "us-central1-c"}, [])
+    engine = ScriptedEngine(full=set())
+    provision(settings, engine)
+    assert [c.worker_zone for c in engine.ups] == ["us-central1-c"]
+
+
+def test_no_capacity_anywhere_names_the_zones_and_the_fallback(settings):
+    engine = ScriptedEngine(full={"us-central1-a", "us-central1-b", "us-central1-c"})
+    with pytest.raises(LabError) as caught:
+        provision(settings, engine)
+    message = caught.value.one_line()
+    assert all(zone in message for zone in ("us-central1-a", "us-central1-b", "us-central1-c"))
+    assert "--fallback-on-demand" in message
+    assert all(not c.on_demand for c in engine.ups)
+
+
+def test_fallback_on_demand_only_after_every_zone_said_no(settings):
+    engine = ScriptedEngine(full=set(), spot_full_everywhere=True)
+    done = provision(settings, engine, fallback=True)
+    assert [c.on_demand for c in engine.ups] == [False, False, False, True]
+    assert done.on_demand is True
+
+
+def test_a_quota_error_is_named_and_not_retried_elsewhere(settings):
+    engine = ScriptedEngine(full=set(), quota=True)
+    with pytest.raises(LabError) as caught:
+        provision(settings, engine)
+    message = caught.value.one_line()
+    assert "PREEMPTIBLE_NVIDIA_A100_GPUS" in message and "us-central1" in message
+    assert len(engine.ups) == 1
