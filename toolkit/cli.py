@@ -12,6 +12,7 @@ from toolkit.commands import (
     backup,
     config_show,
     config_validate,
+    cost,
     dispatch,
     doctor,
     down,
@@ -60,6 +61,7 @@ app.command("sweeps")(sweeps.sweeps)
 sweep_app = typer.Typer(help="Look at one sweep.", no_args_is_help=True)
 sweep_app.command("show")(sweep_show.show)
 app.add_typer(sweep_app, name="sweep")
+app.command("cost")(cost.cost)
 app.command("doctor")(doctor.doctor)
 
 

@@ -29,6 +29,7 @@ MAX_RETRIES = 2  # a slot whose process dies runs the same parameters again, at 
 ERROR_TAG_LIMIT = 5000
 INTERRUPTED = "lab_interrupted"
 RUN_ID_ATTR = "mlflow_run_id"
+COST_METRIC = "cost_usd"  # on each trial's run, and as a user attribute of the Optuna trial
 
 
 @dataclass
@@ -43,6 +44,7 @@ class TrialResult:
     attempts: int = 0
     started: float = field(default_factory=time.monotonic)
     seconds: float = 0.0  # time inside the slot (papermill), all attempts
+    cost_usd: float | None = None  # the slot's share of its machine's price for that time (None: not priced)
     slot_start: float = 0.0  # when papermill started and ended, on the sweep's clock (time.monotonic)
     slot_end: float = 0.0
     output: str = ""
@@ -305,6 +307,7 @@ class Sweep:
             outcome = slot.run(job, self.cancel)
             result.slot_end = time.monotonic()
             result.seconds += outcome.seconds
+            self._log_cost(slot, run_id, outcome, result)
             if outcome.kind == "lost" and not self.cancel.is_set():
                 self._fail_run(
                     run_id,
@@ -330,6 +333,17 @@ class Sweep:
         # slot, which goes straight on to its next trial.
         self.finishing.append(self.finisher.submit(self._finish, trial, result, outcome, output))
         return outcome.kind != "lost"
+
+    def _log_cost(self, slot: slots.Slot, run_id: str, outcome: slots.Outcome, result: TrialResult) -> None:
+        """The attempt's cost on its run: the slot's share of its machine's hourly price for its duration."""
+        price = getattr(slot, "usd_per_hour", None)
+        if price is None:
+            return
+        cost = price * outcome.seconds / 3600
+        result.cost_usd = (result.cost_usd or 0.0) + cost
+        with contextlib.suppress(Exception):
+            self.client.log_metric(run_id, COST_METRIC, cost)
+            self.client.set_tag(run_id, "lab.usd_per_hour", f"{price:.6f}")
 
     def _store_notebook(self, run_id: str, output: Path) -> None:
         if output.exists():
@@ -391,6 +405,8 @@ class Sweep:
             self._fail_run(run_id, error, status="KILLED" if state == "INTERRUPTED" else "FAILED")
         with self.lock:
             trial.set_user_attr(RUN_ID_ATTR, run_id)
+            if result.cost_usd is not None:
+                trial.set_user_attr(COST_METRIC, result.cost_usd)
             if state == "COMPLETE":
                 self.study.tell(trial, value)
             else:

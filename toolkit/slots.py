@@ -14,6 +14,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -45,6 +46,7 @@ class Outcome:
 
 class Slot(Protocol):
     name: str
+    usd_per_hour: float | None
 
     def run(self, job: Job, cancel: threading.Event) -> Outcome: ...
 
@@ -75,6 +77,7 @@ class LocalSlot:
 
     name: str
     env: dict[str, str] = field(default_factory=dict)
+    usd_per_hour: float | None = None  # this slot's share of the machine's price (None: not priced)
 
     def run(self, job: Job, cancel: threading.Event) -> Outcome:
         import yaml
@@ -143,6 +146,17 @@ class LocalSlot:
                 kill_tree(process.pid)
                 process.wait()
                 return "timeout"
+
+
+def price_slots(slot_list: list[Any], hourly: Callable[[str], float | None], host_of: Callable[[Any], str]) -> None:
+    """Give each slot its share of its host's price per hour: the host's price over the slots it runs."""
+    on_host: dict[str, int] = {}
+    for slot in slot_list:
+        on_host[host_of(slot)] = on_host.get(host_of(slot), 0) + 1
+    prices = {host: hourly(host) for host in on_host}
+    for slot in slot_list:
+        price = prices[host_of(slot)]
+        slot.usd_per_hour = None if price is None else price / on_host[host_of(slot)]
 
 
 def local_slots(parallel: int, gpus: list[str] | None, runs_per_gpu: int) -> list[LocalSlot]:

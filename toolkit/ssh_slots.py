@@ -39,6 +39,7 @@ class SshSlot:
     access: remote.Access
     host: remote.Host
     env: dict[str, str] = field(default_factory=dict)
+    usd_per_hour: float | None = None  # this slot's share of the worker's price (None: not priced)
 
     def run(self, job: slots.Job, cancel: threading.Event) -> slots.Outcome:
         import yaml

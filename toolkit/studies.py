@@ -22,6 +22,8 @@ class StudySummary:
     failed: int
     best: float | None
     last_activity: dt.datetime | None
+    cost_usd: float | None = None  # the trials' cost (dispatch's `cost_usd`), None when none was priced
+    trial_hours: float = 0.0  # time the trials ran, in all
 
 
 def _local(path: Path) -> str:
@@ -75,6 +77,12 @@ def summaries(storage: Any) -> list[StudySummary]:
         trials = study.get_trials(deepcopy=False)
         stamps = [t.datetime_complete or t.datetime_start for t in trials if t.datetime_complete or t.datetime_start]
         complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+        costs = [t.user_attrs["cost_usd"] for t in trials if isinstance(t.user_attrs.get("cost_usd"), int | float)]
+        hours = sum(
+            (t.datetime_complete - t.datetime_start).total_seconds() / 3600
+            for t in trials
+            if t.datetime_complete and t.datetime_start
+        )
         best = None
         if complete:
             best = (min if study.direction == optuna.study.StudyDirection.MINIMIZE else max)(t.value for t in complete)
@@ -87,6 +95,8 @@ def summaries(storage: Any) -> list[StudySummary]:
                 failed=sum(1 for t in trials if t.state == optuna.trial.TrialState.FAIL),
                 best=best,
                 last_activity=max(stamps) if stamps else None,
+                cost_usd=sum(costs) if costs else None,
+                trial_hours=hours,
             )
         )
     return sorted(found, key=lambda s: s.last_activity or dt.datetime.min, reverse=True)

@@ -437,3 +437,48 @@ def test_trials_fail_when_every_slot_went_away(lab_up, state, tmp_path):
     progress = sweep.run()
     assert [r.state for r in progress.results] == ["FAIL", "FAIL"]
     assert any("no slot was left" in r.error for r in progress.results)
+
+
+def test_each_trial_gets_its_slots_share_of_the_price(lab, lab_up, state, tmp_path, isolated):
+    # This machine at $3.60/hour, shared by two slots: a trial of s seconds costs 1.8 * s / 3600.
+    (isolated / ".lab" / "prices.yaml").write_text("hosts: {local: 3.6}\n")
+    ran = dispatch(
+        lab,
+        tmp_path,
+        str(PROBE),
+        "--space",
+        str(probe_space(tmp_path, mode="ok")),
+        "--trials",
+        "2",
+        "--parallel",
+        "2",
+        "--study",
+        "priced",
+    )
+    assert ran.code == 0, ran.err
+    summary = json.loads(ran.out)
+    client = mlflow.MlflowClient(lab_up)
+    study = study_of(state, "priced")
+    for trial in summary["trials"]:
+        expected = 1.8 * trial["seconds"] / 3600
+        assert trial["cost_usd"] == pytest.approx(expected, rel=1e-3)
+        run = client.get_run(trial["run_id"])
+        assert run.data.metrics["cost_usd"] == pytest.approx(expected, rel=1e-3)
+        assert study.trials[trial["number"]].user_attrs["cost_usd"] == pytest.approx(expected, rel=1e-3)
+    assert summary["cost_usd"] == pytest.approx(sum(t["cost_usd"] for t in summary["trials"]), rel=1e-6)
+
+    ran = lab("cost", "--local", "--json")
+    assert ran.code == 0, ran.err
+    (sweep,) = json.loads(ran.out)["sweeps"]
+    assert sweep["sweep"] == "priced" and sweep["trials"] == 2
+    assert sweep["usd"] == pytest.approx(summary["cost_usd"], rel=1e-3)
+
+    # Without a price, no cost is made up.
+    (isolated / ".lab" / "prices.yaml").unlink()
+    ran = dispatch(
+        lab, tmp_path, str(PROBE), "--space", str(probe_space(tmp_path, mode="ok")), "--trials", "1", "--study", "free"
+    )
+    assert ran.code == 0, ran.err
+    (trial,) = json.loads(ran.out)["trials"]
+    assert trial["cost_usd"] is None
+    assert "cost_usd" not in client.get_run(trial["run_id"]).data.metrics

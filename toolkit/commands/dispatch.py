@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
@@ -111,13 +112,14 @@ def dispatch(
 
 
 def _local_slots(stack_name: str, parallel: int | None, gpu_list: list[str] | None) -> tuple[list, str, Path, None]:
-    from toolkit import slots
+    from toolkit import prices, slots
 
     lab = local_lab.open_lab(stack_name)
     tracker = local_lab.running(lab, local_lab.MLFLOW, err().print)
     if tracker is None:
         raise LabError("the local lab is not up", hint="start it with `lab up --local`")
     slot_list = slots.local_slots(parallel or 1, gpu_list, lab.settings.runs_per_gpu)
+    slots.price_slots(slot_list, lambda _: prices.host_hourly(prices.LOCAL_HOST), lambda _: prices.LOCAL_HOST)
     return slot_list, tracker.url, lab.tracker_dir / "optuna.db", None
 
 
@@ -125,7 +127,7 @@ def _remote_slots(
     stack: contextlib.ExitStack, stack_name: str, target: str, parallel: int | None
 ) -> tuple[list, str, Path, int]:
     """The workers' slots, and tunnels to the tracker's MLflow and Optuna storage for the dispatcher."""
-    from toolkit import remote, remote_lab, ssh_slots
+    from toolkit import remote, remote_lab, slots, ssh_slots
 
     lab = remote_lab.open_lab(stack_name, target)
     if not lab.workers:
@@ -142,7 +144,29 @@ def _remote_slots(
     slot_list = ssh_slots.ssh_slots(lab.access, list(lab.workers), lab.settings.runs_per_gpu)
     if parallel:
         slot_list = slot_list[:parallel]
+    slots.price_slots(slot_list, _worker_price(lab.settings, target), lambda slot: slot.host.name)
     return slot_list, f"http://127.0.0.1:{mlflow_port}", lab.root / "sweeps", optuna_port
+
+
+def _worker_price(settings: Any, target: str) -> Callable[[str], float | None]:
+    """A worker's price per hour: the price table's for the lab's gcp workers, `hosts:` for ssh hosts."""
+    from dataclasses import replace
+
+    from toolkit import prices, pulumi_state
+
+    if target == "gcp":
+        state = pulumi_state.read(pulumi_state.backend_url(settings), settings.stack)
+        spot = state.outputs.get("worker_spot") if state else None
+        if isinstance(spot, bool):  # on-demand after --fallback-on-demand
+            settings = replace(settings, spot=spot)
+        price = prices.worker_hourly(settings)
+        return lambda _: price
+    return prices.host_hourly
+
+
+def _total_cost(results: list) -> float | None:
+    costs = [r.cost_usd for r in results if r.cost_usd is not None]
+    return round(sum(costs), 6) if costs else None
 
 
 def _sweep(spec: SweepSpec, slot_list: list, as_json: bool) -> None:
@@ -189,6 +213,7 @@ def _sweep(spec: SweepSpec, slot_list: list, as_json: bool) -> None:
                 "slot": r.slot,
                 "attempts": r.attempts,
                 "seconds": round(r.seconds, 3),
+                "cost_usd": None if r.cost_usd is None else round(r.cost_usd, 6),
                 "slot_start": round(r.slot_start - started, 3),
                 "slot_end": round(r.slot_end - started, 3),
                 "output": r.output,
@@ -201,6 +226,7 @@ def _sweep(spec: SweepSpec, slot_list: list, as_json: bool) -> None:
         "completed": progress.count("COMPLETE"),
         "failed": progress.count("FAIL"),
         "best": best,
+        "cost_usd": _total_cost(progress.results),
     }
     if as_json:
         out().print_json(json.dumps(summary, default=str))
@@ -209,5 +235,7 @@ def _sweep(spec: SweepSpec, slot_list: list, as_json: bool) -> None:
         if best:
             out().print(f"best trial {best['trial']}: {spec.space.metric} = {best['value']:.6g} with {best['params']}")
             out().print(f"best run: {best['url']}")
+        if summary["cost_usd"] is not None:
+            out().print(f"cost of this run's trials: ${summary['cost_usd']:.4f} (`lab cost` for every sweep)")
     if (progress.planned and summary["completed"] == 0) or best is None:
         raise LabError(f"no trial of study {spec.study!r} completed", hint="see each run's lab.error tag in MLflow")

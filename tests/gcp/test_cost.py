@@ -1,0 +1,145 @@
+"""The price table applied to stacks, uptime periods, and `lab cost` of a gcp lab (no cloud needed: the
+uptime is what `lab up`/`lab down` record)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from toolkit import prices, schema, uptime
+
+BASE = {
+    "gcp:project": "my-gcp-project",
+    "gcp:region": "us-central1",
+    "gcp:zone": "us-central1-a",
+    "lab:allowedSshCidrs": ["203.0.113.0/24"],
+}
+
+
+def settings(**extra) -> schema.Settings:
+    resolved = schema.resolve({**BASE, **extra}, stack="dev")
+    assert resolved.problems == []
+    return resolved.settings
+
+
+def by_resource(lines):
+    return {line.resource: line for line in lines}
+
+
+def test_an_a100_worker_is_priced_as_gcp_bills_it():
+    table = prices.table()
+    # GCP's on-demand a2-highgpu-1g in us-central1: 12 vCPUs + 85 GiB + one A100 40GB.
+    assert prices.machine_hourly(table, "us-central1", "a2-highgpu-1g", spot=False) == pytest.approx(3.673385)
+    assert prices.machine_hourly(table, "us-central1", "e2-standard-2", spot=False) == pytest.approx(0.067006)
+    assert prices.machine_hourly(table, "us-central1", "n1-standard-8", spot=False) == pytest.approx(0.379998)
+    spot = prices.machine_hourly(table, "us-central1", "a2-highgpu-1g", spot=True)
+    assert 0 < spot < 0.5 * 3.673385, "spot is the discounted price"
+
+
+def test_stack_lines_scale_with_workers_and_spot():
+    two_spot = by_resource(prices.hourly(settings(**{"lab:workers": 2})))
+    assert two_spot["worker"].count == 2 and "spot" in two_spot["worker"].item
+    assert two_spot["worker boot disk"].unit_usd_per_hour == pytest.approx(150 * 0.17 / 730)
+    assert two_spot["tracker"].item == "e2-standard-2 (standard)", "the tracker is never spot"
+    standard = by_resource(prices.hourly(settings(**{"lab:workers": 2, "lab:spot": False})))
+    assert standard["worker"].usd_per_hour > two_spot["worker"].usd_per_hour
+    none = by_resource(prices.hourly(settings(**{"lab:workers": 0})))
+    assert "worker" not in none and "tracker" in none
+
+
+def test_n1_workers_pay_for_their_attached_gpus():
+    lines = by_resource(
+        prices.hourly(
+            settings(
+                **{
+                    "lab:workerMachineType": "n1-standard-8",
+                    "lab:workerGpu": "nvidia-tesla-t4",
+                    "lab:workerGpuCount": 2,
+                    "lab:workers": 3,
+                    "lab:spot": False,
+                }
+            )
+        )
+    )
+    assert lines["worker GPU"].count == 6 and lines["worker GPU"].unit_usd_per_hour == pytest.approx(0.35)
+    s = settings(
+        **{
+            "lab:workerMachineType": "n1-standard-8",
+            "lab:workerGpu": "nvidia-tesla-t4",
+            "lab:workerGpuCount": 2,
+            "lab:spot": False,
+        }
+    )
+    assert prices.worker_hourly(s) == pytest.approx(0.379998 + 2 * 0.35)
+
+
+def test_unknown_prices_and_regions_say_so():
+    lines = by_resource(prices.hourly(settings(**{"lab:workerMachineType": "a3-highgpu-1g"})))
+    assert lines["worker"].usd_per_hour is None
+    assert "$LAB_HOME/prices.yaml" in lines["worker"].describe()
+    elsewhere = settings(**{"gcp:region": "europe-west4", "gcp:zone": "europe-west4-a"})
+    assert "priced as us-central1" in by_resource(prices.hourly(elsewhere))["worker"].describe()
+
+
+def test_a_table_in_lab_home_overrides_the_packaged_one(isolated):
+    (isolated / ".lab").mkdir(exist_ok=True)
+    (isolated / ".lab" / "prices.yaml").write_text(
+        "regions:\n  us-central1:\n    gpus:\n      nvidia-tesla-a100: [2.9, 0.5]\nhosts: {gpu-box: 0.8}\n"
+    )
+    s = settings()
+    table = prices.table()
+    assert prices.machine_hourly(table, "us-central1", "a2-highgpu-1g", spot=True) == pytest.approx(
+        12 * 0.01264 + 85 * 0.001695 + 0.5
+    )
+    assert prices.machine_hourly(table, "us-central1", "e2-standard-2", spot=False) == pytest.approx(0.067006)
+    assert prices.worker_hourly(s) == pytest.approx(12 * 0.01264 + 85 * 0.001695 + 0.5)
+    assert prices.host_hourly("gpu-box") == 0.8 and prices.host_hourly("other") is None
+
+
+def test_a_broken_override_is_one_clear_error(isolated):
+    (isolated / ".lab").mkdir(exist_ok=True)
+    (isolated / ".lab" / "prices.yaml").write_text("hosts: [unclosed\n")
+    with pytest.raises(prices.LabError, match="cannot read the price table"):
+        prices.table()
+
+
+def test_uptime_periods(isolated):
+    lines = prices.hourly(settings(**{"lab:workers": 1}))
+    uptime.record_up("dev", lines, now=1000.0)
+    uptime.record_up("dev", lines, now=1500.0)  # an up that changed nothing continues the period
+    assert len(uptime.periods("dev")) == 1
+    more = prices.hourly(settings(**{"lab:workers": 3}))
+    uptime.record_up("dev", more, now=4600.0)  # more workers: a new period from now
+    uptime.record_down("dev", now=8200.0)
+    first, second = uptime.periods("dev")
+    assert (first.up, first.down, second.up, second.down) == (1000.0, 4600.0, 4600.0, 8200.0)
+    assert first.cost() == pytest.approx(sum(line.usd_per_hour for line in lines))  # one hour
+    assert second.cost() == pytest.approx(sum(line.usd_per_hour for line in more))
+    assert uptime.current("dev") is None
+    uptime.record_down("dev", now=9000.0)  # a second down changes nothing
+    assert uptime.periods("dev")[-1].down == 8200.0
+
+
+def test_lab_cost_of_a_gcp_lab_that_is_up(lab, isolated):
+    # The shipped dev stack (gcp, one spot A100 worker), up for two hours according to `lab up`'s record.
+    from toolkit import stack
+
+    _, resolution = stack.load("dev", target="gcp")
+    lines = prices.hourly(resolution.settings)
+    uptime.record_up("dev", lines, now=time.time() - 7200)
+    ran = lab("cost", "--json")
+    assert ran.code == 0, ran.err
+    document = json.loads(ran.out)
+    hourly = sum(line.usd_per_hour for line in lines)
+    assert document["now"]["usd_per_hour"] == pytest.approx(hourly, rel=1e-4)
+    assert document["now"]["usd_so_far"] == pytest.approx(2 * hourly, rel=1e-2)
+    assert {r["resource"] for r in document["now"]["resources"]} >= {"tracker", "worker"}
+    assert document["sweeps"] == [] and "not up" in document["sweeps_unreadable"]
+    ran = lab("cost")
+    assert ran.code == 0, ran.err
+    assert "a2-highgpu-1g (spot)" in ran.out and "retrieved" in ran.out
+    uptime.record_down("dev")
+    ran = lab("cost")
+    assert "nothing priced is up now" in ran.out and "every time it was up (1 period): $" in ran.out
