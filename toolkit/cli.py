@@ -18,6 +18,7 @@ from toolkit.commands import (
     down,
     init,
     restore,
+    schedule,
     ssh,
     status,
     sweep_show,
@@ -62,6 +63,14 @@ sweep_app = typer.Typer(help="Look at one sweep.", no_args_is_help=True)
 sweep_app.command("show")(sweep_show.show)
 app.add_typer(sweep_app, name="sweep")
 app.command("cost")(cost.cost)
+schedule_app = typer.Typer(
+    help="Schedule `lab down --yes` for a stack with cron (meant for the gcp target), list and remove it.",
+    no_args_is_help=True,
+)
+schedule_app.command("down")(schedule.down)
+schedule_app.command("list")(schedule.list_)
+schedule_app.command("remove")(schedule.remove)
+app.add_typer(schedule_app, name="schedule")
 app.command("doctor")(doctor.doctor)
 
 

@@ -28,7 +28,7 @@ def stack_home(stack: str) -> Path:
     return lab_home() / "stacks" / stack
 
 
-def _is_lab_project(folder: Path) -> bool:
+def is_lab_project(folder: Path) -> bool:
     project_file = folder / PROJECT_FILE
     if not project_file.is_file():
         return False
@@ -42,7 +42,7 @@ def packaged_project() -> Path:
     """The project files that ship with the toolkit: the checkout itself, or the copy in the wheel."""
     here = Path(__file__).resolve().parent
     for candidate in (here.parent, here / "_project"):
-        if _is_lab_project(candidate):
+        if is_lab_project(candidate):
             return candidate
     raise LabError("the lab's project files (Pulumi.yaml, infra/) are missing from this install", hint="reinstall lab")
 
@@ -56,7 +56,7 @@ def project_dir() -> Path:
     value = os.environ.get("LAB_PROJECT_DIR", "").strip()
     if value:
         folder = Path(value).expanduser()
-        if not _is_lab_project(folder):
+        if not is_lab_project(folder):
             raise LabError(
                 f"LAB_PROJECT_DIR={value} holds no Pulumi.yaml of the lab project",
                 hint="point it at the folder with the lab's Pulumi.yaml, or unset it",
@@ -64,7 +64,7 @@ def project_dir() -> Path:
         return folder
     cwd = Path.cwd()
     for folder in (cwd, *cwd.parents):
-        if _is_lab_project(folder):
+        if is_lab_project(folder):
             return folder
     checkout = Path(__file__).resolve().parent.parent
-    return checkout if _is_lab_project(checkout) else cwd
+    return checkout if is_lab_project(checkout) else cwd

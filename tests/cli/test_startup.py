@@ -44,6 +44,8 @@ print(json.dumps({{"code": code, "heavy": heavy}}), file=sys.stderr)
         ["config", "show", "--json"],
         *([name, "--help"] for name in ("up", "status", "backup", "restore", "down", "dispatch", "sweeps", "init")),
         ["sweep", "show", "--help"],
+        ["schedule", "--help"],
+        *(["schedule", name, "--help"] for name in ("down", "list", "remove")),
     ],
     ids=" ".join,
 )
