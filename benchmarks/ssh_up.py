@@ -38,6 +38,14 @@ def up(stack: Path, home: Path) -> tuple[float, dict]:
     return seconds, json.loads(ran.stdout)
 
 
+def slowest(document: dict) -> None:
+    for task in document["configure"].get("slowest_tasks", [])[:6]:
+        print(f"    {task['seconds']:6.1f} s  {task['task']}")
+    stages = document.get("stages_s") or {}
+    if stages:
+        print("    stages: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in stages.items()))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--again", type=int, default=2, help="no-change ups after the first")
@@ -58,10 +66,15 @@ def main() -> int:
         (work / "home").mkdir()
         first, document = up(stack, work / "home")
         print(f"first up (1 tracker + 2 workers): {first:.1f} s (configure {document['configure']['seconds']} s)")
+        slowest(document)
         for index in range(args.again):
             seconds, document = up(stack, work / "home")
             changed = sum(h["changed"] for h in document["configure"]["hosts"].values())
             print(f"no-change up #{index + 1}: {seconds:.1f} s, {changed} tasks changed")
+            for name, host in document["configure"]["hosts"].items():
+                if host["changed_tasks"]:
+                    print(f"    changed on {name}: {', '.join(host['changed_tasks'])}")
+            slowest(document)
     finally:
         pool.down()
     return 0

@@ -20,6 +20,7 @@ from toolkit import paths, remote
 from toolkit.errors import LabError
 
 MESSAGE_CHARS = 300
+SLOWEST = 10  # tasks listed in the report's slowest_tasks
 
 
 @dataclass
@@ -53,6 +54,7 @@ class Report:
     failures: list[Failure] = field(default_factory=list)
     status: str = "unknown"
     seconds: float = 0.0
+    task_seconds: dict[str, float] = field(default_factory=dict)  # each task's longest run on any host
 
     @property
     def changed(self) -> int:
@@ -75,6 +77,10 @@ class Report:
                 for name, h in self.hosts.items()
             },
             "failures": [str(f) for f in self.failures],
+            "slowest_tasks": [
+                {"task": task, "seconds": round(seconds, 2)}
+                for task, seconds in sorted(self.task_seconds.items(), key=lambda item: -item[1])[:SLOWEST]
+            ],
         }
 
 
@@ -158,6 +164,9 @@ class _Events:
         task = str(data.get("task") or "").strip()
         with self.lock:
             host = self.report.hosts.get(str(host_name)) if host_name else None
+            duration = data.get("duration")
+            if isinstance(duration, int | float) and task:
+                self.report.task_seconds[task] = max(self.report.task_seconds.get(task, 0.0), float(duration))
             if kind == "runner_on_start" and host:
                 host.task = task
             elif kind == "runner_on_ok" and host:
