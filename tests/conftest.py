@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -14,6 +15,14 @@ from tests.hosts.fixtures import host_pool, tracker_host, worker_hosts  # noqa: 
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB = Path(sys.executable).with_name("lab")
+
+
+def sigint_default() -> None:
+    """Popen(preexec_fn=sigint_default) for a `lab` a test interrupts: a test run started in the background
+    (`cmd &` in a script) ignores SIGINT and its children inherit that, so Ctrl-C would never reach them."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 # The machine's own environment, before `isolated` hides it: only `cloud` tests may look at it.
 MACHINE_ENV = dict(os.environ)
 

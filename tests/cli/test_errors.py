@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import LAB
+from tests.conftest import LAB, sigint_default
 from toolkit import __version__, errors
 
 
@@ -79,7 +79,12 @@ def test_ctrl_c_exits_130(tmp_path, isolated):
     fake.chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     process = subprocess.Popen(
-        [str(LAB), "doctor", "--target", "gcp"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [str(LAB), "doctor", "--target", "gcp"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=sigint_default,
     )
     deadline = time.monotonic() + 30
     while not started.exists():

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LAB, ROOT
+from tests.conftest import LAB, ROOT, sigint_default
 
 mlflow = pytest.importorskip("mlflow")
 optuna = pytest.importorskip("optuna")
@@ -286,7 +286,9 @@ def test_ctrl_c_stops_trials_and_the_study_resumes(lab, lab_up, state, tmp_path)
         "--output",
         str(out / "{trial}.ipynb"),
     ]
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ)
+    process = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ, preexec_fn=sigint_default
+    )
     deadline = time.monotonic() + 120
     while len(list(out.glob("*.ipynb"))) < 2:
         assert process.poll() is None, process.communicate()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LAB, ROOT
+from tests.conftest import LAB, ROOT, sigint_default
 
 pytestmark = pytest.mark.hosts
 
@@ -177,6 +177,7 @@ def test_tunnel_reaches_mlflow_and_jupyter_until_ctrl_c(site):
         stderr=subprocess.PIPE,
         text=True,
         env=site.env(),
+        preexec_fn=sigint_default,
     )
     try:
         lines = []
