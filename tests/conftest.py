@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,3 +69,32 @@ def lab():
         return Ran(done.returncode, done.stdout, done.stderr)
 
     return run
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[str]:
+    """gcp-storage-emulator (in memory) on a free port, for the real google-cloud-storage client."""
+    port = free_port()
+    emulator_bin = Path(sys.executable).with_name("gcp-storage-emulator")
+    process = subprocess.Popen(
+        [str(emulator_bin), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        assert process.poll() is None, "the emulator exited"
+        assert time.monotonic() < deadline, "the emulator did not start"
+        time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    process.terminate()
+    process.wait(timeout=10)

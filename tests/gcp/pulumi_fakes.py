@@ -11,6 +11,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
+GCP_STACK = {
+    "gcp:project": "my-gcp-project",
+    "gcp:region": "us-central1",
+    "gcp:zone": "us-central1-a",
+    "lab:allowedSshCidrs": ["203.0.113.0/24"],
+}
+
+
+def gcp_settings(**extra: Any) -> Any:
+    """A valid gcp stack's settings (stack dev): GCP_STACK with `extra` keys on top."""
+    from toolkit import schema
+
+    resolved = schema.resolve({**GCP_STACK, **extra}, stack="dev")
+    assert resolved.problems == [], resolved.problems
+    return resolved.settings
+
+
 FAKE_CLI = r"""#!{python}
 import json, os, sys
 argv = sys.argv[1:]

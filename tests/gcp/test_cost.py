@@ -8,20 +8,12 @@ import time
 
 import pytest
 
+from tests.gcp.pulumi_fakes import gcp_settings
 from toolkit import prices, schema, uptime
-
-BASE = {
-    "gcp:project": "my-gcp-project",
-    "gcp:region": "us-central1",
-    "gcp:zone": "us-central1-a",
-    "lab:allowedSshCidrs": ["203.0.113.0/24"],
-}
 
 
 def settings(**extra) -> schema.Settings:
-    resolved = schema.resolve({**BASE, **extra}, stack="dev")
-    assert resolved.problems == []
-    return resolved.settings
+    return gcp_settings(**extra)
 
 
 def by_resource(lines):

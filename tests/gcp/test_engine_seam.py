@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.gcp.pulumi_fakes import FakeCli, path_without_pulumi
+from tests.gcp.pulumi_fakes import FakeCli, gcp_settings, path_without_pulumi
 from toolkit import pulumi_engine, schema
 from toolkit.errors import EXIT_LOCKED, LabError
 
@@ -27,16 +27,7 @@ LOCKED = (
 
 @pytest.fixture
 def settings() -> schema.Settings:
-    raw = {
-        "gcp:project": "my-gcp-project",
-        "gcp:region": "us-central1",
-        "gcp:zone": "us-central1-a",
-        "lab:zones": ["us-central1-a", "us-central1-b"],
-        "lab:allowedSshCidrs": ["203.0.113.0/24"],
-    }
-    resolved = schema.resolve(raw, stack="dev")
-    assert resolved.problems == []
-    return resolved.settings
+    return gcp_settings(**{"lab:zones": ["us-central1-a", "us-central1-b"]})
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.gcp.pulumi_fakes import write_checkpoint
+from tests.gcp.pulumi_fakes import gcp_settings, write_checkpoint
 from toolkit import gcp_lab, pulumi_engine, schema
 from toolkit.errors import LabError
 
@@ -26,17 +26,7 @@ QUOTA = (
 
 @pytest.fixture
 def settings() -> schema.Settings:
-    raw = {
-        "gcp:project": "my-gcp-project",
-        "gcp:region": "us-central1",
-        "gcp:zone": "us-central1-a",
-        "lab:zones": ["us-central1-a", "us-central1-b", "us-central1-c"],
-        "lab:workers": 2,
-        "lab:allowedSshCidrs": ["203.0.113.0/24"],
-    }
-    resolved = schema.resolve(raw, stack="dev")
-    assert resolved.problems == []
-    return resolved.settings
+    return gcp_settings(**{"lab:zones": ["us-central1-a", "us-central1-b", "us-central1-c"], "lab:workers": 2})
 
 
 class ScriptedEngine:

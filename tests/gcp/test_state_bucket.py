@@ -13,11 +13,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -33,34 +30,6 @@ storage = pytest.importorskip("google.cloud.storage")
 
 PROJECT = "my-lab-project"
 GCP_FLAGS = ("--project", PROJECT, "--zone", "us-central1-a", "--ssh-cidr", "203.0.113.7/32")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[str]:
-    port = _free_port()
-    emulator_bin = Path(sys.executable).with_name("gcp-storage-emulator")
-    process = subprocess.Popen(
-        [str(emulator_bin), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        assert process.poll() is None, "the emulator exited"
-        assert time.monotonic() < deadline, "the emulator did not start"
-        time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}"
-    process.terminate()
-    process.wait(timeout=10)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.gcp.pulumi_fakes import path_without_pulumi, write_checkpoint, write_lock
+from tests.gcp.pulumi_fakes import gcp_settings, path_without_pulumi, write_checkpoint, write_lock
 from toolkit import gcp_lab, pulumi_engine, schema
 from toolkit.errors import EXIT_BACKUP_FAILED, EXIT_LEFTOVERS, EXIT_LOCKED, LabError
 
@@ -38,13 +38,7 @@ def backend(isolated: Path) -> Path:
 
 @pytest.fixture
 def settings() -> schema.Settings:
-    raw = {
-        "gcp:project": "my-gcp-project",
-        "gcp:region": "us-central1",
-        "gcp:zone": "us-central1-a",
-        "lab:allowedSshCidrs": ["203.0.113.0/24"],
-    }
-    return schema.resolve(raw, stack="dev").settings
+    return gcp_settings()
 
 
 @pytest.fixture(autouse=True)

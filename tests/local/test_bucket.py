@@ -5,43 +5,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.local.conftest import free_port
 from toolkit import backups
 
 storage = pytest.importorskip("google.cloud.storage")
 
 BUCKET = "lab-test-bucket"
-
-
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[str]:
-    port = free_port()
-    emulator_bin = Path(sys.executable).with_name("gcp-storage-emulator")
-    process = subprocess.Popen(
-        [str(emulator_bin), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        assert process.poll() is None, "the emulator exited"
-        assert time.monotonic() < deadline, "the emulator did not start"
-        time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}"
-    process.terminate()
-    process.wait(timeout=10)
 
 
 @pytest.fixture
