@@ -21,8 +21,21 @@ from typing import Any, Protocol
 
 ERROR_LINES = 12
 POLL_S = 0.05
-# What papermill says when the kernel itself went away (killed, out of memory): the slot died.
-DEAD_KERNEL_SIGNS = ("DeadKernelError", "Kernel died", "kernel died")
+# papermill's exit status when nbclient raised DeadKernelError (the kernel was killed, ran out of memory).
+PAPERMILL_DEAD_KERNEL = 138
+# What papermill prints when the kernel went away, or never came up (a start that timed out on a busy
+# host): the slot died, not the notebook, so the trial is run again.
+DEAD_KERNEL_SIGNS = (
+    "DeadKernelError",
+    "Kernel died",
+    "kernel died",
+    "Kernel didn't respond",
+)
+
+
+def kernel_died(code: int, log: str) -> bool:
+    """Whether papermill's exit `code` and stderr `log` say the kernel died (rather than the notebook failing)."""
+    return code == PAPERMILL_DEAD_KERNEL or any(sign in log for sign in DEAD_KERNEL_SIGNS)
 
 
 @dataclass(frozen=True)
@@ -125,8 +138,10 @@ class LocalSlot:
             return Outcome("ok", seconds)
         if process.returncode < 0:
             return Outcome("died", seconds, f"papermill was killed by signal {-process.returncode}")
-        if any(sign in log for sign in DEAD_KERNEL_SIGNS):
-            return Outcome("died", seconds, last_lines(log))
+        if kernel_died(process.returncode, log):
+            return Outcome(
+                "died", seconds, last_lines(log) or f"the kernel died (papermill exited with {process.returncode})"
+            )
         return Outcome("failed", seconds, last_lines(log) or f"papermill exited with {process.returncode}")
 
     @staticmethod

@@ -70,8 +70,10 @@ class SshSlot:
             return slots.Outcome("lost", time.monotonic() - started, exc.one_line())
         if code == 0:
             return slots.Outcome("ok", seconds)
-        if any(sign in log for sign in slots.DEAD_KERNEL_SIGNS):
-            return slots.Outcome("died", seconds, slots.last_lines(log))
+        if slots.kernel_died(code, log):
+            return slots.Outcome(
+                "died", seconds, slots.last_lines(log) or f"the kernel died (papermill exited with {code})"
+            )
         return slots.Outcome("failed", seconds, slots.last_lines(log) or f"papermill exited with {code}")
 
     # -- the steps ------------------------------------------------------------------------------
