@@ -31,6 +31,9 @@ PLAY = """\
           - {path: "{{ base }}/etc/kernel.json", content: "{{ lookup('ansible.builtin.template', 'kernel.j2') }}",
              mode: "0600"}
           - {path: "{{ base }}/etc/rules.conf", content: "{{ rules }}", mode: "0644", validate: "grep -q ok %s"}
+          # validate sees the staged file: it already has its mode (not mkstemp's 0600) before it takes the name
+          - {path: "{{ base }}/etc/secret.env", content: "TOKEN=x\\n", mode: "0640",
+             validate: 'sh -c "find $0 -perm 640 | grep -q ." %s'}
       register: wrote
 
     - name: Show what changed
@@ -67,7 +70,7 @@ def test_writes_only_what_differs(play):
     base, run = play
     done, result = run()
     assert done.returncode == 0, done.stdout + done.stderr
-    assert result["changed"] and len(result["paths"]) == 6
+    assert result["changed"] and len(result["paths"]) == 7
     assert (base / "etc" / "unit.service").read_text() == "[Service]\nExecStart=/bin/true\n"
     # JSON rendered on the controller arrives as the same text, not as a re-serialised dict
     assert json.loads((base / "etc" / "describe.json").read_text()) == {"gpus": 1}
@@ -75,6 +78,7 @@ def test_writes_only_what_differs(play):
     assert json.loads((base / "etc" / "kernel.json").read_text()) == {"argv": ["python", "-m", "ipykernel"], "n": 1}
     assert (base / "etc" / "kernel.json").stat().st_mode & 0o777 == 0o600
     assert (base / "data" / "deep").stat().st_mode & 0o777 == 0o750
+    assert (base / "etc" / "secret.env").stat().st_mode & 0o777 == 0o640
 
     done, result = run()
     assert done.returncode == 0, done.stdout + done.stderr

@@ -19,7 +19,8 @@ DOCUMENTATION = r"""
 module: files
 short_description: Folders and small files of a role, written in one module run
 description:
-  - Creates the folders, then writes the files whose content, owner, group or mode differ (atomically).
+  - Creates the folders, then writes the files whose content, owner, group or mode differ (atomically, with
+    their owner, group and mode set before the new content takes the file's name).
   - Reports changed only when something changed; the list of changed paths is returned.
 options:
   folders:
@@ -74,8 +75,11 @@ def _folder(module: AnsibleModule, entry: dict, diffs: list[dict]) -> bool:
     return module.set_fs_attributes_if_different(_attributes(module, entry), created)
 
 
-def _staged(module: AnsibleModule, path: Path, data: bytes, validate: str | None) -> str:
-    """The new content in a file beside `path` (so the move is atomic), checked by `validate` if given."""
+def _staged(module: AnsibleModule, entry: dict, path: Path, data: bytes) -> str:
+    """The new content in a file beside `path` (so the rename is atomic), already with the entry's owner, group
+    and mode (so a secret is never readable under a default mode, as with atomic_move, which gives a new file
+    the umask's mode first), and checked by the entry's `validate` command if it has one."""
+    validate = entry.get("validate")
     if not path.parent.is_dir():
         module.fail_json(msg=f"cannot write {path}: its folder {path.parent} does not exist (list it in folders)")
     if validate and "%s" not in validate:
@@ -83,6 +87,7 @@ def _staged(module: AnsibleModule, path: Path, data: bytes, validate: str | None
     handle, staged = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(handle, "wb") as out:
         out.write(data)
+    module.set_fs_attributes_if_different({**_attributes(module, entry), "path": staged}, True)
     if validate:
         rc, out_text, err_text = module.run_command(validate % staged)
         if rc != 0:
@@ -110,7 +115,7 @@ def _file(module: AnsibleModule, entry: dict, diffs: list[dict]) -> bool:
         )
         if module.check_mode:
             return True
-        module.atomic_move(_staged(module, path, data, entry.get("validate")), str(path))
+        Path(_staged(module, entry, path, data)).replace(path)
     return module.set_fs_attributes_if_different(_attributes(module, entry), written)
 
 
