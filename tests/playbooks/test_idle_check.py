@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -15,6 +14,8 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
+
+from tests.conftest import free_port
 
 SCRIPT = Path(__file__).resolve().parents[2] / "playbooks/roles/lab_idle/files/lab-idle-check.py"
 TCP_HEADER = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
@@ -56,12 +57,6 @@ def host(tmp_path: Path) -> dict[str, Path]:
         "log": tmp_path / "idle.log",
         "env": tmp_path / "jupyter.env",
     }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def check(host: dict[str, Path], *extra: str, minutes: float = 1, jupyter_port: int | None = None) -> dict:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LAB, ROOT, sigint_default
+from tests.conftest import LAB, ROOT, free_port, sigint_default
 
 pytestmark = pytest.mark.hosts
 
@@ -155,14 +155,6 @@ def test_second_up_changes_nothing(site):
     hosts = document["configure"]["hosts"]
     assert {name: h["changed_tasks"] for name, h in hosts.items()} == {name: [] for name in hosts}
     assert all(h["ok"] > 0 and h["failed"] == 0 for h in hosts.values())
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_tunnel_reaches_mlflow_and_jupyter_until_ctrl_c(site):
