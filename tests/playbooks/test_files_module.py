@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -36,14 +37,20 @@ PLAY = """\
              validate: 'sh -c "find $0 -perm 640 | grep -q ." %s'}
       register: wrote
 
-    - name: Show what changed
-      ansible.builtin.debug:
-        msg: "RESULT {{ {'changed': wrote.changed, 'paths': wrote.changed_paths} | to_json }}"
+    - name: Keep what the module answered
+      ansible.builtin.copy:
+        content: "{{ {'changed': wrote.changed, 'paths': wrote.changed_paths} | to_json }}"
+        dest: "{{ answer }}"
+        mode: "0644"
+      check_mode: false
 """
 
 
+Run = Callable[..., tuple[subprocess.CompletedProcess[str], dict | None]]
+
+
 @pytest.fixture
-def play(tmp_path: Path):
+def play(tmp_path: Path) -> tuple[Path, Run]:
     book = tmp_path / "play.yml"
     book.write_text(PLAY)
     (tmp_path / "templates").mkdir()
@@ -52,16 +59,16 @@ def play(tmp_path: Path):
     base = tmp_path / "host"
 
     def run(*, unit: str = "[Service]\nExecStart=/bin/true\n", gpus: int = 1, rules: str = "ok\n", check: bool = False):
-        extra = {"base": str(base), "unit": unit, "gpus": gpus, "rules": rules}
+        answer = tmp_path / "answer.json"
+        answer.unlink(missing_ok=True)
+        extra = {"base": str(base), "unit": unit, "gpus": gpus, "rules": rules, "answer": str(answer)}
         argv = [str(BIN / "ansible-playbook"), str(book), "-i", "localhost,", "-e", json.dumps(extra)]
         argv += ["-e", f"ansible_python_interpreter={sys.executable}"]
         if check:
             argv.append("--check")
         env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")}
         done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
-        line = next((ln for ln in done.stdout.splitlines() if "RESULT " in ln), None)
-        result = json.loads(line.split("RESULT ", 1)[1].rstrip('"').replace('\\"', '"')) if line else None
-        return done, result
+        return done, json.loads(answer.read_text()) if answer.exists() else None
 
     return base, run
 
@@ -110,3 +117,13 @@ def test_content_that_does_not_validate_leaves_the_file_alone(play):
     assert "rules.conf did not validate" in done.stdout
     assert (base / "etc" / "rules.conf").read_text() == "ok\n"
     assert [p.name for p in (base / "etc").iterdir() if p.name.startswith(".")] == [], "a staged file was left"
+
+
+def test_a_misspelt_key_is_refused_before_anything_is_written(play, tmp_path):
+    base, run = play
+    book = tmp_path / "play.yml"
+    book.write_text(book.read_text().replace('mode: "0750"}', 'mdoe: "0750"}'))
+    done, result = run()
+    assert done.returncode != 0 and result is None
+    assert "mdoe" in done.stdout, done.stdout
+    assert not base.exists(), "a play with a misspelt key wrote to the host"

@@ -24,17 +24,29 @@ description:
   - Reports changed only when something changed; the list of changed paths is returned.
 options:
   folders:
-    description: Folders to create (with their missing parents), each with path and optional owner, group, mode.
+    description: Folders to create (with their missing parents).
     type: list
     elements: dict
     default: []
+    suboptions:
+      path: {description: The folder's absolute path., type: path, required: true}
+      owner: {description: Its owner (unchanged when left out)., type: str}
+      group: {description: Its group (unchanged when left out)., type: str}
+      mode: {description: Its mode (as for ansible.builtin.file)., type: raw}
   files:
-    description:
-      - Files to write, each with path, content and optional owner, group, mode.
-      - C(validate) is a command run on the new content (C(%s) is its path) before it replaces the file.
+    description: Files to write; their folders must exist (list them in I(folders)).
     type: list
     elements: dict
     default: []
+    suboptions:
+      path: {description: The file's absolute path., type: path, required: true}
+      content: {description: The whole content (render templates with the template lookup)., type: str, required: true}
+      owner: {description: Its owner (unchanged when left out)., type: str}
+      group: {description: Its group (unchanged when left out)., type: str}
+      mode: {description: Its mode (as for ansible.builtin.file)., type: raw}
+      validate:
+        description: A command run on the new content (C(%s) is its path) before it replaces the file.
+        type: str
 """
 
 RETURN = r"""
@@ -45,6 +57,15 @@ changed_paths:
   returned: always
 """
 
+# Each entry's keys, checked by AnsibleModule: a misspelt key is an error, not a file left with default modes.
+FOLDER = {
+    "path": {"type": "path", "required": True},
+    "owner": {"type": "str"},
+    "group": {"type": "str"},
+    "mode": {"type": "raw"},
+}
+FILE = {**FOLDER, "content": {"type": "str", "required": True}, "validate": {"type": "str"}}
+
 
 def _attributes(module: AnsibleModule, entry: dict) -> dict:
     args = module.load_file_common_arguments({"path": entry["path"]})
@@ -54,10 +75,10 @@ def _attributes(module: AnsibleModule, entry: dict) -> dict:
 
 
 def _path(module: AnsibleModule, entry: dict) -> Path:
-    path = entry.get("path")
-    if not isinstance(path, str) or not Path(path).is_absolute():
-        module.fail_json(msg=f"every folder and file needs an absolute path; got {entry!r}")
-    return Path(path)
+    path = Path(entry["path"])
+    if not path.is_absolute():
+        module.fail_json(msg=f"every folder and file needs an absolute path; got {entry['path']!r}")
+    return path
 
 
 def _folder(module: AnsibleModule, entry: dict, diffs: list[dict]) -> bool:
@@ -98,7 +119,7 @@ def _staged(module: AnsibleModule, entry: dict, path: Path, data: bytes) -> str:
 
 def _file(module: AnsibleModule, entry: dict, diffs: list[dict]) -> bool:
     path = _path(module, entry)
-    data = str(entry.get("content", "")).encode()
+    data = entry["content"].encode()
     try:
         before: bytes | None = path.read_bytes()
     except FileNotFoundError:
@@ -122,8 +143,8 @@ def _file(module: AnsibleModule, entry: dict, diffs: list[dict]) -> bool:
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
-            "folders": {"type": "list", "elements": "dict", "default": []},
-            "files": {"type": "list", "elements": "dict", "default": []},
+            "folders": {"type": "list", "elements": "dict", "default": [], "options": FOLDER},
+            "files": {"type": "list", "elements": "dict", "default": [], "options": FILE},
         },
         supports_check_mode=True,
     )
