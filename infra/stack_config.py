@@ -25,6 +25,8 @@ def load() -> schema.Settings:
         raise pulumi.RunError(
             f"the stack's configuration has problems (`lab config validate` lists them too):\n{listed}"
         )
+    for warning in resolution.warnings:
+        pulumi.log.warn(str(warning))
     return resolution.settings
 
 

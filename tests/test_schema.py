@@ -107,6 +107,32 @@ def test_single_host_ip_is_a_32():
 
 
 @pytest.mark.parametrize(
+    "cidrs",
+    [
+        ["0.0.0.0/1", "128.0.0.0/1"],  # the whole internet in two halves, neither of them a /0
+        ["10.0.0.0/7"],  # one range wider than a /8
+        ["11.0.0.0/8", "12.0.0.0/8"],  # two /8s: each allowed, together too wide
+        [f"{n}.0.0.0/9" for n in range(20, 23)],  # three half-/8s
+    ],
+)
+def test_ssh_ranges_wider_than_a_slash_8_are_refused_alone_or_together(cidrs):
+    found = problems(allowedSshCidrs=cidrs)
+    assert found and all(p.startswith("lab:allowedSshCidrs: ") for p in found), found
+    assert any("addresses" in p and "/8" in p for p in found), found
+
+
+def test_a_slash_8_is_allowed_with_a_warning_and_a_slash_24_without():
+    resolution = schema.resolve({**GOOD, "lab:allowedSshCidrs": ["10.0.0.0/8"]}, stack="dev")
+    assert resolution.problems == []
+    assert [str(w) for w in resolution.warnings] == [
+        "lab:allowedSshCidrs: 10.0.0.0/8 lets 16,777,216 addresses try SSH (wider than a /24); is it only yours?"
+    ]
+    resolution = schema.resolve({**GOOD, "lab:allowedSshCidrs": ["198.51.100.0/22", "203.0.113.0/24"]}, stack="dev")
+    assert resolution.problems == [] and [w.message.split()[0] for w in resolution.warnings] == ["198.51.100.0/22"]
+    assert schema.resolve(GOOD, stack="dev").warnings == []
+
+
+@pytest.mark.parametrize(
     ("machine_type", "gpu", "count"),
     [
         ("a2-highgpu-1g", "nvidia-tesla-a100", 1),

@@ -9,6 +9,7 @@ This module imports nothing heavy: it runs on every `lab` command.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import ipaddress
 import json
@@ -21,6 +22,9 @@ from toolkit import machines
 
 TARGETS = ("gcp", "ssh", "local")
 MLFLOW_PORT = 5000
+# lab:allowedSshCidrs: a range (or ranges together) wider than this is refused; wider than NARROW is a warning.
+WIDEST_SSH_PREFIX = 8
+NARROW_SSH_PREFIX = 24
 
 DEFAULT_WORKER_IMAGE = (
     "projects/deeplearning-platform-release/global/images/family/pytorch-2-9-cu129-ubuntu-2204-nvidia-580"
@@ -241,6 +245,7 @@ class Resolution:
 
     settings: Settings | None
     problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)  # allowed, but worth a second look
     values: dict[str, Any] = field(default_factory=dict)  # key -> resolved value
     sources: dict[str, str] = field(default_factory=dict)  # key -> "stack", "default" or "derived"
 
@@ -338,11 +343,13 @@ def resolve(raw: Mapping[str, Any], *, stack: str, target: str | None = None) ->
 
     _derive(values, sources, stack)
     problems.extend(_check_values(values, sources))
+    cidrs = values.get("lab:allowedSshCidrs")
+    warnings = _cidr_warnings(cidrs) if isinstance(cidrs, tuple) and not problems else []
 
     settings = None
     if not unreadable:
         settings = Settings(stack=stack, **{key.attribute: _plain(values.get(key.name)) for key in KEYS})
-    return Resolution(settings=settings, problems=problems, values=values, sources=sources)
+    return Resolution(settings=settings, problems=problems, warnings=warnings, values=values, sources=sources)
 
 
 def _plain(value: Any) -> Any:
@@ -472,9 +479,20 @@ def _host_problems(tracker: str | None, workers: tuple[str, ...]) -> list[Proble
     return problems
 
 
+def _ipv4_ranges(cidrs: tuple[str, ...]) -> list[ipaddress.IPv4Network]:
+    found = []
+    for text in cidrs:
+        with contextlib.suppress(ValueError):
+            network = ipaddress.ip_network(text, strict=False)
+            if isinstance(network, ipaddress.IPv4Network):
+                found.append(network)
+    return found
+
+
 def _cidr_problems(cidrs: tuple[str, ...]) -> list[Problem]:
     problems: list[Problem] = []
     key = "lab:allowedSshCidrs"
+    whole = "opens SSH to the whole internet; list only your own addresses, e.g. your IP as x.x.x.x/32"
     for text in cidrs:
         try:
             network = ipaddress.ip_network(text, strict=False)
@@ -482,14 +500,44 @@ def _cidr_problems(cidrs: tuple[str, ...]) -> list[Problem]:
             problems.append(Problem(key, f"{text!r} is not an address range such as 203.0.113.7/32"))
             continue
         if network.prefixlen == 0:
-            problems.append(
-                Problem(
-                    key,
-                    f"{text} opens SSH to the whole internet; list only your own addresses, e.g. your IP as x.x.x.x/32",
-                )
-            )
+            problems.append(Problem(key, f"{text} {whole}"))
         elif network.version == 6:
             problems.append(Problem(key, f"{text}: the lab's VMs have IPv4 addresses only; list IPv4 ranges"))
         elif str(network) != text and "/" in text:
             problems.append(Problem(key, f"{text} has host bits set; did you mean {network}?"))
+        elif network.prefixlen < WIDEST_SSH_PREFIX:
+            problems.append(
+                Problem(
+                    key,
+                    f"{text} opens SSH to {network.num_addresses:,} addresses (wider than a /{WIDEST_SSH_PREFIX}); "
+                    "list only your own addresses, e.g. your IP as x.x.x.x/32",
+                )
+            )
+    if problems:
+        return problems
+    # Ranges that are each narrow enough may still add up to most of the internet (0.0.0.0/1 + 128.0.0.0/1).
+    union = list(ipaddress.collapse_addresses(_ipv4_ranges(cidrs)))
+    covered = sum(network.num_addresses for network in union)
+    if covered > 2 ** (32 - WIDEST_SSH_PREFIX):
+        shown = ", ".join(str(network) for network in union[:3]) + (" ..." if len(union) > 3 else "")
+        problems.append(
+            Problem(
+                key,
+                f"together these ranges ({shown}) open SSH to {covered:,} addresses, more than a "
+                f"/{WIDEST_SSH_PREFIX}" + (f"; that {whole}" if covered == 2**32 else "; list only your own addresses"),
+            )
+        )
     return problems
+
+
+def _cidr_warnings(cidrs: tuple[str, ...]) -> list[Problem]:
+    """Ranges that are allowed but wider than a /24: usually a whole provider's network, not one person's."""
+    return [
+        Problem(
+            "lab:allowedSshCidrs",
+            f"{network} lets {network.num_addresses:,} addresses try SSH (wider than a /{NARROW_SSH_PREFIX}); "
+            "is it only yours?",
+        )
+        for network in _ipv4_ranges(cidrs)
+        if network.prefixlen < NARROW_SSH_PREFIX
+    ]

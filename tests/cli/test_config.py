@@ -136,3 +136,16 @@ def test_missing_stack_file(lab, tmp_path):
     assert ran.code == 1
     assert ran.err.startswith("error: no stack file ")
     assert "Pulumi.nosuch.yaml" in ran.err
+
+
+def test_a_wide_ssh_range_is_valid_with_a_warning_and_two_halves_of_the_internet_are_not(lab, tmp_path):
+    base = (
+        "config:\n  gcp:project: my-gcp-project\n  gcp:region: us-central1\n  gcp:zone: us-central1-a\n"
+        "  lab:allowedSshCidrs: {}\n"
+    )
+    ran = lab("config", "validate", "--stack", str(write_stack(tmp_path, base.format('["100.64.0.0/16"]'))))
+    assert ran.code == 0, ran.err
+    assert "warning: lab:allowedSshCidrs: 100.64.0.0/16 lets 65,536 addresses try SSH" in ran.err
+    ran = lab("config", "validate", "--stack", str(write_stack(tmp_path, base.format('["0.0.0.0/1", "128.0.0.0/1"]'))))
+    assert ran.code == 1
+    assert "lab:allowedSshCidrs: 0.0.0.0/1 opens SSH to 2,147,483,648 addresses" in ran.err

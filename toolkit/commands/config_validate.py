@@ -21,6 +21,8 @@ def validate(stack_name: options.Stack = options.STACK_DEFAULT, target: options.
             f"{count} problem{'s' * (count != 1)} in {stack_file.path}",
             hint="fix them and run `lab config validate` again",
         )
+    for warning in resolution.warnings:
+        print(f"{stack_file.path.name}: warning: {warning}", file=sys.stderr)
     summary = f"target {settings.target}"
     if settings.target == "gcp":
         gpus = settings.worker_gpus
