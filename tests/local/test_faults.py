@@ -19,6 +19,7 @@ import pytest
 from tests.conftest import LAB
 from tests.local.conftest import DATA
 from toolkit import backups
+from toolkit.errors import EXIT_BACKUP_FAILED
 
 
 @pytest.fixture
@@ -271,7 +272,7 @@ def test_down_with_a_failing_backup_stops_nothing(lab, tracker, state, ports):
     shutil.rmtree(blocker)
     blocker.write_text("not a folder")  # backups cannot be written
     ran = lab("down", "--local")
-    assert ran.code == 1
+    assert ran.code == EXIT_BACKUP_FAILED, "a failed backup has its own exit code, as on gcp (README: exit codes)"
     assert ran.err.strip().startswith("error: the backup failed, so nothing was stopped")
     assert json.loads(lab("status", "--local", "--json").out)["components"]["mlflow"]["state"] == "running"
     ran = lab("down", "--local", "--force")

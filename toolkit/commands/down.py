@@ -8,7 +8,7 @@ import typer
 
 from toolkit import local_lab, options, targets
 from toolkit.console import err, out
-from toolkit.errors import LabError
+from toolkit.errors import EXIT_BACKUP_FAILED, LabError
 
 
 def down(
@@ -56,6 +56,7 @@ def down(
                 raise LabError(
                     f"the backup failed, so nothing was stopped: {exc.one_line()}",
                     hint="fix that, or pass --force to stop without a backup",
+                    code=EXIT_BACKUP_FAILED,
                 ) from None
             say(f"warning: stopping without a backup (--force): {exc.one_line()}")
     stopped = local_lab.stop_all(lab, say)
@@ -77,6 +78,7 @@ def _down_remote(stack_name: str, target: str, force: bool, as_json: bool) -> No
             raise LabError(
                 f"the backup failed, so nothing was stopped: {exc.one_line()}",
                 hint="fix that, or pass --force to stop without a backup",
+                code=EXIT_BACKUP_FAILED,
             ) from None
         say(f"warning: stopping without a backup (--force): {exc.one_line()}")
     if as_json:
