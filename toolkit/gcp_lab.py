@@ -29,8 +29,8 @@ STOCKOUT_FILE = "stockouts.json"
 UPTIME_STACK_KEY = "gcp"
 
 
-def settings_of(stack_name: str) -> schema.Settings:
-    """The stack's settings, which must be valid for the gcp target."""
+def settings_of(stack_name: str, warn: Say | None = None) -> schema.Settings:
+    """The stack's settings, which must be valid for the gcp target; `warn` hears what is allowed but risky."""
     stack_file, resolution = stack.load(stack_name, target="gcp")
     if resolution.problems or resolution.settings is None:
         first = resolution.problems[0] if resolution.problems else "its values cannot be read"
@@ -38,6 +38,8 @@ def settings_of(stack_name: str) -> schema.Settings:
             f"{stack_file.path.name}: {first}",
             hint=f"`lab config validate --stack {stack_name} --target gcp` lists every problem",
         )
+    for warning in resolution.warnings if warn else ():
+        warn(f"warning: {stack_file.path.name}: {warning}")
     return resolution.settings
 
 

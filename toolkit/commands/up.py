@@ -73,7 +73,7 @@ def _provision_gcp(
     from toolkit import gcp_lab, paths, pulumi_engine, pulumi_state, remote_lab
 
     say = err().print
-    settings = gcp_lab.settings_of(stack_name)
+    settings = gcp_lab.settings_of(stack_name, warn=say)
 
     def show(plan: pulumi_engine.Plan, lines: list, total: float) -> None:
         if as_json and preview_only:
