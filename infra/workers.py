@@ -9,7 +9,7 @@ import pulumi_gcp as gcp
 from network import WORKER_TAG
 from tracker import VM_SCOPES
 
-from toolkit.machines import GpuShape
+from toolkit.machines import GpuShape, boot_disk_type
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class WorkerPool(pulumi.ComponentResource):
                     boot_disk=gcp.compute.InstanceBootDiskArgs(
                         auto_delete=True,
                         initialize_params=gcp.compute.InstanceBootDiskInitializeParamsArgs(
-                            image=args.image, size=args.disk_gb, type="pd-ssd"
+                            image=args.image, size=args.disk_gb, type=boot_disk_type(args.machine_type)
                         ),
                     ),
                     guest_accelerators=accelerators,

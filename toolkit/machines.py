@@ -35,6 +35,15 @@ ATTACHABLE_GPUS: dict[str, dict[str, tuple[int, ...]]] = {
     },
 }
 
+# Series that take only Hyperdisk (no Persistent Disk): their boot disk is Hyperdisk Balanced, the one Hyperdisk
+# type that can boot. GCP refuses pd-ssd for them ("pd-balanced disk type cannot be used by a4x-highgpu-4g machine
+# type"). Source: https://cloud.google.com/compute/docs/accelerator-optimized-machines, the "Supported disk types"
+# of each series (A3 Ultra and A4: Hyperdisk Balanced, Extreme, ML; A3 High/Mega/Edge, A2, G2 also Persistent Disk),
+# and https://cloud.google.com/compute/docs/disks/hyperdisks (Hyperdisk Balanced is the only boot Hyperdisk).
+HYPERDISK_ONLY_SERIES = ("a3-ultragpu", "a4-highgpu")
+HYPERDISK_BOOT = "hyperdisk-balanced"
+PERSISTENT_DISK_BOOT = "pd-ssd"
+
 MACHINE_TYPE = re.compile(r"^[a-z][a-z0-9]*-[a-z]+(-[0-9]+[a-z]*)?$")
 
 
@@ -51,13 +60,23 @@ def family(machine_type: str) -> str:
     return machine_type.split("-", 1)[0]
 
 
+def series(machine_type: str) -> str:
+    """`a3-ultragpu-8g` -> `a3-ultragpu`; `n1-standard-8` -> `n1-standard`."""
+    return "-".join(machine_type.split("-")[:2])
+
+
+def boot_disk_type(machine_type: str) -> str:
+    """The worker boot disk's type for a machine type: Hyperdisk Balanced where the series takes only Hyperdisk,
+    else pd-ssd (fast local reads of datasets and environments)."""
+    return HYPERDISK_BOOT if series(machine_type) in HYPERDISK_ONLY_SERIES else PERSISTENT_DISK_BOOT
+
+
 def builtin_gpus(machine_type: str) -> GpuShape | None:
     """The GPUs built into a machine type (A2, A3, A4, G2), or None when it has none built in."""
-    series = "-".join(machine_type.split("-")[:2])
-    gpu = BUILTIN_GPU_FAMILIES.get(series)
+    gpu = BUILTIN_GPU_FAMILIES.get(series(machine_type))
     if gpu is None:
         return None
-    if series == "g2-standard":
+    if series(machine_type) == "g2-standard":
         vcpus = machine_type.rsplit("-", 1)[-1]
         count = G2_GPUS.get(int(vcpus), 1) if vcpus.isdigit() else 1
     else:

@@ -194,12 +194,13 @@ def hourly(settings: schema.Settings) -> list[PriceLine]:
                     fallback,
                 )
             )
+        boot = machines.boot_disk_type(settings.worker_machine_type)
         lines.append(
             PriceLine(
                 "worker boot disk",
-                f"pd-ssd {settings.worker_disk_gb} GB",
+                f"{boot} {settings.worker_disk_gb} GB",
                 settings.workers,
-                disk_hourly(data, region, "pd-ssd", settings.worker_disk_gb),
+                disk_hourly(data, region, boot, settings.worker_disk_gb),
                 fallback,
             )
         )

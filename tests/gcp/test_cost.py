@@ -41,6 +41,12 @@ def test_stack_lines_scale_with_workers_and_spot():
     assert "worker" not in none and "tracker" in none
 
 
+def test_a_hyperdisk_only_series_is_priced_with_its_hyperdisk_boot_disk():
+    lines = by_resource(prices.hourly(settings(**{"lab:workerMachineType": "a3-ultragpu-8g"})))
+    assert lines["worker boot disk"].item == "hyperdisk-balanced 150 GB"
+    assert lines["worker boot disk"].unit_usd_per_hour == pytest.approx(150 * 0.08 / 730)
+
+
 def test_n1_workers_pay_for_their_attached_gpus():
     lines = by_resource(
         prices.hourly(

@@ -69,6 +69,21 @@ def test_worker_boot_disk_image_and_labels(run):
     assert vm.options["delete_before_replace"], "fixed names need delete-before-replace"
 
 
+@pytest.mark.parametrize(
+    ("machine_type", "disk"),
+    [
+        ("a3-ultragpu-8g", "hyperdisk-balanced"),  # A3 Ultra (H200) and A4 (B200) take Hyperdisk only
+        ("a4-highgpu-8g", "hyperdisk-balanced"),
+        ("a3-highgpu-1g", "pd-ssd"),
+        ("a2-highgpu-1g", "pd-ssd"),
+        ("g2-standard-8", "pd-ssd"),
+    ],
+)
+def test_worker_boot_disk_type_follows_the_machine_series(run, machine_type, disk):
+    (vm,) = workers_of(run(workerMachineType=machine_type))
+    assert vm.inputs["bootDisk"]["initializeParams"]["type"] == disk
+
+
 def test_tracker_machine_type_and_disk(run):
     program = run(trackerMachineType="e2-standard-4", trackerDiskGb=100)
     assert program.one_named(INSTANCE, "tracker").inputs["machineType"] == "e2-standard-4"
