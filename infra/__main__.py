@@ -22,7 +22,14 @@ bucket = ArtifactBucket(
         destroy_data=settings.destroy_data,
     ),
 )
-identity = LabIdentity("vms", LabIdentityArgs(account_id=settings.service_account_id, bucket=bucket.name))
+identity = LabIdentity(
+    "vms",
+    LabIdentityArgs(
+        tracker_account_id=settings.tracker_account_id,
+        worker_account_id=settings.worker_account_id,
+        bucket=bucket.name,
+    ),
+)
 network = LabNetwork(
     "network",
     LabNetworkArgs(
@@ -41,7 +48,7 @@ tracker = Tracker(
         region=settings.region,
         disk_gb=settings.tracker_disk_gb,
         subnet=network.subnet.id,
-        service_account=identity.email,
+        service_account=identity.tracker_email,
         metadata=metadata,
         labels=settings.labels,
     ),
@@ -58,7 +65,7 @@ workers = WorkerPool(
         disk_gb=settings.worker_disk_gb,
         zone=choices.worker_zone,
         subnet=network.subnet.id,
-        service_account=identity.email,
+        service_account=identity.worker_email,
         metadata=metadata,
         labels=settings.labels,
     ),
@@ -70,7 +77,8 @@ pulumi.export("zone", settings.zone)
 pulumi.export("ssh_user", settings.ssh_user)
 pulumi.export("bucket_name", bucket.name)
 pulumi.export("bucket_url", bucket.url)
-pulumi.export("service_account", identity.email)
+pulumi.export("tracker_service_account", identity.tracker_email)
+pulumi.export("worker_service_account", identity.worker_email)
 pulumi.export("tracker_name", tracker.name)
 pulumi.export("tracker_internal_ip", tracker.internal_ip)
 pulumi.export("tracker_external_ip", tracker.external_ip)

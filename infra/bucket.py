@@ -8,6 +8,9 @@ import pulumi
 import pulumi_gcp as gcp
 
 NONCURRENT_VERSION_DAYS = 30
+# Soft delete: a deleted or overwritten object stays restorable this long, whoever deleted it
+# (https://cloud.google.com/storage/docs/soft-delete). GCP's default for new buckets; stated so it stays.
+SOFT_DELETE_S = 7 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,7 @@ class ArtifactBucket(pulumi.ComponentResource):
             uniform_bucket_level_access=True,
             public_access_prevention="enforced",
             versioning=gcp.storage.BucketVersioningArgs(enabled=True),
+            soft_delete_policy=gcp.storage.BucketSoftDeletePolicyArgs(retention_duration_seconds=SOFT_DELETE_S),
             lifecycle_rules=[
                 gcp.storage.BucketLifecycleRuleArgs(
                     action=gcp.storage.BucketLifecycleRuleActionArgs(type="Delete"),

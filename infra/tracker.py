@@ -11,7 +11,8 @@ from network import TRACKER_TAG
 TRACKER_IMAGE = "debian-cloud/debian-12"
 TRACKER_BOOT_DISK_GB = 20
 DATA_DEVICE = "lab-data"  # appears as /dev/disk/by-id/google-lab-data on the VM
-VM_SCOPES = ["https://www.googleapis.com/auth/devstorage.read_write"]
+# OAuth scopes cap what a VM's token may do, on top of its account's IAM grants.
+TRACKER_SCOPES = ["https://www.googleapis.com/auth/devstorage.read_write"]
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ class Tracker(pulumi.ComponentResource):
                 automatic_restart=True,
                 on_host_maintenance="MIGRATE",
             ),
-            service_account=gcp.compute.InstanceServiceAccountArgs(email=args.service_account, scopes=VM_SCOPES),
+            service_account=gcp.compute.InstanceServiceAccountArgs(email=args.service_account, scopes=TRACKER_SCOPES),
             shielded_instance_config=gcp.compute.InstanceShieldedInstanceConfigArgs(
                 enable_secure_boot=True, enable_vtpm=True, enable_integrity_monitoring=True
             ),

@@ -7,9 +7,11 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_gcp as gcp
 from network import WORKER_TAG
-from tracker import VM_SCOPES
 
 from toolkit.machines import GpuShape, boot_disk_type
+
+# Workers read the bucket's datasets and never write it (their account's grant says the same).
+WORKER_SCOPES = ["https://www.googleapis.com/auth/devstorage.read_only"]
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,7 @@ class WorkerPool(pulumi.ComponentResource):
                     ],
                     scheduling=scheduling(args.spot),
                     service_account=gcp.compute.InstanceServiceAccountArgs(
-                        email=args.service_account, scopes=VM_SCOPES
+                        email=args.service_account, scopes=WORKER_SCOPES
                     ),
                     # Deep Learning VM images install the NVIDIA driver on first boot when asked to.
                     metadata={**args.metadata, "install-nvidia-driver": "True"},

@@ -150,7 +150,7 @@ def test_gpus_built_into_machine_types(machine_type, gpu, count):
 
 def test_derived_names_fit_gcp_limits():
     settings = schema.resolve(GOOD, stack="A_Very.Long-Stack-Name-That-Goes-On-And-On-Forever").settings
-    assert len(settings.service_account_id) <= 30
+    assert 6 <= len(settings.tracker_account_id) <= 30 and 6 <= len(settings.worker_account_id) <= 30
     assert len(settings.name_prefix) <= 44
     assert settings.labels["lab"] == "a-very-long-stack-name-that-goes-on-and-on-forever"
     assert len(settings.bucket_name) <= 63

@@ -216,9 +216,14 @@ class Settings:
         return "lab-" + dns_label(self.stack, 40)
 
     @property
-    def service_account_id(self) -> str:
-        """The VMs' service account id (6-30 characters)."""
-        return "lab-" + dns_label(self.stack, 21) + "-vms"
+    def tracker_account_id(self) -> str:
+        """The tracker VM's service account id (6-30 characters)."""
+        return "lab-" + dns_label(self.stack, 18) + "-tracker"
+
+    @property
+    def worker_account_id(self) -> str:
+        """The workers' service account id (6-30 characters)."""
+        return "lab-" + dns_label(self.stack, 18) + "-worker"
 
     @property
     def labels(self) -> dict[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
 import pulumi
 import pytest
@@ -73,25 +74,70 @@ def test_nothing_else_inbound(run):
     assert network.inputs["autoCreateSubnetworks"] is False, "a dedicated network, not auto mode"
 
 
-def test_every_vm_runs_as_the_dedicated_service_account(run):
+def emails(program) -> dict[str, str]:
+    """Each service account's email by its role (tracker, worker), as GCP derives it from the account id."""
+    found = {}
+    for account in program.of_type(ACCOUNT):
+        role = account.inputs["accountId"].rsplit("-", 1)[-1]
+        found[role] = f"{account.inputs['accountId']}@my-gcp-project.iam.gserviceaccount.com"
+    return found
+
+
+def test_the_tracker_and_the_workers_run_as_accounts_of_their_own(run):
     program = run(workers=3)
-    account = program.one(ACCOUNT)
-    email = f"{account.inputs['accountId']}@my-gcp-project.iam.gserviceaccount.com"
+    accounts = emails(program)
+    assert set(accounts) == {"tracker", "worker"}
     vms = program.of_type(INSTANCE)
     assert len(vms) == 4
     for vm in vms:
-        assert vm.inputs["serviceAccount"]["email"] == email, f"{vm.name} runs as another account"
-        assert vm.inputs["serviceAccount"]["scopes"] == ["https://www.googleapis.com/auth/devstorage.read_write"]
+        role = "tracker" if vm.name == "tracker" else "worker"
+        assert vm.inputs["serviceAccount"]["email"] == accounts[role], f"{vm.name} runs as another account"
+    tracker = program.one_named(INSTANCE, "tracker")
+    assert tracker.inputs["serviceAccount"]["scopes"] == ["https://www.googleapis.com/auth/devstorage.read_write"]
+    for vm in vms:
+        if vm is not tracker:
+            assert vm.inputs["serviceAccount"]["scopes"] == ["https://www.googleapis.com/auth/devstorage.read_only"], (
+                f"{vm.name}'s token may write the bucket"
+            )
 
 
-def test_the_only_grant_is_object_admin_on_the_lab_bucket(run):
+def bucket_grants(program) -> dict[str, Any]:
+    iam = [r for r in program.resources if "iam" in r.type.lower()]
+    assert {r.type for r in iam} == {"gcp:storage/bucketIAMMember:BucketIAMMember"}, [r.type for r in iam]
+    by_member = {}
+    for grant in iam:
+        assert grant.inputs["bucket"] == program.one(BUCKET).inputs["name"], f"{grant.name} is on another bucket"
+        assert grant.inputs["member"] not in by_member, "one grant per account"
+        by_member[grant.inputs["member"]] = grant
+    return by_member
+
+
+def test_only_the_tracker_may_write_the_bucket(run):
     program = run()
-    iam = [r for r in program.resources if "iam" in r.type.lower() or "IAM" in r.type]
-    assert [r.type for r in iam] == ["gcp:storage/bucketIAMMember:BucketIAMMember"]
-    grant = iam[0]
-    assert grant.inputs["role"] == "roles/storage.objectAdmin"
-    assert grant.inputs["bucket"] == program.one(BUCKET).inputs["name"]
-    assert grant.inputs["member"] == "serviceAccount:lab-dev-vms@my-gcp-project.iam.gserviceaccount.com"
+    accounts = emails(program)
+    grants = bucket_grants(program)
+    assert set(grants) == {f"serviceAccount:{accounts['tracker']}", f"serviceAccount:{accounts['worker']}"}
+    tracker = grants[f"serviceAccount:{accounts['tracker']}"]
+    assert tracker.inputs["role"] == "roles/storage.objectAdmin"
+    assert not tracker.inputs.get("condition")
+
+
+def test_workers_can_read_the_datasets_and_nothing_else_and_never_delete_or_overwrite(run):
+    """Notebook code on a worker must not erase the off-site backups (versioning does not stop an object admin
+    from deleting old versions). objectViewer holds no storage.objects.create/delete/update: its permissions are
+    listed at https://cloud.google.com/storage/docs/access-control/iam-roles."""
+    program = run()
+    grant = bucket_grants(program)[f"serviceAccount:{emails(program)['worker']}"]
+    assert grant.inputs["role"] == "roles/storage.objectViewer"
+    bucket = program.one(BUCKET).inputs["name"]
+    condition = grant.inputs["condition"]
+    assert condition["expression"] == f'resource.name.startsWith("projects/_/buckets/{bucket}/objects/datasets/")'
+    assert condition["title"]
+
+
+def test_deleted_objects_are_kept_for_a_week(run):
+    bucket = run().one(BUCKET)
+    assert bucket.inputs["softDeletePolicy"] == {"retentionDurationSeconds": 7 * 24 * 3600}
 
 
 def test_no_project_level_roles(run):

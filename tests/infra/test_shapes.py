@@ -99,7 +99,8 @@ def test_outputs_the_toolkit_needs(run):
         "ssh_user": "lab",
         "bucket_name": "my-gcp-project-lab-dev",
         "bucket_url": "gs://my-gcp-project-lab-dev",
-        "service_account": "lab-dev-vms@my-gcp-project.iam.gserviceaccount.com",
+        "tracker_service_account": "lab-dev-tracker@my-gcp-project.iam.gserviceaccount.com",
+        "worker_service_account": "lab-dev-worker@my-gcp-project.iam.gserviceaccount.com",
         "tracker_name": "lab-dev-tracker",
         "tracker_internal_ip": "10.42.0.2",
         "tracker_external_ip": outputs["tracker_external_ip"],
@@ -147,5 +148,6 @@ def test_stack_name_shapes_resource_names(dev_config):
 
     program = run_program(dev_config, stack="Team.Research_2")
     assert program.outputs["tracker_name"] == "lab-team-research-2-tracker"
-    account = program.one("gcp:serviceaccount/account:Account").inputs["accountId"]
-    assert 6 <= len(account) <= 30
+    accounts = sorted(a.inputs["accountId"] for a in program.of_type("gcp:serviceaccount/account:Account"))
+    assert accounts == ["lab-team-research-2-tracker", "lab-team-research-2-worker"]
+    assert all(6 <= len(account) <= 30 for account in accounts)
