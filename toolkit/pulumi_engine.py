@@ -23,6 +23,7 @@ from toolkit.errors import EXIT_LOCKED, LabError
 
 WORKER_ZONE_ENV = "LAB_WORKER_ZONE"
 ON_DEMAND_ENV = "LAB_WORKER_ON_DEMAND"
+ADOPT_BUCKET_ENV = "LAB_ADOPT_BUCKET"
 
 Say = Callable[[str], None]
 
@@ -33,6 +34,7 @@ class RunChoices:
 
     worker_zone: str | None = None
     on_demand: bool = False
+    adopt_bucket: str | None = None  # a bucket this lab kept through `lab down`, taken back into the state
 
     def env(self) -> dict[str, str]:
         found = {}
@@ -40,6 +42,8 @@ class RunChoices:
             found[WORKER_ZONE_ENV] = self.worker_zone
         if self.on_demand:
             found[ON_DEMAND_ENV] = "1"
+        if self.adopt_bucket:
+            found[ADOPT_BUCKET_ENV] = self.adopt_bucket
         return found
 
 
@@ -106,7 +110,7 @@ class AutomationEngine:
 
     def _env(self, choices: RunChoices) -> dict[str, str]:
         env = {"PULUMI_BACKEND_URL": self.backend, "PULUMI_SKIP_UPDATE_CHECK": "true", **choices.env()}
-        for name in (WORKER_ZONE_ENV, ON_DEMAND_ENV):
+        for name in (WORKER_ZONE_ENV, ON_DEMAND_ENV, ADOPT_BUCKET_ENV):
             env.setdefault(name, "")
         return env
 
