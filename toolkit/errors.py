@@ -20,6 +20,7 @@ EXIT_UNEXPECTED = 3
 EXIT_BACKUP_FAILED = 4  # `lab down`: the tracker's backup failed or did not verify, so nothing was destroyed
 EXIT_LOCKED = 5  # another `lab up`/`lab down` holds the stack's lock
 EXIT_LEFTOVERS = 6  # `lab down` finished, but something labelled with the lab is still there (it says what)
+EXIT_UNVERIFIED = 7  # `lab down` destroyed what Pulumi knew, but GCP could not be asked what is left: check by hand
 EXIT_INTERRUPTED = 130
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit import paths, pulumi_engine, pulumi_state, schema, stack
-from toolkit.errors import EXIT_BACKUP_FAILED, EXIT_LEFTOVERS, EXIT_LOCKED, LabError
+from toolkit.errors import EXIT_BACKUP_FAILED, EXIT_LEFTOVERS, EXIT_LOCKED, EXIT_UNVERIFIED, LabError
 
 Say = Callable[[str], None]
 Confirm = Callable[[str], bool]
@@ -261,21 +261,35 @@ def record_down(settings: schema.Settings) -> None:
     uptime.record_down(settings.stack)
 
 
-def labelled_leftovers(settings: schema.Settings, say: Say) -> list[str]:
-    """Instances and disks still labelled with this stack in the project (GCP's API; skipped without it)."""
-    try:
-        from toolkit import gcp_api
+def labelled_leftovers(settings: schema.Settings, say: Say) -> Any:
+    """Instances and disks still labelled with this stack in the project, asked of GCP's Compute API.
 
-        return gcp_api.labelled_resources(settings.project or "", settings.labels["lab"])
-    except LabError as exc:
-        say(f"could not ask GCP for leftovers: {exc.one_line()}")
-        return []
+    Returns a `gcp_api.LeftoverCheck`: iterating it gives the leftovers (so `left += ...` works), and
+    `.checked` is False when GCP could not be asked (no credentials, no network) or some zones did not
+    answer; then this says so and `leftovers_error(left, check)` gives the exit code EXIT_UNVERIFIED."""
+    from toolkit import gcp_api
+
+    check = gcp_api.check_leftovers(settings.project or "", settings.labels["lab"])
+    if not check.checked:
+        say(f"warning: could not ask GCP for leftovers, so nothing left is NOT verified: {check.why}")
+    return check
 
 
-def leftovers_error(left: list[str]) -> LabError:
+def leftovers_error(left: list[str], check: Any = None) -> LabError:
+    """The error `lab down` ends with: leftovers found (EXIT_LEFTOVERS), or none found but the check could not
+    run or was incomplete (EXIT_UNVERIFIED, with the gcloud commands that check by hand)."""
+    unverified = check is not None and not check.checked
+    if not left and unverified:
+        return LabError(
+            f"the lab is down as far as Pulumi knows, but whether anything labelled lab={check.label} is left in "
+            f"project {check.project} could not be checked ({check.why})",
+            hint=f"check with {check.commands()}, or run `lab down` again when GCP answers",
+            code=EXIT_UNVERIFIED,
+        )
     shown = "; ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
+    more = f" (and some zones did not answer: {check.why})" if unverified else ""
     return LabError(
-        f"the lab is down, but these are left: {shown}",
+        f"the lab is down, but these are left: {shown}{more}",
         hint="delete them in the console or with gcloud, or run `lab down` again",
         code=EXIT_LEFTOVERS,
     )

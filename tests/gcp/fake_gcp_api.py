@@ -1,0 +1,310 @@
+"""A stand-in for the Google Cloud REST APIs lab calls itself (toolkit.gcp_api), served over real HTTP on
+127.0.0.1 from a thread. It answers in the shapes of GCP's reference documentation, each route citing its page:
+
+- instances.get          https://cloud.google.com/compute/docs/reference/rest/v1/instances/get
+- instances.aggregatedList (and disks)
+                         https://cloud.google.com/compute/docs/reference/rest/v1/instances/aggregatedList
+                         (items keyed by "zones/<zone>"; a zone without results carries
+                         warning.code NO_RESULTS_ON_PAGE; with returnPartialSuccess a zone that failed is
+                         named in `unreachables` and its scope carries warning.code UNREACHABLE)
+- instances.start / stop https://cloud.google.com/compute/docs/reference/rest/v1/instances/start, .../stop
+                         (each answers an Operation; https://cloud.google.com/compute/docs/reference/rest/v1/zoneOperations)
+- zoneOperations.wait    https://cloud.google.com/compute/docs/reference/rest/v1/zoneOperations/wait
+- instances.getGuestAttributes
+                         https://cloud.google.com/compute/docs/reference/rest/v1/instances/getGuestAttributes
+                         (queryValue.items of {namespace, key, value}; the guest agent writes
+                         hostkeys/<type> = base64 key: GoogleCloudPlatform/guest-agent
+                         google_guest_agent/instance_setup.go, commit bf28b76a)
+- services.batchGet      https://cloud.google.com/service-usage/docs/reference/rest/v1/services/batchGet
+- projects.getEffectiveOrgPolicy
+                         https://cloud.google.com/resource-manager/reference/rest/v1/projects/getEffectiveOrgPolicy
+
+Errors use GCP's JSON error body ({"error": {"code", "message", "errors": [{"message", "domain", "reason"}],
+"status", "details"}}, https://cloud.google.com/apis/design/errors); the texts are real ones kept in
+tests/data/gcp_errors (see SOURCES.md there). What it does not know it answers with 501, so a test that
+reaches an unmodelled call fails loudly instead of passing on a guess.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+COMPUTE = "/compute/v1"
+SERVICEUSAGE = "/serviceusage/v1"
+RESOURCEMANAGER = "/resourcemanager/v1"
+
+
+def error_body(code: int, message: str, reason: str, status: str = "", details: list | None = None) -> dict:
+    body: dict[str, Any] = {
+        "code": code,
+        "message": message,
+        "errors": [{"message": message, "domain": "global", "reason": reason}],
+    }
+    if status:
+        body["status"] = status
+    if details:
+        body["details"] = details
+    return {"error": body}
+
+
+def not_found(resource: str) -> tuple[int, dict]:
+    # The text GCE gives for a missing resource, e.g. cloud-barista/cb-spider#340: "googleapi: Error 404: The
+    # resource 'projects/etri-jhseo-test-266608/zones/asia-south1-a/instances/gcp-asia-south1-gcp1-0' was not
+    # found, notFound"
+    return 404, error_body(404, f"The resource '{resource}' was not found", "notFound")
+
+
+@dataclass
+class FakeInstance:
+    name: str
+    zone: str
+    status: str = "RUNNING"
+    external_ip: str | None = "198.51.100.10"
+    internal_ip: str = "10.128.0.2"
+    labels: dict[str, str] = field(default_factory=dict)
+    id: str = ""
+    host_keys: dict[str, str] = field(default_factory=dict)  # guest attributes hostkeys/<type>
+    start_error: dict | None = None  # an Operation error the next start ends with (e.g. a stockout)
+    next_ip: str | None = None  # the ephemeral address a start gives it
+
+    def as_api(self, project: str) -> dict[str, Any]:
+        access = (
+            [{"type": "ONE_TO_ONE_NAT", "name": "External NAT", "natIP": self.external_ip}] if self.external_ip else []
+        )
+        # a stopped VM keeps its access config but has released its ephemeral natIP
+        if self.status != "RUNNING":
+            access = [{"type": "ONE_TO_ONE_NAT", "name": "External NAT"}]
+        return {
+            "kind": "compute#instance",
+            "id": self.id,
+            "name": self.name,
+            "zone": f"https://www.googleapis.com/compute/v1/projects/{project}/zones/{self.zone}",
+            "status": self.status,
+            "labels": self.labels,
+            "networkInterfaces": [{"name": "nic0", "networkIP": self.internal_ip, "accessConfigs": access}],
+        }
+
+
+@dataclass
+class FakeGcp:
+    project: str = "my-gcp-project"
+    instances: dict[str, FakeInstance] = field(default_factory=dict)
+    disks: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {zone, labels}
+    services: dict[str, str] = field(default_factory=dict)  # service -> ENABLED | DISABLED
+    org_policies: dict[str, dict[str, Any]] = field(default_factory=dict)  # constraint -> effective policy
+    page_size: int = 500
+    unreachable_zones: tuple[str, ...] = ()
+    fail: dict[str, tuple[int, dict]] = field(default_factory=dict)  # path substring -> (status, body)
+    requests: list[tuple[str, str]] = field(default_factory=list)
+    operations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stopping_polls: int = 1  # how many reads a STOPPING VM stays STOPPING
+    url: str = ""
+    _ids: Any = field(default_factory=lambda: itertools.count(1000))
+    _ips: Any = field(default_factory=lambda: itertools.count(20))
+
+    # -- test helpers -----------------------------------------------------------------------------------------
+
+    def add(self, name: str, zone: str = "us-central1-a", **kwargs: Any) -> FakeInstance:
+        instance = FakeInstance(name=name, zone=zone, **kwargs)
+        if not instance.id:
+            instance.id = str(next(self._ids) * 7919)
+        self.instances[name] = instance
+        return instance
+
+    def env(self) -> dict[str, str]:
+        return {
+            "LAB_COMPUTE_API": self.url + COMPUTE,
+            "LAB_SERVICEUSAGE_API": self.url + SERVICEUSAGE,
+            "LAB_RESOURCEMANAGER_API": self.url + RESOURCEMANAGER,
+        }
+
+    # -- routes -----------------------------------------------------------------------------------------------
+
+    def handle(self, method: str, raw_path: str, body: dict[str, Any]) -> tuple[int, dict]:
+        parsed = urlparse(raw_path)
+        path, query = parsed.path, parse_qs(parsed.query)
+        self.requests.append((method, raw_path))
+        for part, answer in self.fail.items():
+            if part in raw_path:
+                return answer
+        if path.startswith(COMPUTE):
+            return self.compute(method, path[len(COMPUTE) :], query)
+        if path.startswith(SERVICEUSAGE):
+            return self.serviceusage(method, path[len(SERVICEUSAGE) :], query)
+        if path.startswith(RESOURCEMANAGER):
+            return self.resourcemanager(method, path[len(RESOURCEMANAGER) :], body)
+        return 501, error_body(501, f"the stand-in does not know {method} {path}", "notImplemented")
+
+    def compute(self, method: str, path: str, query: dict[str, list[str]]) -> tuple[int, dict]:
+        if match := re.fullmatch(r"/projects/([^/]+)/aggregated/(instances|disks)", path):
+            return self.aggregated(match.group(2), query)
+        if match := re.fullmatch(r"/projects/([^/]+)/zones/([^/]+)/operations/([^/]+)/wait", path):
+            operation = self.operations.get(match.group(3))
+            if operation is None:
+                return not_found(f"projects/{self.project}/zones/{match.group(2)}/operations/{match.group(3)}")
+            operation["status"] = "DONE"
+            return 200, operation
+        match = re.fullmatch(r"/projects/([^/]+)/zones/([^/]+)/instances/([^/]+)(?:/(\w+))?", path)
+        if not match:
+            return 501, error_body(501, f"the stand-in does not know {method} {path}", "notImplemented")
+        _, zone, name, verb = match.groups()
+        instance = self.instances.get(name)
+        resource = f"projects/{self.project}/zones/{zone}/instances/{name}"
+        if instance is None or instance.zone != zone:
+            return not_found(resource)
+        if method == "GET" and verb is None:
+            if instance.status == "STOPPING":
+                self.stopping_polls -= 1
+                if self.stopping_polls < 0:
+                    instance.status = "TERMINATED"
+            return 200, instance.as_api(self.project)
+        if method == "GET" and verb == "getGuestAttributes":
+            path_asked = (query.get("queryPath") or [""])[0]
+            if not instance.host_keys or path_asked != "hostkeys/":
+                return not_found(f"{resource}/guestAttributes/{path_asked}")
+            items = [{"namespace": "hostkeys", "key": k, "value": v} for k, v in instance.host_keys.items()]
+            return 200, {"kind": "compute#guestAttributes", "queryPath": path_asked, "queryValue": {"items": items}}
+        if method == "POST" and verb in ("start", "stop"):
+            return 200, self.operation(instance, verb)
+        return 501, error_body(501, f"the stand-in does not know {method} {path}", "notImplemented")
+
+    def operation(self, instance: FakeInstance, verb: str) -> dict[str, Any]:
+        name = f"operation-{len(self.operations) + 1}-{verb}"
+        operation: dict[str, Any] = {
+            "kind": "compute#operation",
+            "name": name,
+            "operationType": verb,
+            "targetLink": f"projects/{self.project}/zones/{instance.zone}/instances/{instance.name}",
+            "status": "RUNNING",
+            "zone": instance.zone,
+        }
+        if verb == "start" and instance.start_error:
+            operation["error"] = {"errors": [instance.start_error]}
+            operation["httpErrorStatusCode"] = 503
+            operation["httpErrorMessage"] = "SERVICE UNAVAILABLE"
+            instance.start_error = None
+        elif verb == "start":
+            if instance.status != "RUNNING":
+                instance.external_ip = instance.next_ip or f"203.0.113.{next(self._ips)}"
+            instance.status = "RUNNING"
+        else:
+            instance.status = "TERMINATED"
+        self.operations[name] = operation
+        return operation
+
+    def aggregated(self, kind: str, query: dict[str, list[str]]) -> tuple[int, dict]:
+        wanted = (query.get("filter") or [""])[0]
+        match = re.fullmatch(r"labels\.lab=(\S+)", wanted)
+        label = match.group(1) if match else None
+        rows: list[tuple[str, dict]] = []
+        if kind == "instances":
+            rows = [
+                (i.zone, i.as_api(self.project))
+                for i in self.instances.values()
+                if label is None or i.labels.get("lab") == label
+            ]
+        else:
+            rows = [
+                (d["zone"], {"kind": "compute#disk", "name": n, "labels": d.get("labels", {})})
+                for n, d in self.disks.items()
+                if label is None or d.get("labels", {}).get("lab") == label
+            ]
+        rows = [(zone, item) for zone, item in rows if zone not in self.unreachable_zones]
+        start = int((query.get("pageToken") or ["0"])[0])
+        page = rows[start : start + self.page_size]
+        items: dict[str, Any] = {}
+        for zone, item in page:
+            items.setdefault(f"zones/{zone}", {kind: []})[kind].append(item)
+        items.setdefault(
+            "zones/europe-west4-a",
+            {
+                "warning": {
+                    "code": "NO_RESULTS_ON_PAGE",
+                    "message": "There are no results for scope 'zones/europe-west4-a' on this page.",
+                }
+            },
+        )
+        answer: dict[str, Any] = {"kind": f"compute#{kind[:-1]}AggregatedList", "items": items}
+        if (query.get("returnPartialSuccess") or [""])[0] == "true" and self.unreachable_zones:
+            answer["unreachables"] = [f"zones/{zone}" for zone in self.unreachable_zones]
+            for zone in self.unreachable_zones:
+                items[f"zones/{zone}"] = {
+                    "warning": {"code": "UNREACHABLE", "message": f"The zone 'zones/{zone}' is unreachable."}
+                }
+        if start + self.page_size < len(rows):
+            answer["nextPageToken"] = str(start + self.page_size)
+        return 200, answer
+
+    def serviceusage(self, method: str, path: str, query: dict[str, list[str]]) -> tuple[int, dict]:
+        if method != "GET" or not re.fullmatch(r"/projects/([^/]+)/services:batchGet", path):
+            return 501, error_body(501, f"the stand-in does not know {method} {path}", "notImplemented")
+        services = []
+        for name in query.get("names", []):
+            service = name.rsplit("/services/", 1)[-1]
+            # the answer names the project by number, as the reference's example does ("projects/123/...")
+            services.append(
+                {
+                    "name": f"projects/123456789012/services/{service}",
+                    "parent": "projects/123456789012",
+                    "state": self.services.get(service, "DISABLED"),
+                }
+            )
+        return 200, {"services": services}
+
+    def resourcemanager(self, method: str, path: str, body: dict[str, Any]) -> tuple[int, dict]:
+        if method != "POST" or not re.fullmatch(r"/projects/([^/:]+):getEffectiveOrgPolicy", path):
+            return 501, error_body(501, f"the stand-in does not know {method} {path}", "notImplemented")
+        constraint = str(body.get("constraint", ""))
+        policy = {"version": 1, "constraint": constraint, **self.org_policies.get(constraint, {})}
+        return 200, policy
+
+
+class _Handler(BaseHTTPRequestHandler):
+    fake: FakeGcp
+
+    def _answer(self, method: str) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        body = json.loads(raw) if raw else {}
+        status, answer = self.fake.handle(method, self.path, body)
+        data = json.dumps(answer).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=UTF-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        self._answer("GET")
+
+    def do_POST(self) -> None:
+        self._answer("POST")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class Served:
+    """A FakeGcp on a free port, in a thread; `with Served() as fake:`."""
+
+    def __init__(self, fake: FakeGcp | None = None) -> None:
+        self.fake = fake or FakeGcp()
+        handler = type("Handler", (_Handler,), {"fake": self.fake})
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.fake.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FakeGcp:
+        self.thread.start()
+        return self.fake
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
