@@ -20,6 +20,7 @@ bucket = ArtifactBucket(
         location=settings.bucket_location,
         labels=settings.labels,
         destroy_data=settings.destroy_data,
+        adopt=choices.adopt_bucket,
     ),
 )
 identity = LabIdentity(

@@ -19,11 +19,13 @@ class ArtifactBucketArgs:
     location: str
     labels: dict[str, str]
     destroy_data: bool  # lab:destroyData: only then may a destroy delete the bucket and what it holds
+    adopt: bool = False  # the bucket outlived a `lab down`: take the existing one back instead of creating it
 
 
 class ArtifactBucket(pulumi.ComponentResource):
     """MLflow artifacts and tracker backups. Uniform access, public access prevention enforced,
-    versioning on, old versions expired after a while; retained on destroy unless destroy_data."""
+    versioning on, old versions expired after a while; retained on destroy unless destroy_data, and
+    adopted again by the next `up`."""
 
     def __init__(self, name: str, args: ArtifactBucketArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("lab:infra:ArtifactBucket", name, None, opts)
@@ -45,7 +47,13 @@ class ArtifactBucket(pulumi.ComponentResource):
             ],
             labels={**args.labels, "role": "artifacts"},
             force_destroy=args.destroy_data,
-            opts=pulumi.ResourceOptions(parent=self, retain_on_delete=not args.destroy_data),
+            # `lab down` leaves the bucket in GCS and drops it from the state; the next `lab up` imports it (the
+            # import matches: the same program made it). See toolkit/lab_bucket.py for who decides.
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                retain_on_delete=not args.destroy_data,
+                import_=args.name if args.adopt else None,
+            ),
         )
         self.name = self.bucket.name
         self.url = self.bucket.url

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from toolkit import paths, pulumi_engine, pulumi_state, schema, stack
+from toolkit import lab_bucket, paths, pulumi_engine, pulumi_state, schema, stack
 from toolkit.errors import EXIT_BACKUP_FAILED, EXIT_LEFTOVERS, EXIT_LOCKED, EXIT_UNVERIFIED, LabError
 
 Say = Callable[[str], None]
@@ -142,8 +142,17 @@ def provision(
     configured = list(settings.zones) or [settings.zone or ""]
     zones = capacity.zones_to_try(configured, current if isinstance(current, str) else None, memory.recent())
 
+    backend = pulumi_state.backend_url(settings)
+
+    def adopt() -> str | None:
+        """The kept bucket to take back, asked again before each run: a failed run may have taken it already."""
+        return lab_bucket.adoption(settings, pulumi_state.read(backend, settings.stack))
+
+    adopting = adopt()
+    if adopting:
+        say(f"taking back the bucket gs://{adopting} (kept by the last `lab down`, with its artifacts and backups)")
     started = time.monotonic()
-    plan = engine.preview(pulumi_engine.RunChoices(worker_zone=zones[0]), say)
+    plan = engine.preview(pulumi_engine.RunChoices(worker_zone=zones[0], adopt_bucket=adopting), say)
     stages["preview"] = time.monotonic() - started
     lines, total = hourly_lines(settings)
     show(plan, lines, total)
@@ -158,7 +167,7 @@ def provision(
     if fallback_on_demand and settings.spot:
         attempts += [(zone, True) for zone in zones]
     for zone, on_demand in attempts:
-        choices = pulumi_engine.RunChoices(worker_zone=zone, on_demand=on_demand)
+        choices = pulumi_engine.RunChoices(worker_zone=zone, on_demand=on_demand, adopt_bucket=adopt())
         if on_demand and (zone, on_demand) == attempts[len(zones)]:
             say("no zone had spot capacity: trying on-demand workers (--fallback-on-demand)")
         try:
@@ -215,7 +224,9 @@ def teardown(
     backend = pulumi_state.backend_url(settings)
     state = pulumi_state.read(backend, settings.stack)
     if state is None or not state.cloud_resources:
-        return None
+        # Down already; the bucket outlived that down and is no longer in the state: --destroy-data finds it.
+        deleted = lab_bucket.delete_kept(settings, say) if destroy_data else None
+        return TornDown(destroyed=0, backup=None, bucket_deleted=deleted, leftovers=[]) if deleted else None
     stages: dict[str, float] = {}
     engine = engine_factory()  # fails now, before the backup, when there is no CLI to destroy with
     started = time.monotonic()

@@ -46,17 +46,17 @@ def ensure_state_bucket(name: str, project: str, location: str) -> bool:
     """
     from google.api_core import exceptions
 
-    client = _client(project)
+    client = client_for(project)
     try:
-        bucket = client.lookup_bucket(name, **_call_options())
+        bucket = client.lookup_bucket(name, **call_options())
     except exceptions.Forbidden as exc:
         raise LabError(
-            f"gs://{name} exists but these credentials may not read it (403: {_reason(exc)})",
+            f"gs://{name} exists but these credentials may not read it (403: {reason(exc)})",
             hint="the name belongs to another project or you lack storage.buckets.get on it; pick another name "
             "with --state-backend gs://NAME, or get roles/storage.admin on that bucket",
         ) from None
-    except _failures() as exc:
-        raise _unexpected(name, "look up", exc) from None
+    except failures() as exc:
+        raise unexpected(name, "look up", exc) from None
     created = False
     if bucket is None:
         bucket, created = _create(client, name, project, location)
@@ -82,7 +82,7 @@ def shortfalls(bucket: Any) -> list[Shortfall]:
     return found
 
 
-def _client(project: str) -> Any:
+def client_for(project: str) -> Any:
     try:
         from google.auth import exceptions as auth_exceptions
         from google.cloud import storage
@@ -101,7 +101,7 @@ def _client(project: str) -> Any:
         ) from None
 
 
-def _call_options() -> dict[str, Any]:
+def call_options() -> dict[str, Any]:
     """Bounded waits: against an unreachable GCS the client would otherwise retry for minutes."""
     from google.cloud.storage.retry import DEFAULT_RETRY
 
@@ -117,26 +117,26 @@ def _create(client: Any, name: str, project: str, location: str) -> tuple[Any, b
     bucket.iam_configuration.public_access_prevention = "enforced"
     bucket.labels = dict(LABELS)
     try:
-        return client.create_bucket(bucket, project=project, location=location, **_call_options()), True
+        return client.create_bucket(bucket, project=project, location=location, **call_options()), True
     except exceptions.Conflict as exc:
-        if "already own" in _reason(exc):
+        if "already own" in reason(exc):
             # Made a moment ago by this account (another `lab init`, or a retried request): check it as it is.
-            found = client.lookup_bucket(name, **_call_options())
+            found = client.lookup_bucket(name, **call_options())
             if found is not None:
                 return found, False
         raise LabError(
-            f"the bucket name {name} is taken (409: {_reason(exc)})",
+            f"the bucket name {name} is taken (409: {reason(exc)})",
             hint="bucket names are global across all of GCS; pick another with --state-backend gs://NAME, "
             f"such as gs://{project}-lab-state",
         ) from None
     except exceptions.Forbidden as exc:
         raise LabError(
-            f"permission denied creating gs://{name} in project {project} (403: {_reason(exc)})",
+            f"permission denied creating gs://{name} in project {project} (403: {reason(exc)})",
             hint=f"you need storage.buckets.create there (roles/storage.admin on {project}), "
             "or create the bucket yourself and run lab init again",
         ) from None
-    except _failures() as exc:
-        raise _unexpected(name, "create", exc) from None
+    except failures() as exc:
+        raise unexpected(name, "create", exc) from None
 
 
 def _converge(bucket: Any, *, created: bool) -> None:
@@ -161,16 +161,16 @@ def _converge(bucket: Any, *, created: bool) -> None:
     bucket.iam_configuration.public_access_prevention = "enforced"
     bucket.labels = {**(bucket.labels or {}), **LABELS}
     try:
-        bucket.patch(**_call_options())
-        bucket.reload(**_call_options())
+        bucket.patch(**call_options())
+        bucket.reload(**call_options())
     except exceptions.Forbidden as exc:
         raise LabError(
             f"gs://{bucket.name} needs fixing ({listing}) but these credentials may not change it "
-            f"(403: {_reason(exc)})",
+            f"(403: {reason(exc)})",
             hint=f"run `{FIX_COMMAND.format(name=bucket.name)}` with an account that may",
         ) from None
-    except _failures() as exc:
-        raise _unexpected(bucket.name, "update", exc) from None
+    except failures() as exc:
+        raise unexpected(bucket.name, "update", exc) from None
     still = shortfalls(bucket)
     if still:
         raise LabError(
@@ -179,7 +179,7 @@ def _converge(bucket: Any, *, created: bool) -> None:
         )
 
 
-def _failures() -> tuple[type[Exception], ...]:
+def failures() -> tuple[type[Exception], ...]:
     """Every other way a call to GCS fails: an API error, retries given up, no connection, no token."""
     import requests
     from google.api_core import exceptions
@@ -188,13 +188,13 @@ def _failures() -> tuple[type[Exception], ...]:
     return (exceptions.GoogleAPIError, requests.RequestException, auth_exceptions.GoogleAuthError)
 
 
-def _reason(exc: Any) -> str:
+def reason(exc: Any) -> str:
     """GCS's own words, on one line, without the request line the client puts first."""
     text = " ".join(str(getattr(exc, "message", "") or exc).split())
     return re.sub(r"^(GET|POST|PATCH|PUT|DELETE) \S+: ", "", text)
 
 
-def _unexpected(name: str, action: str, exc: Any) -> LabError:
+def unexpected(name: str, action: str, exc: Any) -> LabError:
     code = getattr(exc, "code", None)
-    said = f"{code}: {_reason(exc)}" if code else f"{type(exc).__name__}: {_reason(exc)}"
+    said = f"{code}: {reason(exc)}" if code else f"{type(exc).__name__}: {reason(exc)}"
     return LabError(f"could not {action} gs://{name} ({said})", hint="check your network and credentials")

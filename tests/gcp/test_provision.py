@@ -24,6 +24,13 @@ QUOTA = (
 )
 
 
+@pytest.fixture(autouse=True)
+def gcs(emulator: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every `lab up` asks GCS whether the lab's bucket was kept by a `lab down` (toolkit.lab_bucket): here
+    gcp-storage-emulator answers, holding no bucket."""
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator)
+
+
 @pytest.fixture
 def settings() -> schema.Settings:
     return gcp_settings(**{"lab:zones": ["us-central1-a", "us-central1-b", "us-central1-c"], "lab:workers": 2})

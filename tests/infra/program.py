@@ -95,6 +95,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
             "retain_on_delete": bool(request.retainOnDelete),
             "protect": bool(request.protect),
             "delete_before_replace": bool(request.deleteBeforeReplace),
+            "import_id": request.importId or None,
         }
         return super().RegisterResource(request)
 

@@ -57,3 +57,23 @@ def test_workers_are_kept_running(run):
     for vm in run(workers=2).of_type(INSTANCE):
         if vm.name.startswith("worker-"):
             assert vm.inputs["desiredStatus"] == "RUNNING", "a preempted worker is started by the next up"
+
+
+def test_a_kept_bucket_is_imported_with_the_inputs_it_was_made_with(run, monkeypatch):
+    """`lab up` after `lab down`: toolkit.lab_bucket found the bucket kept in GCS with this stack's labels and
+    passes LAB_ADOPT_BUCKET. Pulumi's import succeeds only when the program's inputs match the resource as it
+    is (https://www.pulumi.com/docs/iac/concepts/options/import/): the same program made it, so the inputs
+    must be exactly those of a fresh create."""
+    fresh = run().one("gcp:storage/bucket:Bucket")
+    assert fresh.options["import_id"] is None, "a first up creates the bucket"
+    monkeypatch.setenv("LAB_ADOPT_BUCKET", fresh.inputs["name"])
+    adopted = run().one("gcp:storage/bucket:Bucket")
+    assert adopted.options["import_id"] == fresh.inputs["name"]
+    assert adopted.inputs == fresh.inputs
+    assert adopted.options["retain_on_delete"], "and it is kept through the next down too"
+
+
+def test_adopting_another_bucket_is_refused(run, monkeypatch):
+    monkeypatch.setenv("LAB_ADOPT_BUCKET", "someone-elses-bucket")
+    with pytest.raises(Exception, match="LAB_ADOPT_BUCKET=someone-elses-bucket is not this stack's bucket"):
+        run()

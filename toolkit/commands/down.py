@@ -164,7 +164,9 @@ def _down_gcp(stack_name: str, yes: bool, force: bool, destroy_data: bool, as_js
         out().print(f"destroyed {done.destroyed} resources of stack {settings.stack}")
         if done.backup:
             out().print(f"backup verified: {done.backup}")
-        if not done.bucket_deleted and settings.bucket_name:
+        if done.bucket_deleted:
+            out().print(f"deleted the bucket gs://{done.bucket_deleted} with its artifacts and backups")
+        elif settings.bucket_name:
             out().print(f"the bucket gs://{settings.bucket_name} and its backups stay (--destroy-data deletes them)")
     if done.leftovers:
         raise gcp_lab.leftovers_error(done.leftovers)
