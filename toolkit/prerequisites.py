@@ -192,7 +192,83 @@ def ssh_key(public_key_path: str) -> Check:
     return Check("SSH key", True, str(public))
 
 
-def for_target(target: str, public_key_path: str) -> list[Check]:
+def _not_checked(name: str, exc: LabError, project: str, fix: str | None) -> Check:
+    """A check GCP could not answer: optional, with what would answer it."""
+    from toolkit import gcp_errors
+
+    why = exc.one_line()
+    if gcp_errors.quota_project_missing(why):
+        return Check(
+            name,
+            False,
+            "not checked: your user credentials have no quota project",
+            f"gcloud auth application-default set-quota-project {project}",
+            required=False,
+        )
+    return Check(name, False, f"not checked: {why}", fix, required=False)
+
+
+def gcp_apis(project: str | None) -> Check:
+    """compute, iam and storage APIs enabled in the project (serviceusage services.batchGet)."""
+    from toolkit import gcp_api, gcp_errors
+
+    name = "GCP APIs"
+    if not project:
+        return Check(name, False, "not checked: the stack has no gcp:project", None, required=False)
+    fix = gcp_errors.enable_command(project)
+    try:
+        states = gcp_api.service_states(project, gcp_errors.REQUIRED_SERVICES)
+    except LabError as exc:
+        return _not_checked(name, exc, project, fix)
+    off = [service for service, state in states.items() if state != "ENABLED"]
+    if off:
+        return Check(name, False, f"not enabled in {project}: {', '.join(off)}", fix)
+    return Check(name, True, f"{', '.join(states)} enabled in {project}")
+
+
+def gcp_org_policies(project: str | None) -> list[Check]:
+    """The organization policies that stop the lab: OS Login required (the VMs ignore the lab's ssh-keys
+    metadata) and external IPs refused (the lab reaches its VMs at their external IP)."""
+    from toolkit import gcp_api, gcp_errors
+
+    names = {gcp_errors.OS_LOGIN: "OS Login policy", gcp_errors.EXTERNAL_IP: "external IP policy"}
+    if not project:
+        return [
+            Check(n, False, "not checked: the stack has no gcp:project", None, required=False) for n in names.values()
+        ]
+    found: list[Check] = []
+    for constraint, name in names.items():
+        describe = (
+            f"gcloud resource-manager org-policies describe {constraint.removeprefix('constraints/')} "
+            f"--effective --project={project}"
+        )
+        try:
+            policy = gcp_api.effective_org_policy(project, constraint)
+        except LabError as exc:
+            found.append(_not_checked(name, exc, project, describe))
+            continue
+        if constraint == gcp_errors.OS_LOGIN:
+            if (policy.get("booleanPolicy") or {}).get("enforced"):
+                error = gcp_errors.OrgPolicy(constraint).error(project)
+                found.append(Check(name, False, error.message, error.hint))
+            else:
+                found.append(Check(name, True, f"{constraint} not enforced: the lab's SSH key is used"))
+            continue
+        listed = policy.get("listPolicy") or {}
+        error = gcp_errors.OrgPolicy(constraint).error(project)
+        if listed.get("allValues") == "DENY":
+            found.append(Check(name, False, f"{constraint} denies every VM an external IP", error.hint))
+        elif listed.get("allowedValues") and listed.get("allValues") != "ALLOW":
+            allowed = len(listed["allowedValues"])
+            found.append(
+                Check(name, False, f"{constraint} allows external IPs only to {allowed} listed VM(s)", error.hint)
+            )
+        else:
+            found.append(Check(name, True, f"{constraint} lets the lab's VMs have external IPs"))
+    return found
+
+
+def for_target(target: str, public_key_path: str, project: str | None = None) -> list[Check]:
     """Every prerequisite of a target, in the order a user would fix them."""
     checks: list[Callable[[], Check]] = [python_version, lab_home_writable, free_disk]
     if target == "local":
@@ -216,4 +292,9 @@ def for_target(target: str, public_key_path: str) -> list[Check]:
                 required=False,
             ),
         ]
-    return [check() for check in checks]
+    found = [check() for check in checks]
+    if target == "gcp":
+        # Asked of GCP itself (google-auth is imported only here, and only for this target).
+        found.append(gcp_apis(project))
+        found += gcp_org_policies(project)
+    return found

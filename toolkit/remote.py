@@ -1,8 +1,11 @@
 """The hosts of a remote lab (ssh and gcp targets) and the one way the toolkit reaches them: OpenSSH.
 
 Every SSH use (Ansible, tunnels, trial slots, backups) shares the same options: the stack's key, the
-stack's own known-hosts file (new hosts are trusted on first use, a changed key is refused), connection
-sharing (ControlMaster/ControlPersist) and keep-alives that notice a host that went away.
+stack's own known-hosts file, connection sharing (ControlMaster/ControlPersist) and keep-alives that notice
+a host that went away. Host keys: the ssh target's machines (the user's own) are trusted on first use and a
+changed key is refused; the gcp target's VMs are pinned before the first connection from the keys GCE
+publishes for them (`toolkit.remote_lab.pin_host_keys`) and checked strictly: an unknown or different key
+is refused.
 """
 
 from __future__ import annotations
@@ -38,11 +41,13 @@ class Host:
 
 @dataclass(frozen=True)
 class Access:
-    """How the toolkit logs in: user, private key, the stack's known-hosts file."""
+    """How the toolkit logs in: user, private key, the stack's known-hosts file, and whether host keys must
+    already be in it (`strict`: pinned keys only) or are trusted on first use."""
 
     user: str
     key: Path
     known_hosts: Path
+    strict: bool = False
 
     def options(self) -> list[str]:
         control = _control_dir()
@@ -54,7 +59,7 @@ class Access:
             "-o",
             "BatchMode=yes",
             "-o",
-            "StrictHostKeyChecking=accept-new",
+            f"StrictHostKeyChecking={'yes' if self.strict else 'accept-new'}",
             "-o",
             f"UserKnownHostsFile={self.known_hosts}",
             "-o",
@@ -136,7 +141,7 @@ def run(
     """Run a command on a host and capture its output; an unreachable host is a one-line LabError."""
     result = proc.run(access.ssh(host, command), check=False, timeout=timeout, stdin=stdin)
     if result.returncode == 255:
-        raise Unreachable(host, result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "no answer")
+        raise failure(access, host, result.stderr, "no answer")
     if check and result.returncode != 0:
         raise proc.CommandFailed(result)
     return result
@@ -145,12 +150,51 @@ def run(
 class Unreachable(LabError):
     """SSH could not reach a host (down, powered off, network gone)."""
 
-    def __init__(self, host: Host, reason: str) -> None:
+    def __init__(self, host: Host, reason: str, hint: str | None = None) -> None:
         self.host = host
         super().__init__(
             f"cannot reach {host.name} ({host.address}) over SSH: {reason}",
-            hint="check that it is up and that lab:sshUser and lab:sshPublicKeyPath let you log in",
+            hint=hint or "check that it is up and that lab:sshUser and lab:sshPublicKeyPath let you log in",
         )
+
+
+class HostKeyRefused(Unreachable):
+    """The host did not show the key known for it (pinned, or trusted on first use): SSH refused it."""
+
+
+# OpenSSH's own words (sshconnect.c): "Host key for <host> has changed and you have requested strict
+# checking." / "No ED25519 host key is known for <host> and you have requested strict checking.", each
+# followed by "Host key verification failed."
+_KEY_CHANGED = ("has changed and you have requested strict checking", "REMOTE HOST IDENTIFICATION HAS CHANGED")
+_KEY_UNKNOWN = "host key is known for"
+_DENIED = "Permission denied (publickey"
+
+
+def failure(access: Access, host: Host, stderr: str, fallback: str) -> Unreachable:
+    """What an ssh exit status 255 means, as one line: a refused host key, a refused login, or no answer."""
+    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else fallback
+    if any(marker in stderr for marker in _KEY_CHANGED):
+        return HostKeyRefused(
+            host,
+            "its host key is not the one known for it, so the connection was refused",
+            hint="if the VM was recreated, `lab up` pins its new keys; if not, someone may be in the way: "
+            "do not connect",
+        )
+    if _KEY_UNKNOWN in stderr and access.strict:
+        return HostKeyRefused(
+            host,
+            "no host key is pinned for it (GCE has not published its keys, or they were not read)",
+            hint="`lab up` waits for the keys and pins them; the VM needs metadata enable-guest-attributes=TRUE",
+        )
+    if _DENIED in stderr and access.strict:
+        return Unreachable(
+            host,
+            last,
+            hint="if your organization enforces constraints/compute.requireOsLogin, the VMs ignore the lab's key "
+            "(`lab doctor --target gcp` checks it); otherwise check lab:sshUser and lab:sshPublicKeyPath",
+        )
+    return Unreachable(host, last)
 
 
 def fetch_folder(access: Access, host: Host, remote_parent: str, name: str, local_parent: Path) -> Path:
@@ -166,7 +210,7 @@ def fetch_folder(access: Access, host: Host, remote_parent: str, name: str, loca
         error = sender.stderr.read().decode(errors="replace").strip() if sender.stderr else ""
         sender.wait()
     if sender.returncode == 255:
-        raise Unreachable(host, error.splitlines()[-1] if error else "connection lost")
+        raise failure(access, host, error, "connection lost")
     if sender.returncode != 0 or receiver.returncode != 0:
         reason = error or receiver.stderr.decode(errors="replace").strip()
         raise LabError(f"copying {remote_parent}/{name} from {host.name} failed: {reason.splitlines()[-1:]}")
@@ -188,7 +232,7 @@ def send_folder(access: Access, host: Host, folder: Path, remote_parent: str, ow
         sender.stdout.close()
         sender.wait()
     if received.returncode == 255:
-        raise Unreachable(host, received.stderr.decode(errors="replace").strip() or "connection lost")
+        raise failure(access, host, received.stderr.decode(errors="replace"), "connection lost")
     if received.returncode != 0 or sender.returncode != 0:
         reason = received.stderr.decode(errors="replace").strip().splitlines()
         raise LabError(f"copying {folder} to {host.name} failed: {reason[-1] if reason else 'tar failed'}")
@@ -219,7 +263,7 @@ def forward(access: Access, host: Host, local_port: int, target: str, target_por
         if process.poll() is not None:
             error = process.stderr.read().decode(errors="replace").strip() if process.stderr else ""
             if process.returncode == 255 and "forward" not in error.lower():
-                raise Unreachable(host, error.splitlines()[-1] if error else "no answer")
+                raise failure(access, host, error, "no answer")
             raise LabError(
                 f"cannot forward 127.0.0.1:{local_port} to {target}:{target_port} on {host.name}: "
                 f"{error.splitlines()[-1] if error else 'ssh exited'}",

@@ -12,18 +12,24 @@ from toolkit.console import err, out
 from toolkit.errors import LabError
 
 
-def _target_and_key(stack_name: str, target: str | None) -> tuple[str, str]:
-    """The target to check and the SSH key to look for: from the stack file when there is one."""
+def _target_key_project(stack_name: str, target: str | None) -> tuple[str, str, str | None]:
+    """The target to check, the SSH key to look for and the GCP project to ask: from the stack file when there
+    is one."""
     default_key = schema.KEYS_BY_NAME["lab:sshPublicKeyPath"].default
     try:
         _, resolution = stack.load(stack_name, target=target)
     except LabError:
         # No readable stack file: the embedded default is the local target.
-        return target or "local", default_key
+        return target or "local", default_key, None
     values = resolution.values
     chosen = target or values.get("lab:target") or "local"
     key_path = values.get("lab:sshPublicKeyPath")
-    return chosen, key_path if isinstance(key_path, str) else default_key
+    project = values.get("gcp:project")
+    return (
+        chosen,
+        key_path if isinstance(key_path, str) else default_key,
+        project if isinstance(project, str) and project else None,
+    )
 
 
 def doctor(
@@ -38,12 +44,13 @@ def doctor(
         ),
     ] = False,
 ) -> None:
-    """Check the prerequisites of a target (Pulumi CLI, GCP credentials, SSH key, Ansible, disk)."""
+    """Check the prerequisites of a target (Pulumi CLI, GCP credentials, SSH key, Ansible, disk; for gcp also
+    the project's APIs and the organization policies that would stop the lab)."""
     if install_pulumi:
         _install_pulumi()
         return
-    chosen, key_path = _target_and_key(stack_name, options.target_name(target))
-    checks = prerequisites.for_target(chosen, key_path)
+    chosen, key_path, project = _target_key_project(stack_name, options.target_name(target))
+    checks = prerequisites.for_target(chosen, key_path, project)
     missing = [c for c in checks if not c.ok and c.required]
     if as_json:
         document = {"target": chosen, "ok": not missing, "checks": [c.__dict__ for c in checks]}
