@@ -11,6 +11,7 @@ nothing of the stack is left. Both take the engine as an argument: the real one 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import fcntl
 import os
 import sys
@@ -205,6 +206,20 @@ class TornDown:
     bucket_deleted: str | None
     leftovers: list[str]
     stages: dict[str, float] = field(default_factory=dict)
+    leftover_check: Any = None  # gcp_api.LeftoverCheck: whether GCP could be asked what is left
+    backup_by: str = "ssh"  # ssh: taken over SSH and downloaded here; tracker: the tracker's own, as it stopped
+
+
+INSTANCE_TYPE = "gcp:compute/instance:Instance"
+WORKER_PREFIX = "worker-"  # the workers' names in the program (infra/workers.py: <name>-<index>)
+FINAL_BACKUP_REASON = "shutdown"  # the reason the tracker's stop-time backup writes into its manifest
+FINAL_BACKUP_TIMEOUT_S = 600.0
+CLOCK_SKEW_S = 120.0  # a final backup may be stamped this much before the stop request, by the tracker's clock
+
+
+def worker_urns(state: pulumi_state.State) -> list[str]:
+    """The worker VMs in the state: what costs the most, and holds nothing that must be kept."""
+    return [r.urn for r in state.of_type(INSTANCE_TYPE) if r.name.startswith(WORKER_PREFIX)]
 
 
 def teardown(
@@ -213,13 +228,20 @@ def teardown(
     *,
     backup: Callable[[dict[str, Any]], Path | None],
     say: Say,
+    stop_tracker: Callable[[dict[str, Any]], None] | None = None,
+    final_backup_timeout: float = FINAL_BACKUP_TIMEOUT_S,
     destroy_data: bool = False,
     force: bool = False,
 ) -> TornDown | None:
-    """Back up (verified) first, then destroy. None when there is nothing to destroy.
+    """Stop the GPU spend, keep the tracker's history, then destroy. None when there is nothing to destroy.
 
-    `backup(outputs)` returns the verified backup's folder (None when there is no tracker to back up) or
-    raises LabError; then nothing is destroyed (unless `force`) and the exit code is EXIT_BACKUP_FAILED.
+    1. The workers go first (a targeted destroy): they hold no state, and they are what costs.
+    2. A verified backup of the tracker: `backup(outputs)` takes it over SSH and returns its folder here
+       (None when there is no tracker). When SSH cannot reach the tracker (a scheduled `lab down` on a machine
+       outside lab:allowedSshCidrs), `stop_tracker(outputs)` stops the tracker VM instead; its shutdown unit
+       takes a final backup and uploads it to the bucket, where it is found, downloaded and verified here.
+    3. The rest is destroyed. If no verified backup could be had, the tracker and its data disk stay
+       (EXIT_BACKUP_FAILED), unless `force`.
     """
     backend = pulumi_state.backend_url(settings)
     state = pulumi_state.read(backend, settings.stack)
@@ -228,15 +250,31 @@ def teardown(
         deleted = lab_bucket.delete_kept(settings, say) if destroy_data else None
         return TornDown(destroyed=0, backup=None, bucket_deleted=deleted, leftovers=[]) if deleted else None
     stages: dict[str, float] = {}
-    engine = engine_factory()  # fails now, before the backup, when there is no CLI to destroy with
+    engine = engine_factory()  # fails now, before anything, when there is no CLI to destroy with
+    workers = worker_urns(state)
+    if workers:
+        started = time.monotonic()
+        engine.destroy(say, targets=workers)
+        stages["destroy workers"] = time.monotonic() - started
+        say(f"{len(workers)} worker{'s' * (len(workers) != 1)} destroyed: the GPUs stopped billing")
+
     started = time.monotonic()
     made: Path | None = None
+    backup_by = "ssh"
     try:
-        made = backup(state.outputs)
+        try:
+            made = backup(state.outputs)
+        except LabError as exc:
+            if not _unreachable(exc) or stop_tracker is None:
+                raise
+            say(f"{exc.one_line()}; asking the tracker to back itself up as it stops")
+            made = _final_backup_by_tracker(settings, state.outputs, stop_tracker, say, final_backup_timeout)
+            backup_by = "tracker"
     except LabError as exc:
         if not force:
+            kept = "the tracker and its data disk are kept" + (", the workers are gone" if workers else "")
             raise LabError(
-                f"the backup failed, so nothing was destroyed: {exc.one_line()}",
+                f"the backup failed, so the tracker was not destroyed ({kept}): {exc.one_line()}",
                 hint="fix that (is the tracker running? `lab up` starts it), or pass --force to destroy without one",
                 code=EXIT_BACKUP_FAILED,
             ) from None
@@ -259,10 +297,46 @@ def teardown(
         f"{r.type.split(':')[-1]} {r.name} (still in the Pulumi state)"
         for r in (after.cloud_resources if after else ())
     ]
-    left += labelled_leftovers(settings, say)
+    check = labelled_leftovers(settings, say)
+    left += check
     return TornDown(
-        destroyed=len(state.cloud_resources), backup=made, bucket_deleted=deleted, leftovers=left, stages=stages
+        destroyed=len(state.cloud_resources),
+        backup=made,
+        bucket_deleted=deleted,
+        leftovers=left,
+        stages=stages,
+        leftover_check=check,
+        backup_by=backup_by,
     )
+
+
+def _unreachable(exc: LabError) -> bool:
+    from toolkit import remote
+
+    return isinstance(exc, remote.Unreachable)
+
+
+def _final_backup_by_tracker(
+    settings: schema.Settings,
+    outputs: dict[str, Any],
+    stop_tracker: Callable[[dict[str, Any]], None],
+    say: Say,
+    timeout: float,
+) -> Path:
+    """Stop the tracker; its shutdown unit (playbooks/roles/lab_tracker, lab-final-backup.service) takes a
+    backup as MLflow stops and uploads it. Wait for that backup in the bucket, download it and verify it."""
+    from toolkit import backups, gcs
+
+    bucket = outputs.get("bucket_name")
+    if not isinstance(bucket, str) or not bucket:
+        raise LabError("the tracker cannot be reached over SSH and the lab has no bucket to back up to")
+    since = backups.now_utc() - dt.timedelta(seconds=CLOCK_SKEW_S)
+    stop_tracker(outputs)
+    say(f"the tracker stopped; waiting for its final backup in gs://{bucket}/{gcs.backup_prefix(settings.stack)}")
+    found = gcs.wait_for_backup(bucket, settings.stack, since=since, reason=FINAL_BACKUP_REASON, timeout=timeout)
+    made = gcs.download(bucket, settings.stack, paths.stack_home(settings.stack) / "backups", backup_id=found)
+    say(f"backup {made.manifest.id}, taken by the tracker as it stopped, downloaded and verified: {made.path}")
+    return made.path
 
 
 def record_down(settings: schema.Settings) -> None:

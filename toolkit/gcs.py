@@ -7,6 +7,9 @@ here only, when a bucket is configured.
 from __future__ import annotations
 
 import base64
+import datetime as dt
+import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,9 @@ from toolkit import backups
 from toolkit.errors import LabError
 
 PREFIX = "backups"
+# A backup id as toolkit.backups.new_id makes it; anything else read from a bucket is not a backup of ours.
+BACKUP_ID = re.compile(r"^\d{8}T\d{6}\.\d{6}Z$")
+POLL_S = 5.0
 
 
 def _client() -> Any:
@@ -64,6 +70,50 @@ def upload(backup: backups.Backup, bucket_name: str, stack: str) -> str:
     except Exception as exc:
         raise LabError(f"upload to gs://{bucket_name}/{prefix} failed: {type(exc).__name__}: {exc}") from None
     return f"gs://{bucket_name}/{prefix}"
+
+
+def complete_ids(bucket_name: str, stack: str) -> list[str]:
+    """The ids of the stack's complete backups in the bucket (those with their manifest), newest first. Names
+    that are not backup ids are left out: they never become paths here."""
+    prefix = backup_prefix(stack)
+    try:
+        names = [b.name for b in _client().list_blobs(bucket_name, prefix=prefix)]
+    except Exception as exc:
+        raise LabError(f"cannot list gs://{bucket_name}/{prefix}: {exc}") from None
+    found = {n.removeprefix(prefix).split("/")[0] for n in names if n.endswith("/" + backups.MANIFEST)}
+    return sorted((i for i in found if BACKUP_ID.match(i)), reverse=True)
+
+
+def manifest_of(bucket_name: str, stack: str, backup_id: str) -> backups.Manifest:
+    blob = _client().bucket(bucket_name).blob(backup_prefix(stack, backup_id) + backups.MANIFEST)
+    try:
+        return backups.Manifest.from_json(blob.download_as_text())
+    except (ValueError, TypeError, KeyError) as exc:
+        raise LabError(f"the manifest of backup {backup_id} in gs://{bucket_name} is damaged ({exc})") from None
+    except Exception as exc:
+        raise LabError(f"cannot read the manifest of backup {backup_id} in gs://{bucket_name}: {exc}") from None
+
+
+def wait_for_backup(
+    bucket_name: str, stack: str, *, since: dt.datetime, reason: str, timeout: float, poll: float = POLL_S
+) -> str:
+    """Wait until the bucket holds a complete backup of the stack made for `reason` at or after `since`;
+    its id. A LabError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    oldest = backups.new_id(since)
+    while True:
+        for backup_id in complete_ids(bucket_name, stack):
+            if backup_id < oldest:
+                break  # newest first: the rest are older still
+            manifest = manifest_of(bucket_name, stack, backup_id)
+            if manifest.reason == reason and manifest.created_at >= since:
+                return backup_id
+        if time.monotonic() > deadline:
+            raise LabError(
+                f"no {reason} backup reached gs://{bucket_name}/{backup_prefix(stack)} within {timeout:g} s",
+                hint="the tracker's lab-final-backup.service did not finish: see its journal after `lab up`",
+            )
+        time.sleep(poll)
 
 
 def download(bucket_name: str, stack: str, backups_dir: Path, backup_id: str | None = None) -> backups.Backup:

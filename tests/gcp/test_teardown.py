@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.gcp.pulumi_fakes import gcp_settings, path_without_pulumi, write_checkpoint, write_lock
-from toolkit import gcp_lab, pulumi_engine, schema
+from toolkit import backups, gcp_lab, pulumi_engine, pulumi_state, remote, schema
 from toolkit.errors import EXIT_BACKUP_FAILED, EXIT_LEFTOVERS, EXIT_LOCKED, LabError
 
 OUTPUTS = {
@@ -47,7 +47,9 @@ def no_google_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
 
 
 class RecordingEngine:
-    """Records the calls; destroy empties the checkpoint the way the engine would (or leaves `keep`)."""
+    """Records the calls. A destroy rewrites the checkpoint as the engine would: a targeted destroy removes the
+    targets and leaves the stack's outputs as they were (the program does not run); a full one empties it (or
+    leaves `keep`)."""
 
     def __init__(self, backend: Path, calls: list[str], keep: list[tuple[str, str]] | None = None) -> None:
         self.backend, self.calls, self.keep = backend, calls, keep or []
@@ -58,12 +60,24 @@ class RecordingEngine:
     def up(self, choices: pulumi_engine.RunChoices, say) -> dict:
         raise AssertionError("down never runs up")
 
-    def destroy(self, say) -> None:
+    def destroy(self, say, targets: list[str] | None = None) -> None:
+        if targets:
+            self.calls.append("destroy workers")
+            state = pulumi_state.read(f"file://{self.backend}", "dev")
+            left = [(r.type, r.name) for r in state.cloud_resources if r.urn not in targets]
+            left += [(r.type, r.name) for r in state.resources if r.type.startswith("lab:")]
+            write_checkpoint(self.backend, "dev", state.outputs, left)
+            return
         self.calls.append("destroy")
         write_checkpoint(self.backend, "dev", {}, self.keep)
 
 
-def test_a_failed_backup_destroys_nothing_and_says_so_in_the_exit_code(settings, backend):
+def names_in_state(backend: Path) -> list[str]:
+    state = pulumi_state.read(f"file://{backend}", "dev")
+    return sorted(r.name for r in state.cloud_resources) if state else []
+
+
+def test_the_workers_go_first_and_a_failed_backup_keeps_the_tracker(settings, backend):
     write_checkpoint(backend, "dev", OUTPUTS, RESOURCES)
     calls: list[str] = []
 
@@ -73,9 +87,11 @@ def test_a_failed_backup_destroys_nothing_and_says_so_in_the_exit_code(settings,
 
     with pytest.raises(LabError) as caught:
         gcp_lab.teardown(settings, lambda: RecordingEngine(backend, calls), backup=backup, say=lambda m: None)
-    assert calls == ["backup"], "destroy must not run after a failed backup"
+    assert calls == ["destroy workers", "backup"], "the GPUs stop first; nothing else goes after a failed backup"
+    assert names_in_state(backend) == ["tracker", "tracker-data"], "the tracker and its data disk stay"
     assert caught.value.code == EXIT_BACKUP_FAILED
-    assert "nothing was destroyed" in caught.value.one_line() and "malformed" in caught.value.one_line()
+    message = caught.value.one_line()
+    assert "the tracker was not destroyed" in message and "malformed" in message
 
 
 def test_force_destroys_without_a_backup(settings, backend):
@@ -90,12 +106,12 @@ def test_force_destroys_without_a_backup(settings, backend):
     done = gcp_lab.teardown(
         settings, lambda: RecordingEngine(backend, calls), backup=backup, say=said.append, force=True
     )
-    assert calls == ["backup", "destroy"]
+    assert calls == ["destroy workers", "backup", "destroy"]
     assert done is not None and done.backup is None
     assert any("without a backup" in line for line in said)
 
 
-def test_backup_first_then_destroy_then_nothing_left(settings, backend, tmp_path):
+def test_workers_then_backup_then_the_rest(settings, backend, tmp_path):
     write_checkpoint(backend, "dev", OUTPUTS, RESOURCES)
     calls: list[str] = []
     seen: list[dict] = []
@@ -107,11 +123,12 @@ def test_backup_first_then_destroy_then_nothing_left(settings, backend, tmp_path
 
     said: list[str] = []
     done = gcp_lab.teardown(settings, lambda: RecordingEngine(backend, calls), backup=backup, say=said.append)
-    assert calls == ["backup", "destroy"]
+    assert calls == ["destroy workers", "backup", "destroy"]
     assert seen == [OUTPUTS], "the backup reaches the tracker from the stack's outputs"
     assert done.destroyed == 3, "instances and disks count; the stack, providers and components do not"
-    assert done.leftovers == []
+    assert done.leftovers == [] and done.backup_by == "ssh"
     assert any("could not ask GCP for leftovers" in line for line in said)
+    assert names_in_state(backend) == []
 
 
 def test_what_the_destroy_left_is_reported(settings, backend, tmp_path):
@@ -123,6 +140,88 @@ def test_what_the_destroy_left_is_reported(settings, backend, tmp_path):
     assert done.leftovers == ["Disk tracker-data (still in the Pulumi state)"]
     error = gcp_lab.leftovers_error(done.leftovers)
     assert error.code == EXIT_LEFTOVERS and "tracker-data" in error.one_line()
+
+
+# -- without SSH: the tracker backs itself up as it stops ----------------------------------------------------
+
+
+def unreachable(outputs):
+    raise remote.Unreachable(remote.Host("tracker", "198.51.100.10", remote.TRACKER), "Connection timed out")
+
+
+@pytest.fixture
+def bucket(emulator: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    storage = pytest.importorskip("google.cloud.storage")
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator)
+    client = storage.Client(project="my-gcp-project")
+    name = OUTPUTS["bucket_name"]
+    if client.lookup_bucket(name) is None:
+        client.create_bucket(name)
+    for blob in client.list_blobs(name):
+        blob.delete()
+    return name
+
+
+def tracker_backup(tmp_path: Path, bucket: str, reason: str) -> str:
+    """What the tracker's lab-final-backup.service does as it stops: a backup of its DBs, uploaded."""
+    import sqlite3
+
+    from toolkit import backups, gcs
+
+    tracker = tmp_path / f"tracker-{reason}"
+    tracker.mkdir(exist_ok=True)
+    with sqlite3.connect(tracker / "mlflow.db") as db:
+        db.execute("create table if not exists runs (run_uuid text)")
+        db.execute("insert into runs values ('run-before-the-stop')")
+    made = backups.take(tracker, tmp_path / "tracker-backups", stack="dev", reason=reason)
+    gcs.upload(made, bucket, "dev")
+    return made.manifest.id
+
+
+def test_without_ssh_the_tracker_is_stopped_and_its_own_backup_verified_before_the_rest_goes(
+    settings, backend, bucket, tmp_path
+):
+    write_checkpoint(backend, "dev", OUTPUTS, RESOURCES)
+    tracker_backup(tmp_path, bucket, "timer")  # an hourly one from before: not the final backup
+    calls: list[str] = []
+    stopped: list[str] = []
+
+    def stop_tracker(outputs):
+        calls.append("stop tracker")
+        stopped.append(tracker_backup(tmp_path, bucket, "shutdown"))
+
+    said: list[str] = []
+    done = gcp_lab.teardown(
+        settings,
+        lambda: RecordingEngine(backend, calls),
+        backup=unreachable,
+        stop_tracker=stop_tracker,
+        say=said.append,
+    )
+    assert calls == ["destroy workers", "stop tracker", "destroy"]
+    assert done.backup_by == "tracker"
+    assert done.backup.name == stopped[0], "the backup the tracker took as it stopped, downloaded here"
+    assert backups.verify(done.backup).reason == "shutdown"
+    assert any("asking the tracker to back itself up as it stops" in line for line in said)
+
+
+def test_without_ssh_and_without_a_final_backup_the_tracker_stays(settings, backend, bucket, tmp_path):
+    write_checkpoint(backend, "dev", OUTPUTS, RESOURCES)
+    tracker_backup(tmp_path, bucket, "timer")
+    calls: list[str] = []
+    with pytest.raises(LabError) as caught:
+        gcp_lab.teardown(
+            settings,
+            lambda: RecordingEngine(backend, calls),
+            backup=unreachable,
+            stop_tracker=lambda outputs: calls.append("stop tracker"),
+            final_backup_timeout=1.0,
+            say=lambda m: None,
+        )
+    assert calls == ["destroy workers", "stop tracker"]
+    assert caught.value.code == EXIT_BACKUP_FAILED
+    assert "no shutdown backup reached gs://my-gcp-project-lab-dev/backups/dev/" in caught.value.one_line()
+    assert names_in_state(backend) == ["tracker", "tracker-data"]
 
 
 def test_nothing_to_destroy_needs_no_engine(settings, backend):

@@ -129,12 +129,24 @@ def _down_gcp(stack_name: str, yes: bool, force: bool, destroy_data: bool, as_js
         made, _ = remote_lab.backup(lab, reason="down", say=say)
         return made.path
 
+    def stop_tracker(outputs: dict[str, Any]) -> None:
+        """Without SSH (a scheduled `lab down` from elsewhere): stop the tracker VM through the Compute API;
+        its shutdown unit backs it up to the bucket (gcp_lab.teardown waits for that backup there)."""
+        from toolkit import gcp_api
+
+        name, zone = outputs.get("tracker_name"), outputs.get("zone")
+        if not isinstance(name, str) or not isinstance(zone, str):
+            raise LabError("the Pulumi state names no tracker VM to stop")
+        say(f"stopping {name} through the Compute API")
+        gcp_api.stop_instance(settings.project or "", zone, name)
+
     with gcp_lab.stack_lock(settings, "down"):
         done = gcp_lab.teardown(
             settings,
             lambda: pulumi_engine.AutomationEngine(settings, paths.project_dir()),
             backup=backup,
             say=say,
+            stop_tracker=stop_tracker,
             destroy_data=destroy_data,
             force=force,
         )
@@ -155,7 +167,9 @@ def _down_gcp(stack_name: str, yes: bool, force: bool, destroy_data: bool, as_js
                     "destroyed": done.destroyed,
                     "backup": str(done.backup) if done.backup else None,
                     "bucket_deleted": done.bucket_deleted,
+                    "backup_by": done.backup_by if done.backup else None,
                     "leftovers": done.leftovers,
+                    "leftovers_checked": bool(done.leftover_check is None or done.leftover_check.checked),
                     "stages_s": {k: round(v, 1) for k, v in done.stages.items()},
                 }
             )
@@ -163,10 +177,12 @@ def _down_gcp(stack_name: str, yes: bool, force: bool, destroy_data: bool, as_js
     else:
         out().print(f"destroyed {done.destroyed} resources of stack {settings.stack}")
         if done.backup:
-            out().print(f"backup verified: {done.backup}")
+            by = " (taken by the tracker as it stopped)" if done.backup_by == "tracker" else ""
+            out().print(f"backup verified{by}: {done.backup}")
         if done.bucket_deleted:
             out().print(f"deleted the bucket gs://{done.bucket_deleted} with its artifacts and backups")
         elif settings.bucket_name:
             out().print(f"the bucket gs://{settings.bucket_name} and its backups stay (--destroy-data deletes them)")
-    if done.leftovers:
-        raise gcp_lab.leftovers_error(done.leftovers)
+    unchecked = done.leftover_check is not None and not done.leftover_check.checked
+    if done.leftovers or unchecked:
+        raise gcp_lab.leftovers_error(done.leftovers, done.leftover_check)
