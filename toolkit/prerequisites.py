@@ -121,10 +121,35 @@ def pulumi_version(path: str) -> tuple[tuple[int, ...] | None, str]:
         result = proc.run([path, "version"], timeout=30)
     except LabError as exc:
         return None, f"{path} does not run: {exc.one_line()}"
+    except OSError as exc:  # not executable, not a program (ENOEXEC), a broken interpreter line
+        return None, f"{path} does not run: {exc.strerror or exc}"
     match = re.search(r"v?(\d+)\.(\d+)\.(\d+)", result.stdout)
     if not match:
-        return None, f"{path} printed no version: {result.stdout.strip()[:60]!r}"
+        shown = result.stdout.strip()[:60] or result.stderr.strip()[:60]
+        return None, f"{path} printed no version: {shown!r}"
     return tuple(int(p) for p in match.groups()), ""
+
+
+def pulumi_problem(path: str) -> tuple[tuple[int, ...] | None, str]:
+    """The CLI's version, and what makes it unusable for the lab ("" when nothing does)."""
+    version, problem = pulumi_version(path)
+    if version is None:
+        return None, problem
+    if version < MIN_PULUMI:
+        text, need = ".".join(map(str, version)), ".".join(map(str, MIN_PULUMI))
+        return version, f"{path} is v{text}; the lab needs v{need} or newer"
+    return version, ""
+
+
+def pulumi_fix(path: Path) -> str:
+    """How to get a working CLI instead of the one at `path`."""
+    installed = pulumi_cli_root() / "bin" / "pulumi"
+    if path == installed:
+        return f"reinstall it: rm -rf {pulumi_cli_root()} && lab doctor --install-pulumi"
+    return (
+        f"{path} is the first `pulumi` on PATH: repair or remove it (pulumi self-update, or "
+        "curl -fsSL https://get.pulumi.com | sh), or put a working one before it on PATH"
+    )
 
 
 def pulumi_cli() -> Check:
@@ -136,19 +161,12 @@ def pulumi_cli() -> Check:
     if found is None:
         return Check("pulumi CLI", False, f"not on PATH nor in {pulumi_cli_root() / 'bin'}", fix)
     path = str(found)
-    version, problem = pulumi_version(path)
+    version, problem = pulumi_problem(path)
     if version is None:
-        return Check("pulumi CLI", False, problem, fix)
-    text = ".".join(map(str, version))
-    if version < MIN_PULUMI:
-        need = ".".join(map(str, MIN_PULUMI))
-        return Check(
-            "pulumi CLI",
-            False,
-            f"{path} is v{text}; the lab needs v{need} or newer",
-            "pulumi self-update   (or reinstall it)",
-        )
-    return Check("pulumi CLI", True, f"v{text} at {path}")
+        return Check("pulumi CLI", False, problem, pulumi_fix(found))
+    if problem:
+        return Check("pulumi CLI", False, problem, "pulumi self-update   (or reinstall it)")
+    return Check("pulumi CLI", True, f"v{'.'.join(map(str, version))} at {path}")
 
 
 def gcp_credentials() -> Check:

@@ -252,7 +252,7 @@ def diagnostics(kind: str, name: str, error: str, stack: str = "dev") -> str:
     """The Diagnostics section of a failed update, as progress.go lays it out: the resource's error (the GCP
     provider's `1 error occurred:` list), then the stack's own `error: update failed`."""
     lines = ["Diagnostics:", f"  {kind} ({name}):", "    error: 1 error occurred:"]
-    lines += [f"    \t* {line}" for line in error.strip().splitlines()]
+    lines += [f"    \t{line if line.startswith('* ') else '* ' + line}" for line in error.strip().splitlines()]
     lines += ["", f"  pulumi:pulumi:Stack (lab-{stack}):", "    error: update failed", ""]
     return "\n".join(lines)
 

@@ -1,28 +1,40 @@
-"""The Automation API seam without the Pulumi CLI: a fake `pulumi` shows the exact commands the Automation
-API runs for lab, and hands back real engine texts; the seam turns them into lab's errors."""
+"""The Automation API seam without the Pulumi CLI: a fake `pulumi` shows the exact commands and environment the
+Automation API runs for lab, and answers with real engine texts and events (each built from Pulumi's source or
+from tests/data/gcp_errors, see tests/gcp/pulumi_fakes.py); the seam turns them into lab's plans and errors."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.gcp.pulumi_fakes import FakeCli, gcp_settings, path_without_pulumi
-from toolkit import pulumi_engine, schema
+from tests.gcp.pulumi_fakes import (
+    FakeCli,
+    diagnostics,
+    failed_update,
+    gcp_error,
+    gcp_settings,
+    path_without_pulumi,
+    preview_events,
+    write_checkpoint,
+)
+from toolkit import capacity, pulumi_engine, schema
 from toolkit.errors import EXIT_LOCKED, LabError
 
 ROOT = Path(__file__).resolve().parents[2]
-STOCKOUT = (
-    "error: 1 error occurred:\n\t* Error creating instance: googleapi: Error 503: The zone "
-    "'projects/my-gcp-project/zones/us-central1-a' does not have enough resources available to fulfill the "
-    "request.  Try a different zone, or try again later., resourceExhausted\n"
-)
-# The diy backend's own words when another update holds the stack.
+INSTANCE = "gcp:compute/instance:Instance"
+# The diy backend's own words when another update holds the stack (pkg/backend/diy/lock.go checkForLock), with
+# the lock where it keeps it (.pulumi/locks/organization/<project>/<stack>/<uuid>.json).
 LOCKED = (
     "error: the stack is currently locked by 1 lock(s). Either wait for the other process(es) to end or delete "
-    "the lock file with `pulumi cancel`.\n  file:///home/me/.lab/pulumi/.pulumi/locks/lab/dev/1f2e.json: "
-    "created by me@laptop (pid 4242) at 2026-11-22T03:00:00Z\n"
+    "the lock file with `pulumi cancel`.\n  file:///home/me/.lab/pulumi/.pulumi/locks/organization/lab/dev/"
+    "2c9d5a41-7f0e-4b8a-9c1d-3e5f6a7b8c9d.json: created by me@laptop (pid 4242) at 2026-11-22T03:00:00Z\n"
 )
+# A failed `pulumi up` as the engine prints it: the Diagnostics section of the real stockout text (the worker's
+# error, then the stack's closing "update failed").
+STOCKOUT = failed_update(gcp_error("stockout-waiting-for-instance.txt"))
 
 
 @pytest.fixture
@@ -58,14 +70,45 @@ def test_on_demand_choice_reaches_the_program(cli, settings):
     assert up["env"]["LAB_WORKER_ON_DEMAND"] == "1"
 
 
-def test_an_engine_error_keeps_the_engine_text_and_says_one_line(cli, settings):
-    cli.answer("up", stdout="Updating (dev):\n", stderr=STOCKOUT, code=255)
+def test_an_engine_error_says_the_clouds_reason_in_one_line(cli, settings):
+    """Real `pulumi up` output ends its diagnostics with the stack's "error: update failed": the user is shown
+    the failing resource and GCP's reason instead, and capacity still reads the whole text."""
+    cli.answer("up", stdout=STOCKOUT, code=255)
     engine = pulumi_engine.AutomationEngine(settings, ROOT)
     with pytest.raises(pulumi_engine.EngineFailed) as caught:
         engine.up(pulumi_engine.RunChoices(worker_zone="us-central1-a"), lambda line: None)
-    assert "does not have enough resources available" in caught.value.text
-    assert "\n" not in caught.value.one_line()
-    assert caught.value.one_line().startswith("Pulumi failed while creating the lab: ")
+    line = caught.value.one_line()
+    assert line.startswith("Pulumi failed while creating the lab: worker-0: Error waiting for instance to create: ")
+    assert "does not have enough resources available" in line and "update failed" not in line
+    assert "\n" not in line
+    found = capacity.classify(caught.value.text)
+    assert isinstance(found, capacity.Stockout) and found.zone == "us-west1-c"
+
+
+@pytest.mark.parametrize(
+    ("source", "reason"),
+    [
+        ("stockout-operation.txt", "ZONE_RESOURCE_POOL_EXHAUSTED: The zone 'projects/fontbakery-168509/zones/"),
+        ("quota-region.txt", "google_compute_address.master: Quota 'STATIC_ADDRESSES' exceeded."),
+        ("not-capacity-accelerator-not-found.txt", "acceleratorTypes/nvidia-tesla-v100' was not found"),
+    ],
+)
+def test_each_real_gcp_text_reaches_the_one_line_message(source, reason):
+    """Each kept GCP text, as the resource's error of a failed update (the provider's `1 error occurred:` list):
+    the message carries GCP's last line, not Pulumi's closing words."""
+    text = failed_update(diagnostics("gcp:compute:Instance", "worker-0", gcp_error(source)))
+    said = pulumi_engine.engine_reason(text)
+    assert said.startswith("worker-0: ") and reason in said, said
+    assert "update failed" not in said and "error occurred" not in said
+
+
+def test_a_program_that_raised_is_told_by_its_exception():
+    text = failed_update(
+        "Diagnostics:\n  pulumi:pulumi:Stack (lab-dev):\n    error: Program failed with an unhandled exception:\n"
+        '    Traceback (most recent call last):\n      File "/work/main/infra/__main__.py", line 4, in <module>\n'
+        "        import stack_config\n    ModuleNotFoundError: No module named 'toolkit'\n\n"
+    )
+    assert pulumi_engine.engine_reason(text) == "ModuleNotFoundError: No module named 'toolkit'"
 
 
 def test_a_locked_stack_is_refused_with_its_own_exit_code(cli, settings):
@@ -92,3 +135,122 @@ def test_the_passphrase_must_come_from_the_environment(cli, settings, monkeypatc
         pulumi_engine.AutomationEngine(settings, ROOT)
     assert "PULUMI_CONFIG_PASSPHRASE" in caught.value.one_line()
     assert not [c for c in cli.calls() if "up" in c["argv"]], "nothing ran without the passphrase"
+
+
+# -- the program's Python ------------------------------------------------------------------------------------
+
+
+def test_the_program_runs_with_the_python_that_runs_lab(cli, settings, monkeypatch, tmp_path):
+    """`~/venv/bin/lab up` without an activated venv: the first python3 on PATH is another Python, and the
+    program (which imports toolkit and pulumi) must still run with lab's. Pulumi's Python language host runs
+    $PULUMI_PYTHON_CMD (sdk/python/toolchain/pip.go@01ba6bcc CommandPath) unless Pulumi.yaml names a
+    virtualenv or another toolchain (toolchain.go ResolveToolchain, pip.go Command)."""
+    other = tmp_path / "system-bin"
+    other.mkdir()
+    (other / "python3").symlink_to("/usr/bin/python3")
+    monkeypatch.setenv("PATH", f"{other}{':'}{path_without_pulumi()}")
+    engine = pulumi_engine.AutomationEngine(settings, ROOT)
+    engine.up(pulumi_engine.RunChoices(worker_zone="us-central1-a"), lambda line: None)
+    engine.destroy(lambda line: None)
+    for verb in ("up", "destroy"):
+        call = next(c for c in cli.calls() if verb in c["argv"])
+        assert call["env"]["PULUMI_PYTHON_CMD"] == sys.executable, verb
+    runtime = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["runtime"]
+    options = runtime.get("options", {}) if isinstance(runtime, dict) else {}
+    assert not {"virtualenv", "toolchain"} & set(options), "either would make Pulumi ignore PULUMI_PYTHON_CMD"
+
+
+# -- a broken CLI --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["crash", "garbage", "not-a-program", "not-executable"])
+def test_a_broken_cli_is_a_one_line_error_naming_it(cli, settings, how):
+    cli.breaks(how)
+    with pytest.raises(LabError) as caught:
+        pulumi_engine.AutomationEngine(settings, ROOT).destroy(lambda line: None)
+    line = caught.value.one_line()
+    assert line.startswith("the Pulumi CLI cannot be used: ") and str(cli.path) in line, line
+    assert "lab doctor --install-pulumi" in line, "the fix for the CLI under LAB_HOME"
+    assert "\n" not in line
+    assert not [c for c in cli.calls() if "destroy" in c["argv"]]
+
+
+def test_a_broken_cli_first_on_path_says_to_repair_or_remove_it(settings, monkeypatch, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    broken = bin_dir / "pulumi"
+    broken.write_text("#!/bin/sh\necho 'panic: runtime error: index out of range [3] with length 3' >&2\nexit 2\n")
+    broken.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{path_without_pulumi()}")
+    monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE", "x")
+    with pytest.raises(LabError) as caught:
+        pulumi_engine.AutomationEngine(settings, ROOT)
+    line = caught.value.one_line()
+    assert f"{broken} does not run" in line and "exit code 2" in line and "panic: runtime error" in line
+    assert f"{broken} is the first `pulumi` on PATH: repair or remove it" in line
+
+
+def test_a_crashing_cli_through_lab_up_is_one_line_without_traceback(lab, cli, isolated):
+    cli.breaks("crash")
+    ran = lab("up", "--preview", env={"PATH": path_without_pulumi(), "PULUMI_CONFIG_PASSPHRASE": "x"})
+    assert ran.code == 1, ran.err
+    assert "Traceback" not in ran.err
+    (line,) = [line for line in ran.err.splitlines() if line.startswith("error:")]
+    assert line.startswith("error: the Pulumi CLI cannot be used:") and str(cli.path) in line
+
+
+# -- preview -------------------------------------------------------------------------------------------------
+
+# A preview with --refresh of a lab that is up, whose worker's machine type changed: the engine reads every
+# resource back (refresh), then sends one logical step per resource, plus a replacement's physical halves
+# (create-before-delete: create-replacement, replace, delete-replaced). A second worker is new.
+EXISTING = [
+    ("pulumi:pulumi:Stack", "lab-dev"),
+    ("pulumi:providers:gcp", "default_8_30_0"),
+    ("gcp:compute/network:Network", "lab"),
+    ("gcp:compute/firewall:Firewall", "ssh"),
+    ("gcp:storage/bucket:Bucket", "artifacts"),
+    (INSTANCE, "tracker"),
+    (INSTANCE, "worker-0"),
+]
+STEPS = (
+    [("refresh", kind, name) for kind, name in EXISTING[2:]]
+    + [("same", kind, name) for kind, name in EXISTING[:6]]
+    + [("create-replacement", INSTANCE, "worker-0"), ("replace", INSTANCE, "worker-0")]
+    + [("create", INSTANCE, "worker-1"), ("delete-replaced", INSTANCE, "worker-0")]
+)
+# The summary counts logical steps only (pkg/engine: step.Logical()).
+SUMMARY = {"same": 6, "replace": 1, "create": 1}
+
+
+def test_a_preview_shows_each_changing_resource_once(cli, settings):
+    cli.events("preview", preview_events(STEPS, SUMMARY))
+    plan = pulumi_engine.AutomationEngine(settings, ROOT).preview(
+        pulumi_engine.RunChoices(worker_zone="us-central1-a"), lambda line: None
+    )
+    assert plan.steps == [("replace", INSTANCE, "worker-0"), ("create", INSTANCE, "worker-1")]
+    assert plan.counts == {"replace": 1, "create": 1, "same": 4}
+    assert plan.changes == 2
+    preview = next(c for c in cli.calls() if "preview" in c["argv"])
+    assert "--refresh" in preview["argv"] and "--event-log" in preview["argv"]
+
+
+def test_a_leftover_of_an_earlier_replacement_is_shown_as_its_deletion(cli, settings):
+    steps = [("same", INSTANCE, "tracker"), ("same", INSTANCE, "worker-0"), ("delete-replaced", INSTANCE, "worker-0")]
+    cli.events("preview", preview_events(steps, {"same": 2}))
+    plan = pulumi_engine.AutomationEngine(settings, ROOT).preview(pulumi_engine.RunChoices(), lambda line: None)
+    assert plan.steps == [("delete", INSTANCE, "worker-0")] and plan.changes == 1
+
+
+def test_lab_up_preview_prints_one_line_per_changing_resource(lab, cli, isolated):
+    # The lab is up: its state holds the bucket (so nothing asks GCS whether a kept one is to be taken back).
+    bucket = ("gcp:storage/bucket:Bucket", "my-gcp-project-lab-dev")
+    write_checkpoint(isolated / ".lab" / "pulumi", "dev", {}, [bucket, (INSTANCE, "tracker"), (INSTANCE, "worker-0")])
+    cli.events("preview", preview_events(STEPS, SUMMARY))
+    ran = lab("up", "--preview", env={"PATH": path_without_pulumi(), "PULUMI_CONFIG_PASSPHRASE": "x"})
+    assert ran.code == 0, ran.err
+    lines = ran.out.splitlines()
+    assert lines[0].startswith("preview of dev: 1 to create, 0 to update, 1 to replace, 0 to delete, 4 unchanged")
+    steps = [line.split() for line in lines[1:] if line.split()[1:2] in (["create"], ["replace"], ["refresh"])]
+    assert steps == [["+-", "replace", "Instance", "worker-0"], ["+", "create", "Instance", "worker-1"]]
+    assert "refresh" not in ran.out and "create-replacement" not in ran.out

@@ -88,8 +88,12 @@ def _provision_gcp(
             return
         show_to = err() if as_json else out()
         show_to.print(f"preview of {settings.stack}: {gcp_lab.plan_summary(plan)}")
+        # One line per resource that changes, with Pulumi's own marks (pkg/resource/deploy/step.go RawPrefix).
+        marks = {"create": "+ ", "update": "~ ", "replace": "+-", "delete": "- ", "import": "= "}
         for op, kind, name in plan.steps:
-            show_to.print(f"  {op:8} {kind.split(':')[-1]:12} {name}")
+            show_to.print(f"  {marks.get(op, '  ')} {op:8} {kind.split(':')[-1]:12} {name}", highlight=False)
+        if not plan.steps:
+            show_to.print("  no changes", highlight=False)
         for line in lines:
             show_to.print(f"  {line.describe()}")
         show_to.print(f"estimated cost while up: ${total:.2f}/hour")
