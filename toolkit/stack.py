@@ -1,9 +1,16 @@
-"""Reading a stack file (Pulumi.<stack>.yaml): the toolkit's one way to get a stack's settings."""
+"""Reading a stack file (Pulumi.<stack>.yaml): the toolkit's one way to get a stack's settings.
+
+The lab's settings are the file's `config:`. Pulumi writes keys of its own beside it (ProjectStack in
+sdk/go/common/workspace/project.go@73a66f48: secretsprovider, encryptedkey, encryptionsalt, environment): the
+passphrase secrets provider stores `encryptionsalt` there the first time it runs
+(pkg/secrets/passphrase/manager.go@ec7e8c0d), and without it the same passphrase no longer opens the stack's
+secrets. Lab reads those keys, never calls them unknown, and keeps them when it writes the file again.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +19,7 @@ from toolkit.errors import LabError
 from toolkit.paths import project_dir
 
 DEFAULT_STACK = "dev"
+PULUMI_KEYS = ("secretsprovider", "encryptedkey", "encryptionsalt", "environment")
 
 
 class StackFileMissing(LabError):
@@ -20,11 +28,12 @@ class StackFileMissing(LabError):
 
 @dataclass(frozen=True)
 class StackFile:
-    """A stack's name, the file it lives in, and its raw `config:` mapping."""
+    """A stack's name, the file it lives in, its raw `config:` mapping, and Pulumi's own top-level keys."""
 
     name: str
     path: Path
     raw: dict[str, Any]
+    pulumi: dict[str, Any] = field(default_factory=dict)
 
 
 def stack_path(stack: str) -> tuple[str, Path]:
@@ -66,7 +75,26 @@ def read(stack: str) -> StackFile:
     config = document.get("config") or {}
     if not isinstance(config, dict):
         raise LabError(f"{path}: `config:` must be a mapping of keys to values")
-    return StackFile(name=name, path=path, raw={str(k): v for k, v in config.items()})
+    kept = {key: document[key] for key in PULUMI_KEYS if key in document}
+    return StackFile(name=name, path=path, raw={str(k): v for k, v in config.items()}, pulumi=kept)
+
+
+def keep_pulumi_keys(path: Path, text: str) -> str:
+    """`text`, a stack file lab writes over `path`, with the Pulumi keys of the file there now put back before
+    its `config:` (where Pulumi writes them); `text` itself when there are none (or no readable file)."""
+    import yaml
+
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return text
+    kept = {key: document[key] for key in PULUMI_KEYS if isinstance(document, dict) and key in document}
+    if not kept:
+        return text
+    block = yaml.safe_dump(kept, default_flow_style=False, sort_keys=False, width=1000)
+    lines = text.splitlines(keepends=True)
+    at = next((i for i, line in enumerate(lines) if line.startswith("config:")), len(lines))
+    return "".join(lines[:at]) + block + "".join(lines[at:])
 
 
 def load(stack: str, *, target: str | None = None) -> tuple[StackFile, schema.Resolution]:

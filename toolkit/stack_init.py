@@ -116,9 +116,13 @@ def _scalar(value: Any) -> str:
 
 
 def write(path: Path, text: str, *, force: bool) -> None:
-    """Write the stack file; an existing one is replaced (atomically) only with --force."""
+    """Write the stack file; an existing one is replaced (atomically) only with --force, keeping the keys
+    Pulumi wrote into it (the passphrase's encryptionsalt: without it the stack's secrets cannot be read)."""
+    from toolkit import stack
+
     try:
         if force:
+            text = stack.keep_pulumi_keys(path, text)
             temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             temporary.write_text(text, encoding="utf-8")
             temporary.replace(path)
