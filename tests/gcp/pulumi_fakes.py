@@ -58,10 +58,10 @@ argv = sys.argv[1:]
 with open({log!r}, "a") as log:
     names = ("PULUMI_BACKEND_URL", "LAB_WORKER_ZONE", "LAB_WORKER_ON_DEMAND", "PULUMI_PYTHON_CMD")
     log.write(json.dumps({{"argv": argv, "env": {{k: os.environ.get(k) for k in names}}}}) + "\n")
-if argv[:1] == ["version"]:
-    print("v3.272.0")
-    sys.exit(0)
 behaviour = json.loads(open({behaviour!r}).read() or "{{}}")
+if argv[:1] == ["version"]:
+    print(behaviour.get("version", "v3.272.0"))
+    sys.exit(0)
 verb = next((a for a in argv if not a.startswith("-")), "")
 
 
@@ -145,6 +145,13 @@ class FakeCli:
     def answer(self, verb: str, *, stdout: str = "", stderr: str = "", code: int = 0) -> None:
         """What `pulumi <verb>` prints and how it exits."""
         self._update("answers", verb, {"stdout": stdout, "stderr": stderr, "code": code})
+
+    def reports_version(self, version: str) -> None:
+        """What `pulumi version` prints (v3.272.0 unless told): the Automation API sends events over gRPC to a
+        CLI newer than 3.205, and through a file to an older one (automation/_stack.py _setup_event_log)."""
+        current = json.loads(self.behaviour.read_text())
+        current["version"] = version
+        self.behaviour.write_text(json.dumps(current))
 
     def events(self, verb: str, events: list[dict[str, Any]]) -> None:
         """The engine events `pulumi <verb>` sends to the Automation API's --event-log."""

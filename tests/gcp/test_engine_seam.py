@@ -223,7 +223,9 @@ STEPS = (
 SUMMARY = {"same": 6, "replace": 1, "create": 1}
 
 
-def test_a_preview_shows_each_changing_resource_once(cli, settings):
+@pytest.mark.parametrize("version", ["v3.272.0", "v3.200.0"], ids=["events-over-grpc", "events-in-a-file"])
+def test_a_preview_shows_each_changing_resource_once(cli, settings, version):
+    cli.reports_version(version)
     cli.events("preview", preview_events(STEPS, SUMMARY))
     plan = pulumi_engine.AutomationEngine(settings, ROOT).preview(
         pulumi_engine.RunChoices(worker_zone="us-central1-a"), lambda line: None
@@ -232,7 +234,9 @@ def test_a_preview_shows_each_changing_resource_once(cli, settings):
     assert plan.counts == {"replace": 1, "create": 1, "same": 4}
     assert plan.changes == 2
     preview = next(c for c in cli.calls() if "preview" in c["argv"])
-    assert "--refresh" in preview["argv"] and "--event-log" in preview["argv"]
+    assert "--refresh" in preview["argv"]
+    event_log = preview["argv"][preview["argv"].index("--event-log") + 1]
+    assert event_log.startswith("tcp://127.0.0.1:") == (version == "v3.272.0"), event_log
 
 
 def test_a_leftover_of_an_earlier_replacement_is_shown_as_its_deletion(cli, settings):
@@ -254,3 +258,17 @@ def test_lab_up_preview_prints_one_line_per_changing_resource(lab, cli, isolated
     steps = [line.split() for line in lines[1:] if line.split()[1:2] in (["create"], ["replace"], ["refresh"])]
     assert steps == [["+-", "replace", "Instance", "worker-0"], ["+", "create", "Instance", "worker-1"]]
     assert "refresh" not in ran.out and "create-replacement" not in ran.out
+
+
+def test_lab_up_shows_the_failing_resource_and_gcps_reason(lab, cli, isolated):
+    """What the user sees when `pulumi up` fails for a reason that is neither a stockout nor a quota."""
+    bucket = ("gcp:storage/bucket:Bucket", "my-gcp-project-lab-dev")
+    write_checkpoint(isolated / ".lab" / "pulumi", "dev", {}, [bucket, (INSTANCE, "tracker")])
+    cli.events("preview", preview_events([("create", INSTANCE, "worker-0")], {"create": 1}))
+    error = gcp_error("not-capacity-accelerator-not-found.txt")
+    cli.answer("up", stdout=failed_update(diagnostics("gcp:compute:Instance", "worker-0", error)), code=255)
+    ran = lab("up", "--yes", env={"PATH": path_without_pulumi(), "PULUMI_CONFIG_PASSPHRASE": "x"})
+    assert ran.code == 1, ran.err
+    last = ran.err.strip().splitlines()[-1]
+    assert last.startswith("error: Pulumi failed while creating the lab: worker-0: ")
+    assert last.endswith("acceleratorTypes/nvidia-tesla-v100' was not found"), last

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.gcp.pulumi_fakes import path_without_pulumi, write_checkpoint, write_lock
+from tests.gcp.pulumi_fakes import FakeCli, path_without_pulumi, write_checkpoint, write_lock
 from toolkit import pulumi_state
 from toolkit.errors import EXIT_LOCKED, LabError
 
@@ -55,6 +55,18 @@ def test_a_lock_stops_down_before_anything_runs_even_without_a_cli(lab, backend)
     assert ran.code == EXIT_LOCKED, ran.err
     assert "ci@runner-7 (pid 4242)" in ran.err and ".pulumi/locks/organization/lab/dev/" in ran.err
     assert "Pulumi CLI" not in ran.err and "backup" not in ran.err.lower()
+
+
+@pytest.mark.parametrize("command", [("down", "--yes"), ("up", "--yes")])
+def test_a_lock_stops_up_and_down_before_the_cli_runs(lab, backend, isolated, command):
+    """With a Pulumi CLI at hand, nothing of it runs either (not even `pulumi version`)."""
+    cli = FakeCli(isolated / ".lab")
+    write_checkpoint(backend, "dev", {"tracker_external_ip": "198.51.100.10"}, [(INSTANCE, "tracker")])
+    write_lock(backend, "dev")
+    ran = lab(*command, env={"PATH": path_without_pulumi(), "PULUMI_CONFIG_PASSPHRASE": "x"})
+    assert ran.code == EXIT_LOCKED, ran.err
+    assert "locked" in ran.err and "ci@runner-7 (pid 4242)" in ran.err
+    assert cli.calls() == []
 
 
 # -- where the checkpoint is ---------------------------------------------------------------------------------
