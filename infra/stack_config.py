@@ -76,9 +76,12 @@ def ssh_public_key(settings: schema.Settings) -> str:
 
 
 def ssh_metadata(settings: schema.Settings) -> dict[str, str]:
-    """Instance metadata that lets only the lab's key in, and only as lab:sshUser."""
+    """Instance metadata that lets only the lab's key in, and only as lab:sshUser; and guest attributes on, so
+    the guest agent publishes the VM's SSH host keys (`hostkeys/`) for the toolkit to pin before it first
+    connects (https://cloud.google.com/compute/docs/metadata/manage-guest-attributes)."""
     return {
         "ssh-keys": f"{settings.ssh_user}:{ssh_public_key(settings)}",
         "block-project-ssh-keys": "TRUE",
         "enable-oslogin": "FALSE",
+        "enable-guest-attributes": "TRUE",
     }

@@ -1,7 +1,8 @@
 """A lab on remote hosts (the ssh target; the gcp target reuses it once its VMs exist).
 
 The controller (this machine) keeps the stack's state in `$LAB_HOME/stacks/<stack>/`:
-  known_hosts  the hosts' SSH keys, trusted on first use
+  known_hosts  the hosts' SSH keys: trusted on first use (ssh target), written from the pins (gcp)
+  hostkeys.json  gcp: each VM's SSH host keys as GCE published them, pinned per instance id
   ansible/     ansible-runner's private folder (artifacts of the last runs)
   backups/     verified backups downloaded from the tracker
   secrets/     the Jupyter token (0600, in a 0700 folder)
@@ -16,7 +17,7 @@ import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,13 @@ class RemoteLab:
     access: remote.Access
     root: Path
     bucket: str | None
+    # gcp: every VM of the lab and its state now (None for the ssh target); `hosts` holds the reachable ones
+    gcp: GcpView | None = None
+
+    @property
+    def stopped(self) -> tuple[HostState, ...]:
+        """gcp: the lab's VMs that cannot be used now (stopped, preempted, starting, gone)."""
+        return tuple(s for s in self.gcp.states if not s.usable) if self.gcp else ()
 
     @property
     def stack(self) -> str:
@@ -64,8 +72,7 @@ class RemoteLab:
         return self.root / "secrets" / "jupyter_token"
 
 
-def open_lab(stack_name: str, target: str) -> RemoteLab:
-    """The stack's remote lab: its settings must be valid for the target."""
+def _resolved(stack_name: str, target: str) -> tuple[schema.Settings, schema.Resolution]:
     stack_file, resolution = stack.load(stack_name, target=target)
     if resolution.problems or resolution.settings is None:
         first = resolution.problems[0] if resolution.problems else "its values cannot be read"
@@ -73,31 +80,159 @@ def open_lab(stack_name: str, target: str) -> RemoteLab:
             f"{stack_file.path.name}: {first}",
             hint=f"`lab config validate --stack {stack_name}` lists every problem",
         )
-    settings = resolution.settings
+    return resolution.settings, resolution
+
+
+def settings_for(stack_name: str, target: str) -> schema.Settings:
+    """The stack's settings, which must be valid for the target."""
+    return _resolved(stack_name, target)[0]
+
+
+def open_lab(stack_name: str, target: str, *, say: Say | None = None) -> RemoteLab:
+    """The stack's remote lab: its settings must be valid for the target. gcp: the VMs' state and addresses
+    are read now (Compute API), their host keys pinned; stopped VMs are left out of `hosts` (said once)."""
+    settings, resolution = _resolved(stack_name, target)
+    if target == "gcp":
+        return gcp_lab_of(settings, gcp_hosts(settings, say or _stderr), say or _stderr)
     root = local_lab.check_lab_home() / "stacks" / settings.stack
     root.mkdir(parents=True, exist_ok=True)
-    if target == "gcp":
-        hosts, bucket = gcp_hosts(settings)
-    else:
-        hosts = tuple(remote.hosts_of(settings))
-        bucket = settings.bucket_name if resolution.sources.get("lab:bucketName") == "stack" else None
+    hosts = tuple(remote.hosts_of(settings))
+    bucket = settings.bucket_name if resolution.sources.get("lab:bucketName") == "stack" else None
     return RemoteLab(settings=settings, hosts=hosts, access=remote.access_of(settings), root=root, bucket=bucket)
 
 
-def gcp_hosts(settings: schema.Settings) -> tuple[tuple[remote.Host, ...], str | None]:
-    """The gcp lab's hosts and bucket, from the stack's Pulumi outputs (read without the Pulumi CLI)."""
-    from toolkit import pulumi_state
+def _stderr(line: str) -> None:
+    from toolkit.console import err
+
+    err().print(line, highlight=False)
+
+
+# -- gcp: the VMs as they are now -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HostState:
+    """One VM of the gcp lab: its host (address "" when it has none now), GCE name, zone and status."""
+
+    host: remote.Host
+    instance: str
+    zone: str
+    status: str  # GCE's (RUNNING, TERMINATED, ...), MISSING (no such VM), or UNKNOWN (from the last outputs)
+    id: str = ""
+
+    @property
+    def usable(self) -> bool:
+        return self.status in ("RUNNING", "UNKNOWN") and bool(self.host.address)
+
+    def describe(self) -> str:
+        if self.status in ("TERMINATED", "STOPPING", "SUSPENDED", "SUSPENDING"):
+            return f"stopped ({self.status}: preempted, or powered off when idle)"
+        if self.status in ("PROVISIONING", "STAGING"):
+            return f"starting ({self.status})"
+        if self.status == "MISSING":
+            return "missing (no such VM in GCP)"
+        if self.status == "RUNNING" and not self.host.address:
+            return "running without an external address"
+        return self.status.lower()
+
+
+@dataclass(frozen=True)
+class GcpView:
+    """The gcp lab's VMs, tracker first. `live`: read from the Compute API now; otherwise from the last
+    `lab up`'s outputs (`note` says why), which may be stale."""
+
+    states: tuple[HostState, ...]
+    bucket: str | None
+    project: str
+    live: bool
+    note: str = ""
+
+    @property
+    def tracker(self) -> HostState:
+        return self.states[0]
+
+    @property
+    def hosts(self) -> tuple[remote.Host, ...]:
+        return tuple(s.host for s in self.states if s.usable)
+
+
+_SAID: set[str] = set()
+
+
+def _say_once(key: str, line: str, say: Say) -> None:
+    if key not in _SAID:
+        _SAID.add(key)
+        say(line)
+
+
+def gcp_hosts(settings: schema.Settings, say: Say = lambda line: None) -> GcpView:
+    """The gcp lab's VMs now: names and zones from the stack's Pulumi outputs (read without the Pulumi CLI),
+    status and addresses from the Compute API (one aggregated list filtered on the label lab=<stack>). Without
+    credentials or API access, the outputs' addresses, and that is said once."""
+    from toolkit import gcp_api, pulumi_state
 
     backend = pulumi_state.backend_url(settings)
     state = pulumi_state.read(backend, settings.stack)
     outputs = state.outputs if state else {}
-    return hosts_from_outputs(outputs, settings.stack, backend), outputs.get("bucket_name") or None
+    bucket = outputs.get("bucket_name") or None
+    from_outputs = hosts_from_outputs(outputs, settings.stack, backend)  # raises when the lab is not up
+    project = str(outputs.get("project") or settings.project or "")
+    names = [str(outputs.get("tracker_name") or "")]
+    workers = outputs.get("worker_names") or []
+    names += [str(n) for n in workers] if isinstance(workers, list) else []
+    zones = [str(outputs.get("zone") or settings.zone or "")]
+    zones += [str(outputs.get("worker_zone") or settings.zone or "")] * (len(names) - 1)
+    addresses = {h.name: h.address for h in from_outputs}
+
+    def fallback(why: str) -> GcpView:
+        _say_once(
+            f"{settings.stack}:fallback",
+            f"could not read the VMs' current state from GCP ({why}); using the addresses of the last `lab up`, "
+            "which a preempted or stopped VM no longer has",
+            say,
+        )
+        states = [HostState(h, names[i] if i < len(names) else "", "", "UNKNOWN") for i, h in enumerate(from_outputs)]
+        return GcpView(tuple(states), bucket, project, live=False, note=why)
+
+    if not names[0]:
+        return fallback("the stack's outputs predate tracker_name/worker_names; `lab up` adds them")
+    try:
+        listing = gcp_api.labelled(project, settings.labels["lab"], ("instances",))
+    except LabError as exc:
+        return fallback(exc.one_line())
+    found = {i.name: i for i in listing.instances()}
+    states: list[HostState] = []
+    for index, (name, zone) in enumerate(zip(names, zones, strict=True)):
+        lab_name = remote.TRACKER if index == 0 else f"worker-{index}"
+        role = remote.TRACKER if index == 0 else remote.WORKER
+        instance = found.get(name)
+        if instance is None:
+            unanswered = any(zone in scope for scope in listing.unreachable)
+            status = "UNKNOWN" if unanswered else "MISSING"
+            address = addresses.get(lab_name, "") if unanswered else ""
+            states.append(HostState(remote.Host(lab_name, address, role), name, zone, status))
+            continue
+        address = (instance.external_ip or "") if instance.status == "RUNNING" else ""
+        states.append(
+            HostState(remote.Host(lab_name, address, role), name, instance.zone, instance.status, instance.id)
+        )
+    view = GcpView(tuple(states), bucket, project, live=True)
+    for host_state in view.states:
+        if not host_state.usable:
+            _say_once(
+                f"{settings.stack}:{host_state.host.name}:{host_state.status}",
+                f"{host_state.host.name} ({host_state.instance}) is {host_state.describe()}: left out"
+                + (" of trial slots and tunnels" if host_state.host.role == remote.WORKER else "")
+                + "; `lab up` starts it",
+                say,
+            )
+    return view
 
 
 def hosts_from_outputs(outputs: dict[str, Any], stack_name: str, backend: str = "") -> tuple[remote.Host, ...]:
-    """The tracker, then worker-1, worker-2, ... at their external addresses; workers without one (stopped,
-    preempted) are left out. The program's outputs are the contract: tests run the program under mocks and
-    hand its outputs here."""
+    """The tracker, then worker-1, worker-2, ... at their external addresses as the last `lab up` saw them;
+    workers without one (stopped, preempted) are left out. The program's outputs are the contract: tests run
+    the program under mocks and hand its outputs here."""
     tracker = outputs.get("tracker_external_ip")
     if not isinstance(tracker, str) or not tracker:
         where = f" in {backend}" if backend else ""
@@ -112,6 +247,22 @@ def hosts_from_outputs(outputs: dict[str, Any], stack_name: str, backend: str = 
         if isinstance(address, str) and address
     ]
     return tuple(found)
+
+
+def gcp_lab_of(settings: schema.Settings, view: GcpView, say: Say = lambda line: None) -> RemoteLab:
+    """The gcp lab over its usable VMs, with SSH checking host keys strictly against the pins."""
+    root = local_lab.check_lab_home() / "stacks" / settings.stack
+    root.mkdir(parents=True, exist_ok=True)
+    tracker = view.tracker
+    if not tracker.usable:
+        raise LabError(
+            f"the tracker ({tracker.instance}) of stack {settings.stack} is {tracker.describe()}",
+            hint="`lab up` starts it",
+        )
+    access = replace(remote.access_of(settings), strict=True)
+    lab = RemoteLab(settings=settings, hosts=view.hosts, access=access, root=root, bucket=view.bucket, gcp=view)
+    pin_host_keys(lab, say)
+    return lab
 
 
 def agent(lab: RemoteLab, *args: str, timeout: float = AGENT_TIMEOUT_S) -> str:
@@ -281,12 +432,124 @@ def state_dir(stack_name: str) -> Path:
     return paths.stack_home(stack_name)
 
 
+# -- host keys ------------------------------------------------------------------------------------------------
+
+PINS = "hostkeys.json"
+HOST_KEY_WAIT_S = 600
+
+
+def fingerprint(key_b64: str) -> str:
+    """A key's SHA256 fingerprint as `ssh-keygen -l` prints it."""
+    import base64
+    import hashlib
+
+    digest = hashlib.sha256(base64.b64decode(key_b64)).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def _read_pins(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        pins = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {str(k): v for k, v in pins.items() if isinstance(v, dict)} if isinstance(pins, dict) else {}
+
+
+def _write_private(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text, encoding="utf-8")
+    partial.chmod(0o600)
+    partial.replace(path)
+
+
+def _known_lines(known_hosts: Path) -> dict[str, list[str]]:
+    """The known-hosts file's lines by their (first) host field."""
+    lines: dict[str, list[str]] = {}
+    try:
+        text = known_hosts.read_text(encoding="utf-8")
+    except OSError:
+        return lines
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and not line.startswith("#"):
+            for name in fields[0].split(","):
+                lines.setdefault(name, []).append(line)
+    return lines
+
+
+def pin_host_keys(lab: RemoteLab, say: Say = lambda line: None, wait_s: float = 0) -> list[str]:
+    """gcp: make the stack's known_hosts hold, for each usable VM's current address, the SSH host keys GCE
+    published for that VM (guest attributes `hostkeys/`), so the first connection is already checked.
+
+    Keys are pinned per instance id in hostkeys.json: a VM stopped and started again (new ephemeral address)
+    keeps its pin; a recreated VM (new id) is pinned anew from GCE, never from the old VM. A VM whose keys are
+    not published yet is waited for up to `wait_s` (the guest agent writes them on first boot); returns the
+    names of usable hosts left without keys. VMs pinned before this existed (no pin, keys trusted on first
+    use) keep the keys already in known_hosts for their address."""
+    view = lab.gcp
+    if view is None:
+        return []
+    from toolkit import gcp_api
+
+    pins_path = lab.root / PINS
+    pins = _read_pins(pins_path)
+    existing = _known_lines(lab.access.known_hosts)
+    deadline = time.monotonic() + wait_s
+    missing: list[str] = []
+    lines: list[str] = []
+    for state in view.states:
+        if not state.usable:
+            continue
+        pin = pins.get(state.instance)
+        legacy = pin is None  # never pinned: a VM from before pinning, its keys trusted on first use
+        current = pin is not None and (not view.live or str(pin.get("id")) == state.id)
+        if not current and view.live:
+            keys: dict[str, str] = {}
+            while True:
+                try:
+                    keys = gcp_api.host_keys(view.project, state.zone, state.instance)
+                except LabError as exc:
+                    say(f"could not read the host keys of {state.host.name}: {exc.one_line()}")
+                if keys or time.monotonic() >= deadline:
+                    break
+                time.sleep(5)
+            if keys:
+                pin = {"id": state.id, "keys": keys}
+                pins[state.instance] = pin
+                current = True
+                shown = ", ".join(f"{kind} {fingerprint(value)}" for kind, value in sorted(keys.items()))
+                say(f"pinned the SSH host keys GCE published for {state.host.name}: {shown}")
+            elif pin is not None:
+                del pins[state.instance]  # a new VM under an old name: the old VM's keys are not its keys
+                pin = None
+        if current and pin is not None:
+            lines += [f"{state.host.address} {kind} {value}" for kind, value in sorted(pin["keys"].items())]
+        elif legacy and existing.get(state.host.address):
+            lines += existing[state.host.address]  # trusted on first use before pinning existed
+        else:
+            missing.append(state.host.name)
+    _write_private(pins_path, json.dumps(pins, indent=1, sort_keys=True) + "\n")
+    _write_private(lab.access.known_hosts, "".join(line + "\n" for line in lines))
+    return missing
+
+
 def forget_changed_host_keys(lab: RemoteLab) -> None:
-    """gcp: VMs come and go, so an address may now belong to a new machine with a new host key. Forget the
-    keys of addresses that are new or moved since the last `lab up` (kept in hosts.json); the rest stay
-    pinned. `lab down` on gcp forgets them all."""
+    """Before the first connection after `lab up`. gcp: pin the VMs' host keys from GCE, waiting for new VMs to
+    publish them; a VM that does not is an error (it would be refused anyway). ssh target (machines the user
+    already has, trusted on first use): forget the keys of addresses that are new or moved since the last
+    `lab up` (kept in hosts.json); the rest stay."""
     from toolkit import proc
 
+    if lab.gcp is not None:
+        missing = pin_host_keys(lab, _stderr, wait_s=HOST_KEY_WAIT_S)
+        if missing:
+            raise LabError(
+                f"GCE published no SSH host keys for {', '.join(missing)} within {HOST_KEY_WAIT_S // 60} min, "
+                "so the lab will not connect to it",
+                hint="its guest agent writes them on first boot when the VM has metadata "
+                "enable-guest-attributes=TRUE; a VM created without it: recreate it (`lab down`, `lab up`)",
+            )
+        return
     record = lab.root / "hosts.json"
     try:
         before = json.loads(record.read_text())
@@ -301,6 +564,6 @@ def forget_changed_host_keys(lab: RemoteLab) -> None:
 
 
 def forget_all_host_keys(lab_root: Path) -> None:
-    """After `lab down` on gcp: the machines are gone, and so are their keys."""
-    for name in ("known_hosts", "known_hosts.old", "hosts.json"):
+    """After `lab down` on gcp: the machines are gone, and so are their keys and pins."""
+    for name in ("known_hosts", "known_hosts.old", "hosts.json", PINS):
         (lab_root / name).unlink(missing_ok=True)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.gcp.fake_gcp_api import FakeGcp, Served
+from tests.gcp.gcp_vms import OUTPUTS, RESOURCES
 from tests.gcp.gcs_refusals import gcs_says  # noqa: F401  (GCS's 403/409 answers, where the emulator has none)
 
 
@@ -19,3 +22,24 @@ def fake_gcp(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeGcp]:
         for name, value in fake.env().items():
             monkeypatch.setenv(name, value)
         yield fake
+
+
+@pytest.fixture
+def lab_state(isolated: Path) -> Path:
+    """A gcp lab that is up (stack dev): a real SSH key for the lab, and the checkpoint of its last `lab up`."""
+    from tests.gcp.pulumi_fakes import write_checkpoint
+
+    ssh_dir = isolated / ".ssh"
+    ssh_dir.mkdir(exist_ok=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(ssh_dir / "id_ed25519")], check=True)
+    backend = isolated / ".lab" / "pulumi"
+    write_checkpoint(backend, "dev", OUTPUTS, RESOURCES)
+    return backend
+
+
+@pytest.fixture(autouse=True)
+def said_afresh() -> None:
+    """Each test hears the once-only lines of toolkit.remote_lab again."""
+    from toolkit import remote_lab
+
+    remote_lab._SAID.clear()

@@ -28,6 +28,11 @@ def ssh(
         raise LabError("the local lab has no hosts to log in to", hint="use --target ssh with a stack that lists hosts")
     targets.require(chosen, "ssh", supported=("ssh", "gcp"))
     lab = remote_lab.open_lab(stack_name, chosen)
+    for stopped in lab.stopped:
+        if host in (stopped.host.name, stopped.instance):
+            raise LabError(
+                f"{stopped.host.name} ({stopped.instance}) is {stopped.describe()}", hint="`lab up` starts it"
+            )
     found = remote.find(lab.hosts, host)
     argv = lab.access.ssh(found, command or None, extra=[] if command else ["-t"])
     os.execvp(argv[0], argv)  # noqa: S606 -- hand the terminal to ssh

@@ -110,58 +110,98 @@ def _backup_info(backups_dir: Any) -> dict[str, Any]:
 def _status_remote(stack_name: str, target: str, as_json: bool) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from toolkit import remote, remote_lab
+    from toolkit import paths, remote, remote_lab
     from toolkit.errors import LabError
 
     if target == "gcp" and not _gcp_is_up(stack_name, as_json):
         return
-    lab = remote_lab.open_lab(stack_name, target)
+    lab: remote_lab.RemoteLab | None
+    if target == "gcp":
+        # The VMs as they are now (Compute API): a stopped worker is shown as stopped, not as unreachable.
+        settings = remote_lab.settings_for(stack_name, target)
+        view = remote_lab.gcp_hosts(settings, err().print)
+        lab = remote_lab.gcp_lab_of(settings, view, err().print) if view.tracker.usable else None
+        states = view.states
+        stack, root, bucket = settings.stack, paths.stack_home(settings.stack), view.bucket
+    else:
+        lab = remote_lab.open_lab(stack_name, target)
+        view, states = None, ()
+        stack, root, bucket = lab.stack, lab.root, lab.bucket
 
     def look(host: remote.Host) -> dict[str, Any]:
-        info: dict[str, Any] = {"role": host.role, "address": host.address}
+        info: dict[str, Any] = {"role": host.role, "address": host.address, "state": "running"}
+        assert lab is not None  # noqa: S101 -- only usable hosts are looked at, and they have a lab
         try:
             info["services"] = remote_lab.units_state(lab, host)
             info["reachable"] = True
         except LabError as exc:
-            info.update(reachable=False, error=exc.one_line(), services={})
+            info.update(reachable=False, error=exc.one_line(), services={}, state="unreachable")
         return info
 
-    with ThreadPoolExecutor(max_workers=len(lab.hosts)) as pool:
-        hosts = dict(zip([h.name for h in lab.hosts], pool.map(look, lab.hosts), strict=True))
+    usable = lab.hosts if lab else ()
+    with ThreadPoolExecutor(max_workers=max(len(usable), 1)) as pool:
+        hosts = dict(zip([h.name for h in usable], pool.map(look, usable), strict=True))
+    for host_state in states:
+        name = host_state.host.name
+        if name in hosts:
+            hosts[name].update(instance=host_state.instance, zone=host_state.zone, status=host_state.status)
+            continue
+        hosts[name] = {
+            "role": host_state.host.role,
+            "address": host_state.host.address or None,
+            "state": "stopped" if "stopped" in host_state.describe() else host_state.status.lower(),
+            "status": host_state.status,
+            "instance": host_state.instance,
+            "zone": host_state.zone,
+            "reachable": False,
+            "services": {},
+            "error": host_state.describe(),
+        }
+    order = [s.host.name for s in states] or list(hosts)
+    hosts = {name: hosts[name] for name in order if name in hosts}
     tracker: dict[str, Any] = {}
-    if hosts[lab.tracker.name]["reachable"]:
+    if lab is not None and hosts[lab.tracker.name]["reachable"]:
         try:
             tracker = {**remote_lab.tracker_facts(lab), **json.loads(remote_lab.agent(lab, "status"))}
         except LabError as exc:
             tracker = {"error": exc.one_line()}
     document = {
-        "stack": lab.stack,
+        "stack": stack,
         "target": target,
-        "state_dir": str(lab.root),
+        "state_dir": str(root),
         "hosts": hosts,
         "tracker": tracker,
-        "backups": _backup_info(lab.backups_dir),
-        "bucket": lab.bucket,
+        "backups": _backup_info(root / "backups"),
+        "bucket": bucket,
     }
+    if view is not None:
+        document["addresses"] = "compute api" if view.live else "last lab up (could not ask GCP: " + view.note + ")"
     if as_json:
         out().print_json(json.dumps(document))
         return
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"lab {lab.stack} ({target})", title_justify="left")
+    table = Table(title=f"lab {stack} ({target})", title_justify="left")
     for column in ("host", "role", "address", "services"):
         table.add_column(column)
     for name, info in hosts.items():
-        if not info["reachable"]:
-            services = f"[red]unreachable[/red]: {info['error']}"
+        if info["state"] == "stopped":
+            services = f"[dim]stopped[/dim]: {escape(info['error'])}"
+        elif not info["reachable"] and info["state"] != "unreachable":
+            services = f"[yellow]{escape(info['state'])}[/yellow]: {escape(info['error'])}"
+        elif not info["reachable"]:
+            services = f"[red]unreachable[/red]: {escape(info['error'])}"
         else:
             services = ", ".join(
                 f"{unit.split('.')[0]} "
                 + ("[green]active[/green]" if state == "active" else f"[yellow]{state}[/yellow]")
                 for unit, state in info["services"].items()
             )
-        table.add_row(name, info["role"], info["address"], services)
+        table.add_row(name, info["role"], info["address"] or "-", services)
     out().print(table)
+    if view is not None and not view.live:
+        out().print(f"addresses from the last `lab up` (GCP could not be asked: {escape(view.note)})", highlight=False)
     if tracker.get("mlflow_url"):
         out().print(f"MLflow {tracker['mlflow_url']} (inside the lab's network; `lab tunnel` reaches it from here)")
     newest = tracker.get("newest_backup")

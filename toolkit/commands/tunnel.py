@@ -32,7 +32,7 @@ def tunnel(
     if chosen == "local":
         raise LabError("the local lab needs no tunnel: its services already listen on 127.0.0.1", hint="`lab status`")
     targets.require(chosen, "tunnel", supported=("ssh", "gcp"))
-    lab = remote_lab.open_lab(stack_name, chosen)
+    lab = remote_lab.open_lab(stack_name, chosen)  # says which workers are stopped: they get no tunnel
     facts = remote_lab.tracker_facts(lab)
     plan = [("MLflow", lab.tracker, mlflow_port, facts.get("mlflow_bind", "127.0.0.1"), schema.MLFLOW_PORT)]
     plan += [
