@@ -28,6 +28,35 @@ def sigint_default() -> None:
 
 # The machine's own environment, before `isolated` hides it: only `cloud` tests may look at it.
 MACHINE_ENV = dict(os.environ)
+# CI sets this: it can run everything but the `cloud` tests, so any other skip there is a failure (a broken
+# install would otherwise make whole modules vanish behind `importorskip` while CI stays green).
+STRICT_ENV = "LAB_REQUIRE_TEST_HOSTS"
+
+
+def _strict() -> bool:
+    return os.environ.get(STRICT_ENV) == "1"
+
+
+def _as_failure(report: pytest.CollectReport | pytest.TestReport, where: str) -> None:
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    report.outcome = "failed"
+    report.longrepr = f"{where} skipped under {STRICT_ENV}=1, where nothing but `cloud` tests may skip: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector):
+    outcome = yield
+    report = outcome.get_result()
+    if _strict() and report.skipped and isinstance(collector, pytest.Module):
+        _as_failure(report, collector.nodeid or str(collector.path))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    report = outcome.get_result()
+    if _strict() and report.skipped and not hasattr(report, "wasxfail") and item.get_closest_marker("cloud") is None:
+        _as_failure(report, item.nodeid)
 
 
 @pytest.fixture(autouse=True)
