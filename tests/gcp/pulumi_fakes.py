@@ -13,7 +13,7 @@ Each stand-in follows Pulumi's source (github.com/pulumi/pulumi, file@commit):
   `pendingReplacement`, `external`; pending_operations of OperationV2 {resource, type});
 - engine events: sdk/go/common/apitype/events.go@0accfeec (EngineEvent, ResourcePreEvent, StepEventMetadata,
   SummaryEvent), pkg/resource/deploy/step.go@004205f2 (the op values), proto/pulumi/events.proto@212b4a61 (the
-  Automation API of pulumi >= 3.206 passes `--event-log tcp://HOST:PORT`, a pulumirpc.Events server that takes a
+  Automation API gives a CLI newer than 3.205.0 `--event-log tcp://HOST:PORT`, a pulumirpc.Events server that takes a
   stream of EventRequest{string event = 1}; older CLIs get a file of JSON lines: automation/_stack.py
   _setup_event_log, installed in .venv);
 - failures: pkg/backend/display/progress.go (the `Diagnostics:` section: "  <type> (<name>):", each line of a

@@ -219,7 +219,7 @@ STEPS = (
     + [("create-replacement", INSTANCE, "worker-0"), ("replace", INSTANCE, "worker-0")]
     + [("create", INSTANCE, "worker-1"), ("delete-replaced", INSTANCE, "worker-0")]
 )
-# The summary counts logical steps only (pkg/engine: step.Logical()).
+# The summary counts logical steps only (the engine's OnResourceStepPost: `op, record := step.Op(), step.Logical()`).
 SUMMARY = {"same": 6, "replace": 1, "create": 1}
 
 
