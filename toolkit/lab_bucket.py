@@ -88,8 +88,7 @@ def _lookup(name: str, project: str) -> Any:
         return client.lookup_bucket(name, **state_bucket.call_options())
     except exceptions.Forbidden as exc:
         raise LabError(
-            f"the bucket gs://{name} exists and these credentials may not read it "
-            f"(403: {state_bucket.reason(exc)})",
+            f"the bucket gs://{name} exists and these credentials may not read it (403: {state_bucket.reason(exc)})",
             hint="it is another project's, or you lack storage.buckets.get on it: set lab:bucketName to another "
             "name in the stack file",
         ) from None

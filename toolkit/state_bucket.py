@@ -165,8 +165,7 @@ def _converge(bucket: Any, *, created: bool) -> None:
         bucket.reload(**call_options())
     except exceptions.Forbidden as exc:
         raise LabError(
-            f"gs://{bucket.name} needs fixing ({listing}) but these credentials may not change it "
-            f"(403: {reason(exc)})",
+            f"gs://{bucket.name} needs fixing ({listing}) but these credentials may not change it (403: {reason(exc)})",
             hint=f"run `{FIX_COMMAND.format(name=bucket.name)}` with an account that may",
         ) from None
     except failures() as exc:
