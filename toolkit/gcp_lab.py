@@ -134,7 +134,7 @@ def provision(
     fallback_on_demand: bool = False,
 ) -> Provisioned | None:
     """Preview, confirm, then `up` zone by zone until one has capacity. None after a preview only."""
-    from toolkit import capacity
+    from toolkit import capacity, gcp_errors
 
     stages: dict[str, float] = {}
     state = pulumi_state.read(pulumi_state.backend_url(settings), settings.stack)
@@ -182,6 +182,9 @@ def provision(
                 continue
             if isinstance(found, capacity.Quota):
                 raise LabError(found.message(settings.project or "")) from None
+            setup = gcp_errors.explain(exc.text, settings.project or "")  # an API off, an organization policy
+            if setup is not None:
+                raise setup from None
             raise
         stages["pulumi up"] = time.monotonic() - started
         return Provisioned(outputs=outputs, zone=zone, on_demand=on_demand, stages=stages)

@@ -135,3 +135,33 @@ def test_a_quota_error_is_named_and_not_retried_elsewhere(settings):
     message = caught.value.one_line()
     assert "PREEMPTIBLE_NVIDIA_A100_GPUS" in message and "us-central1" in message
     assert len(engine.ups) == 1
+
+
+class FailsWith(ScriptedEngine):
+    """`up` fails with one of the real GCP texts kept in tests/data/gcp_errors (SOURCES.md has each source)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(full=set())
+        self.text = text
+
+    def up(self, choices, say):
+        self.ups.append(choices)
+        raise pulumi_engine.EngineFailed("Pulumi failed while creating the lab: update failed", self.text)
+
+
+@pytest.mark.parametrize(
+    ("sample", "expected"),
+    [
+        (
+            "api-disabled-compute.txt",
+            "gcloud services enable compute.googleapis.com iam.googleapis.com storage.googleapis.com",
+        ),
+        ("org-policy-external-ip.txt", "constraints/compute.vmExternalIpAccess"),
+    ],
+)
+def test_a_project_setup_problem_is_named_with_its_fix_and_not_retried_elsewhere(settings, sample, expected):
+    engine = FailsWith((DATA / sample).read_text())
+    with pytest.raises(LabError) as caught:
+        provision(settings, engine)
+    assert expected in caught.value.one_line()
+    assert len(engine.ups) == 1, "another zone would not help"
