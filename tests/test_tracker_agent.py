@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -84,3 +85,21 @@ def test_a_damaged_backup_is_refused_in_one_line(tmp_path):
     expected = f"error: backup {made['id']}: mlflow.db does not match its sha256 (damaged); use another backup"
     assert ran.stderr.strip().splitlines() == [expected]
     assert not (tmp_path / "fresh" / "tracker" / "mlflow.db").exists()
+
+
+def test_the_trackers_environment_file_gives_credentials_without_overriding_the_caller(tmp_path, monkeypatch):
+    from toolkit import tracker_agent
+
+    env_file = tmp_path / "tracker.env"
+    env_file.write_text(
+        "# credentials for the bucket\nGOOGLE_APPLICATION_CREDENTIALS=/srv/lab/home/key.json\n"
+        "STORAGE_EMULATOR_HOST='http://10.0.0.1:9023'\nLAB_ALREADY=from-file\nnot a line\n"
+    )
+    monkeypatch.setenv("LAB_ALREADY", "from-caller")
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    tracker_agent.load_environment(env_file)
+    assert os.environ["GOOGLE_APPLICATION_CREDENTIALS"] == "/srv/lab/home/key.json"
+    assert os.environ["STORAGE_EMULATOR_HOST"] == "http://10.0.0.1:9023"
+    assert os.environ["LAB_ALREADY"] == "from-caller"
+    tracker_agent.load_environment(tmp_path / "missing.env")  # no file: nothing to do

@@ -12,12 +12,18 @@ proxy) and google-cloud-storage (bucket uploads) where those commands are used.
   status            --data D                  (JSON) the DBs, the newest backup
 
 Errors are one line on stderr and exit code 1; `--json` output is one JSON document on stdout.
+
+A tracker outside GCP that keeps artifacts and backups in a bucket needs credentials for it (a GCE tracker
+has its service account): `/etc/lab/tracker.env`, if there, holds `KEY=VALUE` lines (for example
+GOOGLE_APPLICATION_CREDENTIALS=/srv/lab/home/bucket-key.json) that every command gets, however it is run:
+from a unit, over SSH, or as the machine stops.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -27,6 +33,7 @@ from toolkit.errors import LabError
 
 TRACKER = "tracker"
 BACKUPS = "backups"
+ENV_FILE = Path("/etc/lab/tracker.env")
 
 
 def _say(message: str) -> None:
@@ -141,8 +148,21 @@ def parser() -> argparse.ArgumentParser:
     return main
 
 
+def load_environment(path: Path = ENV_FILE) -> None:
+    """`KEY=VALUE` lines of the tracker's environment file, under what the caller's environment already says."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return
+    for line in lines:
+        key, sep, value = line.strip().partition("=")
+        if sep and key and not key.startswith("#"):
+            os.environ.setdefault(key.strip(), value.strip().strip("'\""))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    load_environment()
     try:
         return int(args.handler(args))
     except LabError as exc:
