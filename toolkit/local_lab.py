@@ -6,7 +6,7 @@ Layout of a stack's state folder, `$LAB_HOME/stacks/<stack>/`:
   backups/    verified snapshots of tracker/, rotated
   run/        one record per running service (pid, port, URL)
   logs/       each service's log
-  secrets/    the Jupyter token (0600, in a 0700 folder)
+  secrets/    the Jupyter token and JupyterLab's config that reads it (0600, in a 0700 folder)
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit import backups, paths, schema, services, stack, tracker_db
+from toolkit import backups, environment, paths, schema, services, stack, tracker_db
 from toolkit.errors import LabError
 
 MLFLOW = "mlflow"
@@ -81,7 +81,12 @@ class LocalLab:
 
     @property
     def token_file(self) -> Path:
+        """This local lab's own Jupyter token (each worker of a remote lab has its own)."""
         return self.root / "secrets" / "jupyter_token"
+
+    @property
+    def jupyter_config(self) -> Path:
+        return self.root / "secrets" / "jupyter_server_config.py"
 
     @property
     def artifacts_destination(self) -> str:
@@ -247,12 +252,33 @@ def start_mlflow(lab: LocalLab, port: int, say: Say) -> services.Record:
     return record
 
 
+def write_jupyter_config(lab: LocalLab) -> Path:
+    """JupyterLab's config file: it reads the token from the lab's token file (0600) when it starts, so the
+    token is never in argv (the process list) nor in JupyterLab's environment, which every kernel inherits."""
+    _token(lab)
+    config = lab.jupyter_config
+    fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(
+            "# Written by `lab up --local`: the token comes from the lab's token file, never from argv or the\n"
+            "# environment (kernels inherit JupyterLab's environment).\n"
+            "from pathlib import Path\n\n"
+            f"c.IdentityProvider.token = Path({str(lab.token_file)!r}).read_text().strip()  # noqa: F821\n"
+        )
+    config.chmod(0o600)
+    return config
+
+
 def start_jupyter(lab: LocalLab, port: int, say: Say) -> services.Record:
     _check_port(port, JUPYTER)
-    env = tracker_db.server_env()
-    env["JUPYTER_TOKEN"] = _token(lab)  # read from the environment: never in argv, never in its log
-    env["JUPYTER_RUNTIME_DIR"] = str(lab.root / "secrets" / "jupyter-runtime")
-    env["MLFLOW_TRACKING_URI"] = f"http://{HOST}:{_mlflow_port(lab)}"
+    config = write_jupyter_config(lab)
+    env = environment.for_kernels(
+        {
+            "JUPYTER_RUNTIME_DIR": str(lab.root / "secrets" / "jupyter-runtime"),
+            "MLFLOW_TRACKING_URI": f"http://{HOST}:{_mlflow_port(lab)}",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     root_dir = paths.project_dir() / "experiments"
     argv = [
         sys.executable,
@@ -263,6 +289,7 @@ def start_jupyter(lab: LocalLab, port: int, say: Say) -> services.Record:
         f"--port={port}",
         "--ServerApp.port_retries=0",
         f"--ServerApp.root_dir={root_dir if root_dir.is_dir() else Path.cwd()}",
+        f"--config={config}",
     ]
     if os.geteuid() == 0:
         argv.append("--allow-root")

@@ -1,14 +1,14 @@
 """Slots: where one trial's notebook runs. A slot takes a job and returns how it ended.
 
-The local slot runs papermill as its own process, with the slot's environment (for example
-CUDA_VISIBLE_DEVICES) on top of the trial's (MLFLOW_TRACKING_URI, MLFLOW_RUN_ID). Remote slots (SSH to a
-worker) implement the same `run`.
+The local slot runs papermill as its own process, with the caller's allow-listed variables
+(`toolkit.environment`: never the caller's secrets), the slot's environment (for example CUDA_VISIBLE_DEVICES)
+and the trial's (MLFLOW_TRACKING_URI, MLFLOW_RUN_ID) on top. Remote slots (SSH to a worker) implement the same
+`run`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 import sys
 import tempfile
@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+
+from toolkit import environment
 
 ERROR_LINES = 12
 POLL_S = 0.05
@@ -112,7 +114,7 @@ class LocalSlot:
                 str(job.notebook.parent),
                 "--no-progress-bar",
             ]
-            env = {**os.environ, **self.env, **job.env}
+            env = environment.for_kernels(self.env, job.env)  # not the caller's secrets
             started = time.monotonic()
             with stderr_path.open("wb") as stderr:
                 process = subprocess.Popen(

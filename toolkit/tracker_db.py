@@ -10,15 +10,16 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from toolkit import backups, proc
+from toolkit import backups, environment, proc
 
 Say = Callable[[str], None]
 MLFLOW_DB = "mlflow.db"
 
 
 def server_env() -> dict[str, str]:
-    """The environment MLflow commands run with: job execution off (see offline-facts), unbuffered logs."""
-    env = dict(os.environ)
+    """The environment MLflow commands run with: the caller's allow-listed variables and the bucket's
+    credentials (`toolkit.environment`), job execution off (see offline-facts), unbuffered logs."""
+    env = environment.for_tracker()
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     env["PYTHONUNBUFFERED"] = "1"
     return env
