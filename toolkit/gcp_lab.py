@@ -314,9 +314,10 @@ def teardown(
 
 
 def _unreachable(exc: LabError) -> bool:
+    """This machine cannot SSH to the tracker: it is not let in, or it has not the lab's key at all."""
     from toolkit import remote
 
-    return isinstance(exc, remote.Unreachable)
+    return isinstance(exc, remote.Unreachable | remote.NoKey)
 
 
 def _final_backup_by_tracker(

@@ -112,10 +112,7 @@ def hosts_of(settings: schema.Settings) -> list[Host]:
 def access_of(settings: schema.Settings) -> Access:
     key = Path(settings.ssh_private_key_path).expanduser()
     if not key.is_file():
-        raise LabError(
-            f"no private key at {key} (the key of lab:sshPublicKeyPath without .pub)",
-            hint="create one with `ssh-keygen -t ed25519` or point lab:sshPublicKeyPath at your key's .pub",
-        )
+        raise NoKey(key)
     state = paths.stack_home(settings.stack)
     state.mkdir(parents=True, exist_ok=True)
     return Access(user=settings.ssh_user, key=key, known_hosts=state / "known_hosts")
@@ -145,6 +142,17 @@ def run(
     if check and result.returncode != 0:
         raise proc.CommandFailed(result)
     return result
+
+
+class NoKey(LabError):
+    """This machine has not the lab's SSH key (a CI runner, another laptop): it cannot log in to the hosts."""
+
+    def __init__(self, key: Path) -> None:
+        self.key = key
+        super().__init__(
+            f"no private key at {key} (the key of lab:sshPublicKeyPath without .pub)",
+            hint="create one with `ssh-keygen -t ed25519` or point lab:sshPublicKeyPath at your key's .pub",
+        )
 
 
 class Unreachable(LabError):

@@ -412,10 +412,14 @@ def workflow(plan: Plan) -> str:
             f"# NOTE: lab:stateBackend is {backend}, on this machine: a runner cannot see that state;"
             " set it to gs://BUCKET (see the README)."
         )
-    if settings.target in ("gcp", "ssh"):
+    if settings.target == "gcp":
+        notes.append("# The runner needs no SSH to the tracker: `lab down` destroys the workers, stops the tracker")
+        notes.append("# through the Compute API, and verifies the backup the tracker takes of itself as it stops in")
+        notes.append("# the bucket before destroying the rest; without one, the tracker stays (exit 4).")
+    if settings.target == "ssh":
         notes.append("# The tracker's backup before the teardown goes over SSH: the runner needs the lab's key (secret")
-        notes.append("# LAB_SSH_KEY) and an address in lab:allowedSshCidrs (e.g. a self-hosted runner); if the backup")
-        notes.append("# fails, nothing is destroyed (exit 4).")
+        notes.append("# LAB_SSH_KEY) and an address the tracker lets in (e.g. a self-hosted runner); if the backup")
+        notes.append("# fails, nothing is stopped (exit 4).")
     key = _home_path(settings.ssh_private_key_path)
     steps = [
         "      - uses: actions/checkout@v4",
@@ -432,7 +436,7 @@ def workflow(plan: Plan) -> str:
             "          workload_identity_provider: ${{ secrets.GCP_WORKLOAD_IDENTITY_PROVIDER }}",
             "          service_account: ${{ secrets.GCP_SERVICE_ACCOUNT }}",
         ]
-    if settings.target in ("gcp", "ssh"):
+    if settings.target == "ssh":
         steps += [
             "      - name: The lab's SSH key",
             "        run: |",

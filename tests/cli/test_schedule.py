@@ -206,6 +206,9 @@ def test_print_shows_the_entry_and_a_workflow_and_installs_nothing(lab, project,
     down = steps[-1]
     assert down["run"] == "lab down --stack dev --yes"
     assert down["env"] == {"PULUMI_CONFIG_PASSPHRASE": "${{ secrets.PULUMI_CONFIG_PASSPHRASE }}"}
+    # A hosted runner cannot SSH to a gcp tracker, and need not: the tracker backs itself up as it stops.
+    assert not any("LAB_SSH_KEY" in str(step) for step in steps)
+    assert "# The runner needs no SSH to the tracker" in ran.out
     assert any("pip install" in s.get("run", "") for s in steps)
     assert "NOTE: lab:stateBackend is file://" in ran.out  # a runner cannot see this machine's state
 

@@ -149,6 +149,11 @@ def unreachable(outputs):
     raise remote.Unreachable(remote.Host("tracker", "198.51.100.10", remote.TRACKER), "Connection timed out")
 
 
+def without_the_key(outputs):
+    """A CI runner has no copy of the lab's SSH key at all (the workflow `lab schedule --print` shows)."""
+    raise remote.NoKey(Path("/home/runner/.ssh/id_ed25519"))
+
+
 @pytest.fixture
 def bucket(emulator: str, monkeypatch: pytest.MonkeyPatch) -> str:
     storage = pytest.importorskip("google.cloud.storage")
@@ -178,8 +183,9 @@ def tracker_backup(tmp_path: Path, bucket: str, reason: str) -> str:
     return made.manifest.id
 
 
+@pytest.mark.parametrize("cannot_ssh", [unreachable, without_the_key])
 def test_without_ssh_the_tracker_is_stopped_and_its_own_backup_verified_before_the_rest_goes(
-    settings, backend, bucket, tmp_path
+    settings, backend, bucket, tmp_path, cannot_ssh
 ):
     write_checkpoint(backend, "dev", OUTPUTS, RESOURCES)
     tracker_backup(tmp_path, bucket, "timer")  # an hourly one from before: not the final backup
@@ -194,7 +200,7 @@ def test_without_ssh_the_tracker_is_stopped_and_its_own_backup_verified_before_t
     done = gcp_lab.teardown(
         settings,
         lambda: RecordingEngine(backend, calls),
-        backup=unreachable,
+        backup=cannot_ssh,
         stop_tracker=stop_tracker,
         say=said.append,
     )
