@@ -16,7 +16,7 @@ import pytest
 
 from tests.gcp.pulumi_fakes import gcp_settings, path_without_pulumi, write_checkpoint, write_lock
 from toolkit import backups, gcp_lab, pulumi_engine, pulumi_state, remote, schema
-from toolkit.errors import EXIT_BACKUP_FAILED, EXIT_LEFTOVERS, EXIT_LOCKED, LabError
+from toolkit.errors import EXIT_BACKUP_FAILED, EXIT_LEFTOVERS, EXIT_LOCKED, EXIT_UNVERIFIED, LabError
 
 OUTPUTS = {
     "tracker_external_ip": "198.51.100.10",
@@ -128,6 +128,9 @@ def test_workers_then_backup_then_the_rest(settings, backend, tmp_path):
     assert done.destroyed == 3, "instances and disks count; the stack, providers and components do not"
     assert done.leftovers == [] and done.backup_by == "ssh"
     assert any("could not ask GCP for leftovers" in line for line in said)
+    assert not done.leftover_check.checked, "no credentials here: the check could not run"
+    unverified = gcp_lab.leftovers_error(done.leftovers, done.leftover_check)
+    assert unverified.code == EXIT_UNVERIFIED and "gcloud compute instances list" in unverified.one_line()
     assert names_in_state(backend) == []
 
 
