@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,8 @@ def test_a_host_key_is_trusted_on_first_use_and_a_changed_one_refused(host_pool,
         timeout=60,
     )
     assert changed.returncode == 0, changed.stderr
+    # A connection lab already has open (ControlPersist) is to the machine as it was: start afresh.
+    env["TMPDIR"] = tempfile.mkdtemp(prefix="trust-", dir="/tmp")
     # Every command that reaches the host refuses it (`lab ssh` hands the terminal to ssh, which prints
     # OpenSSH's own warning; the others say it in one line).
     assert lab_ssh("true").returncode == 255
