@@ -5,7 +5,7 @@ The controller (this machine) keeps the stack's state in `$LAB_HOME/stacks/<stac
   hostkeys.json  gcp: each VM's SSH host keys as GCE published them, pinned per instance id
   ansible/     ansible-runner's private folder (artifacts of the last runs)
   backups/     verified backups downloaded from the tracker
-  secrets/     the Jupyter token (0600, in a 0700 folder)
+  secrets/     each worker's own Jupyter token, jupyter_token.<worker> (0600, in a 0700 folder)
 The hosts are configured by the packaged playbooks (`toolkit.configure`); the tracker keeps its DBs in
 /srv/lab and runs the tracker agent (`toolkit.tracker_agent`) for backups and restores.
 """
@@ -32,6 +32,7 @@ JUPYTER_PORT = 8888
 TRACKER_UNITS = ("lab-mlflow.service", "lab-optuna.service", "lab-backup.timer")
 WORKER_UNITS = ("lab-jupyter.service", "lab-idle.timer")
 AGENT_TIMEOUT_S = 1800
+TOKEN_FILE_PREFIX = "jupyter_token."  # noqa: S105 -- a file name: secrets/jupyter_token.<worker>
 
 Say = Callable[[str], None]
 
@@ -67,9 +68,9 @@ class RemoteLab:
     def backups_dir(self) -> Path:
         return self.root / "backups"
 
-    @property
-    def token_file(self) -> Path:
-        return self.root / "secrets" / "jupyter_token"
+    def token_file(self, host: remote.Host) -> Path:
+        """A worker's own Jupyter token (no two hosts share one; the local lab's is local_lab's)."""
+        return self.root / "secrets" / f"{TOKEN_FILE_PREFIX}{host.name}"
 
 
 def _resolved(stack_name: str, target: str) -> tuple[schema.Settings, schema.Resolution]:
@@ -281,15 +282,18 @@ def agent(lab: RemoteLab, *args: str, timeout: float = AGENT_TIMEOUT_S) -> str:
 def extravars(lab: RemoteLab, restore_from: Path | None) -> dict[str, Any]:
     import toolkit
 
-    local_lab.ensure_token(lab.token_file)
+    for worker in lab.workers:
+        local_lab.ensure_token(lab.token_file(worker))
     return {
         "lab_stack": lab.stack,
         "lab_toolkit_src": str(Path(toolkit.__file__).resolve().parent),
         "lab_mlflow_port": schema.MLFLOW_PORT,
         "lab_optuna_port": OPTUNA_PORT,
         "lab_jupyter_port": JUPYTER_PORT,
-        # the value is a lookup, so the token itself never lands in the runner's files or events
-        "lab_jupyter_token": "{{ lookup('ansible.builtin.file', '" + str(lab.token_file) + "') }}",
+        # each worker's own token; the value is a lookup, so no token lands in the runner's files or events
+        "lab_jupyter_token": "{{ lookup('ansible.builtin.file', '"
+        + str(lab.root / "secrets" / TOKEN_FILE_PREFIX)
+        + "' ~ inventory_hostname) }}",
         "lab_bucket": lab.bucket or "",
         "lab_backup_keep": lab.settings.backup_keep,
         "lab_backup_days": lab.settings.backup_days,

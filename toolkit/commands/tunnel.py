@@ -50,9 +50,10 @@ def tunnel(
     try:
         for what, host, port, address, remote_port in plan:
             opened.append(remote.forward(lab.access, host, port, address, remote_port))
-            suffix = "/lab" if what.startswith("Jupyter") else ""
-            out().print(f"{what:<22} http://127.0.0.1:{port}{suffix}")
-        out().print(f"Jupyter token: `cat {lab.token_file}`")
+            if host.role == remote.WORKER:  # each worker has its own token
+                out().print(f"{what:<22} http://127.0.0.1:{port}/lab  (token: `cat {lab.token_file(host)}`)")
+            else:
+                out().print(f"{what:<22} http://127.0.0.1:{port}")
         err().print("tunnels open; Ctrl-C closes them")
         stopped = threading.Event()
         try:
