@@ -6,12 +6,18 @@ with the worker's /etc/lab/lab.env (which points MLFLOW_TRACKING_URI at the trac
 and a marker in /var/lib/lab/trials/ that keeps the idle self-shutdown away while it runs. A worker that
 stops answering (powered off, network gone) makes the slot report `lost`, so the sweep re-runs the trial
 on another slot.
+
+~/.lab-trials holds notebooks and their outputs, so it is the login user's alone (0700). Before each trial
+the slot checks it: a folder of the user's with a wider mode (an older lab made it 1777) is narrowed to 0700;
+a symlink, a folder of another user, or one holding another user's files (planted while it was open) is
+refused with what to do, never used. Every path in the scripts sent to the worker is quoted.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shlex
 import subprocess
 import tempfile
@@ -23,12 +29,61 @@ from pathlib import Path
 from toolkit import remote, slots
 from toolkit.errors import LabError
 
-TRIALS_DIR = ".lab-trials"  # in the login user's home (ssh starts there): private to that user
+TRIALS_DIR = ".lab-trials"  # in the login user's home (ssh starts there): private to that user (0700)
 MARKERS_DIR = "/var/lib/lab/trials"
 PAPERMILL = "/opt/lab/venv/bin/papermill"
 ENV_FILE = "/etc/lab/lab.env"
 # Variables the worker decides for itself (its own view of the tracker), not the dispatcher.
 WORKER_OWNED = ("MLFLOW_TRACKING_URI",)
+# A trial's id names its folder and its marker: an MLflow run id (hex), or the fallback's milliseconds.
+TRIAL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# What the slot's send script says when ~/.lab-trials cannot be trusted (the line starts with this).
+REFUSED = "lab-trials:"
+
+
+def send_script(trial_id: str, trials_dir: str = TRIALS_DIR) -> str:
+    """The worker's side of sending a trial: check ~/.lab-trials (see the module's notes), make the trial's
+    own folder in it, and unpack the tar on stdin there. Refusals are one line on stderr starting REFUSED."""
+    folder = shlex.quote(trials_dir)
+    trial = shlex.quote(f"{trials_dir}/{trial_id}")
+    return (
+        "umask 077; "
+        f"if [ -L {folder} ] || {{ [ -e {folder} ] && {{ [ ! -d {folder} ] || [ ! -O {folder} ]; }}; }}; then "
+        f"echo '{REFUSED} ~/{trials_dir} is not a folder of '\"$(id -un)\" >&2; exit 1; fi; "
+        f"mkdir -p {folder} || exit 1; "
+        f'if [ -n "$(find {folder} -mindepth 1 ! -user "$(id -u)" -print -quit)" ]; then '
+        f"echo '{REFUSED} ~/{trials_dir} holds files of other users' >&2; exit 1; fi; "
+        f"chmod 700 {folder} && rm -rf {trial} && mkdir {trial} && tar -C {folder} -xf -"
+    )
+
+
+def run_script(
+    env: dict[str, str],
+    folder: str,
+    trial_id: str,
+    *,
+    env_file: str = ENV_FILE,
+    markers_dir: str = MARKERS_DIR,
+    papermill: str = PAPERMILL,
+) -> str:
+    """The worker's side of running a trial: the worker's environment, the trial's on top, a marker holding
+    the shell's PID while papermill runs in the trial's folder."""
+    bad = [name for name in env if not ENV_NAME.fullmatch(name)]
+    if bad:
+        raise LabError(f"not a variable name: {bad[0]!r}")
+    exports = " ".join(f"{name}={shlex.quote(value)}" for name, value in env.items())
+    source = shlex.quote(env_file)
+    marker = shlex.quote(f"{markers_dir}/{trial_id}")
+    command = shlex.join(
+        [papermill, "notebook.ipynb", "output.ipynb", "-f", "parameters.yaml", "--cwd", ".", "--no-progress-bar"]
+    )
+    return (
+        f"set -a; [ -r {source} ] && . {source}; set +a; {'export ' + exports + '; ' if exports else ''}"
+        f"cd {shlex.quote(folder)} || exit 97; "
+        f"echo $$ > {marker} 2>/dev/null; trap {shlex.quote(f'rm -f {marker}')} EXIT; "
+        f"{command} >/dev/null"
+    )
 
 
 @dataclass
@@ -45,6 +100,8 @@ class SshSlot:
         import yaml
 
         trial_id = job.env.get("MLFLOW_RUN_ID") or f"{int(time.time() * 1000)}"
+        if not TRIAL_ID.fullmatch(trial_id):
+            raise LabError(f"not a run id: {trial_id!r}")
         folder = f"{TRIALS_DIR}/{trial_id}"
         started = time.monotonic()
         try:
@@ -53,7 +110,7 @@ class SshSlot:
                 bundle.mkdir()
                 (bundle / "notebook.ipynb").write_bytes(job.notebook.read_bytes())
                 (bundle / "parameters.yaml").write_text(yaml.safe_dump(job.parameters))
-                self._send(bundle)
+                self._send(bundle, trial_id)
                 stderr_path = Path(scratch) / "stderr.txt"
                 ended, code = self._execute(job, folder, trial_id, cancel, started, stderr_path)
                 log = stderr_path.read_text(errors="replace")
@@ -77,8 +134,8 @@ class SshSlot:
         return slots.Outcome("failed", seconds, slots.last_lines(log) or f"papermill exited with {code}")
 
     # -- the steps ------------------------------------------------------------------------------
-    def _send(self, bundle: Path) -> None:
-        script = f"mkdir -p {TRIALS_DIR} && chmod 1777 {TRIALS_DIR} 2>/dev/null; tar -C {TRIALS_DIR} -xf -"
+    def _send(self, bundle: Path, trial_id: str) -> None:
+        script = send_script(trial_id)
         with subprocess.Popen(
             ["tar", "-C", str(bundle.parent), "-cf", "-", bundle.name], stdout=subprocess.PIPE
         ) as tar:
@@ -90,21 +147,18 @@ class SshSlot:
         if sent.returncode == 255:
             raise remote.Unreachable(self.host, sent.stderr.decode(errors="replace").strip() or "no answer")
         if sent.returncode != 0:
-            raise LabError(f"cannot send the notebook to {self.host.name}: {sent.stderr.decode().strip()}")
+            said = sent.stderr.decode(errors="replace").strip()
+            if said.startswith(REFUSED):
+                raise LabError(
+                    f"{self.host.name}: {said.removeprefix(REFUSED).strip()}, so no trial runs there",
+                    hint=f"see what is in it, then move it away (`lab ssh {self.host.name} -- mv {TRIALS_DIR} "
+                    f"{TRIALS_DIR}.old`); the next trial makes a private one",
+                )
+            raise LabError(f"cannot send the notebook to {self.host.name}: {said}")
 
     def _script(self, job: slots.Job, folder: str, trial_id: str) -> str:
         env = {k: v for k, v in {**self.env, **job.env}.items() if k not in WORKER_OWNED}
-        exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
-        marker = f"{MARKERS_DIR}/{trial_id}"
-        papermill = shlex.join(
-            [PAPERMILL, "notebook.ipynb", "output.ipynb", "-f", "parameters.yaml", "--cwd", ".", "--no-progress-bar"]
-        )
-        return (
-            f"set -a; [ -r {ENV_FILE} ] && . {ENV_FILE}; set +a; export {exports}; "
-            f"cd {shlex.quote(folder)} || exit 97; "
-            f"echo $$ > {marker} 2>/dev/null; trap 'rm -f {marker}' EXIT; "
-            f"{papermill} >/dev/null"
-        )
+        return run_script(env, folder, trial_id)
 
     def _execute(
         self,
