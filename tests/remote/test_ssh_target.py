@@ -174,7 +174,7 @@ def test_tunnel_reaches_mlflow_and_jupyter_until_ctrl_c(site):
     try:
         lines = []
         deadline = time.monotonic() + 60
-        while not any("token" in line for line in lines) and time.monotonic() < deadline:
+        while sum("Jupyter on" in line for line in lines) < 2 and time.monotonic() < deadline:
             line = process.stdout.readline()
             if not line:
                 break
@@ -182,8 +182,12 @@ def test_tunnel_reaches_mlflow_and_jupyter_until_ctrl_c(site):
         assert any(f"http://127.0.0.1:{mlflow_port}" in line for line in lines), lines
         with urllib.request.urlopen(f"http://127.0.0.1:{mlflow_port}/health", timeout=10) as answer:
             assert answer.read().decode().strip() == "OK"
-        token = (site.home / "stacks" / "hosts" / "secrets" / "jupyter_token").read_text().strip()
-        for port in (jupyter_port, jupyter_port + 1):
+        for number, port in enumerate((jupyter_port, jupyter_port + 1), start=1):
+            token_file = site.home / "stacks" / "hosts" / "secrets" / f"jupyter_token.worker-{number}"
+            # each Jupyter URL says where its own worker's token is
+            (line,) = [line for line in lines if f"http://127.0.0.1:{port}/lab" in line]
+            assert f"Jupyter on worker-{number}" in line and str(token_file) in line, line
+            token = token_file.read_text().strip()
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={token}", timeout=10) as answer:
                 assert answer.status == 200
             with pytest.raises(urllib.error.HTTPError) as refused:
@@ -201,10 +205,159 @@ def test_tunnel_reaches_mlflow_and_jupyter_until_ctrl_c(site):
         urllib.request.urlopen(f"http://127.0.0.1:{mlflow_port}/health", timeout=5)
 
 
+def environ_on(site: Site, host: object, pid: str) -> dict[str, str]:
+    text = site.on(host, f"tr '\\0' '\\n' < /proc/{pid}/environ").stdout
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+def worker_tokens(site: Site) -> list[str]:
+    secrets = site.home / "stacks" / "hosts" / "secrets"
+    return [(secrets / f"jupyter_token.worker-{n}").read_text().strip() for n in range(1, len(site.workers) + 1)]
+
+
+def test_each_worker_has_its_own_token_and_no_kernel_sees_one(site):
+    tokens = worker_tokens(site)
+    assert len(set(tokens)) == len(site.workers), "two workers share a Jupyter token"
+    assert not (site.home / "stacks" / "hosts" / "secrets" / "jupyter_token").exists(), "a token for every host"
+    for worker, token, other in zip(site.workers, tokens, reversed(tokens), strict=True):
+        assert site.on(worker, "stat -c '%U %a' /etc/lab/jupyter.env").stdout.split() == ["ci", "600"]
+        assert site.on(worker, "cat /etc/lab/jupyter.env").stdout.strip() == f"JUPYTER_TOKEN={token}"
+        api = "http://127.0.0.1:8888/api/kernels"
+        refused = site.on(worker, f"curl -s -o /dev/null -w '%{{http_code}}' -H 'Authorization: token {other}' {api}")
+        assert refused.stdout == "403", "a worker took another worker's token"
+        pid = site.on(worker, "systemctl show --property=MainPID --value lab-jupyter.service").stdout.strip()
+        jupyter_env = environ_on(site, worker, pid)
+        assert "JUPYTER_TOKEN" not in jupyter_env and token not in "\n".join(jupyter_env.values())
+        # a kernel started by JupyterLab (a notebook opened through the tunnel)
+        started = site.on(
+            worker,
+            f"curl -sf -X POST -H 'Authorization: token {token}' -H 'Content-Type: application/json' "
+            f'-d \'{{"name": "python3"}}\' {api}',
+        )
+        assert started.returncode == 0, started.stderr
+        kernel_id = json.loads(started.stdout)["id"]
+        deadline = time.monotonic() + 60
+        kernel_pids: list[str] = []
+        while not kernel_pids and time.monotonic() < deadline:
+            kernel_pids = site.on(worker, f"pgrep -f 'kernel-{kernel_id}'").stdout.split()
+            time.sleep(0.5)
+        assert kernel_pids, "JupyterLab started no kernel"
+        kernel_env = environ_on(site, worker, kernel_pids[0])
+        assert "JUPYTER_TOKEN" not in kernel_env and token not in "\n".join(kernel_env.values())
+        assert kernel_env["MLFLOW_TRACKING_URI"] == f"http://{site.tracker.ip}:5000"
+        site.on(worker, f"curl -sf -X DELETE -H 'Authorization: token {token}' {api}/{kernel_id}")
+
+
+def test_a_trials_kernel_on_a_worker_sees_no_token_nor_the_callers_secrets(site, tmp_path, monkeypatch):
+    import threading
+
+    import nbformat
+
+    from toolkit import remote, slots, ssh_slots
+
+    monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE", "secret-xyz")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret-abc")
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [
+        nbformat.v4.new_code_cell(
+            "import json, os\nfrom pathlib import Path\n"
+            "Path.home().joinpath('trial-env.json').write_text(json.dumps(dict(os.environ)))"
+        )
+    ]
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(notebook, tmp_path / "env.ipynb")
+    access = remote.Access(user="ci", key=site.pool.key, known_hosts=site.home / "stacks" / "hosts" / "known_hosts")
+    worker = remote.Host("worker-1", site.workers[0].ip, remote.WORKER)
+    slot = ssh_slots.SshSlot("worker-1/0", access, worker, {"CUDA_VISIBLE_DEVICES": "0"})
+    job = slots.Job(tmp_path / "env.ipynb", tmp_path / "out.ipynb", {}, {"MLFLOW_RUN_ID": "feedc0de" * 4})
+    outcome = slot.run(job, threading.Event())
+    assert outcome.kind == "ok", outcome.error
+    trial_env = json.loads(site.on(site.workers[0], "cat ~ci/trial-env.json && rm ~ci/trial-env.json").stdout)
+    for name in ("JUPYTER_TOKEN", "PULUMI_CONFIG_PASSPHRASE", "AWS_SECRET_ACCESS_KEY"):
+        assert name not in trial_env, f"a trial's kernel got {name}"
+    assert worker_tokens(site)[0] not in "\n".join(trial_env.values())
+    assert trial_env["MLFLOW_RUN_ID"] == "feedc0de" * 4 and trial_env["CUDA_VISIBLE_DEVICES"] == "0"
+    assert trial_env["MLFLOW_TRACKING_URI"] == f"http://{site.tracker.ip}:5000"  # the worker's lab.env
+
+
+def mlflow_reachable_from_here(site: Site) -> bool:
+    """This machine is on the lab's network but is not a worker: the firewall must keep it away from MLflow."""
+    try:
+        with urllib.request.urlopen(f"http://{site.tracker.ip}:5000/health", timeout=2):
+            return True
+    except (urllib.error.URLError, TimeoutError, ConnectionError):
+        return False
+
+
+def unit_state(site: Site, unit: str) -> str:
+    return site.on(site.tracker, f"systemctl is-active {unit}").stdout.strip()
+
+
+def wait_for(condition, timeout: float) -> float | None:
+    """Seconds until `condition()` held, or None when it did not within `timeout`."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if condition():
+            return time.monotonic() - started
+        time.sleep(0.25)
+    return None
+
+
+def wait_for_mlflow_from_a_worker(site: Site, timeout: float = 120) -> None:
+    health = f"curl -sf -m 5 http://{site.tracker.ip}:5000/health"
+    assert wait_for(lambda: site.on(site.workers[0], health).returncode == 0, timeout) is not None
+
+
+def test_mlflow_stops_with_the_firewall(site):
+    assert site.on(site.tracker, "systemctl stop lab-firewall.service").returncode == 0
+    assert unit_state(site, "lab-mlflow.service") != "active", "MLflow outlived its firewall"
+    assert unit_state(site, "lab-firewall-guard.service") != "active"
+    assert site.on(site.tracker, "nft list table inet lab").returncode != 0
+    # Starting MLflow loads the firewall first.
+    started = site.on(site.tracker, "systemctl start lab-mlflow.service")
+    assert started.returncode == 0, started.stderr
+    assert unit_state(site, "lab-firewall.service") == "active"
+    assert unit_state(site, "lab-firewall-guard.service") == "active"
+    wait_for_mlflow_from_a_worker(site)
+    assert not mlflow_reachable_from_here(site)
+
+
+def test_a_deleted_firewall_table_is_restored_within_seconds(site):
+    assert site.on(site.tracker, "nft delete table inet lab").returncode == 0
+    seconds = wait_for(lambda: site.on(site.tracker, "nft list table inet lab").returncode == 0, 20)
+    assert seconds is not None, "the firewall's table was not restored"
+    print(f"the firewall's table was restored {seconds:.1f} s after it was deleted")
+    assert not mlflow_reachable_from_here(site)
+    assert unit_state(site, "lab-mlflow.service") == "active"  # restored, so MLflow kept serving the workers
+    journal = site.on(site.tracker, "journalctl -u lab-firewall-guard.service --no-pager -o cat").stdout
+    assert "the table inet lab is not loaded: restored the lab's rules" in journal, journal[-2000:]
+    wait_for_mlflow_from_a_worker(site)
+
+
+def test_mlflow_stops_when_the_firewall_cannot_be_restored(site):
+    broken = "echo 'this is not nft' >> /etc/lab/firewall.nft && nft delete table inet lab"
+    assert site.on(site.tracker, broken).returncode == 0
+    seconds = wait_for(lambda: unit_state(site, "lab-mlflow.service") != "active", 20)
+    assert seconds is not None, "MLflow still runs without its firewall"
+    print(f"MLflow stopped {seconds:.1f} s after its firewall's table was deleted (and could not be restored)")
+    assert not mlflow_reachable_from_here(site)
+    journal = site.on(site.tracker, "journalctl -u lab-firewall-guard.service --no-pager -o cat").stdout
+    assert "stopping lab-mlflow.service: the table inet lab is not loaded" in journal, journal[-2000:]
+    # It does not start again while the table is missing ...
+    assert site.on(site.tracker, "systemctl start lab-mlflow.service").returncode != 0
+    assert not mlflow_reachable_from_here(site)
+    # ... and `lab up` puts the rules and MLflow back.
+    json_of(site.lab("up", "--json"))
+    wait_for_mlflow_from_a_worker(site)
+    assert not mlflow_reachable_from_here(site)
+
+
 def test_sweep_goes_on_when_a_worker_powers_off(site, tmp_path):
     worker_1, worker_2 = site.workers
     for worker in site.workers:
         assert site.on(worker, f"touch {HOLD} && chmod 666 {HOLD}").returncode == 0
+    # what an older lab left: a trials folder open to every user of the worker
+    assert site.on(worker_1, "sudo -u ci mkdir -p ~ci/.lab-trials && chmod 1777 ~ci/.lab-trials").returncode == 0
     space = tmp_path / "space.yml"
     space.write_text(
         "objective: {metric: val_loss, direction: minimize}\n"
@@ -246,7 +399,31 @@ def test_sweep_goes_on_when_a_worker_powers_off(site, tmp_path):
     assert all(t["slot"].startswith("worker-1/") for t in moved)
     for trial in summary["trials"]:
         assert Path(trial["output"]).is_file(), trial
+    assert site.on(worker_1, "stat -c %a ~ci/.lab-trials").stdout.strip() == "700"
     site.pool.up(3)  # the powered-off worker boots again, as it was
+    assert site.on(worker_2, "stat -c %a ~ci/.lab-trials").stdout.strip() == "700"
+
+
+def test_a_trials_folder_holding_another_users_files_is_refused(site, tmp_path):
+    import threading
+
+    from toolkit import remote, slots, ssh_slots
+    from toolkit.errors import LabError
+
+    worker = site.workers[1]
+    # planted by another user of the worker while an older lab left the folder open to everyone (1777)
+    plant = "useradd -m other && sudo -u ci mkdir -p ~ci/.lab-trials && chmod 1777 ~ci/.lab-trials"
+    assert site.on(worker, plant + " && sudo -u other mkdir ~ci/.lab-trials/planted").returncode == 0
+    access = remote.Access(user="ci", key=site.pool.key, known_hosts=site.home / "stacks" / "hosts" / "known_hosts")
+    slot = ssh_slots.SshSlot("worker-2/0", access, remote.Host("worker-2", worker.ip, remote.WORKER))
+    job = slots.Job(PROBE, tmp_path / "out.ipynb", {}, {"MLFLOW_RUN_ID": "0badc0de" * 4})
+    try:
+        with pytest.raises(LabError, match="holds files of other users, so no trial runs there"):
+            slot.run(job, threading.Event())
+        left = site.on(worker, "ls ~ci/.lab-trials").stdout.split()
+        assert "planted" in left and "0badc0de" * 4 not in left  # nothing unpacked there
+    finally:
+        site.on(worker, "rm -rf ~ci/.lab-trials/planted && chmod 700 ~ci/.lab-trials && userdel -r other")
 
 
 def test_sweeps_are_read_from_the_trackers_storage(site, tmp_path):
