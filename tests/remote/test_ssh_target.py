@@ -459,11 +459,20 @@ def test_status_backup_restore_and_down(site):
     runs = backups.read_manifest(backup).mlflow.counts["runs"]
     assert runs == mlflow_runs_seen_from(site, site.workers[0])
 
+    # A run logged after the backup: the restore must take the tracker back to before it.
+    later = (
+        "import mlflow; c = mlflow.MlflowClient(); "
+        "c.set_terminated(c.create_run(c.create_experiment('later')).info.run_id)"
+    )
+    logged = site.on(site.workers[0], f'set -a; . /etc/lab/lab.env; /opt/lab/venv/bin/python -c "{later}"', timeout=120)
+    assert logged.returncode == 0, logged.stderr
+    assert mlflow_runs_seen_from(site, site.workers[0]) == runs + 1
+
     refused = site.lab("restore", made["id"])
     assert refused.returncode == 1 and "the tracker is running" in refused.stderr
     restored = site.lab("restore", made["id"], "--stop")
     assert restored.returncode == 0, restored.stderr
-    assert mlflow_runs_seen_from(site, site.workers[0]) == runs
+    assert mlflow_runs_seen_from(site, site.workers[0]) == runs, "the run logged after the backup is gone"
 
     down = json_of(site.lab("down", "--json"))
     assert backups.verify(Path(down["backup"]))
