@@ -122,7 +122,7 @@ def compare(db: Path, home: Path, env: dict[str, str], rounds: int, label: str, 
 
 def phases(db: Path, home: Path) -> None:
     """Where `lab backup`'s time goes, phase by phase, on the same DB."""
-    from toolkit import backups
+    from toolkit.tracker import backups
 
     copy = home / "phases.db"
     start = time.perf_counter()

@@ -48,7 +48,7 @@ class ArtifactBucket(pulumi.ComponentResource):
             labels={**args.labels, "role": "artifacts"},
             force_destroy=args.destroy_data,
             # `lab down` leaves the bucket in GCS and drops it from the state; the next `lab up` imports it (the
-            # import matches: the same program made it). See toolkit/lab_bucket.py for who decides.
+            # import matches: the same program made it). See toolkit/gcp/artifact_bucket.py for who decides.
             opts=pulumi.ResourceOptions(
                 parent=self,
                 retain_on_delete=not args.destroy_data,

@@ -1,4 +1,4 @@
-"""The program's one reader of Pulumi config: every key goes through toolkit.schema, like `lab config`."""
+"""The program's one reader of Pulumi config: every key goes through toolkit.config.schema, like `lab config`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pulumi
 
-from toolkit import schema
+from toolkit.config import schema
 
 
 def load() -> schema.Settings:
@@ -32,7 +32,7 @@ def load() -> schema.Settings:
 
 @dataclass(frozen=True)
 class RunChoices:
-    """What `lab up` decided for this run beyond the stack file (see toolkit.pulumi_engine.RunChoices)."""
+    """What `lab up` decided for this run beyond the stack file (see toolkit.gcp.pulumi_engine.RunChoices)."""
 
     worker_zone: str
     spot: bool
@@ -41,7 +41,7 @@ class RunChoices:
 
 def run_choices(settings: schema.Settings) -> RunChoices:
     """The zone the workers go to (lab's zone failover), whether spot is waived (--fallback-on-demand), and
-    whether the bucket is adopted (toolkit.lab_bucket decides, before the run).
+    whether the bucket is adopted (toolkit.gcp.artifact_bucket decides, before the run).
 
     They arrive as LAB_WORKER_ZONE, LAB_WORKER_ON_DEMAND and LAB_ADOPT_BUCKET; without them, gcp:zone and
     lab:spot, and the bucket is created.

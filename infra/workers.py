@@ -8,7 +8,7 @@ import pulumi
 import pulumi_gcp as gcp
 from network import WORKER_TAG
 
-from toolkit.machines import GpuShape, boot_disk_type
+from toolkit.config.machines import GpuShape, boot_disk_type
 
 # Workers read the bucket's datasets and never write it (their account's grant says the same).
 WORKER_SCOPES = ["https://www.googleapis.com/auth/devstorage.read_only"]

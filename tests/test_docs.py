@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import typer.main
 
-from toolkit import schema
-from toolkit.cli import app
+from toolkit.cli.app import app
+from toolkit.config import schema
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

@@ -1,5 +1,5 @@
 """`python -m toolkit` runs the `lab` CLI."""
 
-from toolkit.cli import main
+from toolkit.cli.app import main
 
 raise SystemExit(main())

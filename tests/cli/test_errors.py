@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tests.conftest import LAB, sigint_default
 from toolkit import __version__, errors
+from toolkit.cli import failures
 
 
 def test_version(lab):
@@ -55,7 +56,7 @@ def boom() -> None:
 
 
 def test_unexpected_error_exits_3_and_keeps_the_traceback(capsys, isolated):
-    code = errors.handle(boom, ["config", "show"])
+    code = failures.handle(boom, ["config", "show"])
     assert code == errors.EXIT_UNEXPECTED
     err = capsys.readouterr().err
     assert err.startswith("unexpected error: RuntimeError: boom; the traceback is in ")
@@ -65,7 +66,7 @@ def test_unexpected_error_exits_3_and_keeps_the_traceback(capsys, isolated):
 
 
 def test_unexpected_error_with_debug_prints_the_traceback(capsys):
-    assert errors.handle(boom, ["--debug"]) == errors.EXIT_UNEXPECTED
+    assert failures.handle(boom, ["--debug"]) == errors.EXIT_UNEXPECTED
     assert "Traceback" in capsys.readouterr().err
 
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.conftest import LAB, ROOT
-from toolkit import schedule
+from toolkit.cli import crontab as schedule
 from toolkit.errors import LabError
 
 FOREIGN = (

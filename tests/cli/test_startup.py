@@ -23,7 +23,7 @@ HEAVY = (
 
 PROBE = """
 import json, sys
-from toolkit.cli import main
+from toolkit.cli.app import main
 code = main(sys.argv[1:])
 heavy = sorted(m for m in sys.modules if m.split('.')[0] in {heavy} or m.startswith('google.cloud'))
 print(json.dumps({{"code": code, "heavy": heavy}}), file=sys.stderr)

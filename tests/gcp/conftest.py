@@ -16,7 +16,7 @@ from tests.gcp.gcs_refusals import gcs_says  # noqa: F401  (GCS's 403/409 answer
 @pytest.fixture
 def fake_gcp(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeGcp]:
     """The Google Cloud REST stand-in (tests/gcp/fake_gcp_api.py) on a free port, with LAB_COMPUTE_API,
-    LAB_SERVICEUSAGE_API and LAB_RESOURCEMANAGER_API pointing at it (toolkit.gcp_api then calls it without
+    LAB_SERVICEUSAGE_API and LAB_RESOURCEMANAGER_API pointing at it (toolkit.gcp.api then calls it without
     credentials)."""
     with Served() as fake:
         for name, value in fake.env().items():
@@ -39,7 +39,7 @@ def lab_state(isolated: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def said_afresh() -> None:
-    """Each test hears the once-only lines of toolkit.remote_lab again."""
-    from toolkit import remote_lab
+    """Each test hears the once-only lines of toolkit.labs.ssh again."""
+    from toolkit.labs import ssh as remote_lab
 
     remote_lab._SAID.clear()

@@ -1,4 +1,4 @@
-"""A stand-in for the Google Cloud REST APIs lab calls itself (toolkit.gcp_api), served over real HTTP on
+"""A stand-in for the Google Cloud REST APIs lab calls itself (toolkit.gcp.api), served over real HTTP on
 127.0.0.1 from a thread. It answers in the shapes of GCP's reference documentation, each route citing its page:
 
 - instances.get          https://cloud.google.com/compute/docs/reference/rest/v1/instances/get

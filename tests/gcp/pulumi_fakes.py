@@ -45,7 +45,7 @@ PROVIDER_ID = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"
 
 def gcp_settings(**extra: Any) -> Any:
     """A valid gcp stack's settings (stack dev): GCP_STACK with `extra` keys on top."""
-    from toolkit import schema
+    from toolkit.config import schema
 
     resolved = schema.resolve({**GCP_STACK, **extra}, stack="dev")
     assert resolved.problems == [], resolved.problems

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from toolkit import capacity
+from toolkit.gcp import capacity
 
 ERRORS = Path(__file__).resolve().parents[1] / "data" / "gcp_errors"
 

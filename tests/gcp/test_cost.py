@@ -9,7 +9,8 @@ import time
 import pytest
 
 from tests.gcp.pulumi_fakes import gcp_settings
-from toolkit import prices, schema, uptime
+from toolkit.config import schema
+from toolkit.cost import prices, uptime
 
 
 def settings(**extra) -> schema.Settings:
@@ -122,7 +123,7 @@ def test_uptime_periods(isolated):
 
 def test_lab_cost_of_a_gcp_lab_that_is_up(lab, isolated):
     # The shipped dev stack (gcp, one spot A100 worker), up for two hours according to `lab up`'s record.
-    from toolkit import stack
+    from toolkit.config import stack
 
     _, resolution = stack.load("dev", target="gcp")
     lines = prices.hourly(resolution.settings)

@@ -20,8 +20,9 @@ from tests.gcp.pulumi_fakes import (
     preview_events,
     write_checkpoint,
 )
-from toolkit import capacity, pulumi_engine, schema
+from toolkit.config import schema
 from toolkit.errors import EXIT_LOCKED, LabError
+from toolkit.gcp import capacity, pulumi_engine
 
 ROOT = Path(__file__).resolve().parents[2]
 INSTANCE = "gcp:compute/instance:Instance"

@@ -1,4 +1,4 @@
-"""toolkit.gcp_api over real HTTP against the stand-in of GCP's REST APIs (tests/gcp/fake_gcp_api.py, whose
+"""toolkit.gcp.api over real HTTP against the stand-in of GCP's REST APIs (tests/gcp/fake_gcp_api.py, whose
 routes cite the reference pages they follow): pagination, partial success, GCP's JSON error bodies, operations
 (start, stop, a stockout on restart), guest attributes, and the auth seam (no credentials for a loopback
 stand-in, application-default credentials for everything else)."""
@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from toolkit import capacity, gcp_api
 from toolkit.errors import LabError
+from toolkit.gcp import api as gcp_api
+from toolkit.gcp import capacity
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "gcp_errors"
 

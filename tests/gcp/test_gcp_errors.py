@@ -1,4 +1,4 @@
-"""toolkit.gcp_errors reads real GCP texts (tests/data/gcp_errors, sources in SOURCES.md): an API that is off
+"""toolkit.gcp.diagnose reads real GCP texts (tests/data/gcp_errors, sources in SOURCES.md): an API that is off
 gives the exact `gcloud services enable` command; an organization policy is named with what to do; look-alikes
 (a missing quota project, a stockout) are not mistaken for them."""
 
@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from toolkit import capacity, gcp_errors, remote
+from toolkit.gcp import capacity
+from toolkit.gcp import diagnose as gcp_errors
+from toolkit.hosts import ssh as remote
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "gcp_errors"
 ENABLE = "gcloud services enable compute.googleapis.com iam.googleapis.com storage.googleapis.com --project my-proj"

@@ -13,7 +13,8 @@ import pytest
 
 from tests.gcp.gcp_vms import LABELS
 from tests.gcp.pulumi_fakes import gcp_settings
-from toolkit import remote, remote_lab
+from toolkit.hosts import ssh as remote
+from toolkit.labs import ssh as remote_lab
 
 
 def host_key(folder: Path, kind: str, name: str) -> tuple[str, str, str]:

@@ -1,6 +1,6 @@
 """The daily loop up -> down -> up on gcp keeps the bucket and takes it back; a stranger's bucket is refused.
 
-What runs for real: lab's provision/teardown flows, the state reader, `toolkit.lab_bucket` with the real
+What runs for real: lab's provision/teardown flows, the state reader, `toolkit.gcp.artifact_bucket` with the real
 google-cloud-storage client against gcp-storage-emulator (bucket existence and labels), and GCS's 403 body
 where the emulator has none. The engine is a stand-in for Pulumi + GCP, built from their documented behaviour:
 - a destroy leaves a `retainOnDelete` resource in the provider and drops it from the state
@@ -21,8 +21,10 @@ import pytest
 
 from tests.gcp.gcs_refusals import NOT_YOURS_403
 from tests.gcp.pulumi_fakes import gcp_settings, write_checkpoint
-from toolkit import gcp_lab, lab_bucket, pulumi_engine, pulumi_state
 from toolkit.errors import LabError
+from toolkit.gcp import artifact_bucket as lab_bucket
+from toolkit.gcp import pulumi_engine, pulumi_state
+from toolkit.labs import gcp as gcp_lab
 
 storage = pytest.importorskip("google.cloud.storage")
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from tests.gcp.pulumi_fakes import gcp_settings
-from toolkit import gcp_lab
 from toolkit.errors import EXIT_LEFTOVERS, EXIT_UNVERIFIED
+from toolkit.labs import gcp as gcp_lab
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def test_a_check_that_could_not_run_is_said_and_has_its_own_exit_code(settings, 
 def test_no_credentials_is_a_check_that_did_not_run(settings, monkeypatch, tmp_path):
     monkeypatch.delenv("LAB_COMPUTE_API", raising=False)
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "none.json"))
-    from toolkit import gcp_api
+    from toolkit.gcp import api as gcp_api
 
     gcp_api._session.cache_clear()
     check = gcp_lab.labelled_leftovers(settings, lambda line: None)

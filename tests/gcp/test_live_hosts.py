@@ -12,7 +12,8 @@ import pytest
 
 from tests.gcp.gcp_vms import LABELS, OUTPUTS
 from tests.gcp.pulumi_fakes import gcp_settings
-from toolkit import remote, remote_lab
+from toolkit.hosts import ssh as remote
+from toolkit.labs import ssh as remote_lab
 
 
 def vms(fake, *, tracker_ip="198.51.100.10", worker0="RUNNING", worker1="RUNNING"):

@@ -8,7 +8,7 @@ import datetime as dt
 import pytest
 import yaml
 
-from toolkit import price_refresh, prices
+from toolkit.cost import price_refresh, prices
 
 
 def sku(description: str, units: int, nanos: int, regions=("us-central1",), usage="OnDemand") -> dict:

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from tests.gcp.pulumi_fakes import gcp_settings, write_checkpoint
-from toolkit import gcp_lab, pulumi_engine, schema
+from toolkit.config import schema
 from toolkit.errors import LabError
+from toolkit.gcp import pulumi_engine
+from toolkit.labs import gcp as gcp_lab
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "gcp_errors"
 STOCKOUT = (
@@ -26,7 +28,7 @@ QUOTA = (
 
 @pytest.fixture(autouse=True)
 def gcs(emulator: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every `lab up` asks GCS whether the lab's bucket was kept by a `lab down` (toolkit.lab_bucket): here
+    """Every `lab up` asks GCS whether the lab's bucket was kept by a `lab down` (toolkit.gcp.artifact_bucket): here
     gcp-storage-emulator answers, holding no bucket."""
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator)
 

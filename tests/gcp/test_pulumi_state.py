@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.gcp.pulumi_fakes import FakeCli, path_without_pulumi, write_checkpoint, write_lock
-from toolkit import pulumi_state
 from toolkit.errors import EXIT_LOCKED, LabError
+from toolkit.gcp import pulumi_state
 
 INSTANCE = "gcp:compute/instance:Instance"
 DISK = "gcp:compute/disk:Disk"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from toolkit import stack
+from toolkit.config import stack
 
 ROOT = Path(__file__).resolve().parents[2]
 SALT = "v1:Xq6B4yxzR7U=:v1:l1V0SRoAn5kGDjJB:1o2T2n2VAAZ0TaTw2NI3yJ9xQ3Z0xQ=="

@@ -21,7 +21,7 @@ import yaml
 from tests.conftest import LAB, ROOT, Ran
 from tests.gcp.gcs_refusals import CREATE_403, NOT_YOURS_403, TAKEN_409
 from toolkit.errors import LabError
-from toolkit.state_bucket import ensure_state_bucket, shortfalls
+from toolkit.gcp.state_bucket import ensure_state_bucket, shortfalls
 
 storage = pytest.importorskip("google.cloud.storage")
 

@@ -15,8 +15,12 @@ from pathlib import Path
 import pytest
 
 from tests.gcp.pulumi_fakes import gcp_settings, path_without_pulumi, write_checkpoint, write_lock
-from toolkit import backups, gcp_lab, pulumi_engine, pulumi_state, remote, schema
+from toolkit.config import schema
 from toolkit.errors import EXIT_BACKUP_FAILED, EXIT_LEFTOVERS, EXIT_LOCKED, EXIT_UNVERIFIED, LabError
+from toolkit.gcp import pulumi_engine, pulumi_state
+from toolkit.hosts import ssh as remote
+from toolkit.labs import gcp as gcp_lab
+from toolkit.tracker import backups
 
 OUTPUTS = {
     "tracker_external_ip": "198.51.100.10",
@@ -174,7 +178,7 @@ def tracker_backup(tmp_path: Path, bucket: str, reason: str) -> str:
     """What the tracker's lab-final-backup.service does as it stops: a backup of its DBs, uploaded."""
     import sqlite3
 
-    from toolkit import backups, gcs
+    from toolkit.tracker import backups, gcs
 
     tracker = tmp_path / f"tracker-{reason}"
     tracker.mkdir(exist_ok=True)
@@ -283,7 +287,8 @@ def test_a_second_down_is_refused_while_another_lab_runs_here(lab, env, settings
             textwrap.dedent(
                 """
                 import sys, time
-                from toolkit import gcp_lab, schema
+                from toolkit.labs import gcp as gcp_lab
+                from toolkit.config import schema
                 raw = {"gcp:project": "my-gcp-project", "gcp:region": "us-central1", "gcp:zone": "us-central1-a",
                        "lab:allowedSshCidrs": ["203.0.113.0/24"]}
                 with gcp_lab.stack_lock(schema.resolve(raw, stack="dev").settings, "down"):

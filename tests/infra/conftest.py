@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from tests.infra.program import ProgramRun, run_program
-from toolkit import stack
+from toolkit.config import stack
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import MACHINE_ENV, ROOT
-from toolkit import stack
+from toolkit.config import stack
 
 
 def _cloud_or_skip() -> tuple[str, str]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from toolkit import remote, remote_lab
+from toolkit.hosts import ssh as remote
+from toolkit.labs import ssh as remote_lab
 
 INSTANCE = "gcp:compute/instance:Instance"
 
@@ -60,7 +61,7 @@ def test_workers_are_kept_running(run):
 
 
 def test_a_kept_bucket_is_imported_with_the_inputs_it_was_made_with(run, monkeypatch):
-    """`lab up` after `lab down`: toolkit.lab_bucket found the bucket kept in GCS with this stack's labels and
+    """`lab up` after `lab down`: toolkit.gcp.artifact_bucket found the bucket kept in GCS with this stack's labels and
     passes LAB_ADOPT_BUCKET. Pulumi's import succeeds only when the program's inputs match the resource as it
     is (https://www.pulumi.com/docs/iac/concepts/options/import/): the same program made it, so the inputs
     must be exactly those of a fresh create."""

@@ -2,7 +2,7 @@
 (the machine's firewall is never touched), with the role's own firewall template. systemd cannot run here, so
 the watch's `systemctl` is a stand-in that records its calls and, for `reload lab-firewall.service`, does what
 the unit's ExecReload does (`nft -f` the rules), or fails as a reload of a broken file would. The real units
-are tested on VM-like hosts (tests/remote/test_ssh_target.py)."""
+are tested on VM-like hosts (tests/labs/ssh/test_ssh_target.py)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,52 @@
+"""The local lab under test: real MLflow servers on free ports, always stopped afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+
+DATA = Path(__file__).resolve().parents[2] / "data"
+
+
+@pytest.fixture(autouse=True)
+def stop_services(isolated: Path):
+    """Whatever a test started under its LAB_HOME is stopped when it ends, pass or fail."""
+    yield
+    for record in (isolated / ".lab").glob("stacks/*/run/*.json"):
+        try:
+            pid = json.loads(record.read_text())["pid"]
+            os.killpg(pid, signal.SIGKILL)
+        except (ValueError, KeyError, ProcessLookupError, PermissionError):
+            pass
+
+
+@pytest.fixture(scope="session")
+def current_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tracker DB of today's MLflow schema with 3 runs: the 2.x fixture, upgraded once."""
+    folder = tmp_path_factory.mktemp("golden")
+    db = folder / "mlflow.db"
+    shutil.copy(DATA / "mlflow-2.x.db", db)
+    subprocess.run(
+        [sys.executable, "-m", "mlflow", "db", "upgrade", f"sqlite:///{db}"], check=True, capture_output=True
+    )
+    return db
+
+
+@pytest.fixture
+def ports() -> dict[str, str]:
+    return {"mlflow": str(free_port()), "jupyter": str(free_port())}
+
+
+@pytest.fixture
+def state(isolated: Path) -> Path:
+    """The dev stack's local state folder."""
+    return isolated / ".lab" / "stacks" / "dev"

@@ -1,0 +1,501 @@
+"""The ssh target on real hosts: one tracker and two workers (systemd-nspawn machines with their own IP,
+sshd and systemd), configured by the real playbooks through `lab up`, used through the real CLI.
+
+The tests run in order and build on each other (the hosts are expensive): up, a second up, the tunnel,
+a sweep that loses a worker, a tracker reboot, backup/restore/down, then idle self-shutdown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import LAB, ROOT, free_port, sigint_default
+
+pytestmark = pytest.mark.hosts
+
+PROBE = ROOT / "tests" / "data" / "notebooks" / "probe.ipynb"
+HOLD = "/tmp/lab-test-hold"  # a path on the test hosts: trials wait while it exists
+
+
+@dataclass
+class Site:
+    pool: object
+    stack: Path
+    home: Path
+    tracker: object
+    workers: list
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "LAB_HOME": str(self.home), "COLUMNS": "200"}
+
+    def lab(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(LAB), *args, "--stack", str(self.stack)],
+            capture_output=True,
+            text=True,
+            env=self.env(),
+            timeout=timeout,
+            check=False,
+        )
+
+    def write_stack(self, idle_minutes: int = 0) -> None:
+        key = self.pool.key  # type: ignore[attr-defined]
+        self.stack.write_text(
+            "config:\n"
+            "  lab:target: ssh\n"
+            f"  lab:trackerHost: {self.tracker.ip}\n"
+            f"  lab:workerHosts: [{', '.join(w.ip for w in self.workers)}]\n"
+            "  lab:sshUser: ci\n"
+            f"  lab:sshPublicKeyPath: {key}.pub\n"
+            "  lab:runsPerGpu: 1\n"
+            f"  lab:idleMinutes: {idle_minutes}\n"
+        )
+
+    def on(self, host: object, command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return self.pool.ssh(host, command, check=False, timeout=timeout)  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module")
+def site(host_pool, tmp_path_factory) -> Site:
+    root = tmp_path_factory.mktemp("ssh-lab")
+    hosts = host_pool.hosts()
+    made = Site(host_pool, root / "Pulumi.hosts.yaml", root / "lab-home", hosts[0], hosts[1:3])
+    made.home.mkdir()
+    made.write_stack()
+    return made
+
+
+def json_of(ran: subprocess.CompletedProcess[str]) -> dict:
+    assert ran.returncode == 0, f"exit {ran.returncode}\nstdout:\n{ran.stdout}\nstderr:\n{ran.stderr[-3000:]}"
+    return json.loads(ran.stdout)
+
+
+def mlflow_runs_seen_from(site: Site, worker: object) -> int:
+    script = (
+        "import mlflow; c = mlflow.MlflowClient(); "
+        "print(sum(len(c.search_runs([e.experiment_id], max_results=5000)) for e in c.search_experiments()))"
+    )
+    ran = site.on(worker, f"set -a; . /etc/lab/lab.env; /opt/lab/venv/bin/python -c '{script}'", timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    return int(ran.stdout.strip())
+
+
+def test_a_failing_task_is_summarised_as_host_task_and_message(site, tmp_path):
+    from toolkit.hosts import configure
+    from toolkit.hosts import ssh as remote
+
+    (tmp_path / "book.yml").write_text(
+        "- name: A play that fails on the second task\n"
+        "  hosts: all\n"
+        "  gather_facts: false\n"
+        "  tasks:\n"
+        "    - name: Say hello\n"
+        "      ansible.builtin.command: echo hello\n"
+        "      changed_when: false\n"
+        "    - name: Read a file that is not there\n"
+        "      ansible.builtin.slurp:\n"
+        "        src: /nonexistent/lab-file\n"
+    )
+    access = remote.Access(user="ci", key=site.pool.key, known_hosts=tmp_path / "known_hosts")
+    hosts = [remote.Host("tracker", site.tracker.ip, remote.TRACKER)]
+    seen: list[str] = []
+    with pytest.raises(configure.PlaybookFailed) as failed:
+        configure.run(
+            "book.yml",
+            hosts,
+            access,
+            {},
+            tmp_path / "runner",
+            project=tmp_path,
+            on_change=lambda r: seen.append(r.hosts["tracker"].task),
+        )
+    message = failed.value.one_line()
+    assert message.startswith("configuring the hosts failed at tracker: Read a file that is not there: ")
+    assert "/nonexistent/lab-file" in message and "{" not in message  # a message, not a wall of JSON
+    assert "Say hello" in seen  # the live view saw each task start
+    assert failed.value.report.hosts["tracker"].ok == 1
+
+
+def test_first_up_configures_the_tracker_and_workers(site):
+    started = time.monotonic()
+    document = json_of(site.lab("up", "--json"))
+    seconds = time.monotonic() - started
+    print(f"first `lab up --target ssh` of 1 tracker + 2 workers: {seconds:.1f} s")
+    assert document["configure"]["status"] == "successful"
+    assert set(document["configure"]["hosts"]) == {"tracker", "worker-1", "worker-2"}
+    assert document["tracker"]["mlflow_url"] == f"http://{site.tracker.ip}:5000"
+
+    # MLflow answers from a worker...
+    health = site.on(site.workers[0], f"curl -sS -m 5 http://{site.tracker.ip}:5000/health")
+    assert health.returncode == 0 and health.stdout.strip() == "OK", health
+    # ...and not from outside the lab's network (this machine is on the bridge, like any other host)
+    with pytest.raises((urllib.error.URLError, TimeoutError, ConnectionError)):
+        urllib.request.urlopen(f"http://{site.tracker.ip}:5000/health", timeout=5)
+    # Jupyter listens on 127.0.0.1 only
+    for worker in site.workers:
+        listening = site.on(worker, "ss -ltnH 'sport = :8888'").stdout.split()
+        addresses = [word for word in listening if word.endswith(":8888")]
+        assert addresses and all(a.startswith("127.0.0.1:") for a in addresses), listening
+
+
+def test_second_up_changes_nothing(site):
+    started = time.monotonic()
+    document = json_of(site.lab("up", "--json"))
+    seconds = time.monotonic() - started
+    print(f"second `lab up` with no changes: {seconds:.1f} s")
+    hosts = document["configure"]["hosts"]
+    assert {name: h["changed_tasks"] for name, h in hosts.items()} == {name: [] for name in hosts}
+    assert all(h["ok"] > 0 and h["failed"] == 0 for h in hosts.values())
+
+
+def test_tunnel_reaches_mlflow_and_jupyter_until_ctrl_c(site):
+    mlflow_port, jupyter_port = free_port(), free_port()
+    while jupyter_port + 1 == mlflow_port:
+        jupyter_port = free_port()
+    command = [str(LAB), "tunnel", "--stack", str(site.stack), "--mlflow-port", str(mlflow_port)]
+    command += ["--jupyter-port", str(jupyter_port)]
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=site.env(),
+        preexec_fn=sigint_default,
+    )
+    try:
+        lines = []
+        deadline = time.monotonic() + 60
+        while sum("Jupyter on" in line for line in lines) < 2 and time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+        assert any(f"http://127.0.0.1:{mlflow_port}" in line for line in lines), lines
+        with urllib.request.urlopen(f"http://127.0.0.1:{mlflow_port}/health", timeout=10) as answer:
+            assert answer.read().decode().strip() == "OK"
+        for number, port in enumerate((jupyter_port, jupyter_port + 1), start=1):
+            token_file = site.home / "stacks" / "hosts" / "secrets" / f"jupyter_token.worker-{number}"
+            # each Jupyter URL says where its own worker's token is
+            (line,) = [line for line in lines if f"http://127.0.0.1:{port}/lab" in line]
+            assert f"Jupyter on worker-{number}" in line and str(token_file) in line, line
+            token = token_file.read_text().strip()
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={token}", timeout=10) as answer:
+                assert answer.status == 200
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/kernels", timeout=10)
+            refused.value.close()
+            assert refused.value.code == 403
+    finally:
+        process.send_signal(signal.SIGINT)
+        code = process.wait(timeout=20)
+        errors = process.stderr.read()
+        process.stdout.close()
+        process.stderr.close()
+    assert code == 0, errors
+    with pytest.raises((urllib.error.URLError, ConnectionError)):
+        urllib.request.urlopen(f"http://127.0.0.1:{mlflow_port}/health", timeout=5)
+
+
+def environ_on(site: Site, host: object, pid: str) -> dict[str, str]:
+    text = site.on(host, f"tr '\\0' '\\n' < /proc/{pid}/environ").stdout
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+def worker_tokens(site: Site) -> list[str]:
+    secrets = site.home / "stacks" / "hosts" / "secrets"
+    return [(secrets / f"jupyter_token.worker-{n}").read_text().strip() for n in range(1, len(site.workers) + 1)]
+
+
+def test_each_worker_has_its_own_token_and_no_kernel_sees_one(site):
+    tokens = worker_tokens(site)
+    assert len(set(tokens)) == len(site.workers), "two workers share a Jupyter token"
+    assert not (site.home / "stacks" / "hosts" / "secrets" / "jupyter_token").exists(), "a token for every host"
+    for worker, token, other in zip(site.workers, tokens, reversed(tokens), strict=True):
+        assert site.on(worker, "stat -c '%U %a' /etc/lab/jupyter.env").stdout.split() == ["ci", "600"]
+        assert site.on(worker, "cat /etc/lab/jupyter.env").stdout.strip() == f"JUPYTER_TOKEN={token}"
+        api = "http://127.0.0.1:8888/api/kernels"
+        refused = site.on(worker, f"curl -s -o /dev/null -w '%{{http_code}}' -H 'Authorization: token {other}' {api}")
+        assert refused.stdout == "403", "a worker took another worker's token"
+        pid = site.on(worker, "systemctl show --property=MainPID --value lab-jupyter.service").stdout.strip()
+        jupyter_env = environ_on(site, worker, pid)
+        assert "JUPYTER_TOKEN" not in jupyter_env and token not in "\n".join(jupyter_env.values())
+        # a kernel started by JupyterLab (a notebook opened through the tunnel)
+        started = site.on(
+            worker,
+            f"curl -sf -X POST -H 'Authorization: token {token}' -H 'Content-Type: application/json' "
+            f'-d \'{{"name": "python3"}}\' {api}',
+        )
+        assert started.returncode == 0, started.stderr
+        kernel_id = json.loads(started.stdout)["id"]
+        deadline = time.monotonic() + 60
+        kernel_pids: list[str] = []
+        while not kernel_pids and time.monotonic() < deadline:
+            kernel_pids = site.on(worker, f"pgrep -f 'kernel-{kernel_id}'").stdout.split()
+            time.sleep(0.5)
+        assert kernel_pids, "JupyterLab started no kernel"
+        kernel_env = environ_on(site, worker, kernel_pids[0])
+        assert "JUPYTER_TOKEN" not in kernel_env and token not in "\n".join(kernel_env.values())
+        assert kernel_env["MLFLOW_TRACKING_URI"] == f"http://{site.tracker.ip}:5000"
+        site.on(worker, f"curl -sf -X DELETE -H 'Authorization: token {token}' {api}/{kernel_id}")
+
+
+def test_a_trials_kernel_on_a_worker_sees_no_token_nor_the_callers_secrets(site, tmp_path, monkeypatch):
+    import threading
+
+    import nbformat
+
+    from toolkit.hosts import ssh as remote
+    from toolkit.sweeps import slots, ssh_slots
+
+    monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE", "secret-xyz")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret-abc")
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [
+        nbformat.v4.new_code_cell(
+            "import json, os\nfrom pathlib import Path\n"
+            "Path.home().joinpath('trial-env.json').write_text(json.dumps(dict(os.environ)))"
+        )
+    ]
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(notebook, tmp_path / "env.ipynb")
+    access = remote.Access(user="ci", key=site.pool.key, known_hosts=site.home / "stacks" / "hosts" / "known_hosts")
+    worker = remote.Host("worker-1", site.workers[0].ip, remote.WORKER)
+    slot = ssh_slots.SshSlot("worker-1/0", access, worker, {"CUDA_VISIBLE_DEVICES": "0"})
+    job = slots.Job(tmp_path / "env.ipynb", tmp_path / "out.ipynb", {}, {"MLFLOW_RUN_ID": "feedc0de" * 4})
+    outcome = slot.run(job, threading.Event())
+    assert outcome.kind == "ok", outcome.error
+    trial_env = json.loads(site.on(site.workers[0], "cat ~ci/trial-env.json && rm ~ci/trial-env.json").stdout)
+    for name in ("JUPYTER_TOKEN", "PULUMI_CONFIG_PASSPHRASE", "AWS_SECRET_ACCESS_KEY"):
+        assert name not in trial_env, f"a trial's kernel got {name}"
+    assert worker_tokens(site)[0] not in "\n".join(trial_env.values())
+    assert trial_env["MLFLOW_RUN_ID"] == "feedc0de" * 4 and trial_env["CUDA_VISIBLE_DEVICES"] == "0"
+    assert trial_env["MLFLOW_TRACKING_URI"] == f"http://{site.tracker.ip}:5000"  # the worker's lab.env
+
+
+def mlflow_reachable_from_here(site: Site) -> bool:
+    """This machine is on the lab's network but is not a worker: the firewall must keep it away from MLflow."""
+    try:
+        with urllib.request.urlopen(f"http://{site.tracker.ip}:5000/health", timeout=2):
+            return True
+    except (urllib.error.URLError, TimeoutError, ConnectionError):
+        return False
+
+
+def unit_state(site: Site, unit: str) -> str:
+    return site.on(site.tracker, f"systemctl is-active {unit}").stdout.strip()
+
+
+def wait_for(condition, timeout: float) -> float | None:
+    """Seconds until `condition()` held, or None when it did not within `timeout`."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if condition():
+            return time.monotonic() - started
+        time.sleep(0.25)
+    return None
+
+
+def wait_for_mlflow_from_a_worker(site: Site, timeout: float = 120) -> None:
+    health = f"curl -sf -m 5 http://{site.tracker.ip}:5000/health"
+    assert wait_for(lambda: site.on(site.workers[0], health).returncode == 0, timeout) is not None
+
+
+def test_mlflow_stops_with_the_firewall(site):
+    assert site.on(site.tracker, "systemctl stop lab-firewall.service").returncode == 0
+    assert unit_state(site, "lab-mlflow.service") != "active", "MLflow outlived its firewall"
+    assert unit_state(site, "lab-firewall-guard.service") != "active"
+    assert site.on(site.tracker, "nft list table inet lab").returncode != 0
+    # Starting MLflow loads the firewall first.
+    started = site.on(site.tracker, "systemctl start lab-mlflow.service")
+    assert started.returncode == 0, started.stderr
+    assert unit_state(site, "lab-firewall.service") == "active"
+    assert unit_state(site, "lab-firewall-guard.service") == "active"
+    wait_for_mlflow_from_a_worker(site)
+    assert not mlflow_reachable_from_here(site)
+
+
+def test_a_deleted_firewall_table_is_restored_within_seconds(site):
+    assert site.on(site.tracker, "nft delete table inet lab").returncode == 0
+    seconds = wait_for(lambda: site.on(site.tracker, "nft list table inet lab").returncode == 0, 20)
+    assert seconds is not None, "the firewall's table was not restored"
+    print(f"the firewall's table was restored {seconds:.1f} s after it was deleted")
+    assert not mlflow_reachable_from_here(site)
+    assert unit_state(site, "lab-mlflow.service") == "active"  # restored, so MLflow kept serving the workers
+    journal = site.on(site.tracker, "journalctl -u lab-firewall-guard.service --no-pager -o cat").stdout
+    assert "the table inet lab is not loaded: restored the lab's rules" in journal, journal[-2000:]
+    wait_for_mlflow_from_a_worker(site)
+
+
+def test_mlflow_stops_when_the_firewall_cannot_be_restored(site):
+    broken = "echo 'this is not nft' >> /etc/lab/firewall.nft && nft delete table inet lab"
+    assert site.on(site.tracker, broken).returncode == 0
+    seconds = wait_for(lambda: unit_state(site, "lab-mlflow.service") != "active", 20)
+    assert seconds is not None, "MLflow still runs without its firewall"
+    print(f"MLflow stopped {seconds:.1f} s after its firewall's table was deleted (and could not be restored)")
+    assert not mlflow_reachable_from_here(site)
+    journal = site.on(site.tracker, "journalctl -u lab-firewall-guard.service --no-pager -o cat").stdout
+    assert "stopping lab-mlflow.service: the table inet lab is not loaded" in journal, journal[-2000:]
+    # It does not start again while the table is missing ...
+    assert site.on(site.tracker, "systemctl start lab-mlflow.service").returncode != 0
+    assert not mlflow_reachable_from_here(site)
+    # ... and `lab up` puts the rules and MLflow back.
+    json_of(site.lab("up", "--json"))
+    wait_for_mlflow_from_a_worker(site)
+    assert not mlflow_reachable_from_here(site)
+
+
+def test_sweep_goes_on_when_a_worker_powers_off(site, tmp_path):
+    worker_1, worker_2 = site.workers
+    for worker in site.workers:
+        assert site.on(worker, f"touch {HOLD} && chmod 666 {HOLD}").returncode == 0
+    # what an older lab left: a trials folder open to every user of the worker
+    assert site.on(worker_1, "sudo -u ci mkdir -p ~ci/.lab-trials && chmod 1777 ~ci/.lab-trials").returncode == 0
+    space = tmp_path / "space.yml"
+    space.write_text(
+        "objective: {metric: val_loss, direction: minimize}\n"
+        "params:\n  x: {type: float, low: 0.0, high: 1.0}\n"
+        f"fixed: {{hold: {HOLD}}}\n"
+        "sampler: {name: random, seed: 3}\n"
+    )
+    command = [str(LAB), "dispatch", str(PROBE), "--space", str(space), "--trials", "6", "--study", "lose-a-worker"]
+    command += ["--json", "--output", str(tmp_path / "out/{trial}-{run_id}.ipynb"), "--stack", str(site.stack)]
+    sweep = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=site.env(),
+    )
+    try:
+        deadline = time.monotonic() + 240
+        running = {}
+        while time.monotonic() < deadline and not all(running.get(w.name) for w in site.workers):
+            for worker in site.workers:
+                running[worker.name] = site.on(worker, "ls /var/lib/lab/trials").stdout.split()
+            assert sweep.poll() is None, sweep.stderr.read()
+            time.sleep(1)
+        assert all(running.values()), f"a trial should be running on each worker: {running}"
+        site.on(worker_2, "systemctl --no-block poweroff", timeout=20)
+        assert site.pool.wait_stopped(worker_2, timeout=120)
+        site.on(worker_1, f"rm -f {HOLD}")
+        out, err = sweep.communicate(timeout=600)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+            sweep.communicate()
+    assert sweep.returncode == 0, err[-3000:]
+    summary = json.loads(out)
+    assert [t["state"] for t in summary["trials"]] == ["COMPLETE"] * 6, summary["trials"]
+    moved = [t for t in summary["trials"] if t["attempts"] > 1]
+    assert moved, "the trial of the worker that powered off should have run again"
+    assert all(t["slot"].startswith("worker-1/") for t in moved)
+    for trial in summary["trials"]:
+        assert Path(trial["output"]).is_file(), trial
+    assert site.on(worker_1, "stat -c %a ~ci/.lab-trials").stdout.strip() == "700"
+    site.pool.up(3)  # the powered-off worker boots again, as it was
+    assert site.on(worker_2, "stat -c %a ~ci/.lab-trials").stdout.strip() == "700"
+
+
+def test_a_trials_folder_holding_another_users_files_is_refused(site, tmp_path):
+    import threading
+
+    from toolkit.errors import LabError
+    from toolkit.hosts import ssh as remote
+    from toolkit.sweeps import slots, ssh_slots
+
+    worker = site.workers[1]
+    # planted by another user of the worker while an older lab left the folder open to everyone (1777)
+    plant = "useradd -m other && sudo -u ci mkdir -p ~ci/.lab-trials && chmod 1777 ~ci/.lab-trials"
+    assert site.on(worker, plant + " && sudo -u other mkdir ~ci/.lab-trials/planted").returncode == 0
+    access = remote.Access(user="ci", key=site.pool.key, known_hosts=site.home / "stacks" / "hosts" / "known_hosts")
+    slot = ssh_slots.SshSlot("worker-2/0", access, remote.Host("worker-2", worker.ip, remote.WORKER))
+    job = slots.Job(PROBE, tmp_path / "out.ipynb", {}, {"MLFLOW_RUN_ID": "0badc0de" * 4})
+    try:
+        with pytest.raises(LabError, match="holds files of other users, so no trial runs there"):
+            slot.run(job, threading.Event())
+        left = site.on(worker, "ls ~ci/.lab-trials").stdout.split()
+        assert "planted" in left and "0badc0de" * 4 not in left  # nothing unpacked there
+    finally:
+        site.on(worker, "rm -rf ~ci/.lab-trials/planted && chmod 700 ~ci/.lab-trials && userdel -r other")
+
+
+def test_sweeps_are_read_from_the_trackers_storage(site, tmp_path):
+    listed = json_of(site.lab("sweeps", "--json"))
+    found = {s["name"]: s for s in listed}
+    assert found["lose-a-worker"]["complete"] == 6
+    shown = json_of(site.lab("sweep", "show", "lose-a-worker", "--json", "--plot-dir", str(tmp_path)))
+    assert len(shown["best"]) == 5 and all(Path(p).is_file() for p in shown["plots"])
+
+
+def test_tracker_reboot_keeps_every_run(site):
+    before = mlflow_runs_seen_from(site, site.workers[0])
+    assert before >= 7  # six completed trials and the failed attempt on the lost worker
+    site.pool.reboot(site.tracker)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if site.on(site.workers[0], f"curl -sf -m 5 http://{site.tracker.ip}:5000/health").returncode == 0:
+            break
+        time.sleep(2)
+    assert mlflow_runs_seen_from(site, site.workers[0]) == before
+
+
+def test_status_backup_restore_and_down(site):
+    from toolkit.tracker import backups
+
+    status = json_of(site.lab("status", "--json"))
+    assert status["hosts"]["tracker"]["services"]["lab-mlflow.service"] == "active"
+    assert status["hosts"]["worker-1"]["services"]["lab-jupyter.service"] == "active"
+
+    made = json_of(site.lab("backup", "--json"))
+    backup = Path(made["path"])
+    assert backups.verify(backup).id == made["id"]
+    runs = backups.read_manifest(backup).mlflow.counts["runs"]
+    assert runs == mlflow_runs_seen_from(site, site.workers[0])
+
+    # A run logged after the backup: the restore must take the tracker back to before it.
+    later = (
+        "import mlflow; c = mlflow.MlflowClient(); "
+        "c.set_terminated(c.create_run(c.create_experiment('later')).info.run_id)"
+    )
+    logged = site.on(site.workers[0], f'set -a; . /etc/lab/lab.env; /opt/lab/venv/bin/python -c "{later}"', timeout=120)
+    assert logged.returncode == 0, logged.stderr
+    assert mlflow_runs_seen_from(site, site.workers[0]) == runs + 1
+
+    refused = site.lab("restore", made["id"])
+    assert refused.returncode == 1 and "the tracker is running" in refused.stderr
+    restored = site.lab("restore", made["id"], "--stop")
+    assert restored.returncode == 0, restored.stderr
+    assert mlflow_runs_seen_from(site, site.workers[0]) == runs, "the run logged after the backup is gone"
+
+    down = json_of(site.lab("down", "--json"))
+    assert backups.verify(Path(down["backup"]))
+    for host in (site.tracker, *site.workers):
+        assert site.on(host, "true").returncode == 0, f"{host.name} should still be reachable"
+    assert site.on(site.tracker, "systemctl is-active lab-mlflow").stdout.strip() != "active"
+    assert site.on(site.workers[0], "systemctl is-active lab-jupyter").stdout.strip() != "active"
+
+
+def test_idle_worker_powers_itself_off(site):
+    site.write_stack(idle_minutes=1)
+    json_of(site.lab("up", "--json"))
+    started = time.monotonic()
+    # No SSH to the workers from here on: an SSH session counts as activity.
+    for number, worker in enumerate(site.workers, start=1):
+        assert site.pool.wait_stopped(worker, timeout=330), f"worker-{number} should have powered itself off"
+        seconds = time.monotonic() - started
+        print(f"idle self-shutdown with lab:idleMinutes=1: worker-{number} off {seconds:.0f} s after `lab up`")
+    assert site.pool.is_running(site.tracker), "the tracker never powers itself off"
+    # Every worker is off before any boots again: starting one while another is still on its way down races.
+    site.pool.up(3)  # boot them again to read why they went off
+    reason = site.on(site.workers[0], "cat /var/log/lab/idle.log").stdout
+    assert "idle" in reason and "power" in reason, reason

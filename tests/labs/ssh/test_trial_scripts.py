@@ -1,0 +1,154 @@
+"""The shell scripts an SSH slot sends to a worker, run here by sh as the worker would run them (in the login
+user's home): ~/.lab-trials is private (0700) and never used when someone else could have planted something in
+it; every path is quoted (here they hold spaces and quotes)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import stat
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from toolkit.sweeps import ssh_slots
+
+nbformat = pytest.importorskip("nbformat")
+pytest.importorskip("papermill")
+
+TRIAL = "0123abcd"
+OTHER_UID = 54321  # a user of the worker who is not the login user
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make files of another user")
+
+
+def bundle(trial_id: str = TRIAL) -> bytes:
+    """What the slot pipes to the send script: a tar of the trial's folder."""
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w") as tar:
+        folder = tarfile.TarInfo(trial_id)
+        folder.type, folder.mode = tarfile.DIRTYPE, 0o755
+        tar.addfile(folder)
+        content = b'{"cells": []}'
+        notebook = tarfile.TarInfo(f"{trial_id}/notebook.ipynb")
+        notebook.size = len(content)
+        tar.addfile(notebook, io.BytesIO(content))
+    return data.getvalue()
+
+
+def send(home: Path, trial_id: str = TRIAL) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        ["sh", "-c", ssh_slots.send_script(trial_id)], cwd=home, input=bundle(trial_id), capture_output=True
+    )
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_a_new_trials_folder_is_private(tmp_path):
+    sent = send(tmp_path)
+    assert sent.returncode == 0, sent.stderr
+    trials = tmp_path / ssh_slots.TRIALS_DIR
+    assert mode(trials) == 0o700
+    assert (trials / TRIAL / "notebook.ipynb").read_text() == '{"cells": []}'
+
+
+def test_a_world_writable_trials_folder_of_the_user_is_made_private(tmp_path):
+    trials = tmp_path / ssh_slots.TRIALS_DIR
+    trials.mkdir()
+    trials.chmod(0o1777)  # what the lab made before
+    (trials / TRIAL).mkdir()  # a leftover of the same trial: replaced
+    (trials / TRIAL / "stale.txt").write_text("old")
+    sent = send(tmp_path)
+    assert sent.returncode == 0, sent.stderr
+    assert mode(trials) == 0o700
+    assert sorted(p.name for p in (trials / TRIAL).iterdir()) == ["notebook.ipynb"]
+
+
+def test_a_symlinked_trials_folder_is_refused(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    elsewhere.chmod(0o777)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ssh_slots.TRIALS_DIR).symlink_to(elsewhere)
+    sent = send(home)
+    assert sent.returncode != 0
+    assert sent.stderr.decode().startswith(ssh_slots.REFUSED) and "is not a folder of" in sent.stderr.decode()
+    assert list(elsewhere.iterdir()) == [] and mode(elsewhere) == 0o777
+
+
+@as_root
+def test_a_trials_folder_of_another_user_is_refused(tmp_path):
+    trials = tmp_path / ssh_slots.TRIALS_DIR
+    trials.mkdir(mode=0o777)
+    os.chown(trials, OTHER_UID, OTHER_UID)
+    sent = send(tmp_path)
+    assert sent.returncode != 0 and "is not a folder of" in sent.stderr.decode()
+    assert list(trials.iterdir()) == []
+
+
+@as_root
+def test_a_trials_folder_holding_another_users_files_is_refused(tmp_path):
+    trials = tmp_path / ssh_slots.TRIALS_DIR
+    trials.mkdir()
+    trials.chmod(0o1777)
+    planted = trials / TRIAL
+    planted.mkdir(mode=0o777)
+    os.chown(planted, OTHER_UID, OTHER_UID)  # pre-created while the folder was open to everyone
+    sent = send(tmp_path)
+    assert sent.returncode != 0 and "holds files of other users" in sent.stderr.decode()
+    assert planted.is_dir() and list(planted.iterdir()) == []  # nothing unpacked into it
+
+
+def test_the_trial_runs_with_quoted_paths_and_its_marker(tmp_path):
+    """The run script, with the worker's paths replaced by paths holding spaces and quotes, and the venv's
+    papermill: the environment file is read, the trial's variables arrive intact, the marker exists while the
+    notebook runs (holding the shell's PID) and is gone after."""
+    folder = tmp_path / "trials of 'ci'" / TRIAL
+    folder.mkdir(parents=True)
+    markers = tmp_path / "markers dir"
+    markers.mkdir()
+    env_file = tmp_path / "lab env"
+    env_file.write_text("FROM_ENV_FILE=yes\n")
+    seen = tmp_path / "seen.json"
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [
+        nbformat.v4.new_code_cell(
+            "import json, os\n"
+            "from pathlib import Path\n"
+            f"marker = Path({str(markers / TRIAL)!r})\n"
+            f"Path({str(seen)!r}).write_text(json.dumps({{'marker': marker.read_text().strip(), "
+            "'env': dict(os.environ)}))\n"
+        )
+    ]
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(notebook, folder / "notebook.ipynb")
+    (folder / "parameters.yaml").write_text("{}\n")
+    script = ssh_slots.run_script(
+        {"MLFLOW_RUN_ID": TRIAL, "ODD": "it's a $HOME; `x`"},
+        str(folder),
+        TRIAL,
+        env_file=str(env_file),
+        markers_dir=str(markers),
+        papermill=str(Path(sys.executable).with_name("papermill")),
+    )
+    ran = subprocess.run(["sh", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    got = json.loads(seen.read_text())
+    assert got["marker"].isdigit()
+    assert got["env"]["ODD"] == "it's a $HOME; `x`" and got["env"]["FROM_ENV_FILE"] == "yes"
+    assert not (markers / TRIAL).exists(), "the marker outlived the trial"
+    assert (folder / "output.ipynb").is_file()
+
+
+def test_what_cannot_be_a_trial_or_a_variable_is_refused():
+    from toolkit.errors import LabError
+
+    with pytest.raises(LabError, match="not a variable name"):
+        ssh_slots.run_script({"A; rm -rf ~": "x"}, ".lab-trials/x", "x")
+    assert not ssh_slots.TRIAL_ID.fullmatch("../x") and not ssh_slots.TRIAL_ID.fullmatch("a b")

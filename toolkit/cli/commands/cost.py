@@ -1,0 +1,123 @@
+"""`lab cost`: what the lab costs now (uptime x price per resource) and what each sweep's trials cost."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from toolkit.cli import options
+from toolkit.config.stack import stack_path
+from toolkit.console import err, out
+from toolkit.cost import uptime
+from toolkit.errors import LabError
+from toolkit.labs import choose as targets
+from toolkit.sweeps import studies
+
+
+def _current(stack: str, now: float) -> dict[str, Any] | None:
+    period = uptime.current(stack)
+    if period is None:
+        return None
+    hours = period.hours(now)
+    return {
+        "up_since": period.up,
+        "hours": round(hours, 4),
+        "usd_per_hour": round(sum(line.usd_per_hour or 0.0 for line in period.lines), 6),
+        "usd_so_far": round(period.cost(now), 6),
+        "resources": [
+            {**line.as_dict(), "hours": round(hours, 4), "usd": round(hours * (line.usd_per_hour or 0.0), 6)}
+            for line in period.lines
+        ],
+    }
+
+
+def _sweeps(stack: str, target: str) -> tuple[list[dict[str, Any]], str | None]:
+    """Every sweep's trial cost, or why the sweeps could not be read (the lab is down, say)."""
+    try:
+        with studies.storage_for(stack, target) as storage:
+            found = studies.summaries(storage)
+    except LabError as exc:
+        return [], exc.one_line()
+    return [
+        {
+            "sweep": s.name,
+            "trials": s.trials,
+            "trial_hours": round(s.trial_hours, 4),
+            "usd": None if s.cost_usd is None else round(s.cost_usd, 6),
+            "last_activity": s.last_activity.isoformat() if s.last_activity else None,
+        }
+        for s in found
+    ], None
+
+
+def cost(
+    local: options.Local = False,
+    target: options.Target = None,
+    stack_name: options.Stack = options.STACK_DEFAULT,
+    as_json: options.Json = False,
+) -> None:
+    """What the lab costs: each resource's uptime x price while it is up, and each sweep's trials
+    (their slots' share of the workers' price, also each run's `cost_usd` metric in MLflow)."""
+    from toolkit.cost import prices
+
+    chosen = targets.choose(stack_name, local, target)
+    stack = stack_path(stack_name)[0]
+    now = time.time()
+    periods = uptime.periods(stack)
+    past = sum(p.cost(now) for p in periods if p.down is not None)
+    current = _current(stack, now)
+    sweeps, unreadable = _sweeps(stack_name, chosen)
+    document = {
+        "stack": stack,
+        "target": chosen,
+        "now": current,
+        "all_periods_usd": round(past + (current["usd_so_far"] if current else 0.0), 6),
+        "periods": len(periods),
+        "sweeps": sweeps,
+        "sweeps_unreadable": unreadable,
+        "prices": prices.source_line(),
+    }
+    if as_json:
+        out().print_json(json.dumps(document))
+        return
+    _show(document)
+
+
+def _show(document: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    current = document["now"]
+    if current is None:
+        note = "the lab is not up" if document["target"] == "gcp" else "the lab did not create these machines"
+        out().print(f"{document['stack']}: nothing priced is up now ({note})")
+    else:
+        table = Table(title=f"{document['stack']} now: up {current['hours']:.2f} h", title_justify="left")
+        for column in ("resource", "count", "$/hour", "hours", "$ so far"):
+            table.add_column(column, justify="left" if column == "resource" else "right")
+        for line in current["resources"]:
+            rate = "-" if line["usd_per_hour"] is None else f"{line['usd_per_hour']:.4f}"
+            table.add_row(
+                f"{line['resource']} {line['item']}",
+                str(line["count"]),
+                rate,
+                f"{line['hours']:.2f}",
+                f"{line['usd']:.2f}",
+            )
+        table.add_row("total", "", f"{current['usd_per_hour']:.4f}", "", f"{current['usd_so_far']:.2f}")
+        out().print(table)
+        out().print("workers that powered themselves off (idle) cost less than this: only their disks go on")
+    if document["periods"]:
+        count = document["periods"]
+        out().print(f"every time it was up ({count} period{'s' * (count != 1)}): ${document['all_periods_usd']:.2f}")
+    if document["sweeps_unreadable"]:
+        err().print(f"sweeps: {document['sweeps_unreadable']}")
+    elif document["sweeps"]:
+        table = Table(title="sweeps", title_justify="left")
+        for column in ("sweep", "trials", "trial hours", "$"):
+            table.add_column(column, justify="left" if column == "sweep" else "right")
+        for sweep in document["sweeps"]:
+            usd = "not priced" if sweep["usd"] is None else f"{sweep['usd']:.4f}"
+            table.add_row(sweep["sweep"], str(sweep["trials"]), f"{sweep['trial_hours']:.3f}", usd)
+        out().print(table)
+    out().print(document["prices"])

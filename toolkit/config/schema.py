@@ -1,0 +1,548 @@
+"""The lab's configuration keys: names, types, defaults, and every rule about them, in one place.
+
+The Pulumi program (`infra/stack_config.py`) and the toolkit (`toolkit/config/stack.py`) both hand their raw
+values to `resolve`, so a stack is judged the same way by `lab config validate` and by the engine.
+Raw values may be native YAML (a stack file) or strings (Pulumi's runtime config, lists as JSON).
+
+This module imports nothing heavy: it runs on every `lab` command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import ipaddress
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from toolkit.config import machines
+
+TARGETS = ("gcp", "ssh", "local")
+MLFLOW_PORT = 5000
+# lab:allowedSshCidrs: a range (or ranges together) wider than this is refused; wider than NARROW is a warning.
+WIDEST_SSH_PREFIX = 8
+NARROW_SSH_PREFIX = 24
+
+DEFAULT_WORKER_IMAGE = (
+    "projects/deeplearning-platform-release/global/images/family/pytorch-2-9-cu129-ubuntu-2204-nvidia-580"
+)
+
+
+@dataclass(frozen=True)
+class Key:
+    """One configuration key of a stack file."""
+
+    name: str
+    kind: str  # "string", "integer", "boolean" or "list"
+    doc: str
+    default: Any = None
+    derived: str | None = None  # how the default is derived, when it is not a constant
+    required_for: tuple[str, ...] = ()
+    choices: tuple[str, ...] = ()
+    minimum: int | None = None
+
+    @property
+    def attribute(self) -> str:
+        """The Settings attribute: lab:workerDiskGb -> worker_disk_gb, gcp:project -> project."""
+        name = self.name.split(":", 1)[1]
+        return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+KEYS: tuple[Key, ...] = (
+    Key(
+        "lab:target",
+        "string",
+        "where the hosts come from: gcp, ssh or local (--target overrides)",
+        default="gcp",
+        choices=TARGETS,
+    ),
+    Key("gcp:project", "string", "the GCP project id", required_for=("gcp",)),
+    Key("gcp:region", "string", "the GCP region, e.g. us-central1", required_for=("gcp",)),
+    Key("gcp:zone", "string", "the zone the lab runs in, inside gcp:region", required_for=("gcp",)),
+    Key("lab:zones", "list", "ordered zones to try when a zone has no capacity", derived="[gcp:zone]"),
+    Key("lab:workers", "integer", "number of GPU workers (0 allowed)", default=1, minimum=0),
+    Key(
+        "lab:workerMachineType",
+        "string",
+        "worker machine type: a2-highgpu-1g (A100 40GB), g2-standard-8 (L4), n1-standard-8 (+ lab:workerGpu)",
+        default="a2-highgpu-1g",
+    ),
+    Key("lab:workerGpu", "string", "accelerator attached to N1 workers, e.g. nvidia-tesla-t4", default=None),
+    Key("lab:workerGpuCount", "integer", "accelerators per N1 worker", default=1, minimum=1),
+    Key("lab:spot", "boolean", "spot (preemptible) workers", default=True),
+    Key(
+        "lab:workerImage",
+        "string",
+        "worker boot image or image family (a Deep Learning VM image)",
+        default=DEFAULT_WORKER_IMAGE,
+    ),
+    Key("lab:workerDiskGb", "integer", "worker boot disk size in GB (pd-ssd)", default=150, minimum=10),
+    Key("lab:trackerMachineType", "string", "tracker VM machine type; never preemptible", default="e2-standard-2"),
+    Key("lab:trackerDiskGb", "integer", "tracker data disk size in GB", default=30, minimum=10),
+    Key("lab:sshUser", "string", "login for SSH and Ansible", default="lab"),
+    Key("lab:sshPublicKeyPath", "string", "public key installed for lab:sshUser", default="~/.ssh/id_ed25519.pub"),
+    Key(
+        "lab:trackerHost",
+        "string",
+        "ssh target: the tracker machine (an address or a ~/.ssh/config alias)",
+        required_for=("ssh",),
+    ),
+    Key("lab:workerHosts", "list", "ssh target: the worker machines (addresses or aliases)", default=()),
+    Key(
+        "lab:allowedSshCidrs",
+        "list",
+        "who may reach SSH, e.g. [203.0.113.7/32]; world-open is refused",
+        default=(),
+        required_for=("gcp",),
+    ),
+    Key("lab:bucketName", "string", "artifact bucket name (globally unique)", derived="<gcp:project>-lab-<stack>"),
+    Key("lab:bucketLocation", "string", "artifact bucket location", derived="gcp:region"),
+    Key(
+        "lab:destroyData",
+        "boolean",
+        "let `pulumi destroy` delete the bucket and its data (normally it is retained)",
+        default=False,
+    ),
+    Key("lab:runsPerGpu", "integer", "parallel trials per GPU", default=1, minimum=1),
+    Key("lab:backupKeep", "integer", "tracker backups to keep: the newest this many", default=10, minimum=1),
+    Key("lab:backupDays", "integer", "and the newest backup of each day for this many days", default=14, minimum=0),
+    Key(
+        "lab:stateBackend",
+        "string",
+        "where Pulumi keeps the gcp target's state: a folder (file://PATH) or gs://BUCKET, reachable by a scheduled"
+        " `lab down` elsewhere",
+        derived="file://$LAB_HOME/pulumi",
+    ),
+    Key(
+        "lab:secretsProvider",
+        "string",
+        "how Pulumi encrypts the stack's secrets: passphrase (from PULUMI_CONFIG_PASSPHRASE or"
+        " PULUMI_CONFIG_PASSPHRASE_FILE) or gcpkms://projects/P/locations/L/keyRings/R/cryptoKeys/K",
+        default="passphrase",
+    ),
+    Key(
+        "lab:idleMinutes",
+        "integer",
+        "a worker powers itself off after this long idle (0 = never)",
+        default=30,
+        minimum=0,
+    ),
+)
+
+KEYS_BY_NAME: dict[str, Key] = {key.name: key for key in KEYS}
+
+# Provider settings of pulumi-gcp that a stack may carry and the lab passes through untouched.
+GCP_PASSTHROUGH_KEYS = frozenset(
+    {
+        "gcp:credentials",
+        "gcp:accessToken",
+        "gcp:impersonateServiceAccount",
+        "gcp:billingProject",
+        "gcp:userProjectOverride",
+        "gcp:requestTimeout",
+        "gcp:defaultLabels",
+        "gcp:addTerraformAttributionLabel",
+    }
+)
+
+_PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+_REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
+_ZONE = re.compile(r"^([a-z]+-[a-z]+[0-9]+)-[a-z]$")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
+_HOST = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$")
+_KMS_KEY = re.compile(r"^gcpkms://projects/[^/]+/locations/[^/]+/keyRings/[^/]+/cryptoKeys/[^/]+$")
+_UNIX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a stack, named by its key."""
+
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A value Pulumi keeps encrypted in the stack file; the lab never needs to read it."""
+
+    def __str__(self) -> str:
+        return "[secret]"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A stack's resolved settings: every key of KEYS as a typed attribute, defaults filled in."""
+
+    stack: str
+    target: str
+    project: str | None
+    region: str | None
+    zone: str | None
+    zones: tuple[str, ...]
+    workers: int
+    worker_machine_type: str
+    worker_gpu: str | None
+    worker_gpu_count: int
+    spot: bool
+    worker_image: str
+    worker_disk_gb: int
+    tracker_machine_type: str
+    tracker_disk_gb: int
+    ssh_user: str
+    ssh_public_key_path: str
+    tracker_host: str | None
+    worker_hosts: tuple[str, ...]
+    allowed_ssh_cidrs: tuple[str, ...]
+    bucket_name: str | None
+    bucket_location: str | None
+    destroy_data: bool
+    runs_per_gpu: int
+    backup_keep: int
+    backup_days: int
+    state_backend: str | None
+    secrets_provider: str
+    idle_minutes: int
+
+    @property
+    def name_prefix(self) -> str:
+        """Prefix of every cloud resource name: lab-<stack>, as a DNS label."""
+        return "lab-" + dns_label(self.stack, 40)
+
+    @property
+    def tracker_account_id(self) -> str:
+        """The tracker VM's service account id (6-30 characters)."""
+        return "lab-" + dns_label(self.stack, 18) + "-tracker"
+
+    @property
+    def worker_account_id(self) -> str:
+        """The workers' service account id (6-30 characters)."""
+        return "lab-" + dns_label(self.stack, 18) + "-worker"
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """Labels on everything the lab creates, so `lab down` can find what is left."""
+        return {"lab": dns_label(self.stack, 63), "managed-by": "lab"}
+
+    @property
+    def worker_gpus(self) -> machines.GpuShape | None:
+        return machines.worker_gpus(self.worker_machine_type, self.worker_gpu, self.worker_gpu_count)
+
+    @property
+    def mlflow_port(self) -> int:
+        return MLFLOW_PORT
+
+    @property
+    def ssh_private_key_path(self) -> str:
+        """The key lab logs in with: the public key's path without `.pub`."""
+        return self.ssh_public_key_path.removesuffix(".pub")
+
+
+@dataclass
+class Resolution:
+    """What `resolve` made of a stack: the settings (None when a value could not be read) and problems."""
+
+    settings: Settings | None
+    problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)  # allowed, but worth a second look
+    values: dict[str, Any] = field(default_factory=dict)  # key -> resolved value
+    sources: dict[str, str] = field(default_factory=dict)  # key -> "stack", "default" or "derived"
+
+
+def dns_label(text: str, limit: int) -> str:
+    """Lowercase letters, digits and dashes, at most `limit` long: fit for GCP names and labels."""
+    label = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+    return label[:limit].rstrip("-") or "lab"
+
+
+def _coerce(key: Key, value: Any) -> tuple[Any, str | None]:
+    """The value as the key's type, or an error saying what was expected."""
+    if isinstance(value, dict) and set(value) == {"secure"}:
+        return Secret(), None
+    if key.kind == "string":
+        if isinstance(value, str) and value.strip():
+            return value.strip(), None
+        return None, f"expected text, got {_show(value)}"
+    if key.kind == "integer":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value, None
+        if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
+            return int(value), None
+        return None, f"expected a whole number, got {_show(value)}"
+    if key.kind == "boolean":
+        if isinstance(value, bool):
+            return value, None
+        if isinstance(value, str) and value.strip().lower() in {"true", "false"}:
+            return value.strip().lower() == "true", None
+        return None, f"expected true or false, got {_show(value)}"
+    # list of strings; Pulumi's runtime hands lists over as JSON text
+    if isinstance(value, str) and value.strip().startswith("["):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            return None, f"expected a list, got {_show(value)}"
+    if isinstance(value, list) and all(isinstance(v, str) and v.strip() for v in value):
+        return tuple(v.strip() for v in value), None
+    return None, f"expected a list of text values such as [a, b], got {_show(value)}"
+
+
+def _show(value: Any) -> str:
+    text = repr(value) if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def unknown_key_problem(name: str) -> Problem:
+    known = [*KEYS_BY_NAME, *GCP_PASSTHROUGH_KEYS]
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    if not close:
+        lowered = {k.lower(): k for k in known}
+        close = [lowered[name.lower()]] if name.lower() in lowered else []
+    hint = f"; did you mean {close[0]}?" if close else "; `lab config show` lists the keys"
+    return Problem(name, f"unknown key{hint}")
+
+
+def resolve(raw: Mapping[str, Any], *, stack: str, target: str | None = None) -> Resolution:
+    """Check a stack's raw key/value pairs against every rule and fill in defaults.
+
+    `target` overrides lab:target (as --target does). Every problem found is reported, not just the first.
+    """
+    problems: list[Problem] = []
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    unreadable: set[str] = set()  # keys whose value is not of the key's type
+
+    for name in raw:
+        if name not in KEYS_BY_NAME and name not in GCP_PASSTHROUGH_KEYS:
+            problems.append(unknown_key_problem(name))
+
+    for key in KEYS:
+        if key.name in raw and raw[key.name] is not None:
+            value, error = _coerce(key, raw[key.name])
+            if error:
+                problems.append(Problem(key.name, error))
+                unreadable.add(key.name)
+                continue
+            values[key.name] = value
+            sources[key.name] = "stack"
+        elif key.derived is None:
+            values[key.name] = key.default
+            sources[key.name] = "default"
+
+    if target is not None:
+        values["lab:target"] = target
+        sources["lab:target"] = "--target"
+    chosen = values.get("lab:target")
+    if isinstance(chosen, str) and chosen not in TARGETS:
+        problems.append(Problem("lab:target", f"{chosen!r} is not a target; choose one of {', '.join(TARGETS)}"))
+    elif isinstance(chosen, str):
+        for key in KEYS:
+            missing = values.get(key.name) in (None, ())
+            if chosen in key.required_for and missing and key.name not in unreadable:
+                problems.append(Problem(key.name, f"required for the {chosen} target; set it in the stack file"))
+
+    _derive(values, sources, stack)
+    problems.extend(_check_values(values, sources))
+    cidrs = values.get("lab:allowedSshCidrs")
+    warnings = _cidr_warnings(cidrs) if isinstance(cidrs, tuple) and not problems else []
+
+    settings = None
+    if not unreadable:
+        settings = Settings(stack=stack, **{key.attribute: _plain(values.get(key.name)) for key in KEYS})
+    return Resolution(settings=settings, problems=problems, warnings=warnings, values=values, sources=sources)
+
+
+def _plain(value: Any) -> Any:
+    return None if isinstance(value, Secret) else value
+
+
+def _derive(values: dict[str, Any], sources: dict[str, str], stack: str) -> None:
+    zone, project, region = values.get("gcp:zone"), values.get("gcp:project"), values.get("gcp:region")
+    if "lab:zones" not in values:
+        values["lab:zones"] = (zone,) if isinstance(zone, str) else ()
+        sources["lab:zones"] = "derived"
+    if "lab:bucketName" not in values:
+        values["lab:bucketName"] = (
+            f"{dns_label(project, 40)}-lab-{dns_label(stack, 20)}" if isinstance(project, str) else None
+        )
+        sources["lab:bucketName"] = "derived"
+    if "lab:stateBackend" not in values:
+        values["lab:stateBackend"] = None  # the toolkit fills in file://$LAB_HOME/pulumi (toolkit.gcp.pulumi_engine)
+        sources["lab:stateBackend"] = "derived"
+    if "lab:bucketLocation" not in values:
+        values["lab:bucketLocation"] = region.upper() if isinstance(region, str) else None
+        sources["lab:bucketLocation"] = "derived"
+
+
+def _check_values(values: dict[str, Any], sources: dict[str, str]) -> list[Problem]:
+    """The rules that look at values (and at pairs of them), once each value has its type."""
+    problems: list[Problem] = []
+
+    def value(name: str) -> Any:
+        found = values.get(name)
+        return None if isinstance(found, Secret) else found
+
+    for key in KEYS:
+        found = value(key.name)
+        if key.minimum is not None and isinstance(found, int) and found < key.minimum:
+            problems.append(Problem(key.name, f"must be at least {key.minimum}, got {found}"))
+
+    project = value("gcp:project")
+    if isinstance(project, str) and not _PROJECT_ID.match(project):
+        problems.append(
+            Problem(
+                "gcp:project",
+                f"{project!r} is not a project id (6-30 lowercase letters, digits and dashes, starting with a letter)",
+            )
+        )
+    region = value("gcp:region")
+    if isinstance(region, str) and not _REGION.match(region):
+        problems.append(Problem("gcp:region", f"{region!r} is not a region name such as us-central1"))
+        region = None
+    # lab:zones derived from gcp:zone would only repeat gcp:zone's problem.
+    listed = list(value("lab:zones") or ()) if sources.get("lab:zones") == "stack" else []
+    for name, zones in (("gcp:zone", [value("gcp:zone")]), ("lab:zones", listed)):
+        for zone in zones:
+            if not isinstance(zone, str):
+                continue
+            match = _ZONE.match(zone)
+            if not match:
+                problems.append(Problem(name, f"{zone!r} is not a zone name such as us-central1-a"))
+            elif region and match.group(1) != region:
+                problems.append(
+                    Problem(name, f"zone {zone} is not in region {region}; use a {region}-* zone or change gcp:region")
+                )
+
+    worker_type, tracker_type = value("lab:workerMachineType"), value("lab:trackerMachineType")
+    for name, machine_type in (("lab:workerMachineType", worker_type), ("lab:trackerMachineType", tracker_type)):
+        if isinstance(machine_type, str) and not machines.MACHINE_TYPE.match(machine_type):
+            problems.append(Problem(name, f"{machine_type!r} is not a machine type such as e2-standard-2"))
+    gpu_count = value("lab:workerGpuCount")
+    if isinstance(worker_type, str) and machines.MACHINE_TYPE.match(worker_type) and isinstance(gpu_count, int):
+        mismatch = machines.gpu_problem(worker_type, value("lab:workerGpu"), gpu_count)
+        if mismatch:
+            problems.append(Problem("lab:workerMachineType", mismatch))
+
+    problems.extend(_cidr_problems(value("lab:allowedSshCidrs") or ()))
+    problems.extend(_host_problems(value("lab:trackerHost"), value("lab:workerHosts") or ()))
+
+    bucket = value("lab:bucketName")
+    if isinstance(bucket, str) and (not _BUCKET.match(bucket) or ".." in bucket or bucket.startswith("goog")):
+        problems.append(
+            Problem(
+                "lab:bucketName",
+                f"{bucket!r} is not a valid bucket name (3-63 lowercase letters, digits, dashes, dots or underscores)",
+            )
+        )
+    backend = value("lab:stateBackend")
+    if isinstance(backend, str):
+        problems.extend(_backend_problems(backend))
+    provider = value("lab:secretsProvider")
+    if isinstance(provider, str) and provider != "passphrase" and not _KMS_KEY.match(provider):
+        problems.append(
+            Problem(
+                "lab:secretsProvider",
+                f"{provider!r} is neither passphrase nor a KMS key such as"
+                " gcpkms://projects/P/locations/global/keyRings/R/cryptoKeys/K",
+            )
+        )
+    user = value("lab:sshUser")
+    if isinstance(user, str) and (not _UNIX_USER.match(user) or user == "root"):
+        problems.append(Problem("lab:sshUser", f"{user!r} is not a usable login name (lowercase, not root)"))
+    return problems
+
+
+def _backend_problems(backend: str) -> list[Problem]:
+    key = "lab:stateBackend"
+    if backend.startswith("gs://"):
+        bucket = backend.removeprefix("gs://").split("/", 1)[0]
+        if not _BUCKET.match(bucket) or ".." in bucket:
+            return [Problem(key, f"{bucket!r} is not a valid bucket name; use gs://BUCKET such as gs://my-lab-state")]
+        return []
+    if backend.startswith("file://"):
+        path = backend.removeprefix("file://")
+        if not (path.startswith("/") or path.startswith("~")):
+            return [Problem(key, f"{backend!r} needs an absolute folder, such as file://~/.lab/pulumi")]
+        return []
+    return [Problem(key, f"{backend!r} is not a state backend; use file://FOLDER or gs://BUCKET")]
+
+
+def _host_problems(tracker: str | None, workers: tuple[str, ...]) -> list[Problem]:
+    problems: list[Problem] = []
+    for key, hosts in (("lab:trackerHost", [tracker] if tracker else []), ("lab:workerHosts", list(workers))):
+        for host in hosts:
+            if not _HOST.match(host):
+                problems.append(Problem(key, f"{host!r} is not a host name, address or ssh alias"))
+    seen = [h for h in ([tracker] if tracker else []) + list(workers)]
+    for host in sorted({h for h in seen if seen.count(h) > 1}):
+        problems.append(Problem("lab:workerHosts", f"{host} is listed twice; each machine has one role in the lab"))
+    return problems
+
+
+def _ipv4_ranges(cidrs: tuple[str, ...]) -> list[ipaddress.IPv4Network]:
+    found = []
+    for text in cidrs:
+        with contextlib.suppress(ValueError):
+            network = ipaddress.ip_network(text, strict=False)
+            if isinstance(network, ipaddress.IPv4Network):
+                found.append(network)
+    return found
+
+
+def _cidr_problems(cidrs: tuple[str, ...]) -> list[Problem]:
+    problems: list[Problem] = []
+    key = "lab:allowedSshCidrs"
+    whole = "opens SSH to the whole internet; list only your own addresses, e.g. your IP as x.x.x.x/32"
+    for text in cidrs:
+        try:
+            network = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            problems.append(Problem(key, f"{text!r} is not an address range such as 203.0.113.7/32"))
+            continue
+        if network.prefixlen == 0:
+            problems.append(Problem(key, f"{text} {whole}"))
+        elif network.version == 6:
+            problems.append(Problem(key, f"{text}: the lab's VMs have IPv4 addresses only; list IPv4 ranges"))
+        elif str(network) != text and "/" in text:
+            problems.append(Problem(key, f"{text} has host bits set; did you mean {network}?"))
+        elif network.prefixlen < WIDEST_SSH_PREFIX:
+            problems.append(
+                Problem(
+                    key,
+                    f"{text} opens SSH to {network.num_addresses:,} addresses (wider than a /{WIDEST_SSH_PREFIX}); "
+                    "list only your own addresses, e.g. your IP as x.x.x.x/32",
+                )
+            )
+    if problems:
+        return problems
+    # Ranges that are each narrow enough may still add up to most of the internet (0.0.0.0/1 + 128.0.0.0/1).
+    union = list(ipaddress.collapse_addresses(_ipv4_ranges(cidrs)))
+    covered = sum(network.num_addresses for network in union)
+    if covered > 2 ** (32 - WIDEST_SSH_PREFIX):
+        shown = ", ".join(str(network) for network in union[:3]) + (" ..." if len(union) > 3 else "")
+        problems.append(
+            Problem(
+                key,
+                f"together these ranges ({shown}) open SSH to {covered:,} addresses, more than a "
+                f"/{WIDEST_SSH_PREFIX}" + (f"; that {whole}" if covered == 2**32 else "; list only your own addresses"),
+            )
+        )
+    return problems
+
+
+def _cidr_warnings(cidrs: tuple[str, ...]) -> list[Problem]:
+    """Ranges that are allowed but wider than a /24: usually a whole provider's network, not one person's."""
+    return [
+        Problem(
+            "lab:allowedSshCidrs",
+            f"{network} lets {network.num_addresses:,} addresses try SSH (wider than a /{NARROW_SSH_PREFIX}); "
+            "is it only yours?",
+        )
+        for network in _ipv4_ranges(cidrs)
+        if network.prefixlen < NARROW_SSH_PREFIX
+    ]

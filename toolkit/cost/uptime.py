@@ -1,0 +1,89 @@
+"""When a stack's priced resources were up, for `lab cost`: periods from `lab up` to `lab down`, each with
+the price lines it ran at, kept in the stack's folder (uptime.json)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from toolkit.config import paths
+from toolkit.cost.prices import PriceLine
+
+FILE = "uptime.json"
+
+
+@dataclass(frozen=True)
+class Period:
+    up: float
+    down: float | None  # None: still up
+    lines: tuple[PriceLine, ...]
+
+    def hours(self, now: float | None = None) -> float:
+        end = self.down if self.down is not None else (time.time() if now is None else now)
+        return max(0.0, end - self.up) / 3600
+
+    def cost(self, now: float | None = None) -> float:
+        return self.hours(now) * sum(line.usd_per_hour or 0.0 for line in self.lines)
+
+
+def _path(stack: str) -> Path:
+    return paths.stack_home(stack) / FILE
+
+
+def periods(stack: str) -> list[Period]:
+    try:
+        raw = json.loads(_path(stack).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    found = []
+    for item in raw.get("periods", []) if isinstance(raw, dict) else []:
+        try:
+            found.append(
+                Period(
+                    up=float(item["up"]),
+                    down=None if item.get("down") is None else float(item["down"]),
+                    lines=tuple(PriceLine.from_dict(line) for line in item.get("lines", [])),
+                )
+            )
+        except (KeyError, TypeError, ValueError):
+            continue
+    return found
+
+
+def _write(stack: str, found: list[Period]) -> None:
+    document: dict[str, Any] = {
+        "periods": [{"up": p.up, "down": p.down, "lines": [line.as_dict() for line in p.lines]} for p in found]
+    }
+    path = _path(stack)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(FILE + ".partial")
+    partial.write_text(json.dumps(document, indent=1), encoding="utf-8")
+    partial.replace(path)
+
+
+def record_up(stack: str, lines: list[PriceLine], now: float | None = None) -> None:
+    """The lab is up with these resources from now. An `up` that changed nothing priced continues the open
+    period; one that changed the resources (more workers, on-demand instead of spot) starts a new one."""
+    now = time.time() if now is None else now
+    found = periods(stack)
+    if found and found[-1].down is None:
+        if list(found[-1].lines) == list(lines):
+            return
+        found[-1] = Period(found[-1].up, now, found[-1].lines)
+    found.append(Period(now, None, tuple(lines)))
+    _write(stack, found)
+
+
+def record_down(stack: str, now: float | None = None) -> None:
+    found = periods(stack)
+    if found and found[-1].down is None:
+        found[-1] = Period(found[-1].up, time.time() if now is None else now, found[-1].lines)
+        _write(stack, found)
+
+
+def current(stack: str) -> Period | None:
+    found = periods(stack)
+    return found[-1] if found and found[-1].down is None else None

@@ -1,0 +1,387 @@
+"""The gcp target: Pulumi makes the hosts exist or go away; everything after "the hosts exist" is the remote
+lab's (`toolkit.labs.ssh`), shared with the ssh target.
+
+`provision` (lab up): preview with the cost per hour, confirm, `up` in the first zone with capacity
+(stockouts remembered per zone, quota errors named), on-demand only when allowed. `teardown` (lab down):
+the stack's lock, a verified backup of the tracker, destroy, the bucket only on request, and a check that
+nothing of the stack is left. Both take the engine as an argument: the real one is
+`toolkit.gcp.pulumi_engine.AutomationEngine`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from toolkit.config import paths, schema, stack
+from toolkit.errors import EXIT_BACKUP_FAILED, EXIT_LEFTOVERS, EXIT_LOCKED, EXIT_UNVERIFIED, LabError
+from toolkit.gcp import artifact_bucket as lab_bucket
+from toolkit.gcp import pulumi_engine, pulumi_state
+
+Say = Callable[[str], None]
+Confirm = Callable[[str], bool]
+STOCKOUT_FILE = "stockouts.json"
+UPTIME_STACK_KEY = "gcp"
+
+
+def settings_of(stack_name: str, warn: Say | None = None) -> schema.Settings:
+    """The stack's settings, which must be valid for the gcp target; `warn` hears what is allowed but risky."""
+    stack_file, resolution = stack.load(stack_name, target="gcp")
+    if resolution.problems or resolution.settings is None:
+        first = resolution.problems[0] if resolution.problems else "its values cannot be read"
+        raise LabError(
+            f"{stack_file.path.name}: {first}",
+            hint=f"`lab config validate --stack {stack_name} --target gcp` lists every problem",
+        )
+    for warning in resolution.warnings if warn else ():
+        warn(f"warning: {stack_file.path.name}: {warning}")
+    return resolution.settings
+
+
+@contextlib.contextmanager
+def stack_lock(settings: schema.Settings, doing: str) -> Iterator[None]:
+    """One `lab up`/`lab down` of a stack at a time on this machine, and none while Pulumi's own lock
+    (taken by a run here or elsewhere, e.g. a scheduled `lab down` on a CI runner) is held."""
+    folder = paths.stack_home(settings.stack)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "engine.lock"
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another lab process"
+            raise LabError(
+                f"the stack {settings.stack} is busy: {holder}",
+                hint="wait for it to finish, then run this again",
+                code=EXIT_LOCKED,
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"`lab {doing}` (pid {os.getpid()}) since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.flush()
+        held = pulumi_state.locks(pulumi_state.backend_url(settings), settings.stack)
+        if held:
+            raise LabError(
+                f"the stack {settings.stack} is locked in its Pulumi state ({held[0].describe()})",
+                hint="wait for that run to finish; if it died, `pulumi cancel` (or delete "
+                f"{held[0].path} in the backend) releases it",
+                code=EXIT_LOCKED,
+            )
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+
+
+def confirm_with(yes: bool) -> Confirm:
+    """Confirmation: --yes says yes; without a terminal there is no one to ask, so it is an error."""
+
+    def ask(question: str) -> bool:
+        if yes:
+            return True
+        if not sys.stdin.isatty():
+            raise LabError(f"{question} needs a yes, and there is no terminal to ask", hint="pass --yes")
+        import typer
+
+        return typer.confirm(question, default=False)
+
+    return ask
+
+
+# -- lab up ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Provisioned:
+    outputs: dict[str, Any]
+    zone: str | None
+    on_demand: bool
+    stages: dict[str, float] = field(default_factory=dict)
+
+
+def hourly_lines(settings: schema.Settings, on_demand: bool = False) -> tuple[list[Any], float]:
+    """The priced resources of the stack and the total per hour (toolkit.cost.prices)."""
+    from dataclasses import replace
+
+    from toolkit.cost import prices
+
+    priced = replace(settings, spot=settings.spot and not on_demand)
+    lines = prices.hourly(priced)
+    return lines, sum(float(line.usd_per_hour or 0) for line in lines)
+
+
+def plan_summary(plan: pulumi_engine.Plan) -> str:
+    parts = [f"{plan.counts.get(op, 0)} to {op}" for op in ("create", "update", "replace", "delete")]
+    return ", ".join(parts) + f", {plan.counts.get('same', 0)} unchanged"
+
+
+def provision(
+    settings: schema.Settings,
+    engine: pulumi_engine.Engine,
+    *,
+    confirm: Confirm,
+    say: Say,
+    show: Callable[[pulumi_engine.Plan, list[Any], float], None],
+    preview_only: bool = False,
+    fallback_on_demand: bool = False,
+) -> Provisioned | None:
+    """Preview, confirm, then `up` zone by zone until one has capacity. None after a preview only."""
+    from toolkit.gcp import capacity
+    from toolkit.gcp import diagnose as gcp_errors
+
+    stages: dict[str, float] = {}
+    state = pulumi_state.read(pulumi_state.backend_url(settings), settings.stack)
+    current = state.outputs.get("worker_zone") if state else None
+    memory = capacity.StockoutMemory(paths.stack_home(settings.stack) / STOCKOUT_FILE)
+    configured = list(settings.zones) or [settings.zone or ""]
+    zones = capacity.zones_to_try(configured, current if isinstance(current, str) else None, memory.recent())
+
+    backend = pulumi_state.backend_url(settings)
+
+    def adopt() -> str | None:
+        """The kept bucket to take back, asked again before each run: a failed run may have taken it already."""
+        return lab_bucket.adoption(settings, pulumi_state.read(backend, settings.stack))
+
+    adopting = adopt()
+    if adopting:
+        say(f"taking back the bucket gs://{adopting} (kept by the last `lab down`, with its artifacts and backups)")
+    started = time.monotonic()
+    plan = engine.preview(pulumi_engine.RunChoices(worker_zone=zones[0], adopt_bucket=adopting), say)
+    stages["preview"] = time.monotonic() - started
+    lines, total = hourly_lines(settings)
+    show(plan, lines, total)
+    if preview_only:
+        return None
+    if plan.changes and not confirm(f"Apply these changes to the stack {settings.stack}?"):
+        raise LabError("nothing was changed: the changes were not confirmed", hint="pass --yes to skip the question")
+
+    started = time.monotonic()
+    tried: list[str] = []
+    attempts = [(zone, False) for zone in zones]
+    if fallback_on_demand and settings.spot:
+        attempts += [(zone, True) for zone in zones]
+    for zone, on_demand in attempts:
+        choices = pulumi_engine.RunChoices(worker_zone=zone, on_demand=on_demand, adopt_bucket=adopt())
+        if on_demand and (zone, on_demand) == attempts[len(zones)]:
+            say("no zone had spot capacity: trying on-demand workers (--fallback-on-demand)")
+        try:
+            outputs = engine.up(choices, say)
+        except pulumi_engine.EngineFailed as exc:
+            found = capacity.classify(exc.text)
+            if isinstance(found, capacity.Stockout):
+                memory.remember(found.zone or zone)
+                tried.append(zone)
+                say(f"{zone} has no capacity for the workers now; trying the next zone")
+                continue
+            if isinstance(found, capacity.Quota):
+                raise LabError(found.message(settings.project or "")) from None
+            setup = gcp_errors.explain(exc.text, settings.project or "")  # an API off, an organization policy
+            if setup is not None:
+                raise setup from None
+            raise
+        stages["pulumi up"] = time.monotonic() - started
+        return Provisioned(outputs=outputs, zone=zone, on_demand=on_demand, stages=stages)
+    raise capacity.no_capacity_message(tried, fallback_on_demand)
+
+
+def record_up(settings: schema.Settings, done: Provisioned) -> None:
+    """The lab's priced resources start their uptime now (`lab cost`)."""
+    from toolkit.cost import uptime
+
+    lines, _ = hourly_lines(settings, done.on_demand)
+    uptime.record_up(settings.stack, lines)
+
+
+# -- lab down -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TornDown:
+    destroyed: int
+    backup: Path | None
+    bucket_deleted: str | None
+    leftovers: list[str]
+    stages: dict[str, float] = field(default_factory=dict)
+    leftover_check: Any = None  # gcp_api.LeftoverCheck: whether GCP could be asked what is left
+    backup_by: str = "ssh"  # ssh: taken over SSH and downloaded here; tracker: the tracker's own, as it stopped
+
+
+INSTANCE_TYPE = "gcp:compute/instance:Instance"
+WORKER_PREFIX = "worker-"  # the workers' names in the program (infra/workers.py: <name>-<index>)
+FINAL_BACKUP_REASON = "shutdown"  # the reason the tracker's stop-time backup writes into its manifest
+FINAL_BACKUP_TIMEOUT_S = 600.0
+CLOCK_SKEW_S = 120.0  # a final backup may be stamped this much before the stop request, by the tracker's clock
+
+
+def worker_urns(state: pulumi_state.State) -> list[str]:
+    """The worker VMs in the state: what costs the most, and holds nothing that must be kept."""
+    return [r.urn for r in state.of_type(INSTANCE_TYPE) if r.name.startswith(WORKER_PREFIX)]
+
+
+def teardown(
+    settings: schema.Settings,
+    engine_factory: Callable[[], pulumi_engine.Engine],
+    *,
+    backup: Callable[[dict[str, Any]], Path | None],
+    say: Say,
+    stop_tracker: Callable[[dict[str, Any]], None] | None = None,
+    final_backup_timeout: float = FINAL_BACKUP_TIMEOUT_S,
+    destroy_data: bool = False,
+    force: bool = False,
+) -> TornDown | None:
+    """Stop the GPU spend, keep the tracker's history, then destroy. None when there is nothing to destroy.
+
+    1. The workers go first (a targeted destroy): they hold no state, and they are what costs.
+    2. A verified backup of the tracker: `backup(outputs)` takes it over SSH and returns its folder here
+       (None when there is no tracker). When SSH cannot reach the tracker (a scheduled `lab down` on a machine
+       outside lab:allowedSshCidrs), `stop_tracker(outputs)` stops the tracker VM instead; its shutdown unit
+       takes a final backup and uploads it to the bucket, where it is found, downloaded and verified here.
+    3. The rest is destroyed. If no verified backup could be had, the tracker and its data disk stay
+       (EXIT_BACKUP_FAILED), unless `force`.
+    """
+    backend = pulumi_state.backend_url(settings)
+    state = pulumi_state.read(backend, settings.stack)
+    if state is None or not state.cloud_resources:
+        # Down already; the bucket outlived that down and is no longer in the state: --destroy-data finds it.
+        deleted = lab_bucket.delete_kept(settings, say) if destroy_data else None
+        return TornDown(destroyed=0, backup=None, bucket_deleted=deleted, leftovers=[]) if deleted else None
+    stages: dict[str, float] = {}
+    engine = engine_factory()  # fails now, before anything, when there is no CLI to destroy with
+    workers = worker_urns(state)
+    if workers:
+        started = time.monotonic()
+        engine.destroy(say, targets=workers)
+        stages["destroy workers"] = time.monotonic() - started
+        say(f"{len(workers)} worker{'s' * (len(workers) != 1)} destroyed: the GPUs stopped billing")
+
+    started = time.monotonic()
+    made: Path | None = None
+    backup_by = "ssh"
+    try:
+        try:
+            made = backup(state.outputs)
+        except LabError as exc:
+            if not _unreachable(exc) or stop_tracker is None:
+                raise
+            say(f"{exc.one_line()}; asking the tracker to back itself up as it stops")
+            made = _final_backup_by_tracker(settings, state.outputs, stop_tracker, say, final_backup_timeout)
+            backup_by = "tracker"
+    except LabError as exc:
+        if not force:
+            kept = "the tracker and its data disk are kept" + (", the workers are gone" if workers else "")
+            raise LabError(
+                f"the backup failed, so the tracker was not destroyed ({kept}): {exc.one_line()}",
+                hint="fix that (is the tracker running? `lab up` starts it), or pass --force to destroy without one",
+                code=EXIT_BACKUP_FAILED,
+            ) from None
+        say(f"warning: destroying without a backup (--force): {exc.one_line()}")
+    stages["backup"] = time.monotonic() - started
+
+    started = time.monotonic()
+    engine.destroy(say)
+    stages["destroy"] = time.monotonic() - started
+    bucket = state.outputs.get("bucket_name") if isinstance(state.outputs.get("bucket_name"), str) else None
+    deleted = None
+    if destroy_data and bucket:
+        from toolkit.tracker import gcs
+
+        gcs.delete_bucket(bucket)
+        deleted = bucket
+        say(f"deleted the bucket gs://{bucket} and every object version in it (--destroy-data)")
+    after = pulumi_state.read(backend, settings.stack)
+    left = [
+        f"{r.type.split(':')[-1]} {r.name} (still in the Pulumi state)"
+        for r in (after.cloud_resources if after else ())
+    ]
+    check = labelled_leftovers(settings, say)
+    left += check
+    return TornDown(
+        destroyed=len(state.cloud_resources),
+        backup=made,
+        bucket_deleted=deleted,
+        leftovers=left,
+        stages=stages,
+        leftover_check=check,
+        backup_by=backup_by,
+    )
+
+
+def _unreachable(exc: LabError) -> bool:
+    """This machine cannot SSH to the tracker: it is not let in, or it has not the lab's key at all."""
+    from toolkit.hosts import ssh as remote
+
+    return isinstance(exc, remote.Unreachable | remote.NoKey)
+
+
+def _final_backup_by_tracker(
+    settings: schema.Settings,
+    outputs: dict[str, Any],
+    stop_tracker: Callable[[dict[str, Any]], None],
+    say: Say,
+    timeout: float,
+) -> Path:
+    """Stop the tracker; its shutdown unit (playbooks/roles/lab_tracker, lab-final-backup.service) takes a
+    backup as MLflow stops and uploads it. Wait for that backup in the bucket, download it and verify it."""
+    from toolkit.tracker import backups, gcs
+
+    bucket = outputs.get("bucket_name")
+    if not isinstance(bucket, str) or not bucket:
+        raise LabError("the tracker cannot be reached over SSH and the lab has no bucket to back up to")
+    since = backups.now_utc() - dt.timedelta(seconds=CLOCK_SKEW_S)
+    stop_tracker(outputs)
+    say(f"the tracker stopped; waiting for its final backup in gs://{bucket}/{gcs.backup_prefix(settings.stack)}")
+    found = gcs.wait_for_backup(bucket, settings.stack, since=since, reason=FINAL_BACKUP_REASON, timeout=timeout)
+    made = gcs.download(bucket, settings.stack, paths.stack_home(settings.stack) / "backups", backup_id=found)
+    say(f"backup {made.manifest.id}, taken by the tracker as it stopped, downloaded and verified: {made.path}")
+    return made.path
+
+
+def record_down(settings: schema.Settings) -> None:
+    """The lab's uptime stops now (`lab cost`)."""
+    from toolkit.cost import uptime
+
+    uptime.record_down(settings.stack)
+
+
+def labelled_leftovers(settings: schema.Settings, say: Say) -> Any:
+    """Instances and disks still labelled with this stack in the project, asked of GCP's Compute API.
+
+    Returns a `gcp_api.LeftoverCheck`: iterating it gives the leftovers (so `left += ...` works), and
+    `.checked` is False when GCP could not be asked (no credentials, no network) or some zones did not
+    answer; then this says so and `leftovers_error(left, check)` gives the exit code EXIT_UNVERIFIED."""
+    from toolkit.gcp import api as gcp_api
+
+    check = gcp_api.check_leftovers(settings.project or "", settings.labels["lab"])
+    if not check.checked:
+        say(f"warning: could not ask GCP for leftovers, so nothing left is NOT verified: {check.why}")
+    return check
+
+
+def leftovers_error(left: list[str], check: Any = None) -> LabError:
+    """The error `lab down` ends with: leftovers found (EXIT_LEFTOVERS), or none found but the check could not
+    run or was incomplete (EXIT_UNVERIFIED, with the gcloud commands that check by hand)."""
+    unverified = check is not None and not check.checked
+    if not left and unverified:
+        return LabError(
+            f"the lab is down as far as Pulumi knows, but whether anything labelled lab={check.label} is left in "
+            f"project {check.project} could not be checked ({check.why})",
+            hint=f"check with {check.commands()}, or run `lab down` again when GCP answers",
+            code=EXIT_UNVERIFIED,
+        )
+    shown = "; ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
+    more = f" (and some zones did not answer: {check.why})" if unverified else ""
+    return LabError(
+        f"the lab is down, but these are left: {shown}{more}",
+        hint="delete them in the console or with gcloud, or run `lab down` again",
+        code=EXIT_LEFTOVERS,
+    )

@@ -1,0 +1,578 @@
+"""A lab on remote hosts (the ssh target; the gcp target reuses it once its VMs exist).
+
+The controller (this machine) keeps the stack's state in `$LAB_HOME/stacks/<stack>/`:
+  known_hosts  the hosts' SSH keys: trusted on first use (ssh target), written from the pins (gcp)
+  hostkeys.json  gcp: each VM's SSH host keys as GCE published them, pinned per instance id
+  ansible/     ansible-runner's private folder (artifacts of the last runs)
+  backups/     verified backups downloaded from the tracker
+  secrets/     each worker's own Jupyter token, jupyter_token.<worker> (0600, in a 0700 folder)
+The hosts are configured by the packaged playbooks (`toolkit.hosts.configure`); the tracker keeps its DBs in
+/srv/lab and runs the tracker agent (`toolkit.tracker.agent`) for backups and restores.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from toolkit.config import paths, schema, stack
+from toolkit.errors import LabError
+from toolkit.hosts import configure
+from toolkit.hosts import ssh as remote
+from toolkit.labs import local as local_lab
+from toolkit.tracker import backups
+
+DATA = "/srv/lab"
+TRACKER_USER = "lab-tracker"
+AGENT = ["/opt/lab/venv/bin/python", "-m", "toolkit.tracker.agent"]
+OPTUNA_PORT = 5001
+JUPYTER_PORT = 8888
+TRACKER_UNITS = ("lab-mlflow.service", "lab-optuna.service", "lab-backup.timer")
+WORKER_UNITS = ("lab-jupyter.service", "lab-idle.timer")
+AGENT_TIMEOUT_S = 1800
+TOKEN_FILE_PREFIX = "jupyter_token."  # noqa: S105 -- a file name: secrets/jupyter_token.<worker>
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class RemoteLab:
+    settings: schema.Settings
+    hosts: tuple[remote.Host, ...]
+    access: remote.Access
+    root: Path
+    bucket: str | None
+    # gcp: every VM of the lab and its state now (None for the ssh target); `hosts` holds the reachable ones
+    gcp: GcpView | None = None
+
+    @property
+    def stopped(self) -> tuple[HostState, ...]:
+        """gcp: the lab's VMs that cannot be used now (stopped, preempted, starting, gone)."""
+        return tuple(s for s in self.gcp.states if not s.usable) if self.gcp else ()
+
+    @property
+    def stack(self) -> str:
+        return self.settings.stack
+
+    @property
+    def tracker(self) -> remote.Host:
+        return self.hosts[0]
+
+    @property
+    def workers(self) -> tuple[remote.Host, ...]:
+        return self.hosts[1:]
+
+    @property
+    def backups_dir(self) -> Path:
+        return self.root / "backups"
+
+    def token_file(self, host: remote.Host) -> Path:
+        """A worker's own Jupyter token (no two hosts share one; the local lab's is local_lab's)."""
+        return self.root / "secrets" / f"{TOKEN_FILE_PREFIX}{host.name}"
+
+
+def _resolved(stack_name: str, target: str) -> tuple[schema.Settings, schema.Resolution]:
+    stack_file, resolution = stack.load(stack_name, target=target)
+    if resolution.problems or resolution.settings is None:
+        first = resolution.problems[0] if resolution.problems else "its values cannot be read"
+        raise LabError(
+            f"{stack_file.path.name}: {first}",
+            hint=f"`lab config validate --stack {stack_name}` lists every problem",
+        )
+    return resolution.settings, resolution
+
+
+def settings_for(stack_name: str, target: str) -> schema.Settings:
+    """The stack's settings, which must be valid for the target."""
+    return _resolved(stack_name, target)[0]
+
+
+def open_lab(stack_name: str, target: str, *, say: Say | None = None) -> RemoteLab:
+    """The stack's remote lab: its settings must be valid for the target. gcp: the VMs' state and addresses
+    are read now (Compute API), their host keys pinned; stopped VMs are left out of `hosts` (said once)."""
+    settings, resolution = _resolved(stack_name, target)
+    if target == "gcp":
+        return gcp_lab_of(settings, gcp_hosts(settings, say or _stderr), say or _stderr)
+    root = local_lab.check_lab_home() / "stacks" / settings.stack
+    root.mkdir(parents=True, exist_ok=True)
+    hosts = tuple(remote.hosts_of(settings))
+    bucket = settings.bucket_name if resolution.sources.get("lab:bucketName") == "stack" else None
+    return RemoteLab(settings=settings, hosts=hosts, access=remote.access_of(settings), root=root, bucket=bucket)
+
+
+def _stderr(line: str) -> None:
+    from toolkit.console import err
+
+    err().print(line, highlight=False)
+
+
+# -- gcp: the VMs as they are now -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HostState:
+    """One VM of the gcp lab: its host (address "" when it has none now), GCE name, zone and status."""
+
+    host: remote.Host
+    instance: str
+    zone: str
+    status: str  # GCE's (RUNNING, TERMINATED, ...), MISSING (no such VM), or UNKNOWN (from the last outputs)
+    id: str = ""
+
+    @property
+    def usable(self) -> bool:
+        return self.status in ("RUNNING", "UNKNOWN") and bool(self.host.address)
+
+    def describe(self) -> str:
+        if self.status in ("TERMINATED", "STOPPING", "SUSPENDED", "SUSPENDING"):
+            return f"stopped ({self.status}: preempted, or powered off when idle)"
+        if self.status in ("PROVISIONING", "STAGING"):
+            return f"starting ({self.status})"
+        if self.status == "MISSING":
+            return "missing (no such VM in GCP)"
+        if self.status == "RUNNING" and not self.host.address:
+            return "running without an external address"
+        return self.status.lower()
+
+
+@dataclass(frozen=True)
+class GcpView:
+    """The gcp lab's VMs, tracker first. `live`: read from the Compute API now; otherwise from the last
+    `lab up`'s outputs (`note` says why), which may be stale."""
+
+    states: tuple[HostState, ...]
+    bucket: str | None
+    project: str
+    live: bool
+    note: str = ""
+
+    @property
+    def tracker(self) -> HostState:
+        return self.states[0]
+
+    @property
+    def hosts(self) -> tuple[remote.Host, ...]:
+        return tuple(s.host for s in self.states if s.usable)
+
+
+_SAID: set[str] = set()
+
+
+def _say_once(key: str, line: str, say: Say) -> None:
+    if key not in _SAID:
+        _SAID.add(key)
+        say(line)
+
+
+def gcp_hosts(settings: schema.Settings, say: Say = lambda line: None) -> GcpView:
+    """The gcp lab's VMs now: names and zones from the stack's Pulumi outputs (read without the Pulumi CLI),
+    status and addresses from the Compute API (one aggregated list filtered on the label lab=<stack>). Without
+    credentials or API access, the outputs' addresses, and that is said once."""
+    from toolkit.gcp import api as gcp_api
+    from toolkit.gcp import pulumi_state
+
+    backend = pulumi_state.backend_url(settings)
+    state = pulumi_state.read(backend, settings.stack)
+    outputs = state.outputs if state else {}
+    bucket = outputs.get("bucket_name") or None
+    from_outputs = hosts_from_outputs(outputs, settings.stack, backend)  # raises when the lab is not up
+    project = str(outputs.get("project") or settings.project or "")
+    names = [str(outputs.get("tracker_name") or "")]
+    workers = outputs.get("worker_names") or []
+    names += [str(n) for n in workers] if isinstance(workers, list) else []
+    zones = [str(outputs.get("zone") or settings.zone or "")]
+    zones += [str(outputs.get("worker_zone") or settings.zone or "")] * (len(names) - 1)
+    addresses = {h.name: h.address for h in from_outputs}
+
+    def fallback(why: str) -> GcpView:
+        _say_once(
+            f"{settings.stack}:fallback",
+            f"could not read the VMs' current state from GCP ({why}); using the addresses of the last `lab up`, "
+            "which a preempted or stopped VM no longer has",
+            say,
+        )
+        states = [HostState(h, names[i] if i < len(names) else "", "", "UNKNOWN") for i, h in enumerate(from_outputs)]
+        return GcpView(tuple(states), bucket, project, live=False, note=why)
+
+    if not names[0]:
+        return fallback("the stack's outputs predate tracker_name/worker_names; `lab up` adds them")
+    try:
+        listing = gcp_api.labelled(project, settings.labels["lab"], ("instances",))
+    except LabError as exc:
+        return fallback(exc.one_line())
+    found = {i.name: i for i in listing.instances()}
+    states: list[HostState] = []
+    for index, (name, zone) in enumerate(zip(names, zones, strict=True)):
+        lab_name = remote.TRACKER if index == 0 else f"worker-{index}"
+        role = remote.TRACKER if index == 0 else remote.WORKER
+        instance = found.get(name)
+        if instance is None:
+            unanswered = any(zone in scope for scope in listing.unreachable)
+            status = "UNKNOWN" if unanswered else "MISSING"
+            address = addresses.get(lab_name, "") if unanswered else ""
+            states.append(HostState(remote.Host(lab_name, address, role), name, zone, status))
+            continue
+        address = (instance.external_ip or "") if instance.status == "RUNNING" else ""
+        states.append(
+            HostState(remote.Host(lab_name, address, role), name, instance.zone, instance.status, instance.id)
+        )
+    view = GcpView(tuple(states), bucket, project, live=True)
+    for host_state in view.states:
+        if not host_state.usable:
+            _say_once(
+                f"{settings.stack}:{host_state.host.name}:{host_state.status}",
+                f"{host_state.host.name} ({host_state.instance}) is {host_state.describe()}: left out"
+                + (" of trial slots and tunnels" if host_state.host.role == remote.WORKER else "")
+                + "; `lab up` starts it",
+                say,
+            )
+    return view
+
+
+def hosts_from_outputs(outputs: dict[str, Any], stack_name: str, backend: str = "") -> tuple[remote.Host, ...]:
+    """The tracker, then worker-1, worker-2, ... at their external addresses as the last `lab up` saw them;
+    workers without one (stopped, preempted) are left out. The program's outputs are the contract: tests run
+    the program under mocks and hand its outputs here."""
+    tracker = outputs.get("tracker_external_ip")
+    if not isinstance(tracker, str) or not tracker:
+        where = f" in {backend}" if backend else ""
+        raise LabError(
+            f"the gcp lab of stack {stack_name} is not up (no tracker in its Pulumi state{where})", hint="run `lab up`"
+        )
+    found = [remote.Host(remote.TRACKER, tracker, remote.TRACKER)]
+    addresses = outputs.get("worker_external_ips") or []
+    found += [
+        remote.Host(f"worker-{i}", address, remote.WORKER)
+        for i, address in enumerate(addresses, start=1)
+        if isinstance(address, str) and address
+    ]
+    return tuple(found)
+
+
+def gcp_lab_of(settings: schema.Settings, view: GcpView, say: Say = lambda line: None) -> RemoteLab:
+    """The gcp lab over its usable VMs, with SSH checking host keys strictly against the pins."""
+    root = local_lab.check_lab_home() / "stacks" / settings.stack
+    root.mkdir(parents=True, exist_ok=True)
+    tracker = view.tracker
+    if not tracker.usable:
+        raise LabError(
+            f"the tracker ({tracker.instance}) of stack {settings.stack} is {tracker.describe()}",
+            hint="`lab up` starts it",
+        )
+    access = replace(remote.access_of(settings), strict=True)
+    lab = RemoteLab(settings=settings, hosts=view.hosts, access=access, root=root, bucket=view.bucket, gcp=view)
+    pin_host_keys(lab, say)
+    return lab
+
+
+def agent(lab: RemoteLab, *args: str, timeout: float = AGENT_TIMEOUT_S) -> str:
+    """Run the tracker agent on the tracker, as the tracker's user; its stdout."""
+    command = ["sudo", "-n", "-u", TRACKER_USER, *AGENT, *args, "--data", DATA, "--stack", lab.stack]
+    result = remote.run(lab.access, lab.tracker, command, check=False, timeout=timeout)
+    if result.returncode != 0:
+        lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+        reason = lines[-1].removeprefix("error: ") if lines else f"exit code {result.returncode}"
+        if "No such file" in reason or "can't open file" in reason or "No module named" in reason:
+            raise LabError(f"the tracker is not configured yet ({reason})", hint="run `lab up` first")
+        raise LabError(f"on {lab.tracker.name}: {reason}")
+    return result.stdout
+
+
+def extravars(lab: RemoteLab, restore_from: Path | None) -> dict[str, Any]:
+    import toolkit
+
+    for worker in lab.workers:
+        local_lab.ensure_token(lab.token_file(worker))
+    return {
+        "lab_stack": lab.stack,
+        "lab_toolkit_src": str(Path(toolkit.__file__).resolve().parent),
+        "lab_mlflow_port": schema.MLFLOW_PORT,
+        "lab_optuna_port": OPTUNA_PORT,
+        "lab_jupyter_port": JUPYTER_PORT,
+        # each worker's own token; the value is a lookup, so no token lands in the runner's files or events
+        "lab_jupyter_token": "{{ lookup('ansible.builtin.file', '"
+        + str(lab.root / "secrets" / TOKEN_FILE_PREFIX)
+        + "' ~ inventory_hostname) }}",
+        "lab_bucket": lab.bucket or "",
+        "lab_backup_keep": lab.settings.backup_keep,
+        "lab_backup_days": lab.settings.backup_days,
+        "lab_idle_minutes": lab.settings.idle_minutes,
+        "lab_restore_from": str(restore_from) if restore_from else "",
+    }
+
+
+def newest_verified_backup(lab: RemoteLab, say: Say) -> backups.Backup | None:
+    for candidate in backups.listing(lab.backups_dir):
+        try:
+            backups.verify(candidate.path)
+        except LabError as exc:
+            say(f"skipping backup {candidate.manifest.id}: {exc.one_line()}")
+            continue
+        return candidate
+    return None
+
+
+def reachable(lab: RemoteLab, hosts: tuple[remote.Host, ...] | None = None) -> dict[str, str | None]:
+    """Host name -> None when SSH answers, else why not (checked in parallel)."""
+    chosen = hosts if hosts is not None else lab.hosts
+
+    def probe(host: remote.Host) -> str | None:
+        try:
+            remote.run(lab.access, host, ["true"], timeout=remote.CONNECT_TIMEOUT_S + 5)
+        except LabError as exc:
+            return exc.one_line()
+        return None
+
+    with ThreadPoolExecutor(max_workers=max(len(chosen), 1)) as pool:
+        return dict(zip([h.name for h in chosen], pool.map(probe, chosen), strict=True))
+
+
+def configure_hosts(
+    lab: RemoteLab, say: Say, on_change: Callable[[configure.Report], None]
+) -> tuple[configure.Report, backups.Backup | None]:
+    """Run the site playbook: configure every host, restore the tracker when it has no DB yet."""
+    restore_from = newest_verified_backup(lab, say)
+    report = configure.run(
+        "site.yml",
+        lab.hosts,
+        lab.access,
+        extravars(lab, restore_from.path if restore_from else None),
+        lab.root / "ansible",
+        on_change=on_change,
+    )
+    return report, restore_from
+
+
+def tracker_facts(lab: RemoteLab) -> dict[str, Any]:
+    text = remote.run(lab.access, lab.tracker, ["cat", "/etc/lab/tracker.json"], check=False).stdout
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise LabError(f"{lab.tracker.name} is not configured yet", hint="run `lab up` first") from None
+
+
+def backup(lab: RemoteLab, *, reason: str, say: Say) -> tuple[backups.Backup, dict[str, Any]]:
+    """A backup taken on the tracker (the same code as `lab backup --local`), downloaded and verified here."""
+    document = json.loads(
+        agent(
+            lab,
+            "backup",
+            "--keep",
+            str(lab.settings.backup_keep),
+            "--days",
+            str(lab.settings.backup_days),
+            "--reason",
+            reason,
+            "--json",
+            *(["--bucket", lab.bucket] if lab.bucket else []),
+        )
+    )
+    backup_id = document["id"]
+    incoming = lab.backups_dir / f"{backups.INCOMING}{backup_id}"
+    shutil.rmtree(incoming, ignore_errors=True)
+    try:
+        fetched = remote.fetch_folder(lab.access, lab.tracker, f"{DATA}/backups", backup_id, incoming)
+        manifest = backups.verify(fetched)
+        final = lab.backups_dir / backup_id
+        fetched.rename(final)
+    finally:
+        shutil.rmtree(incoming, ignore_errors=True)
+    backups.rotate(lab.backups_dir, keep_last=lab.settings.backup_keep, keep_days=lab.settings.backup_days)
+    say(f"backup {backup_id} taken on {lab.tracker.name}, downloaded and verified")
+    return backups.Backup(final, manifest), document
+
+
+def units_state(lab: RemoteLab, host: remote.Host) -> dict[str, str]:
+    units = TRACKER_UNITS if host.role == remote.TRACKER else WORKER_UNITS
+    result = remote.run(lab.access, host, ["systemctl", "is-active", *units], check=False, timeout=30)
+    states = result.stdout.split()
+    return dict(zip(units, states + ["unknown"] * (len(units) - len(states)), strict=True))
+
+
+def restore(lab: RemoteLab, chosen: backups.Backup, *, stop: bool, say: Say) -> None:
+    """Send a verified backup to the tracker and put it in place, keeping the DBs it replaces."""
+    running = [u for u, s in units_state(lab, lab.tracker).items() if s == "active" and u != "lab-backup.timer"]
+    if running and not stop:
+        raise LabError("the tracker is running", hint="pass --stop to stop it first (it is started again after)")
+    remote_path = remote.send_folder(lab.access, lab.tracker, chosen.path, f"{DATA}/restore", owner=TRACKER_USER)
+    if running:
+        remote.run(lab.access, lab.tracker, ["sudo", "-n", "systemctl", "stop", *TRACKER_UNITS[:2]])
+    try:
+        agent(lab, "restore", "--from", remote_path)
+    finally:
+        if running:
+            remote.run(lab.access, lab.tracker, ["sudo", "-n", "systemctl", "start", *TRACKER_UNITS[:2]])
+    say(f"restored {chosen.manifest.id} on {lab.tracker.name}")
+
+
+def stop_services(lab: RemoteLab, say: Say, on_change: Callable[[configure.Report], None]) -> configure.Report | None:
+    """Stop the lab's services on every host that answers; machines are never deleted."""
+    answers = reachable(lab)
+    for name, why in answers.items():
+        if why:
+            say(f"{name} does not answer, so its services are already stopped ({why})")
+    up_hosts = tuple(h for h in lab.hosts if answers[h.name] is None)
+    if not up_hosts:
+        return None
+    return configure.run(
+        "stop.yml", up_hosts, lab.access, {"lab_stack": lab.stack}, lab.root / "ansible", on_change=on_change
+    )
+
+
+def wait_for_ssh(lab: RemoteLab, host: remote.Host, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            remote.run(lab.access, host, ["true"], timeout=remote.CONNECT_TIMEOUT_S + 5)
+            return
+        except LabError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(2)
+
+
+def state_dir(stack_name: str) -> Path:
+    return paths.stack_home(stack_name)
+
+
+# -- host keys ------------------------------------------------------------------------------------------------
+
+PINS = "hostkeys.json"
+HOST_KEY_WAIT_S = 600
+
+
+def fingerprint(key_b64: str) -> str:
+    """A key's SHA256 fingerprint as `ssh-keygen -l` prints it."""
+    import base64
+    import hashlib
+
+    digest = hashlib.sha256(base64.b64decode(key_b64)).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def _read_pins(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        pins = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {str(k): v for k, v in pins.items() if isinstance(v, dict)} if isinstance(pins, dict) else {}
+
+
+def _write_private(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text, encoding="utf-8")
+    partial.chmod(0o600)
+    partial.replace(path)
+
+
+def _known_lines(known_hosts: Path) -> dict[str, list[str]]:
+    """The known-hosts file's lines by their (first) host field."""
+    lines: dict[str, list[str]] = {}
+    try:
+        text = known_hosts.read_text(encoding="utf-8")
+    except OSError:
+        return lines
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and not line.startswith("#"):
+            for name in fields[0].split(","):
+                lines.setdefault(name, []).append(line)
+    return lines
+
+
+def pin_host_keys(lab: RemoteLab, say: Say = lambda line: None, wait_s: float = 0) -> list[str]:
+    """gcp: make the stack's known_hosts hold, for each usable VM's current address, the SSH host keys GCE
+    published for that VM (guest attributes `hostkeys/`), so the first connection is already checked.
+
+    Keys are pinned per instance id in hostkeys.json: a VM stopped and started again (new ephemeral address)
+    keeps its pin; a recreated VM (new id) is pinned anew from GCE, never from the old VM. A VM whose keys are
+    not published yet is waited for up to `wait_s` (the guest agent writes them on first boot); returns the
+    names of usable hosts left without keys. VMs pinned before this existed (no pin, keys trusted on first
+    use) keep the keys already in known_hosts for their address."""
+    view = lab.gcp
+    if view is None:
+        return []
+    from toolkit.gcp import api as gcp_api
+
+    pins_path = lab.root / PINS
+    pins = _read_pins(pins_path)
+    existing = _known_lines(lab.access.known_hosts)
+    deadline = time.monotonic() + wait_s
+    missing: list[str] = []
+    lines: list[str] = []
+    for state in view.states:
+        if not state.usable:
+            continue
+        pin = pins.get(state.instance)
+        legacy = pin is None  # never pinned: a VM from before pinning, its keys trusted on first use
+        current = pin is not None and (not view.live or str(pin.get("id")) == state.id)
+        if not current and view.live:
+            keys: dict[str, str] = {}
+            while True:
+                try:
+                    keys = gcp_api.host_keys(view.project, state.zone, state.instance)
+                except LabError as exc:
+                    say(f"could not read the host keys of {state.host.name}: {exc.one_line()}")
+                if keys or time.monotonic() >= deadline:
+                    break
+                time.sleep(5)
+            if keys:
+                pin = {"id": state.id, "keys": keys}
+                pins[state.instance] = pin
+                current = True
+                shown = ", ".join(f"{kind} {fingerprint(value)}" for kind, value in sorted(keys.items()))
+                say(f"pinned the SSH host keys GCE published for {state.host.name}: {shown}")
+            elif pin is not None:
+                del pins[state.instance]  # a new VM under an old name: the old VM's keys are not its keys
+                pin = None
+        if current and pin is not None:
+            lines += [f"{state.host.address} {kind} {value}" for kind, value in sorted(pin["keys"].items())]
+        elif legacy and existing.get(state.host.address):
+            lines += existing[state.host.address]  # trusted on first use before pinning existed
+        else:
+            missing.append(state.host.name)
+    _write_private(pins_path, json.dumps(pins, indent=1, sort_keys=True) + "\n")
+    _write_private(lab.access.known_hosts, "".join(line + "\n" for line in lines))
+    return missing
+
+
+def forget_changed_host_keys(lab: RemoteLab) -> None:
+    """Before the first connection after `lab up`. gcp: pin the VMs' host keys from GCE, waiting for new VMs to
+    publish them; a VM that does not is an error (it would be refused anyway). ssh target (machines the user
+    already has, trusted on first use): forget the keys of addresses that are new or moved since the last
+    `lab up` (kept in hosts.json); the rest stay."""
+    from toolkit import proc
+
+    if lab.gcp is not None:
+        missing = pin_host_keys(lab, _stderr, wait_s=HOST_KEY_WAIT_S)
+        if missing:
+            raise LabError(
+                f"GCE published no SSH host keys for {', '.join(missing)} within {HOST_KEY_WAIT_S // 60} min, "
+                "so the lab will not connect to it",
+                hint="its guest agent writes them on first boot when the VM has metadata "
+                "enable-guest-attributes=TRUE; a VM created without it: recreate it (`lab down`, `lab up`)",
+            )
+        return
+    record = lab.root / "hosts.json"
+    try:
+        before = json.loads(record.read_text())
+    except (OSError, json.JSONDecodeError):
+        before = {}
+    now = {host.name: host.address for host in lab.hosts}
+    if lab.access.known_hosts.exists():
+        for name, address in now.items():
+            if before.get(name) != address:
+                proc.run(["ssh-keygen", "-R", address, "-f", str(lab.access.known_hosts)], check=False)
+    record.write_text(json.dumps(now, indent=2) + "\n")
+
+
+def forget_all_host_keys(lab_root: Path) -> None:
+    """After `lab down` on gcp: the machines are gone, and so are their keys and pins."""
+    for name in ("known_hosts", "known_hosts.old", "hosts.json", PINS):
+        (lab_root / name).unlink(missing_ok=True)

@@ -1,0 +1,436 @@
+"""A sweep: Optuna proposes parameters, slots run the notebook with papermill, MLflow records each trial.
+
+The study lives in the tracker's `optuna.db` (so `lab backup` keeps it); the same study name resumes.
+Each trial's MLflow run is made here, up front, in an experiment made here once (never by the
+notebooks: concurrent `set_experiment` calls race). The notebook gets MLFLOW_TRACKING_URI and
+MLFLOW_RUN_ID, so a plain `mlflow.start_run()` logs into its run; the objective is read back from the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from toolkit import proc
+from toolkit.errors import LabError
+from toolkit.sweeps import slots
+from toolkit.sweeps.space import Space
+
+MAX_RETRIES = 2  # a slot whose process dies runs the same parameters again, at most this often
+ERROR_TAG_LIMIT = 5000
+INTERRUPTED = "lab_interrupted"
+RUN_ID_ATTR = "mlflow_run_id"
+COST_METRIC = "cost_usd"  # on each trial's run, and as a user attribute of the Optuna trial
+
+
+@dataclass
+class TrialResult:
+    number: int
+    params: dict[str, Any]
+    slot: str
+    state: str = "RUNNING"  # RUNNING, COMPLETE, FAIL, INTERRUPTED
+    value: float | None = None
+    run_id: str | None = None
+    error: str = ""
+    attempts: int = 0
+    started: float = field(default_factory=time.monotonic)
+    seconds: float = 0.0  # time inside the slot (papermill), all attempts
+    cost_usd: float | None = None  # the slot's share of its machine's price for that time (None: not priced)
+    slot_start: float = 0.0  # when papermill started and ended, on the sweep's clock (time.monotonic)
+    slot_end: float = 0.0
+    output: str = ""
+
+
+@dataclass
+class Progress:
+    """What the display shows; updated by the slot threads under the sweep's lock."""
+
+    planned: int
+    already: int
+    results: list[TrialResult] = field(default_factory=list)
+    best: float | None = None
+
+    def count(self, state: str) -> int:
+        return sum(1 for r in self.results if r.state == state)
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    notebook: Path
+    space: Space
+    study: str
+    trials: int
+    timeout: float | None
+    output_pattern: str
+    tracking_uri: str
+    storage_path: Path  # the study DB (local), or beside which the study's lock lives (remote)
+    max_retries: int = MAX_RETRIES
+    grpc_port: int | None = None  # a remote tracker's Optuna storage proxy, through a tunnel on this port
+
+
+def output_path(pattern: str, *, study: str, trial: int, run_id: str, notebook: Path) -> Path:
+    try:
+        return Path(pattern.format(study=study, trial=trial, run_id=run_id, notebook=notebook.stem))
+    except (KeyError, IndexError, ValueError) as exc:
+        raise LabError(
+            f"--output {pattern!r} has an unknown placeholder {exc}",
+            hint="use {study}, {trial}, {run_id} and {notebook}",
+        ) from None
+
+
+def git_commit(folder: Path) -> str | None:
+    try:
+        result = proc.run(["git", "-C", str(folder), "rev-parse", "HEAD"], check=False, timeout=10)
+    except LabError:
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+@contextlib.contextmanager
+def study_lock(storage_path: Path, study: str) -> Iterator[None]:
+    """One dispatcher per study at a time: a second one is refused rather than racing the first."""
+    lock_path = storage_path.parent / f".sweep-{hashlib.sha256(study.encode()).hexdigest()[:16]}.lock"
+    with lock_path.open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LabError(
+                f"study {study!r} is already being swept by another `lab dispatch`",
+                hint="wait for it, or use another --study",
+            ) from None
+        yield
+
+
+class Sweep:
+    """One `lab dispatch`: ask, run on free slots, tell; interruptible; resumable by study name."""
+
+    def __init__(self, spec: SweepSpec, slot_list: list[slots.Slot]) -> None:
+        self.spec = spec
+        self.slots = slot_list
+        self.lock = threading.Lock()
+        self.cancel = threading.Event()
+        self.notebook_sha = hashlib.sha256(spec.notebook.read_bytes()).hexdigest()
+        self.commit = git_commit(spec.notebook.parent)
+        self.progress: Progress | None = None
+        self.study: Any = None
+        self.client: Any = None
+        self.experiment_id = ""
+        self.errors: list[BaseException] = []
+        self.active = 0
+        self.all_done = threading.Event()
+        self.finisher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="finish")
+        self.finishing: list[Future] = []
+        # trials whose slot's host went away, waiting for another slot (trial, result, parameters)
+        self.requeued: list[tuple[Any, TrialResult]] = []
+        self.lost_slots: list[str] = []
+
+    # -- setup ---------------------------------------------------------------------------------
+    def open(self) -> Progress:
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # stdout is for results
+        import optuna
+        from mlflow.tracking import MlflowClient
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        if self.spec.grpc_port:
+            storage: Any = optuna.storages.GrpcStorageProxy(host="127.0.0.1", port=self.spec.grpc_port)
+        else:
+            storage = optuna.storages.RDBStorage(
+                f"sqlite:///{self.spec.storage_path}", engine_kwargs={"connect_args": {"timeout": 60}}
+            )
+        space = self.spec.space
+        self.study = optuna.create_study(
+            study_name=self.spec.study,
+            storage=storage,
+            direction=space.direction,
+            sampler=space.make_sampler(),
+            load_if_exists=True,
+        )
+        if self.study.direction.name.lower() != space.direction:
+            raise LabError(
+                f"study {self.spec.study!r} was made to {self.study.direction.name.lower()} and the "
+                f"space file says {space.direction}",
+                hint="use another --study",
+            )
+        self._requeue_stale()
+        done = [
+            t
+            for t in self.study.get_trials(deepcopy=False)
+            if t.state.is_finished() and not t.user_attrs.get(INTERRUPTED)
+        ]
+        self.client = MlflowClient(self.spec.tracking_uri)
+        try:
+            found = self.client.get_experiment_by_name(self.spec.study)
+            self.experiment_id = found.experiment_id if found else self.client.create_experiment(self.spec.study)
+        except Exception as exc:
+            raise LabError(
+                f"cannot reach the tracker at {self.spec.tracking_uri}: {type(exc).__name__}",
+                hint="is the lab up? `lab status --local`",
+            ) from None
+        self.progress = Progress(planned=max(self.spec.trials - len(done), 0), already=len(done))
+        with contextlib.suppress(ValueError):
+            self.progress.best = self.study.best_value
+        return self.progress
+
+    def _requeue_stale(self) -> None:
+        """Trials left RUNNING by a dispatcher that was killed: failed as interrupted, their
+        parameters queued to run again first."""
+        import optuna
+
+        for trial in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            self.study.enqueue_trial(trial.params, skip_if_exists=False)
+            storage = self.study._storage
+            storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)
+            storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+
+    # -- running -------------------------------------------------------------------------------
+    def run(self, on_change: Callable[[], None] = lambda: None, poll: float = 0.2) -> Progress:
+        """Run the sweep to the end; Ctrl-C stops the running trials, records them, and re-raises."""
+        progress = self.progress or self.open()
+        # Slots report their end through a counter and an event, not Thread.join: on Python 3.11 a
+        # join interrupted by Ctrl-C can mark a thread that still runs as finished.
+        self.active = len(self.slots)
+        for slot in self.slots:
+            threading.Thread(target=self._slot_loop, args=(slot,), name=slot.name, daemon=True).start()
+        try:
+            while not self.all_done.wait(timeout=poll):
+                on_change()
+        except KeyboardInterrupt:
+            self.cancel.set()
+            self.all_done.wait()
+            self._drain()
+            on_change()
+            if self.errors:
+                raise self.errors[0] from None
+            raise
+        self._drain()
+        on_change()
+        if self.errors:
+            raise self.errors[0]
+        return progress
+
+    def _drain(self) -> None:
+        """Wait for every trial's bookkeeping; a failure in it is an error of the sweep."""
+        self.finisher.shutdown(wait=True)
+        self.errors.extend(f.exception() for f in self.finishing if f.exception() is not None)
+
+    def _next(self, slot: slots.Slot) -> tuple[Any, TrialResult] | None:
+        with self.lock:
+            progress = self.progress
+            if self.cancel.is_set() or progress is None:
+                return None
+            if self.requeued:
+                trial, result = self.requeued.pop(0)
+                result.slot = slot.name
+                return trial, result
+            if len(progress.results) >= progress.planned:
+                return None
+            trial = self.study.ask(self.spec.space.distributions())
+            result = TrialResult(number=trial.number, params=dict(trial.params), slot=slot.name)
+            progress.results.append(result)
+            return trial, result
+
+    def _slot_loop(self, slot: slots.Slot) -> None:
+        try:
+            usable = True
+            while usable and (picked := self._next(slot)) is not None:
+                usable = self._run_trial(slot, *picked)  # False: the slot's host is gone, its trial requeued
+            while usable and self._waiting_for_others():
+                time.sleep(0.2)  # another slot may still hand back a trial for this one to run
+                if (picked := self._next(slot)) is not None:
+                    usable = self._run_trial(slot, *picked)
+        except BaseException as exc:  # a bug here must not vanish with the thread
+            self.errors.append(exc)
+            self.cancel.set()
+        finally:
+            with self.lock:
+                self.active -= 1
+                if self.active == 0:
+                    self._abandon_requeued()
+                    self.all_done.set()
+
+    def _waiting_for_others(self) -> bool:
+        """Whether a healthy slot should stay around: another slot may still hand back a trial."""
+        with self.lock:
+            return not self.cancel.is_set() and (bool(self.requeued) or self._busy_elsewhere())
+
+    def _busy_elsewhere(self) -> bool:
+        progress = self.progress
+        return progress is not None and any(r.state == "RUNNING" and r.slot_end == 0.0 for r in progress.results)
+
+    def _abandon_requeued(self) -> None:
+        """No slot is left for trials whose host went away: they fail, saying so (called under the lock)."""
+        for trial, result in self.requeued:
+            outcome = slots.Outcome("lost", 0.0, "no slot was left to run it on (every worker went away)")
+            self.finishing.append(self.finisher.submit(self._finish, trial, result, outcome, Path(result.output)))
+        self.requeued.clear()
+
+    def _run_trial(self, slot: slots.Slot, trial: Any, result: TrialResult) -> bool:
+        """Run one trial on a slot (retrying a dead process there); False when the slot's host is gone."""
+        spec, space = self.spec, self.spec.space
+        parameters = {
+            **space.fixed,
+            **result.params,
+            "trial_number": trial.number,
+            "seed": space.trial_seed(trial.number),
+        }
+        outcome = slots.Outcome("died", 0.0)
+        while result.attempts <= spec.max_retries:
+            result.attempts += 1
+            run_id = self._start_run(trial.number, result, parameters)
+            result.run_id = run_id
+            output = output_path(
+                spec.output_pattern, study=spec.study, trial=trial.number, run_id=run_id, notebook=spec.notebook
+            ).resolve()
+            result.output = str(output)
+            job = slots.Job(
+                notebook=spec.notebook,
+                output=output,
+                parameters=parameters,
+                timeout=spec.timeout,
+                env={
+                    "MLFLOW_TRACKING_URI": spec.tracking_uri,
+                    "MLFLOW_RUN_ID": run_id,
+                    "MLFLOW_EXPERIMENT_ID": self.experiment_id,
+                },
+            )
+            result.slot_start = result.slot_start or time.monotonic()
+            result.slot_end = 0.0
+            outcome = slot.run(job, self.cancel)
+            result.slot_end = time.monotonic()
+            result.seconds += outcome.seconds
+            self._log_cost(slot, run_id, outcome, result)
+            if outcome.kind == "lost" and not self.cancel.is_set():
+                self._fail_run(
+                    run_id,
+                    f"slot {slot.name} went away ({outcome.error}); the trial runs again on another slot",
+                    status="FAILED",
+                )
+                with self.lock:
+                    self.lost_slots.append(slot.name)
+                    if result.attempts <= spec.max_retries:
+                        self.requeued.append((trial, result))
+                        return False
+                break
+            if outcome.kind == "died" and result.attempts <= spec.max_retries and not self.cancel.is_set():
+                self._store_notebook(run_id, output)
+                self._fail_run(
+                    run_id,
+                    f"the slot's process died ({outcome.error}); retrying with the same parameters",
+                    status="FAILED",
+                )
+                continue
+            break
+        # The bookkeeping after a trial (its notebook, its objective, telling Optuna) runs beside the
+        # slot, which goes straight on to its next trial.
+        self.finishing.append(self.finisher.submit(self._finish, trial, result, outcome, output))
+        return outcome.kind != "lost"
+
+    def _log_cost(self, slot: slots.Slot, run_id: str, outcome: slots.Outcome, result: TrialResult) -> None:
+        """The attempt's cost on its run: the slot's share of its machine's hourly price for its duration."""
+        price = getattr(slot, "usd_per_hour", None)
+        if price is None:
+            return
+        cost = price * outcome.seconds / 3600
+        result.cost_usd = (result.cost_usd or 0.0) + cost
+        with contextlib.suppress(Exception):
+            self.client.log_metric(run_id, COST_METRIC, cost)
+            self.client.set_tag(run_id, "lab.usd_per_hour", f"{price:.6f}")
+
+    def _store_notebook(self, run_id: str, output: Path) -> None:
+        if output.exists():
+            with contextlib.suppress(Exception):
+                self.client.log_artifact(run_id, str(output))
+
+    def _start_run(self, number: int, result: TrialResult, parameters: dict[str, Any]) -> str:
+        from mlflow.entities import Param
+
+        tags = {
+            "lab.study": self.spec.study,
+            "lab.trial": str(number),
+            "lab.slot": result.slot,
+            "lab.attempt": str(result.attempts),
+            "lab.notebook": str(self.spec.notebook),
+            "lab.notebook_sha256": self.notebook_sha,
+            "mlflow.runName": f"{self.spec.study}-{number}",
+        }
+        if self.commit:
+            tags["mlflow.source.git.commit"] = self.commit
+        run = self.client.create_run(self.experiment_id, tags=tags)
+        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in parameters.items()])
+        return run.info.run_id
+
+    def _fail_run(self, run_id: str, error: str, status: str) -> None:
+        text = error[-ERROR_TAG_LIMIT:]
+        with contextlib.suppress(Exception):
+            self.client.set_tag(run_id, "lab.error", text)
+            self.client.log_text(run_id, error, "error.txt")
+        with contextlib.suppress(Exception):
+            self.client.set_terminated(run_id, status)
+
+    def _objective(self, run_id: str) -> tuple[float | None, str]:
+        metric = self.spec.space.metric
+        metrics = self.client.get_run(run_id).data.metrics
+        if metric not in metrics:
+            logged = ", ".join(sorted(metrics)) or "none"
+            return None, f"the notebook did not log the objective metric {metric!r} (it logged: {logged})"
+        value = metrics[metric]
+        if math.isnan(value) or math.isinf(value):
+            return None, f"the objective metric {metric!r} is {value}"
+        return value, ""
+
+    def _finish(self, trial: Any, result: TrialResult, outcome: slots.Outcome, output: Path) -> None:
+        import optuna
+
+        run_id = result.run_id or ""
+        self._store_notebook(run_id, output)
+        state, value, error = "FAIL", None, outcome.error
+        if outcome.kind == "ok":
+            value, error = self._objective(run_id)
+            state = "COMPLETE" if value is not None else "FAIL"
+        if outcome.kind == "cancelled":
+            state, error = "INTERRUPTED", "interrupted (Ctrl-C)"
+        if state == "COMPLETE":
+            with contextlib.suppress(Exception):
+                self.client.set_terminated(run_id, "FINISHED")
+        else:
+            self._fail_run(run_id, error, status="KILLED" if state == "INTERRUPTED" else "FAILED")
+        with self.lock:
+            trial.set_user_attr(RUN_ID_ATTR, run_id)
+            if result.cost_usd is not None:
+                trial.set_user_attr(COST_METRIC, result.cost_usd)
+            if state == "COMPLETE":
+                self.study.tell(trial, value)
+            else:
+                if state == "INTERRUPTED":
+                    trial.set_user_attr(INTERRUPTED, True)
+                    self.study.enqueue_trial(result.params, skip_if_exists=False)
+                self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            result.state, result.value, result.error = state, value, error
+            if state == "COMPLETE" and self.progress is not None:
+                with contextlib.suppress(ValueError):
+                    self.progress.best = self.study.best_value
+
+    # -- reporting -----------------------------------------------------------------------------
+    def best(self) -> dict[str, Any] | None:
+        try:
+            trial = self.study.best_trial
+        except ValueError:
+            return None
+        run_id = trial.user_attrs.get(RUN_ID_ATTR, "")
+        return {
+            "trial": trial.number,
+            "value": trial.value,
+            "params": trial.params,
+            "run_id": run_id,
+            "url": f"{self.spec.tracking_uri}/#/experiments/{self.experiment_id}/runs/{run_id}",
+        }

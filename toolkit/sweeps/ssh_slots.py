@@ -1,0 +1,242 @@
+"""Slots on remote workers: the notebook goes to the worker, papermill runs there, the result comes back.
+
+A worker gives `lab:runsPerGpu` slots per GPU (each sees its GPU through CUDA_VISIBLE_DEVICES), or
+`lab:runsPerGpu` slots when it has no GPU. A trial runs in ~/.lab-trials/<run id> as the login user,
+with the worker's /etc/lab/lab.env (which points MLFLOW_TRACKING_URI at the tracker's internal address)
+and a marker in /var/lib/lab/trials/ that keeps the idle self-shutdown away while it runs. A worker that
+stops answering (powered off, network gone) makes the slot report `lost`, so the sweep re-runs the trial
+on another slot.
+
+~/.lab-trials holds notebooks and their outputs, so it is the login user's alone (0700). Before each trial
+the slot checks it: a folder of the user's with a wider mode (an older lab made it 1777) is narrowed to 0700;
+a symlink, a folder of another user, or one holding another user's files (planted while it was open) is
+refused with what to do, never used. Every path in the scripts sent to the worker is quoted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import shlex
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from toolkit.errors import LabError
+from toolkit.hosts import ssh as remote
+from toolkit.sweeps import slots
+
+TRIALS_DIR = ".lab-trials"  # in the login user's home (ssh starts there): private to that user (0700)
+MARKERS_DIR = "/var/lib/lab/trials"
+PAPERMILL = "/opt/lab/venv/bin/papermill"
+ENV_FILE = "/etc/lab/lab.env"
+# Variables the worker decides for itself (its own view of the tracker), not the dispatcher.
+WORKER_OWNED = ("MLFLOW_TRACKING_URI",)
+# A trial's id names its folder and its marker: an MLflow run id (hex), or the fallback's milliseconds.
+TRIAL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# What the slot's send script says when ~/.lab-trials cannot be trusted (the line starts with this).
+REFUSED = "lab-trials:"
+
+
+def send_script(trial_id: str, trials_dir: str = TRIALS_DIR) -> str:
+    """The worker's side of sending a trial: check ~/.lab-trials (see the module's notes), make the trial's
+    own folder in it, and unpack the tar on stdin there. Refusals are one line on stderr starting REFUSED."""
+    folder = shlex.quote(trials_dir)
+    trial = shlex.quote(f"{trials_dir}/{trial_id}")
+    return (
+        "umask 077; "
+        f"if [ -L {folder} ] || {{ [ -e {folder} ] && {{ [ ! -d {folder} ] || [ ! -O {folder} ]; }}; }}; then "
+        f"echo '{REFUSED} ~/{trials_dir} is not a folder of '\"$(id -un)\" >&2; exit 1; fi; "
+        f"mkdir -p {folder} || exit 1; "
+        f'if [ -n "$(find {folder} -mindepth 1 ! -user "$(id -u)" -print -quit)" ]; then '
+        f"echo '{REFUSED} ~/{trials_dir} holds files of other users' >&2; exit 1; fi; "
+        f"chmod 700 {folder} && rm -rf {trial} && mkdir {trial} && tar -C {folder} -xf -"
+    )
+
+
+def run_script(
+    env: dict[str, str],
+    folder: str,
+    trial_id: str,
+    *,
+    env_file: str = ENV_FILE,
+    markers_dir: str = MARKERS_DIR,
+    papermill: str = PAPERMILL,
+) -> str:
+    """The worker's side of running a trial: the worker's environment, the trial's on top, a marker holding
+    the shell's PID while papermill runs in the trial's folder."""
+    bad = [name for name in env if not ENV_NAME.fullmatch(name)]
+    if bad:
+        raise LabError(f"not a variable name: {bad[0]!r}")
+    exports = " ".join(f"{name}={shlex.quote(value)}" for name, value in env.items())
+    source = shlex.quote(env_file)
+    marker = shlex.quote(f"{markers_dir}/{trial_id}")
+    command = shlex.join(
+        [papermill, "notebook.ipynb", "output.ipynb", "-f", "parameters.yaml", "--cwd", ".", "--no-progress-bar"]
+    )
+    return (
+        f"set -a; [ -r {source} ] && . {source}; set +a; {'export ' + exports + '; ' if exports else ''}"
+        f"cd {shlex.quote(folder)} || exit 97; "
+        f"echo $$ > {marker} 2>/dev/null; trap {shlex.quote(f'rm -f {marker}')} EXIT; "
+        f"{command} >/dev/null"
+    )
+
+
+@dataclass
+class SshSlot:
+    """One slot on a worker, reached over SSH."""
+
+    name: str
+    access: remote.Access
+    host: remote.Host
+    env: dict[str, str] = field(default_factory=dict)
+    usd_per_hour: float | None = None  # this slot's share of the worker's price (None: not priced)
+
+    def run(self, job: slots.Job, cancel: threading.Event) -> slots.Outcome:
+        import yaml
+
+        trial_id = job.env.get("MLFLOW_RUN_ID") or f"{int(time.time() * 1000)}"
+        if not TRIAL_ID.fullmatch(trial_id):
+            raise LabError(f"not a run id: {trial_id!r}")
+        folder = f"{TRIALS_DIR}/{trial_id}"
+        started = time.monotonic()
+        try:
+            with tempfile.TemporaryDirectory(prefix="lab-trial-") as scratch:
+                bundle = Path(scratch) / trial_id
+                bundle.mkdir()
+                (bundle / "notebook.ipynb").write_bytes(job.notebook.read_bytes())
+                (bundle / "parameters.yaml").write_text(yaml.safe_dump(job.parameters))
+                self._send(bundle, trial_id)
+                stderr_path = Path(scratch) / "stderr.txt"
+                ended, code = self._execute(job, folder, trial_id, cancel, started, stderr_path)
+                log = stderr_path.read_text(errors="replace")
+            seconds = time.monotonic() - started
+            if ended:
+                why = "cancelled" if ended == "cancelled" else f"the trial ran longer than --timeout {job.timeout:g} s"
+                return slots.Outcome(ended, seconds, why if ended == "cancelled" else why + " and was stopped")
+            if code == 255 and not self._answers():
+                return slots.Outcome("lost", seconds, f"{self.host.name} stopped answering")
+            self._fetch(folder, job.output)
+            with contextlib.suppress(LabError):
+                remote.run(self.access, self.host, ["rm", "-rf", folder], check=False, timeout=30)
+        except remote.Unreachable as exc:
+            return slots.Outcome("lost", time.monotonic() - started, exc.one_line())
+        if code == 0:
+            return slots.Outcome("ok", seconds)
+        if slots.kernel_died(code, log):
+            return slots.Outcome(
+                "died", seconds, slots.last_lines(log) or f"the kernel died (papermill exited with {code})"
+            )
+        return slots.Outcome("failed", seconds, slots.last_lines(log) or f"papermill exited with {code}")
+
+    # -- the steps ------------------------------------------------------------------------------
+    def _send(self, bundle: Path, trial_id: str) -> None:
+        script = send_script(trial_id)
+        with subprocess.Popen(
+            ["tar", "-C", str(bundle.parent), "-cf", "-", bundle.name], stdout=subprocess.PIPE
+        ) as tar:
+            sent = subprocess.run(
+                [*self.access.ssh(self.host), "--", script], stdin=tar.stdout, capture_output=True, check=False
+            )
+            assert tar.stdout is not None  # noqa: S101
+            tar.stdout.close()
+        if sent.returncode == 255:
+            raise remote.Unreachable(self.host, sent.stderr.decode(errors="replace").strip() or "no answer")
+        if sent.returncode != 0:
+            said = sent.stderr.decode(errors="replace").strip()
+            if said.startswith(REFUSED):
+                raise LabError(
+                    f"{self.host.name}: {said.removeprefix(REFUSED).strip()}, so no trial runs there",
+                    hint=f"see what is in it, then move it away (`lab ssh {self.host.name} -- mv {TRIALS_DIR} "
+                    f"{TRIALS_DIR}.old`); the next trial makes a private one",
+                )
+            raise LabError(f"cannot send the notebook to {self.host.name}: {said}")
+
+    def _script(self, job: slots.Job, folder: str, trial_id: str) -> str:
+        env = {k: v for k, v in {**self.env, **job.env}.items() if k not in WORKER_OWNED}
+        return run_script(env, folder, trial_id)
+
+    def _execute(
+        self,
+        job: slots.Job,
+        folder: str,
+        trial_id: str,
+        cancel: threading.Event,
+        started: float,
+        stderr_path: Path,
+    ) -> tuple[str | None, int]:
+        argv = [*self.access.ssh(self.host), "--", self._script(job, folder, trial_id)]
+        with stderr_path.open("wb") as stderr:
+            process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
+            while True:
+                try:
+                    return None, process.wait(timeout=slots.POLL_S * 4)
+                except subprocess.TimeoutExpired:
+                    pass
+                stop = "cancelled" if cancel.is_set() else None
+                if job.timeout is not None and time.monotonic() - started > job.timeout:
+                    stop = "timeout"
+                if stop:
+                    self._kill_remote(job.env.get("MLFLOW_RUN_ID", ""))
+                    process.kill()
+                    process.wait()
+                    return stop, -1
+
+    def _kill_remote(self, run_id: str) -> None:
+        """Kill every process of the trial on the worker: those whose environment carries its run id
+        (papermill and its kernel, which runs in a session of its own)."""
+        if not run_id:
+            return
+        script = (
+            f"for e in /proc/[0-9]*/environ; do "
+            f"if tr '\\0' '\\n' < $e 2>/dev/null | grep -qx {shlex.quote('MLFLOW_RUN_ID=' + run_id)}; then "
+            f"p=${{e#/proc/}}; kill -KILL ${{p%/environ}} 2>/dev/null; fi; done; true"
+        )
+        with contextlib.suppress(LabError):
+            remote.run(self.access, self.host, ["sh", "-c", script], check=False, timeout=30)
+
+    def _answers(self) -> bool:
+        try:
+            remote.run(self.access, self.host, ["true"], timeout=remote.CONNECT_TIMEOUT_S + 5)
+        except LabError:
+            return False
+        return True
+
+    def _fetch(self, folder: str, output: Path) -> None:
+        result = remote.run(self.access, self.host, ["cat", f"{folder}/output.ipynb"], check=False, timeout=120)
+        if result.returncode == 0 and result.stdout.strip():
+            output.parent.mkdir(parents=True, exist_ok=True)
+            output.write_text(result.stdout)
+
+
+def worker_gpus(access: remote.Access, host: remote.Host) -> int:
+    """How many GPUs the worker play found on a worker (its /etc/lab/worker.json)."""
+    text = remote.run(access, host, ["cat", "/etc/lab/worker.json"], check=False, timeout=30).stdout
+    try:
+        return int(json.loads(text).get("gpus", 0))
+    except (json.JSONDecodeError, ValueError, TypeError, AttributeError):
+        raise LabError(f"{host.name} is not configured as a worker yet", hint="run `lab up` first") from None
+
+
+def ssh_slots(access: remote.Access, workers: list[remote.Host], runs_per_gpu: int) -> list[SshSlot]:
+    """Every worker's slots: runs_per_gpu per GPU (or per worker without one), interleaved across
+    workers so a small --parallel still spreads over machines."""
+    per_worker: list[list[SshSlot]] = []
+    for host in workers:
+        gpus = worker_gpus(access, host)
+        if gpus:
+            made = [
+                SshSlot(f"{host.name}/gpu{g}-{r}", access, host, {"CUDA_VISIBLE_DEVICES": str(g)})
+                for g in range(gpus)
+                for r in range(runs_per_gpu)
+            ]
+        else:
+            made = [SshSlot(f"{host.name}/{r}", access, host) for r in range(runs_per_gpu)]
+        per_worker.append(made)
+    longest = max((len(g) for g in per_worker), default=0)
+    return [group[i] for i in range(longest) for group in per_worker if i < len(group)]

@@ -1,0 +1,177 @@
+"""The lab's helper on a remote tracker: `python -m toolkit.tracker.agent COMMAND`.
+
+The playbooks copy the toolkit package to the tracker and run this module from the tracker's venv, so a
+remote tracker backs itself up, restores and serves its Optuna studies with the same code as `lab backup`
+on a laptop. It needs only the standard library, plus MLflow (schema upgrades), Optuna (the storage
+proxy) and google-cloud-storage (bucket uploads) where those commands are used.
+
+  backup            --data D --keep N --days M [--bucket B] [--stack S] [--reason R] [--json]
+  restore-if-empty  --data D --from DIR       restore DIR only when the tracker has no DB yet
+  restore           --data D --from DIR       keep the current DBs as a backup, then restore DIR
+  optuna-proxy      --data D --host H --port P
+  status            --data D                  (JSON) the DBs, the newest backup
+
+Errors are one line on stderr and exit code 1; `--json` output is one JSON document on stdout.
+
+A tracker outside GCP that keeps artifacts and backups in a bucket needs credentials for it (a GCE tracker
+has its service account): `/etc/lab/tracker.env`, if there, holds `KEY=VALUE` lines (for example
+GOOGLE_APPLICATION_CREDENTIALS=/srv/lab/home/bucket-key.json) that every command gets, however it is run:
+from a unit, over SSH, or as the machine stops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from toolkit.errors import LabError
+from toolkit.tracker import backups
+from toolkit.tracker import db as tracker_db
+
+TRACKER = "tracker"
+BACKUPS = "backups"
+ENV_FILE = Path("/etc/lab/tracker.env")
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _backup(args: argparse.Namespace) -> int:
+    data = Path(args.data)
+    made = backups.take(data / TRACKER, data / BACKUPS, stack=args.stack, reason=args.reason)
+    removed = backups.rotate(data / BACKUPS, keep_last=args.keep, keep_days=args.days)
+    uploaded = None
+    failure = None
+    if args.bucket:
+        from toolkit.tracker import gcs
+
+        try:
+            uploaded = gcs.upload(made, args.bucket, args.stack)
+        except LabError as exc:
+            failure = exc
+    document = {**asdict(made.manifest), "path": str(made.path), "uploaded": uploaded, "rotated": len(removed)}
+    if args.json:
+        print(json.dumps(document))
+    else:
+        _say(f"backup {made.manifest.id} -> {made.path} ({tracker_db.describe(made.manifest)})")
+        if uploaded:
+            _say(f"uploaded and verified: {uploaded}")
+    if failure is not None:
+        raise LabError(f"backup {made.manifest.id} is kept at {made.path}, but {failure.one_line()}")
+    return 0
+
+
+def _verified(folder: str) -> backups.Backup:
+    path = Path(folder)
+    manifest = backups.verify(path)
+    return backups.Backup(path, manifest)
+
+
+def _restore_if_empty(args: argparse.Namespace) -> int:
+    data = Path(args.data)
+    if (data / TRACKER / tracker_db.MLFLOW_DB).exists():
+        _say(f"the tracker already has its DB in {data / TRACKER}; nothing restored")
+        return 0
+    tracker_db.install(data / TRACKER, _verified(args.source), _say)
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    data = Path(args.data)
+    chosen = _verified(args.source)
+    if (data / TRACKER / tracker_db.MLFLOW_DB).exists():
+        kept = backups.take(data / TRACKER, data / BACKUPS, stack=args.stack, reason="pre-restore")
+        _say(f"kept the current DBs as backup {kept.manifest.id}")
+    tracker_db.install(data / TRACKER, chosen, _say)
+    return 0
+
+
+def _optuna_proxy(args: argparse.Namespace) -> int:
+    import optuna
+
+    db = Path(args.data) / TRACKER / "optuna.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    storage = optuna.storages.get_storage(
+        optuna.storages.RDBStorage(f"sqlite:///{db}", engine_kwargs={"connect_args": {"timeout": 60}})
+    )
+    _say(f"serving the Optuna storage {db} on {args.host}:{args.port}")
+    optuna.storages.run_grpc_proxy_server(storage, host=args.host, port=args.port)
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    data = Path(args.data)
+    dbs = {
+        name: (data / TRACKER / name).stat().st_size for name in backups.TRACKER_DBS if (data / TRACKER / name).exists()
+    }
+    found = backups.listing(data / BACKUPS)
+    newest = found[0].manifest if found else None
+    print(
+        json.dumps(
+            {
+                "dbs": dbs,
+                "backups": len(found),
+                "newest_backup": {"id": newest.id, "created": newest.created} if newest else None,
+            }
+        )
+    )
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    main = argparse.ArgumentParser(prog="python -m toolkit.tracker.agent", description=__doc__.splitlines()[0])
+    commands = main.add_subparsers(dest="command", required=True)
+
+    def command(name: str, handler: object) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name)
+        sub.add_argument("--data", required=True, help="the tracker's data folder (tracker/, backups/)")
+        sub.add_argument("--stack", default="lab", help="the stack the tracker belongs to")
+        sub.set_defaults(handler=handler)
+        return sub
+
+    backup = command("backup", _backup)
+    backup.add_argument("--keep", type=int, default=10)
+    backup.add_argument("--days", type=int, default=14)
+    backup.add_argument("--bucket", default="")
+    backup.add_argument("--reason", default="manual")
+    backup.add_argument("--json", action="store_true")
+    for name, handler in (("restore-if-empty", _restore_if_empty), ("restore", _restore)):
+        command(name, handler).add_argument("--from", dest="source", required=True, help="a backup folder")
+    proxy = command("optuna-proxy", _optuna_proxy)
+    proxy.add_argument("--host", default="127.0.0.1")
+    proxy.add_argument("--port", type=int, default=5001)
+    command("status", _status)
+    return main
+
+
+def load_environment(path: Path = ENV_FILE) -> None:
+    """`KEY=VALUE` lines of the tracker's environment file, under what the caller's environment already says."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return
+    for line in lines:
+        key, sep, value = line.strip().partition("=")
+        if sep and key and not key.startswith("#"):
+            os.environ.setdefault(key.strip(), value.strip().strip("'\""))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    load_environment()
+    try:
+        return int(args.handler(args))
+    except LabError as exc:
+        print(f"error: {exc.one_line()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
