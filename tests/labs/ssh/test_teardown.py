@@ -153,12 +153,16 @@ def tracker(host_pool, tracker_host, tmp_path_factory) -> Iterator[Tracker]:
         emulator.wait(timeout=10)
 
 
-def runs_in(backup: Path) -> int:
+def runs_in(backup: Path, experiment: str = "before-down") -> int:
+    """The runs of one experiment in a backup's MLflow DB (the tracker may hold others from earlier tests)."""
     with sqlite3.connect(backup / "mlflow.db") as db:
-        return db.execute("select count(*) from runs").fetchone()[0]
+        return db.execute(
+            "select count(*) from runs join experiments using (experiment_id) where experiments.name = ?",
+            (experiment,),
+        ).fetchone()[0]
 
 
-def gcp_teardown(site: Tracker, lab: remote_lab.RemoteLab, monkeypatch, **options) -> tuple:
+def gcp_teardown(site: Tracker, lab: remote_lab.SshLab, monkeypatch, **options) -> tuple:
     """gcp_lab.teardown of a gcp stack whose Pulumi state names this tracker, its backup taken through `lab`."""
     monkeypatch.setenv("LAB_HOME", str(site.home))
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", site.bucket_url)
