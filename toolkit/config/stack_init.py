@@ -144,3 +144,13 @@ def refuse_overwrite(path: Path) -> LabError:
 
 def usage_error(message: str, hint: str | None = None) -> LabError:
     return LabError(message, hint=hint, code=EXIT_USAGE)
+
+
+def split_answer(answer: str) -> list[str]:
+    """A list answered in one line: comma- or space-separated (`a, b c` -> [a, b, c])."""
+    return [part for part in re.split(r"[,\s]+", answer) if part]
+
+
+def number_answer(answer: str) -> Any:
+    """A whole number answered as text, else the text (the schema then names what is wrong with it)."""
+    return int(answer) if re.fullmatch(r"-?\d+", answer.strip()) else answer

@@ -13,18 +13,24 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import functools
 import os
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from toolkit.config import paths, schema, stack
+from toolkit.config import paths, schema, stack, stack_init
 from toolkit.errors import EXIT_BACKUP_FAILED, EXIT_LEFTOVERS, EXIT_LOCKED, EXIT_UNVERIFIED, LabError
 from toolkit.gcp import artifact_bucket as lab_bucket
 from toolkit.gcp import pulumi_engine, pulumi_state
+from toolkit.labs.base import Ask, DownRequest, Forward, Lab, Report, RestoreRequest, SweepPlace, UpRequest
+
+if TYPE_CHECKING:
+    from toolkit.console import Ui
+    from toolkit.labs.prerequisites import Check
 
 Say = Callable[[str], None]
 Confirm = Callable[[str], bool]
@@ -385,3 +391,281 @@ def leftovers_error(left: list[str], check: Any = None) -> LabError:
         hint="delete them in the console or with gcloud, or run `lab down` again",
         code=EXIT_LEFTOVERS,
     )
+
+
+# -- the gcp target's `Lab` --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GcpLab(Lab):
+    """The gcp target: Pulumi makes (and destroys) the VMs; once they run, the lab is an `SshLab` on the hosts
+    its outputs name, as they are now (Compute API)."""
+
+    target: ClassVar[str] = "gcp"
+    uptime_note: ClassVar[str] = "the lab is not up"
+    settings: schema.Settings
+    source: str  # the stack as the user named it (a name or a stack file's path)
+
+    @classmethod
+    def open(cls, stack_name: str, ui: Ui | None = None) -> GcpLab:
+        return cls(settings=settings_of(stack_name, warn=ui.say if ui else None), source=stack_name)
+
+    @classmethod
+    def prerequisites(cls, public_key_path: str, project: str | None) -> list[Check]:
+        from toolkit.labs import prerequisites as checks
+
+        return checks.machine() + checks.reaching_hosts(public_key_path) + checks.gcp(project)
+
+    @classmethod
+    def ask_init(cls, ask: Ask, raw: dict[str, Any]) -> None:
+        ask("gcp:project", "GCP project id")
+        ask("gcp:zone", "Zone the lab runs in (its region follows), e.g. us-central1-a")
+        zone = raw["gcp:zone"]
+        ask(
+            "lab:zones",
+            f"Other zones to try, in order, when {zone} has no spot capacity (comma-separated; empty for none)",
+            default="",
+            make=lambda answer: [zone, *(z for z in stack_init.split_answer(answer) if z != zone)],
+        )
+        ask("lab:workers", "GPU workers", default="1", make=stack_init.number_answer)
+        ask(
+            "lab:workerMachineType",
+            "Worker machine type (a2-highgpu-1g: A100 40GB, g2-standard-8: L4)",
+            default=schema.KEYS_BY_NAME["lab:workerMachineType"].default,
+        )
+        ask(
+            "lab:allowedSshCidrs",
+            "Address ranges that may reach SSH, comma-separated (yours as x.x.x.x/32; `curl -s ifconfig.me` shows it)",
+            make=stack_init.split_answer,
+        )
+        ask(
+            "lab:stateBackend",
+            "Where Pulumi keeps state: file://FOLDER or gs://BUCKET (empty: a folder under LAB_HOME)",
+            default="",
+        )
+
+    @classmethod
+    def init_defaults(cls, raw: dict[str, Any]) -> None:
+        # Written out even at their defaults: the two values a gcp user most often changes.
+        raw.setdefault("lab:workers", schema.KEYS_BY_NAME["lab:workers"].default)
+        raw.setdefault("lab:workerMachineType", schema.KEYS_BY_NAME["lab:workerMachineType"].default)
+
+    @classmethod
+    def summary(cls, settings: schema.Settings) -> str:
+        gpus = settings.worker_gpus
+        gpu_text = f", {gpus.count} x {gpus.gpu} each" if gpus else ""
+        kind = "spot" if settings.spot else "standard"
+        return (
+            f"target gcp, {settings.workers} {kind} worker{'s' * (settings.workers != 1)} "
+            f"{settings.worker_machine_type}{gpu_text} in {settings.zone}"
+        )
+
+    # -- the lab on its VMs ----------------------------------------------------------------------------------
+    @functools.cached_property
+    def on_hosts(self) -> Any:
+        """The `SshLab` on the VMs as they are now (stopped ones left out, said once), read once per command."""
+        from toolkit.labs import ssh as remote_lab
+
+        return remote_lab.open_lab(self.source, "gcp")
+
+    def up(self, request: UpRequest, ui: Ui) -> Report:
+        from toolkit.labs import ssh as remote_lab
+
+        provisioned = _provision(self, request, ui)
+        if isinstance(provisioned, Report):
+            return provisioned  # --preview
+        return remote_lab.configure_lab(self.on_hosts, ui, provisioned)
+
+    def status(self, ui: Ui) -> Report:
+        from toolkit.labs import ssh as remote_lab
+
+        backend = pulumi_state.backend_url(self.settings)
+        state = pulumi_state.read(backend, self.stack)
+        if state is None or not state.outputs.get("tracker_external_ip"):
+            left = len(state.cloud_resources) if state else 0
+            return Report(
+                {"stack": self.stack, "target": "gcp", "up": False, "resources": left},
+                [f"the gcp lab of stack {self.stack} is not up (state: {backend}); `lab up` starts it"],
+            )
+        # The VMs as they are now (Compute API): a stopped worker is shown as stopped, not as unreachable.
+        view = remote_lab.gcp_hosts(self.settings, ui.say)
+        lab = remote_lab.gcp_lab_of(self.settings, view, ui.say) if view.tracker.usable else None
+        return remote_lab.hosts_status(
+            lab,
+            ui,
+            target="gcp",
+            stack_name=self.stack,
+            root=paths.stack_home(self.stack),
+            bucket=view.bucket,
+            view=view,
+        )
+
+    def backup(self, ui: Ui) -> Report:
+        return self.on_hosts.backup(ui)
+
+    def restore(self, request: RestoreRequest, ui: Ui) -> Report:
+        return self.on_hosts.restore(request, ui)
+
+    def down(self, request: DownRequest, ui: Ui) -> Report:
+        return _down(self, request, ui)
+
+    def sweep_place(
+        self, exits: contextlib.ExitStack, parallel: int | None, gpus: list[str] | None, ui: Ui
+    ) -> SweepPlace:
+        from toolkit.labs import ssh as remote_lab
+
+        return remote_lab.sweep_place(self.on_hosts, exits, parallel, gpus, self.worker_price())
+
+    def worker_price(self) -> Callable[[str], float | None]:
+        """A worker's price per hour from the price table (on-demand after --fallback-on-demand)."""
+        from dataclasses import replace
+
+        from toolkit.cost import prices
+
+        settings = self.settings
+        state = pulumi_state.read(pulumi_state.backend_url(settings), settings.stack)
+        spot = state.outputs.get("worker_spot") if state else None
+        if isinstance(spot, bool):
+            settings = replace(settings, spot=spot)
+        price = prices.worker_hourly(settings)
+        return lambda _: price
+
+    def study_storage(self) -> contextlib.AbstractContextManager[Any]:
+        return self.on_hosts.study_storage()
+
+    def forwards(self, mlflow_port: int, jupyter_port: int) -> list[Forward]:
+        return self.on_hosts.forwards(mlflow_port, jupyter_port)
+
+    def open_forward(self, forward: Forward) -> Any:
+        return self.on_hosts.open_forward(forward)
+
+    def login(self, host: str, command: list[str] | None) -> list[str]:
+        return self.on_hosts.login(host, command)
+
+
+def _provision(lab: GcpLab, request: UpRequest, ui: Ui) -> dict[str, float] | Report:
+    """Pulumi's part of `lab up`: the stages' durations, or the preview's Report after --preview."""
+    from toolkit.labs import ssh as remote_lab
+
+    settings = lab.settings
+    shown: dict[str, Any] = {}
+
+    def show(plan: pulumi_engine.Plan, lines: list, total: float) -> None:
+        shown["document"] = {
+            "stack": settings.stack,
+            "changes": plan.counts,
+            "steps": [{"op": op, "type": kind, "name": name} for op, kind, name in plan.steps],
+            "cost_per_hour_usd": round(total, 4),
+            "priced": [line.as_dict() for line in lines],
+        }
+        if ui.json and request.preview:
+            return  # the preview's document is the answer
+        ui.show(f"preview of {settings.stack}: {plan_summary(plan)}")
+        # One line per resource that changes, with Pulumi's own marks (pkg/resource/deploy/step.go RawPrefix).
+        marks = {"create": "+ ", "update": "~ ", "replace": "+-", "delete": "- ", "import": "= "}
+        for op, kind, name in plan.steps:
+            ui.show(f"  {marks.get(op, '  ')} {op:8} {kind.split(':')[-1]:12} {name}", highlight=False)
+        if not plan.steps:
+            ui.show("  no changes", highlight=False)
+        for line in lines:
+            ui.show(f"  {line.describe()}")
+        ui.show(f"estimated cost while up: ${total:.2f}/hour")
+
+    backend = pulumi_state.backend_url(settings)
+    if backend.startswith("gs://"):
+        from toolkit.gcp import state_bucket
+
+        state_bucket.ensure_state_bucket(
+            backend.removeprefix("gs://").split("/", 1)[0], settings.project or "", settings.region or "US"
+        )
+    with stack_lock(settings, "up"):
+        done = provision(
+            settings,
+            pulumi_engine.AutomationEngine(settings, paths.project_dir()),
+            confirm=ui.confirm,
+            say=ui.say,
+            show=show,
+            preview_only=request.preview,
+            fallback_on_demand=request.fallback_on_demand,
+        )
+    if done is None:
+        return Report(shown.get("document", {}), [])
+    record_up(settings, done)
+    hosts = lab.on_hosts
+    started = time.monotonic()
+    remote_lab.forget_changed_host_keys(hosts)
+    for host in hosts.hosts:
+        ui.say(f"waiting for SSH on {host.name} ({host.address})")
+        remote_lab.wait_for_ssh(hosts, host, timeout=600)
+    done.stages["wait for SSH"] = time.monotonic() - started
+    return done.stages
+
+
+def _down(lab: GcpLab, request: DownRequest, ui: Ui) -> Report:
+    """`lab down` on gcp: the workers, a verified backup (over SSH, or the tracker's own as it stops), the rest."""
+    from toolkit.labs import ssh as remote_lab
+
+    settings, say = lab.settings, ui.say
+    if request.destroy_data:
+        bucket = settings.bucket_name or "the lab's bucket"
+        if not ui.confirm(f"Delete gs://{bucket} with every artifact and backup in it, for good?"):
+            raise LabError("nothing was destroyed: deleting the data was not confirmed")
+        if not ui.yes and not ui.confirm(f"Really delete gs://{bucket}? This cannot be undone"):
+            raise LabError("nothing was destroyed: deleting the data was not confirmed twice")
+
+    def backup(outputs: dict[str, Any]) -> Path | None:
+        if not outputs.get("tracker_external_ip"):
+            say("no tracker in the Pulumi state: nothing to back up")
+            return None
+        made, _ = remote_lab.backup(lab.on_hosts, reason="down", say=say)
+        return made.path
+
+    def stop_tracker(outputs: dict[str, Any]) -> None:
+        """Without SSH (a scheduled `lab down` from elsewhere): stop the tracker VM through the Compute API;
+        its shutdown unit backs it up to the bucket (teardown waits for that backup there)."""
+        from toolkit.gcp import api as gcp_api
+
+        name, zone = outputs.get("tracker_name"), outputs.get("zone")
+        if not isinstance(name, str) or not isinstance(zone, str):
+            raise LabError("the Pulumi state names no tracker VM to stop")
+        say(f"stopping {name} through the Compute API")
+        gcp_api.stop_instance(settings.project or "", zone, name)
+
+    with stack_lock(settings, "down"):
+        done = teardown(
+            settings,
+            lambda: pulumi_engine.AutomationEngine(settings, paths.project_dir()),
+            backup=backup,
+            say=say,
+            stop_tracker=stop_tracker,
+            destroy_data=request.destroy_data,
+            force=request.force,
+        )
+    record_down(settings)
+    if done is None:
+        return Report(
+            {"stack": settings.stack, "destroyed": 0, "nothing_to_do": True},
+            [f"nothing to do: the gcp lab of stack {settings.stack} is not up"],
+        )
+    remote_lab.forget_all_host_keys(paths.stack_home(settings.stack))
+    document = {
+        "stack": settings.stack,
+        "destroyed": done.destroyed,
+        "backup": str(done.backup) if done.backup else None,
+        "bucket_deleted": done.bucket_deleted,
+        "backup_by": done.backup_by if done.backup else None,
+        "leftovers": done.leftovers,
+        "leftovers_checked": bool(done.leftover_check is None or done.leftover_check.checked),
+        "stages_s": {k: round(v, 1) for k, v in done.stages.items()},
+    }
+    lines = [f"destroyed {done.destroyed} resources of stack {settings.stack}"]
+    if done.backup:
+        by = " (taken by the tracker as it stopped)" if done.backup_by == "tracker" else ""
+        lines.append(f"backup verified{by}: {done.backup}")
+    if done.bucket_deleted:
+        lines.append(f"deleted the bucket gs://{done.bucket_deleted} with its artifacts and backups")
+    elif settings.bucket_name:
+        lines.append(f"the bucket gs://{settings.bucket_name} and its backups stay (--destroy-data deletes them)")
+    unchecked = done.leftover_check is not None and not done.leftover_check.checked
+    failure = leftovers_error(done.leftovers, done.leftover_check) if done.leftovers or unchecked else None
+    return Report(document, lines, failure)

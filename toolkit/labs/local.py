@@ -11,16 +11,20 @@ Layout of a stack's state folder, `$LAB_HOME/stacks/<stack>/`:
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import os
 import secrets
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from toolkit import environment
 from toolkit.config import paths, schema, stack
 from toolkit.errors import LabError
+from toolkit.labs.base import DownRequest, Lab, Report, RestoreRequest, SweepPlace, Table, UpRequest
 from toolkit.tracker import backups, services
 from toolkit.tracker import db as tracker_db
 
@@ -33,6 +37,11 @@ JUPYTER_READY_TIMEOUT_S = 90.0
 ARTIFACTS_PREFIX = "mlflow-artifacts"
 
 Say = Callable[[str], None]
+PROGRESS_FROM_BYTES = 64 << 20  # a backup of a tracker this big shows a progress bar
+
+if TYPE_CHECKING:
+    from toolkit.console import Ui
+    from toolkit.labs.prerequisites import Check
 
 
 class UploadFailed(LabError):
@@ -47,16 +56,49 @@ class UploadFailed(LabError):
 
 
 @dataclass(frozen=True)
-class LocalLab:
-    """One stack's local lab: where its state lives and what its settings say."""
+class LocalLab(Lab):
+    """One stack's local lab: where its state lives and what its settings say; the `Lab` of the local target."""
 
+    target: ClassVar[str] = "local"
     settings: schema.Settings
     root: Path
     bucket: str | None  # only when the stack file names one (lab:bucketName)
 
-    @property
-    def stack(self) -> str:
-        return self.settings.stack
+    # -- the `Lab` interface (the work is in the functions below) ----------------------------------------------
+    @classmethod
+    def open(cls, stack_name: str, ui: Ui | None = None) -> LocalLab:
+        return open_lab(stack_name)
+
+    @classmethod
+    def prerequisites(cls, public_key_path: str, project: str | None) -> list[Check]:
+        return _prerequisites(public_key_path, project)
+
+    @classmethod
+    def next_steps(cls, flag: str) -> str:
+        return f"next: lab up{flag}"
+
+    def up(self, request: UpRequest, ui: Ui) -> Report:
+        return _lab_up(self, request, ui)
+
+    def status(self, ui: Ui) -> Report:
+        return _lab_status(self, ui)
+
+    def backup(self, ui: Ui) -> Report:
+        return _lab_backup(self, ui)
+
+    def restore(self, request: RestoreRequest, ui: Ui) -> Report:
+        return _lab_restore(self, request, ui)
+
+    def down(self, request: DownRequest, ui: Ui) -> Report:
+        return _lab_down(self, request, ui)
+
+    def sweep_place(
+        self, exits: contextlib.ExitStack, parallel: int | None, gpus: list[str] | None, ui: Ui
+    ) -> SweepPlace:
+        return _lab_sweep_place(self, parallel, gpus, ui)
+
+    def study_storage(self) -> contextlib.AbstractContextManager[Any]:
+        return _study_storage(self)
 
     @property
     def tracker_dir(self) -> Path:
@@ -346,3 +388,237 @@ def backup_now(
         return made, gcs.upload(made, lab.bucket, lab.stack)
     except LabError as exc:
         raise UploadFailed(made, exc) from None
+
+
+def age(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    if seconds < 172800:
+        return f"{seconds // 3600} h"
+    return f"{seconds // 86400} days"
+
+
+def backups_info(backups_dir: Path) -> dict[str, Any]:
+    """What `lab status` says of a folder of backups: how many, the newest, how old."""
+    known = backups.listing(backups_dir)
+    latest = known[0].manifest if known else None
+    now = dt.datetime.now(dt.timezone.utc)
+    return {
+        "count": len(known),
+        "latest": latest.id if latest else None,
+        "age_s": round((now - latest.created_at).total_seconds()) if latest else None,
+        "folder": str(backups_dir),
+    }
+
+
+def choose_backup(
+    backups_dir: Path, bucket: str | None, stack_name: str, request: RestoreRequest, ui: Ui, none_hint: str
+) -> backups.Backup:
+    """The backup a restore puts back, verified: from the bucket, by name, or the newest here."""
+    if request.from_bucket:
+        if not bucket:
+            raise LabError("no bucket is configured for this stack", hint="set lab:bucketName in the stack file")
+        from toolkit.tracker import gcs
+
+        chosen = gcs.download(bucket, stack_name, backups_dir, request.name)
+    elif request.name:
+        chosen = backups.find(backups_dir, request.name)
+    else:
+        known = backups.listing(backups_dir)
+        if not known:
+            raise LabError(f"there are no backups in {backups_dir}", hint=none_hint)
+        chosen = known[0]
+    backups.verify(chosen.path)
+    ui.say(f"backup {chosen.manifest.id} verified")
+    return chosen
+
+
+def _lab_up(lab: LocalLab, request: UpRequest, ui: Ui) -> Report:
+    say = ui.say
+    mlflow = running(lab, MLFLOW, say)
+    jupyter = running(lab, JUPYTER, say)
+    lines: list[str] = []
+    if mlflow and (jupyter or request.no_jupyter):
+        lines.append("the lab is already up; nothing changed")
+    else:
+        if mlflow is None:
+            restore_if_empty(lab, say)
+            mlflow = start_mlflow(lab, request.port, say)
+        if jupyter is None and not request.no_jupyter:
+            jupyter = start_jupyter(lab, request.jupyter_port, say)
+    lines.append(f"MLflow   {mlflow.url}")
+    if jupyter:
+        lines.append(f"Jupyter  {jupyter.url}  (token: `cat {lab.token_file}`)")
+    lines.append(f"state    {lab.root}")
+    document = {
+        "stack": lab.stack,
+        "target": lab.target,
+        "mlflow": mlflow.url,
+        "jupyter": jupyter.url if jupyter else None,
+        "state_dir": str(lab.root),
+    }
+    return Report(document, lines)
+
+
+def _lab_status(lab: LocalLab, ui: Ui) -> Report:
+    components: dict[str, dict[str, Any]] = {}
+    for name in (MLFLOW, JUPYTER):
+        record = running(lab, name, ui.say)
+        components[name] = (
+            {
+                "state": "running",
+                "url": record.url,
+                "pid": record.pid,
+                "port": record.port,
+                "uptime_s": round(record.uptime_s),
+                "log": record.log,
+            }
+            if record
+            else {"state": "stopped"}
+        )
+    info = backups_info(lab.backups_dir)
+    document = {
+        "stack": lab.stack,
+        "target": lab.target,
+        "state_dir": str(lab.root),
+        "components": components,
+        "tracker_db": {
+            "path": str(lab.mlflow_db),
+            "size": lab.mlflow_db.stat().st_size if lab.mlflow_db.exists() else None,
+        },
+        "backups": info,
+        "bucket": lab.bucket,
+    }
+    rows = [
+        (
+            name,
+            "[green]running[/green]" if c["state"] == "running" else "[dim]stopped[/dim]",
+            c.get("url", "-"),
+            age(c["uptime_s"]) if c["state"] == "running" else "-",
+        )
+        for name, c in components.items()
+    ]
+    if info["latest"]:
+        note = f"latest backup: {info['latest']}, {age(info['age_s'])} old ({info['count']} kept in {lab.backups_dir})"
+    else:
+        note = "no backup yet: `lab backup` takes one"
+    table = Table(f"lab {lab.stack} (local)", ("component", "state", "url", "uptime"), rows)
+    return Report(document, [note], tables=[table])
+
+
+def _lab_backup(lab: LocalLab, ui: Ui) -> Report:
+    if not lab.mlflow_db.exists():
+        raise LabError(f"there is no tracker DB at {lab.mlflow_db} yet", hint="start the lab with `lab up --local`")
+    uploaded: str | None = None
+    failure: LabError | None = None
+    large = lab.mlflow_db.stat().st_size >= PROGRESS_FROM_BYTES and not ui.json
+    try:
+        if large:
+            from rich.progress import Progress
+
+            from toolkit.console import err
+
+            with Progress(console=err(), transient=True) as bar:
+                task = bar.add_task("snapshot", total=None)
+                made, uploaded = backup_now(
+                    lab, reason="manual", progress=lambda done, total: bar.update(task, completed=done, total=total)
+                )
+        else:
+            made, uploaded = backup_now(lab, reason="manual")
+    except UploadFailed as exc:
+        made, failure = exc.backup, exc
+    manifest = made.manifest
+    import json
+
+    document = json.loads(manifest.to_json())
+    document.update({"path": str(made.path), "uploaded": uploaded})
+    lines: list[str] = []
+    for described in manifest.files:
+        counts = ", ".join(f"{v} {k}" for k, v in described.counts.items())
+        lines.append(
+            f"{described.name}: {described.size:,} bytes, integrity {described.integrity}, "
+            f"sha256 {described.sha256[:12]}..., {counts}"
+        )
+    lines.append(f"backup {manifest.id} -> {made.path}")
+    if uploaded:
+        lines.append(f"uploaded and verified: {uploaded}")
+    return Report(document, lines, failure)
+
+
+def _lab_restore(lab: LocalLab, request: RestoreRequest, ui: Ui) -> Report:
+    chosen = choose_backup(
+        lab.backups_dir, lab.bucket, lab.stack, request, ui, "use --from-bucket or name a backup folder"
+    )
+    tracker = running(lab, MLFLOW, ui.say)
+    if tracker is not None:
+        if not request.stop:
+            raise LabError("the tracker is running", hint="pass --stop to stop it first, or `lab down --local`")
+        stop_all(lab, ui.say)
+    if lab.mlflow_db.exists():
+        kept = backups.take(lab.tracker_dir, lab.backups_dir, stack=lab.stack, reason="pre-restore")
+        ui.say(f"kept the current DBs as backup {kept.manifest.id}")
+    install(lab, chosen, ui.say)
+    return Report(
+        {"stack": lab.stack, "restored": chosen.manifest.id},
+        [f"restored {chosen.manifest.id}; start the lab with `lab up --local`"],
+    )
+
+
+def _lab_down(lab: LocalLab, request: DownRequest, ui: Ui) -> Report:
+    from toolkit.errors import EXIT_BACKUP_FAILED
+
+    if request.destroy_data:
+        raise LabError("--destroy-data is for the gcp target", hint="the local and ssh targets never delete data")
+    say = ui.say
+    up = [name for name in (JUPYTER, MLFLOW) if running(lab, name, say)]
+    if not up:
+        return Report(
+            {"stack": lab.stack, "stopped": [], "nothing_to_do": True}, ["nothing to do: the lab is not running"]
+        )
+    made = None
+    if lab.mlflow_db.exists():
+        try:
+            made, _ = backup_now(lab, reason="down")
+            say(f"backup {made.manifest.id} verified: {made.path}")
+        except UploadFailed as exc:
+            made = exc.backup
+            say(f"warning: {exc.one_line()}")
+        except LabError as exc:
+            if not request.force:
+                raise LabError(
+                    f"the backup failed, so nothing was stopped: {exc.one_line()}",
+                    hint="fix that, or pass --force to stop without a backup",
+                    code=EXIT_BACKUP_FAILED,
+                ) from None
+            say(f"warning: stopping without a backup (--force): {exc.one_line()}")
+    stopped = stop_all(lab, say)
+    document = {"stack": lab.stack, "stopped": stopped, "backup": str(made.path) if made else None}
+    return Report(document, [f"the lab is down ({', '.join(stopped)} stopped)"])
+
+
+def _lab_sweep_place(lab: LocalLab, parallel: int | None, gpus: list[str] | None, ui: Ui) -> SweepPlace:
+    from toolkit.cost import prices
+    from toolkit.sweeps import slots
+
+    tracker = running(lab, MLFLOW, ui.say)
+    if tracker is None:
+        raise LabError("the local lab is not up", hint="start it with `lab up --local`")
+    slot_list = slots.local_slots(parallel or 1, gpus, lab.settings.runs_per_gpu)
+    slots.price_slots(slot_list, lambda _: prices.host_hourly(prices.LOCAL_HOST), lambda _: prices.LOCAL_HOST)
+    return SweepPlace(slot_list, tracker.url, lab.tracker_dir / "optuna.db")
+
+
+@contextlib.contextmanager
+def _study_storage(lab: LocalLab) -> Iterator[Any]:
+    from toolkit.sweeps import studies
+
+    yield studies.local_storage(lab.tracker_dir / "optuna.db")
+
+
+def _prerequisites(public_key_path: str, project: str | None) -> list[Check]:
+    from toolkit.labs import prerequisites as checks
+
+    return checks.machine() + checks.local_packages()

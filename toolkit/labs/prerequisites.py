@@ -10,7 +10,6 @@ import re
 import shutil
 import stat
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -288,33 +287,39 @@ def gcp_org_policies(project: str | None) -> list[Check]:
     return found
 
 
-def for_target(target: str, public_key_path: str, project: str | None = None) -> list[Check]:
-    """Every prerequisite of a target, in the order a user would fix them."""
-    checks: list[Callable[[], Check]] = [python_version, lab_home_writable, free_disk]
-    if target == "local":
-        checks.append(lambda: python_packages("local", ("mlflow", "optuna", "papermill", "jupyterlab")))
-    if target in ("ssh", "gcp"):
-        checks += [
-            lambda: program_on_path("ssh", "apt-get install openssh-client   (or your OS's OpenSSH package)"),
-            lambda: ssh_key(public_key_path),
-            lambda: program_on_path("ansible-playbook", install_command("remote")),
-            # Needed by `lab dispatch` from this machine, not to bring the lab up.
-            lambda: python_packages("client", ("mlflow|mlflow-skinny", "optuna", "papermill"), required=False),
-        ]
-    if target == "gcp":
-        checks += [
-            pulumi_cli,
-            gcp_credentials,
-            lambda: python_packages("gcp", ("pulumi", "pulumi-gcp", "google-cloud-storage")),
-            lambda: program_on_path(
-                "gcloud",
-                "https://cloud.google.com/sdk/docs/install (optional: for `gcloud auth` and quota requests)",
-                required=False,
-            ),
-        ]
-    found = [check() for check in checks]
-    if target == "gcp":
-        # Asked of GCP itself (google-auth is imported only here, and only for this target).
-        found.append(gcp_apis(project))
-        found += gcp_org_policies(project)
-    return found
+def machine() -> list[Check]:
+    """What every target needs of this machine."""
+    return [python_version(), lab_home_writable(), free_disk()]
+
+
+def local_packages() -> list[Check]:
+    """The local target runs the tracker and the notebooks here."""
+    return [python_packages("local", ("mlflow", "optuna", "papermill", "jupyterlab"))]
+
+
+def reaching_hosts(public_key_path: str) -> list[Check]:
+    """A lab on other machines: SSH with the lab's key, Ansible to configure them."""
+    return [
+        program_on_path("ssh", "apt-get install openssh-client   (or your OS's OpenSSH package)"),
+        ssh_key(public_key_path),
+        program_on_path("ansible-playbook", install_command("remote")),
+        # Needed by `lab dispatch` from this machine, not to bring the lab up.
+        python_packages("client", ("mlflow|mlflow-skinny", "optuna", "papermill"), required=False),
+    ]
+
+
+def gcp(project: str | None) -> list[Check]:
+    """The gcp target: the Pulumi CLI, credentials and SDKs here, and the project's APIs and policies (asked of
+    GCP itself; google-auth is imported only here, and only for this target)."""
+    return [
+        pulumi_cli(),
+        gcp_credentials(),
+        python_packages("gcp", ("pulumi", "pulumi-gcp", "google-cloud-storage", "zstandard")),
+        program_on_path(
+            "gcloud",
+            "https://cloud.google.com/sdk/docs/install (optional: for `gcloud auth` and quota requests)",
+            required=False,
+        ),
+        gcp_apis(project),
+        *gcp_org_policies(project),
+    ]

@@ -12,20 +12,32 @@ The hosts are configured by the packaged playbooks (`toolkit.hosts.configure`); 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from toolkit.config import paths, schema, stack
-from toolkit.errors import LabError
+from toolkit.config import paths, schema, stack, stack_init
+from toolkit.errors import EXIT_BACKUP_FAILED, LabError
 from toolkit.hosts import configure
 from toolkit.hosts import ssh as remote
 from toolkit.labs import local as local_lab
+from toolkit.labs.base import (
+    Ask,
+    DownRequest,
+    Forward,
+    Lab,
+    Report,
+    RestoreRequest,
+    SweepPlace,
+    Table,
+    UpRequest,
+)
 from toolkit.tracker import backups
 
 DATA = "/srv/lab"
@@ -40,9 +52,16 @@ TOKEN_FILE_PREFIX = "jupyter_token."  # noqa: S105 -- a file name: secrets/jupyt
 
 Say = Callable[[str], None]
 
+if TYPE_CHECKING:
+    from toolkit.console import Ui
+    from toolkit.labs.prerequisites import Check
+
 
 @dataclass(frozen=True)
-class RemoteLab:
+class SshLab(Lab):
+    """A lab on hosts reached over SSH: the `Lab` of the ssh target, and what the gcp lab is once its VMs run."""
+
+    target: ClassVar[str] = "ssh"
     settings: schema.Settings
     hosts: tuple[remote.Host, ...]
     access: remote.Access
@@ -50,6 +69,85 @@ class RemoteLab:
     bucket: str | None
     # gcp: every VM of the lab and its state now (None for the ssh target); `hosts` holds the reachable ones
     gcp: GcpView | None = None
+
+    # -- the `Lab` interface (the work is in the functions below) ----------------------------------------------
+    @classmethod
+    def open(cls, stack_name: str, ui: Ui | None = None) -> SshLab:
+        return open_lab(stack_name, "ssh")
+
+    @classmethod
+    def prerequisites(cls, public_key_path: str, project: str | None) -> list[Check]:
+        from toolkit.labs import prerequisites as checks
+
+        return checks.machine() + checks.reaching_hosts(public_key_path)
+
+    @classmethod
+    def ask_init(cls, ask: Ask, raw: dict[str, Any]) -> None:
+        ask("lab:trackerHost", "Tracker machine (an address or a ~/.ssh/config alias)")
+        ask(
+            "lab:workerHosts",
+            "Worker machines, comma-separated (empty for none)",
+            default="",
+            make=stack_init.split_answer,
+        )
+
+    def up(self, request: UpRequest, ui: Ui) -> Report:
+        return configure_lab(self, ui, {})
+
+    def status(self, ui: Ui) -> Report:
+        return hosts_status(self, ui)
+
+    def backup(self, ui: Ui) -> Report:
+        made, document = backup(self, reason="manual", say=ui.say)
+        document.update({"path": str(made.path), "tracker_path": document.get("path")})
+        lines = [f"backup {made.manifest.id} -> {made.path} (taken on {self.tracker.name}, verified here)"]
+        if document.get("uploaded"):
+            lines.append(f"uploaded and verified: {document['uploaded']}")
+        return Report(document, lines)
+
+    def restore(self, request: RestoreRequest, ui: Ui) -> Report:
+        chosen = local_lab.choose_backup(
+            self.backups_dir, self.bucket, self.stack, request, ui, "take one with `lab backup`"
+        )
+        restore(self, chosen, stop=request.stop, say=ui.say)
+        return Report(
+            {"stack": self.stack, "restored": chosen.manifest.id},
+            [f"restored {chosen.manifest.id} on {self.tracker.name}"],
+        )
+
+    def down(self, request: DownRequest, ui: Ui) -> Report:
+        return stop_lab(self, request, ui)
+
+    def sweep_place(
+        self, exits: contextlib.ExitStack, parallel: int | None, gpus: list[str] | None, ui: Ui
+    ) -> SweepPlace:
+        from toolkit.cost import prices
+
+        return sweep_place(self, exits, parallel, gpus, prices.host_hourly)
+
+    def study_storage(self) -> contextlib.AbstractContextManager[Any]:
+        return study_storage(self)
+
+    def forwards(self, mlflow_port: int, jupyter_port: int) -> list[Forward]:
+        facts = tracker_facts(self)
+        plan = [Forward("MLflow", self.tracker, mlflow_port, facts.get("mlflow_bind", "127.0.0.1"), schema.MLFLOW_PORT)]
+        plan += [  # each worker has its own token
+            Forward(f"Jupyter on {w.name}", w, jupyter_port + i, "127.0.0.1", JUPYTER_PORT, "/lab", self.token_file(w))
+            for i, w in enumerate(self.workers)
+        ]
+        return plan
+
+    def open_forward(self, forward: Forward) -> Any:
+        return remote.forward(self.access, forward.host, forward.local_port, forward.address, forward.remote_port)
+
+    def login(self, host: str, command: list[str] | None) -> list[str]:
+        for stopped in self.stopped:
+            if host in (stopped.host.name, stopped.instance):
+                raise LabError(
+                    f"{stopped.host.name} ({stopped.instance}) is {stopped.describe()}", hint="`lab up` starts it"
+                )
+        found = remote.find(self.hosts, host)
+        return self.access.ssh(found, command or None, extra=[] if command else ["-t"])
 
     @property
     def stopped(self) -> tuple[HostState, ...]:
@@ -93,7 +191,7 @@ def settings_for(stack_name: str, target: str) -> schema.Settings:
     return _resolved(stack_name, target)[0]
 
 
-def open_lab(stack_name: str, target: str, *, say: Say | None = None) -> RemoteLab:
+def open_lab(stack_name: str, target: str, *, say: Say | None = None) -> SshLab:
     """The stack's remote lab: its settings must be valid for the target. gcp: the VMs' state and addresses
     are read now (Compute API), their host keys pinned; stopped VMs are left out of `hosts` (said once)."""
     settings, resolution = _resolved(stack_name, target)
@@ -103,7 +201,7 @@ def open_lab(stack_name: str, target: str, *, say: Say | None = None) -> RemoteL
     root.mkdir(parents=True, exist_ok=True)
     hosts = tuple(remote.hosts_of(settings))
     bucket = settings.bucket_name if resolution.sources.get("lab:bucketName") == "stack" else None
-    return RemoteLab(settings=settings, hosts=hosts, access=remote.access_of(settings), root=root, bucket=bucket)
+    return SshLab(settings=settings, hosts=hosts, access=remote.access_of(settings), root=root, bucket=bucket)
 
 
 def _stderr(line: str) -> None:
@@ -255,7 +353,7 @@ def hosts_from_outputs(outputs: dict[str, Any], stack_name: str, backend: str = 
     return tuple(found)
 
 
-def gcp_lab_of(settings: schema.Settings, view: GcpView, say: Say = lambda line: None) -> RemoteLab:
+def gcp_lab_of(settings: schema.Settings, view: GcpView, say: Say = lambda line: None) -> SshLab:
     """The gcp lab over its usable VMs, with SSH checking host keys strictly against the pins."""
     root = local_lab.check_lab_home() / "stacks" / settings.stack
     root.mkdir(parents=True, exist_ok=True)
@@ -266,12 +364,12 @@ def gcp_lab_of(settings: schema.Settings, view: GcpView, say: Say = lambda line:
             hint="`lab up` starts it",
         )
     access = replace(remote.access_of(settings), strict=True)
-    lab = RemoteLab(settings=settings, hosts=view.hosts, access=access, root=root, bucket=view.bucket, gcp=view)
+    lab = SshLab(settings=settings, hosts=view.hosts, access=access, root=root, bucket=view.bucket, gcp=view)
     pin_host_keys(lab, say)
     return lab
 
 
-def agent(lab: RemoteLab, *args: str, timeout: float = AGENT_TIMEOUT_S) -> str:
+def agent(lab: SshLab, *args: str, timeout: float = AGENT_TIMEOUT_S) -> str:
     """Run the tracker agent on the tracker, as the tracker's user; its stdout."""
     command = ["sudo", "-n", "-u", TRACKER_USER, *AGENT, *args, "--data", DATA, "--stack", lab.stack]
     result = remote.run(lab.access, lab.tracker, command, check=False, timeout=timeout)
@@ -284,7 +382,7 @@ def agent(lab: RemoteLab, *args: str, timeout: float = AGENT_TIMEOUT_S) -> str:
     return result.stdout
 
 
-def extravars(lab: RemoteLab, restore_from: Path | None) -> dict[str, Any]:
+def extravars(lab: SshLab, restore_from: Path | None) -> dict[str, Any]:
     import toolkit
 
     for worker in lab.workers:
@@ -307,7 +405,7 @@ def extravars(lab: RemoteLab, restore_from: Path | None) -> dict[str, Any]:
     }
 
 
-def newest_verified_backup(lab: RemoteLab, say: Say) -> backups.Backup | None:
+def newest_verified_backup(lab: SshLab, say: Say) -> backups.Backup | None:
     for candidate in backups.listing(lab.backups_dir):
         try:
             backups.verify(candidate.path)
@@ -318,7 +416,7 @@ def newest_verified_backup(lab: RemoteLab, say: Say) -> backups.Backup | None:
     return None
 
 
-def reachable(lab: RemoteLab, hosts: tuple[remote.Host, ...] | None = None) -> dict[str, str | None]:
+def reachable(lab: SshLab, hosts: tuple[remote.Host, ...] | None = None) -> dict[str, str | None]:
     """Host name -> None when SSH answers, else why not (checked in parallel)."""
     chosen = hosts if hosts is not None else lab.hosts
 
@@ -334,7 +432,7 @@ def reachable(lab: RemoteLab, hosts: tuple[remote.Host, ...] | None = None) -> d
 
 
 def configure_hosts(
-    lab: RemoteLab, say: Say, on_change: Callable[[configure.Report], None]
+    lab: SshLab, say: Say, on_change: Callable[[configure.Report], None]
 ) -> tuple[configure.Report, backups.Backup | None]:
     """Run the site playbook: configure every host, restore the tracker when it has no DB yet."""
     restore_from = newest_verified_backup(lab, say)
@@ -349,7 +447,7 @@ def configure_hosts(
     return report, restore_from
 
 
-def tracker_facts(lab: RemoteLab) -> dict[str, Any]:
+def tracker_facts(lab: SshLab) -> dict[str, Any]:
     text = remote.run(lab.access, lab.tracker, ["cat", "/etc/lab/tracker.json"], check=False).stdout
     try:
         return json.loads(text)
@@ -357,7 +455,7 @@ def tracker_facts(lab: RemoteLab) -> dict[str, Any]:
         raise LabError(f"{lab.tracker.name} is not configured yet", hint="run `lab up` first") from None
 
 
-def backup(lab: RemoteLab, *, reason: str, say: Say) -> tuple[backups.Backup, dict[str, Any]]:
+def backup(lab: SshLab, *, reason: str, say: Say) -> tuple[backups.Backup, dict[str, Any]]:
     """A backup taken on the tracker (the same code as `lab backup --local`), downloaded and verified here."""
     document = json.loads(
         agent(
@@ -388,14 +486,14 @@ def backup(lab: RemoteLab, *, reason: str, say: Say) -> tuple[backups.Backup, di
     return backups.Backup(final, manifest), document
 
 
-def units_state(lab: RemoteLab, host: remote.Host) -> dict[str, str]:
+def units_state(lab: SshLab, host: remote.Host) -> dict[str, str]:
     units = TRACKER_UNITS if host.role == remote.TRACKER else WORKER_UNITS
     result = remote.run(lab.access, host, ["systemctl", "is-active", *units], check=False, timeout=30)
     states = result.stdout.split()
     return dict(zip(units, states + ["unknown"] * (len(units) - len(states)), strict=True))
 
 
-def restore(lab: RemoteLab, chosen: backups.Backup, *, stop: bool, say: Say) -> None:
+def restore(lab: SshLab, chosen: backups.Backup, *, stop: bool, say: Say) -> None:
     """Send a verified backup to the tracker and put it in place, keeping the DBs it replaces."""
     running = [u for u, s in units_state(lab, lab.tracker).items() if s == "active" and u != "lab-backup.timer"]
     if running and not stop:
@@ -411,7 +509,7 @@ def restore(lab: RemoteLab, chosen: backups.Backup, *, stop: bool, say: Say) -> 
     say(f"restored {chosen.manifest.id} on {lab.tracker.name}")
 
 
-def stop_services(lab: RemoteLab, say: Say, on_change: Callable[[configure.Report], None]) -> configure.Report | None:
+def stop_services(lab: SshLab, say: Say, on_change: Callable[[configure.Report], None]) -> configure.Report | None:
     """Stop the lab's services on every host that answers; machines are never deleted."""
     answers = reachable(lab)
     for name, why in answers.items():
@@ -425,7 +523,7 @@ def stop_services(lab: RemoteLab, say: Say, on_change: Callable[[configure.Repor
     )
 
 
-def wait_for_ssh(lab: RemoteLab, host: remote.Host, timeout: float) -> None:
+def wait_for_ssh(lab: SshLab, host: remote.Host, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -486,7 +584,7 @@ def _known_lines(known_hosts: Path) -> dict[str, list[str]]:
     return lines
 
 
-def pin_host_keys(lab: RemoteLab, say: Say = lambda line: None, wait_s: float = 0) -> list[str]:
+def pin_host_keys(lab: SshLab, say: Say = lambda line: None, wait_s: float = 0) -> list[str]:
     """gcp: make the stack's known_hosts hold, for each usable VM's current address, the SSH host keys GCE
     published for that VM (guest attributes `hostkeys/`), so the first connection is already checked.
 
@@ -542,7 +640,7 @@ def pin_host_keys(lab: RemoteLab, say: Say = lambda line: None, wait_s: float = 
     return missing
 
 
-def forget_changed_host_keys(lab: RemoteLab) -> None:
+def forget_changed_host_keys(lab: SshLab) -> None:
     """Before the first connection after `lab up`. gcp: pin the VMs' host keys from GCE, waiting for new VMs to
     publish them; a VM that does not is an error (it would be refused anyway). ssh target (machines the user
     already has, trusted on first use): forget the keys of addresses that are new or moved since the last
@@ -576,3 +674,216 @@ def forget_all_host_keys(lab_root: Path) -> None:
     """After `lab down` on gcp: the machines are gone, and so are their keys and pins."""
     for name in ("known_hosts", "known_hosts.old", "hosts.json", PINS):
         (lab_root / name).unlink(missing_ok=True)
+
+
+# -- what the commands ask of a lab on hosts (the ssh target, and the gcp target once its VMs run) --------------
+
+
+def configure_lab(lab: SshLab, ui: Ui, stages: dict[str, float]) -> Report:
+    """`lab up` on the hosts: reach them, run the site playbook (a live table), say where MLflow is.
+    `stages` are the durations of what came before (gcp: preview, pulumi up, wait for SSH)."""
+    from toolkit.hosts import configure
+
+    started = time.monotonic()
+    stages = dict(stages)
+    before = sum(stages.values())
+    unreachable = {n: why for n, why in reachable(lab).items() if why}
+    stages["reach hosts"] = time.monotonic() - started
+    if unreachable:
+        name, why = next(iter(unreachable.items()))
+        raise LabError(why or f"cannot reach {name}", hint="start the machine, or fix the stack's hosts")
+    with ui.live() as show:
+        report, restored = configure_hosts(lab, ui.say, lambda r: show(configure.table(r)))
+    stages["configure"] = report.seconds
+    facts = tracker_facts(lab)
+    stages["total"] = before + time.monotonic() - started
+    document = {
+        "stack": lab.stack,
+        "target": "gcp" if lab.gcp else lab.target,
+        "configure": report.as_dict(),
+        "restored": restored.manifest.id if restored else None,
+        "tracker": facts,
+        "stages_s": {k: round(v, 1) for k, v in stages.items()},
+    }
+    changed = report.changed
+    lines = [
+        f"{len(lab.hosts)} hosts configured: "
+        + ("nothing changed" if changed == 0 else f"{changed} change{'s' * (changed != 1)}")
+    ]
+    if restored:
+        lines.append(f"tracker restored from backup {restored.manifest.id} (if it had no DB yet)")
+    lines.append(f"MLflow   {facts.get('mlflow_url')}  (inside the lab's network)")
+    lines.append("reach MLflow and Jupyter from here with `lab tunnel`")
+    lines.append("stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in stages.items()))
+    return Report(document, lines)
+
+
+def hosts_status(
+    lab: SshLab | None,
+    ui: Ui,
+    *,
+    target: str = "ssh",
+    stack_name: str = "",
+    root: Path | None = None,
+    bucket: str | None = None,
+    view: GcpView | None = None,
+) -> Report:
+    """`lab status` of a lab on hosts: each host's services (checked in parallel), the tracker's facts and
+    newest backup, the backups kept here. gcp: also the VMs that are stopped (from `view`), shown as such."""
+    from rich.markup import escape
+
+    if lab is not None:
+        stack_name, root, bucket = lab.stack, lab.root, lab.bucket
+    assert root is not None  # noqa: S101 -- given when there is no lab on hosts
+    states = view.states if view else ()
+
+    def look(host: remote.Host) -> dict[str, Any]:
+        info: dict[str, Any] = {"role": host.role, "address": host.address, "state": "running"}
+        assert lab is not None  # noqa: S101 -- only usable hosts are looked at, and they have a lab
+        try:
+            info["services"] = units_state(lab, host)
+            info["reachable"] = True
+        except LabError as exc:
+            info.update(reachable=False, error=exc.one_line(), services={}, state="unreachable")
+        return info
+
+    usable = lab.hosts if lab else ()
+    with ThreadPoolExecutor(max_workers=max(len(usable), 1)) as pool:
+        hosts = dict(zip([h.name for h in usable], pool.map(look, usable), strict=True))
+    for host_state in states:
+        name = host_state.host.name
+        if name in hosts:
+            hosts[name].update(instance=host_state.instance, zone=host_state.zone, status=host_state.status)
+            continue
+        hosts[name] = {
+            "role": host_state.host.role,
+            "address": host_state.host.address or None,
+            "state": "stopped" if "stopped" in host_state.describe() else host_state.status.lower(),
+            "status": host_state.status,
+            "instance": host_state.instance,
+            "zone": host_state.zone,
+            "reachable": False,
+            "services": {},
+            "error": host_state.describe(),
+        }
+    order = [s.host.name for s in states] or list(hosts)
+    hosts = {name: hosts[name] for name in order if name in hosts}
+    tracker: dict[str, Any] = {}
+    if lab is not None and hosts[lab.tracker.name]["reachable"]:
+        try:
+            tracker = {**tracker_facts(lab), **json.loads(agent(lab, "status"))}
+        except LabError as exc:
+            tracker = {"error": exc.one_line()}
+    info = local_lab.backups_info(root / "backups")
+    document: dict[str, Any] = {
+        "stack": stack_name,
+        "target": target,
+        "state_dir": str(root),
+        "hosts": hosts,
+        "tracker": tracker,
+        "backups": info,
+        "bucket": bucket,
+    }
+    if view is not None:
+        document["addresses"] = "compute api" if view.live else "last lab up (could not ask GCP: " + view.note + ")"
+    rows: list[tuple[str, ...]] = []
+    for name, host in hosts.items():
+        if host["state"] == "stopped":
+            services = f"[dim]stopped[/dim]: {escape(host['error'])}"
+        elif not host["reachable"] and host["state"] != "unreachable":
+            services = f"[yellow]{escape(host['state'])}[/yellow]: {escape(host['error'])}"
+        elif not host["reachable"]:
+            services = f"[red]unreachable[/red]: {escape(host['error'])}"
+        else:
+            services = ", ".join(
+                f"{unit.split('.')[0]} "
+                + ("[green]active[/green]" if state == "active" else f"[yellow]{state}[/yellow]")
+                for unit, state in host["services"].items()
+            )
+        rows.append((name, host["role"], host["address"] or "-", services))
+    notes: list[str] = []
+    if view is not None and not view.live:
+        notes.append(f"addresses from the last `lab up` (GCP could not be asked: {escape(view.note)})")
+    if tracker.get("mlflow_url"):
+        notes.append(f"MLflow {tracker['mlflow_url']} (inside the lab's network; `lab tunnel` reaches it from here)")
+    newest = tracker.get("newest_backup")
+    if newest:
+        notes.append(f"newest backup on the tracker: {newest['id']} ({tracker.get('backups')} kept there)")
+    if info["latest"]:
+        notes.append(f"newest backup here: {info['latest']}, {local_lab.age(info['age_s'])} old ({info['count']} kept)")
+    else:
+        notes.append("no backup here yet: `lab backup` takes one")
+    table = Table(f"lab {stack_name} ({target})", ("host", "role", "address", "services"), rows)
+    return Report(document, notes, tables=[table])
+
+
+def stop_lab(lab: SshLab, request: DownRequest, ui: Ui) -> Report:
+    """`lab down` of the ssh target: a verified backup, then the lab's services stop; the machines stay."""
+    from toolkit.hosts import configure
+
+    if request.destroy_data:
+        raise LabError("--destroy-data is for the gcp target", hint="the local and ssh targets never delete data")
+    made = None
+    try:
+        made, _ = backup(lab, reason="down", say=ui.say)
+    except LabError as exc:
+        if not request.force:
+            raise LabError(
+                f"the backup failed, so nothing was stopped: {exc.one_line()}",
+                hint="fix that, or pass --force to stop without a backup",
+                code=EXIT_BACKUP_FAILED,
+            ) from None
+        ui.say(f"warning: stopping without a backup (--force): {exc.one_line()}")
+    with ui.live() as show:
+        report = stop_services(lab, ui.say, lambda r: show(configure.table(r)))
+    document = {"backup": str(made.path) if made else None, "stopped_on": sorted(report.hosts) if report else []}
+    where = ", ".join(report.hosts) if report else "no host answered"
+    lines = [f"the lab's services are stopped ({where}); the machines stay as they were"]
+    if made:
+        lines.append(f"backup {made.manifest.id} verified: {made.path}")
+    return Report(document, lines)
+
+
+def sweep_place(
+    lab: SshLab,
+    exits: contextlib.ExitStack,
+    parallel: int | None,
+    gpus: list[str] | None,
+    price: Callable[[str], float | None],
+) -> SweepPlace:
+    """The workers' slots, and tunnels to the tracker's MLflow and Optuna storage for the dispatcher."""
+    from toolkit.sweeps import slots, ssh_slots
+
+    if gpus:
+        raise LabError("--gpus is for the local target", hint="remote workers report their own GPUs")
+    if not lab.workers:
+        raise LabError("the lab has no workers to run trials on", hint="list them in lab:workerHosts")
+    facts = tracker_facts(lab)
+    mlflow_port, optuna_port = remote.free_port(), remote.free_port()
+    for local_port, address, port in (
+        (mlflow_port, facts.get("mlflow_bind", "127.0.0.1"), facts.get("mlflow_port", 5000)),
+        (optuna_port, "127.0.0.1", facts.get("optuna_port", OPTUNA_PORT)),
+    ):
+        tunnel = remote.forward(lab.access, lab.tracker, local_port, address, int(port))
+        exits.callback(tunnel.wait, 10)
+        exits.callback(tunnel.terminate)
+    slot_list = ssh_slots.ssh_slots(lab.access, list(lab.workers), lab.settings.runs_per_gpu)
+    if parallel:
+        slot_list = slot_list[:parallel]
+    slots.price_slots(slot_list, price, lambda slot: slot.host.name)
+    return SweepPlace(slot_list, f"http://127.0.0.1:{mlflow_port}", lab.root / "sweeps", optuna_port)
+
+
+@contextlib.contextmanager
+def study_storage(lab: SshLab) -> Iterator[Any]:
+    """The tracker's Optuna storage proxy, through an SSH tunnel open while the block runs."""
+    import optuna
+
+    port = int(tracker_facts(lab).get("optuna_port", OPTUNA_PORT))
+    local_port = remote.free_port()
+    tunnel = remote.forward(lab.access, lab.tracker, local_port, "127.0.0.1", port)
+    try:
+        yield optuna.storages.GrpcStorageProxy(host="127.0.0.1", port=local_port)
+    finally:
+        tunnel.terminate()
+        tunnel.wait(10)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,35 +24,10 @@ class StudySummary:
     trial_hours: float = 0.0  # time the trials ran, in all
 
 
-def _local(path: Path) -> str:
+def local_storage(path: Path) -> str:
     if not path.exists():
         raise LabError(f"there are no sweeps yet ({path} does not exist)", hint="run `lab dispatch` first")
     return f"sqlite:///{path}"
-
-
-@contextlib.contextmanager
-def storage_for(stack_name: str, target: str) -> Iterator[Any]:
-    """The lab's Optuna storage: the local tracker's optuna.db, or a remote tracker's storage proxy
-    through an SSH tunnel (open while the block runs)."""
-    if target == "local":
-        from toolkit.labs import local as local_lab
-
-        yield _local(local_lab.open_lab(stack_name).tracker_dir / "optuna.db")
-        return
-    import optuna
-
-    from toolkit.hosts import ssh as remote
-    from toolkit.labs import ssh as remote_lab
-
-    lab = remote_lab.open_lab(stack_name, target)
-    port = int(remote_lab.tracker_facts(lab).get("optuna_port", remote_lab.OPTUNA_PORT))
-    local_port = remote.free_port()
-    tunnel = remote.forward(lab.access, lab.tracker, local_port, "127.0.0.1", port)
-    try:
-        yield optuna.storages.GrpcStorageProxy(host="127.0.0.1", port=local_port)
-    finally:
-        tunnel.terminate()
-        tunnel.wait(10)
 
 
 def load(storage: Any, name: str) -> Any:

@@ -24,13 +24,7 @@ def validate(stack_name: options.Stack = options.STACK_DEFAULT, target: options.
         )
     for warning in resolution.warnings:
         print(f"{stack_file.path.name}: warning: {warning}", file=sys.stderr)
-    summary = f"target {settings.target}"
-    if settings.target == "gcp":
-        gpus = settings.worker_gpus
-        gpu_text = f", {gpus.count} x {gpus.gpu} each" if gpus else ""
-        kind = "spot" if settings.spot else "standard"
-        summary += (
-            f", {settings.workers} {kind} worker{'s' * (settings.workers != 1)} "
-            f"{settings.worker_machine_type}{gpu_text} in {settings.zone}"
-        )
+    from toolkit import labs
+
+    summary = labs.lab_class(settings.target).summary(settings)
     out().print(f"[green]ok[/green] {stack_file.path} is valid ({summary})")

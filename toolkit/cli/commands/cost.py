@@ -11,7 +11,6 @@ from toolkit.config.stack import stack_path
 from toolkit.console import err, out
 from toolkit.cost import uptime
 from toolkit.errors import LabError
-from toolkit.labs import choose as targets
 from toolkit.sweeps import studies
 
 
@@ -32,10 +31,12 @@ def _current(stack: str, now: float) -> dict[str, Any] | None:
     }
 
 
-def _sweeps(stack: str, target: str) -> tuple[list[dict[str, Any]], str | None]:
+def _sweeps(stack_name: str, target: str) -> tuple[list[dict[str, Any]], str | None]:
     """Every sweep's trial cost, or why the sweeps could not be read (the lab is down, say)."""
+    from toolkit import labs
+
     try:
-        with studies.storage_for(stack, target) as storage:
+        with labs.lab_class(target).open(stack_name).study_storage() as storage:
             found = studies.summaries(storage)
     except LabError as exc:
         return [], exc.one_line()
@@ -59,9 +60,10 @@ def cost(
 ) -> None:
     """What the lab costs: each resource's uptime x price while it is up, and each sweep's trials
     (their slots' share of the workers' price, also each run's `cost_usd` metric in MLflow)."""
+    from toolkit import labs
     from toolkit.cost import prices
 
-    chosen = targets.choose(stack_name, local, target)
+    chosen = labs.target_of(stack_name, local=local, target=options.target_name(target))
     stack = stack_path(stack_name)[0]
     now = time.time()
     periods = uptime.periods(stack)
@@ -81,15 +83,15 @@ def cost(
     if as_json:
         out().print_json(json.dumps(document))
         return
-    _show(document)
+    _show(document, labs.lab_class(chosen).uptime_note)
 
 
-def _show(document: dict[str, Any]) -> None:
+def _show(document: dict[str, Any], not_up: str) -> None:
     from rich.table import Table
 
     current = document["now"]
     if current is None:
-        note = "the lab is not up" if document["target"] == "gcp" else "the lab did not create these machines"
+        note = not_up
         out().print(f"{document['stack']}: nothing priced is up now ({note})")
     else:
         table = Table(title=f"{document['stack']} now: up {current['hours']:.2f} h", title_justify="left")

@@ -5,17 +5,14 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from toolkit.cli import options
 from toolkit.console import err, out
 from toolkit.errors import LabError
-from toolkit.labs import choose as targets
-from toolkit.labs import local as local_lab
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -83,8 +80,8 @@ def dispatch(
 ) -> None:
     """Run a sweep: Optuna proposes parameters, papermill runs the notebook on parallel slots, MLflow
     records every trial. Exit 0 when at least one trial completed."""
-    chosen = targets.choose(stack_name, local, target)
-    targets.require(chosen, "dispatch")
+    from toolkit import labs
+    from toolkit.console import Ui
     from toolkit.sweeps import dispatch as engine
     from toolkit.sweeps import space
 
@@ -92,13 +89,10 @@ def dispatch(
         raise LabError(f"no notebook {notebook}", hint="pass the path of an .ipynb file")
     searched = space.load(space_file)
     gpu_list = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else None
-    with contextlib.ExitStack() as stack:
-        if chosen == "local":
-            slot_list, tracking_uri, storage_path, grpc_port = _local_slots(stack_name, parallel, gpu_list)
-        else:
-            if gpu_list:
-                raise LabError("--gpus is for the local target", hint="remote workers report their own GPUs")
-            slot_list, tracking_uri, storage_path, grpc_port = _remote_slots(stack, stack_name, chosen, parallel)
+    ui = Ui(json=as_json)
+    lab = labs.open_lab(stack_name, local=local, target=options.target_name(target), ui=ui)
+    with contextlib.ExitStack() as exits:
+        place = lab.sweep_place(exits, parallel, gpu_list, ui)
         spec = engine.SweepSpec(
             notebook=notebook.resolve(),
             space=searched,
@@ -106,68 +100,11 @@ def dispatch(
             trials=trials,
             timeout=timeout,
             output_pattern=output,
-            tracking_uri=tracking_uri,
-            storage_path=storage_path,
-            grpc_port=grpc_port,
+            tracking_uri=place.tracking_uri,
+            storage_path=place.storage_path,
+            grpc_port=place.grpc_port,
         )
-        _sweep(spec, slot_list, as_json)
-
-
-def _local_slots(stack_name: str, parallel: int | None, gpu_list: list[str] | None) -> tuple[list, str, Path, None]:
-    from toolkit.cost import prices
-    from toolkit.sweeps import slots
-
-    lab = local_lab.open_lab(stack_name)
-    tracker = local_lab.running(lab, local_lab.MLFLOW, err().print)
-    if tracker is None:
-        raise LabError("the local lab is not up", hint="start it with `lab up --local`")
-    slot_list = slots.local_slots(parallel or 1, gpu_list, lab.settings.runs_per_gpu)
-    slots.price_slots(slot_list, lambda _: prices.host_hourly(prices.LOCAL_HOST), lambda _: prices.LOCAL_HOST)
-    return slot_list, tracker.url, lab.tracker_dir / "optuna.db", None
-
-
-def _remote_slots(
-    stack: contextlib.ExitStack, stack_name: str, target: str, parallel: int | None
-) -> tuple[list, str, Path, int]:
-    """The workers' slots, and tunnels to the tracker's MLflow and Optuna storage for the dispatcher."""
-    from toolkit.hosts import ssh as remote
-    from toolkit.labs import ssh as remote_lab
-    from toolkit.sweeps import slots, ssh_slots
-
-    lab = remote_lab.open_lab(stack_name, target)
-    if not lab.workers:
-        raise LabError("the lab has no workers to run trials on", hint="list them in lab:workerHosts")
-    facts = remote_lab.tracker_facts(lab)
-    mlflow_port, optuna_port = remote.free_port(), remote.free_port()
-    for local_port, address, port in (
-        (mlflow_port, facts.get("mlflow_bind", "127.0.0.1"), facts.get("mlflow_port", 5000)),
-        (optuna_port, "127.0.0.1", facts.get("optuna_port", remote_lab.OPTUNA_PORT)),
-    ):
-        tunnel = remote.forward(lab.access, lab.tracker, local_port, address, int(port))
-        stack.callback(tunnel.wait, 10)
-        stack.callback(tunnel.terminate)
-    slot_list = ssh_slots.ssh_slots(lab.access, list(lab.workers), lab.settings.runs_per_gpu)
-    if parallel:
-        slot_list = slot_list[:parallel]
-    slots.price_slots(slot_list, _worker_price(lab.settings, target), lambda slot: slot.host.name)
-    return slot_list, f"http://127.0.0.1:{mlflow_port}", lab.root / "sweeps", optuna_port
-
-
-def _worker_price(settings: Any, target: str) -> Callable[[str], float | None]:
-    """A worker's price per hour: the price table's for the lab's gcp workers, `hosts:` for ssh hosts."""
-    from dataclasses import replace
-
-    from toolkit.cost import prices
-    from toolkit.gcp import pulumi_state
-
-    if target == "gcp":
-        state = pulumi_state.read(pulumi_state.backend_url(settings), settings.stack)
-        spot = state.outputs.get("worker_spot") if state else None
-        if isinstance(spot, bool):  # on-demand after --fallback-on-demand
-            settings = replace(settings, spot=spot)
-        price = prices.worker_hourly(settings)
-        return lambda _: price
-    return prices.host_hourly
+        _sweep(spec, place.slots, as_json)
 
 
 def _total_cost(results: list) -> float | None:

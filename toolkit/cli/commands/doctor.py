@@ -11,20 +11,21 @@ from toolkit.cli import options
 from toolkit.config import schema, stack
 from toolkit.console import err, out
 from toolkit.errors import LabError
-from toolkit.labs import prerequisites
 
 
 def _target_key_project(stack_name: str, target: str | None) -> tuple[str, str, str | None]:
     """The target to check, the SSH key to look for and the GCP project to ask: from the stack file when there
     is one."""
+    from toolkit.labs import DEFAULT_TARGET
+
     default_key = schema.KEYS_BY_NAME["lab:sshPublicKeyPath"].default
     try:
         _, resolution = stack.load(stack_name, target=target)
     except LabError:
-        # No readable stack file: the embedded default is the local target.
-        return target or "local", default_key, None
+        # No readable stack file: the embedded default.
+        return target or DEFAULT_TARGET, default_key, None
     values = resolution.values
-    chosen = target or values.get("lab:target") or "local"
+    chosen = target or values.get("lab:target") or DEFAULT_TARGET
     key_path = values.get("lab:sshPublicKeyPath")
     project = values.get("gcp:project")
     return (
@@ -52,7 +53,9 @@ def doctor(
         _install_pulumi()
         return
     chosen, key_path, project = _target_key_project(stack_name, options.target_name(target))
-    checks = prerequisites.for_target(chosen, key_path, project)
+    from toolkit import labs
+
+    checks = labs.lab_class(chosen).prerequisites(key_path, project)
     missing = [c for c in checks if not c.ok and c.required]
     if as_json:
         document = {"target": chosen, "ok": not missing, "checks": [c.__dict__ for c in checks]}

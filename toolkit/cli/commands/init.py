@@ -24,10 +24,6 @@ def _split(values: list[str] | None) -> list[str]:
     return [part for value in values or [] for part in re.split(r"[,\s]+", value) if part]
 
 
-def _number(text: str) -> Any:
-    return int(text) if re.fullmatch(r"-?\d+", text) else text
-
-
 def _from_flags(flags: dict[str, Any]) -> dict[str, Any]:
     """The answers the flags give, as raw stack keys; a key is absent when its flag was not given."""
     raw: dict[str, Any] = {}
@@ -81,55 +77,17 @@ def _ask(
 
 
 def _questions(raw: dict[str, Any], stack_name: str) -> None:
-    """In a terminal: ask for what the flags left out, offering the defaults."""
+    """In a terminal: ask for what the flags left out, offering the defaults; each target asks its own keys."""
+    from toolkit import labs
+
     default_target = schema.KEYS_BY_NAME["lab:target"].default
     _ask(raw, stack_name, "lab:target", f"Target ({', '.join(schema.TARGETS)})", default=default_target)
-    target = raw["lab:target"]
-    if target == "gcp":
-        _derive(raw)
-        _ask(raw, stack_name, "gcp:project", "GCP project id")
-        _ask(raw, stack_name, "gcp:zone", "Zone the lab runs in (its region follows), e.g. us-central1-a")
-        zone = raw["gcp:zone"]
-        _ask(
-            raw,
-            stack_name,
-            "lab:zones",
-            f"Other zones to try, in order, when {zone} has no spot capacity (comma-separated; empty for none)",
-            default="",
-            make=lambda answer: [zone, *(z for z in _split([answer]) if z != zone)],
-        )
-        _ask(raw, stack_name, "lab:workers", "GPU workers", default="1", make=_number)
-        _ask(
-            raw,
-            stack_name,
-            "lab:workerMachineType",
-            "Worker machine type (a2-highgpu-1g: A100 40GB, g2-standard-8: L4)",
-            default=schema.KEYS_BY_NAME["lab:workerMachineType"].default,
-        )
-        _ask(
-            raw,
-            stack_name,
-            "lab:allowedSshCidrs",
-            "Address ranges that may reach SSH, comma-separated (yours as x.x.x.x/32; `curl -s ifconfig.me` shows it)",
-            make=lambda answer: _split([answer]),
-        )
-        _ask(
-            raw,
-            stack_name,
-            "lab:stateBackend",
-            "Where Pulumi keeps state: file://FOLDER or gs://BUCKET (empty: a folder under LAB_HOME)",
-            default="",
-        )
-    elif target == "ssh":
-        _ask(raw, stack_name, "lab:trackerHost", "Tracker machine (an address or a ~/.ssh/config alias)")
-        _ask(
-            raw,
-            stack_name,
-            "lab:workerHosts",
-            "Worker machines, comma-separated (empty for none)",
-            default="",
-            make=lambda answer: _split([answer]),
-        )
+    _derive(raw)
+
+    def ask(key: str, question: str, default: str | None = None, make: Callable[[str], Any] = str) -> None:
+        _ask(raw, stack_name, key, question, default=default, make=make)
+
+    labs.lab_class(raw["lab:target"]).ask_init(ask, raw)
 
 
 def _state_bucket(raw: dict[str, Any]) -> str | None:
@@ -245,10 +203,10 @@ def init(
     chosen = raw["lab:target"]
     _refuse_misplaced(raw, chosen)
     _derive(raw)
-    if chosen == "gcp":
-        # Written out even at their defaults: the two values a gcp user most often changes.
-        raw.setdefault("lab:workers", schema.KEYS_BY_NAME["lab:workers"].default)
-        raw.setdefault("lab:workerMachineType", schema.KEYS_BY_NAME["lab:workerMachineType"].default)
+    from toolkit import labs
+
+    kind = labs.lab_class(chosen)
+    kind.init_defaults(raw)
     missing = stack_init.missing_required(raw, chosen)
     if missing:
         raise stack_init.usage_error(
@@ -286,10 +244,7 @@ def init(
     stack_init.write(path, text, force=force)
     out().print(f"[green]wrote[/green] {path} (target {chosen})", highlight=False)
     flag = "" if stack_name == stack.DEFAULT_STACK else f" --stack {stack_name}"
-    if chosen == "local":
-        out().print(f"next: lab up{flag}", highlight=False)
-    else:
-        out().print(f"next: lab config validate{flag}, lab doctor{flag}, then lab up{flag}", highlight=False)
+    out().print(kind.next_steps(flag), highlight=False)
 
 
 def _refuse_misplaced(raw: dict[str, Any], target: str) -> None:

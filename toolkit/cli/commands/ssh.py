@@ -8,8 +8,6 @@ from typing import Annotated, Optional
 import typer
 
 from toolkit.cli import options
-from toolkit.errors import LabError
-from toolkit.labs import choose as targets
 
 
 def ssh(
@@ -22,19 +20,9 @@ def ssh(
     stack_name: options.Stack = options.STACK_DEFAULT,
 ) -> None:
     """Log in to one of the lab's hosts with the lab's key and known-hosts file."""
-    from toolkit.hosts import ssh as remote
-    from toolkit.labs import ssh as remote_lab
+    from toolkit import labs
+    from toolkit.console import Ui
 
-    chosen = targets.choose(stack_name, False, target)
-    if chosen == "local":
-        raise LabError("the local lab has no hosts to log in to", hint="use --target ssh with a stack that lists hosts")
-    targets.require(chosen, "ssh", supported=("ssh", "gcp"))
-    lab = remote_lab.open_lab(stack_name, chosen)
-    for stopped in lab.stopped:
-        if host in (stopped.host.name, stopped.instance):
-            raise LabError(
-                f"{stopped.host.name} ({stopped.instance}) is {stopped.describe()}", hint="`lab up` starts it"
-            )
-    found = remote.find(lab.hosts, host)
-    argv = lab.access.ssh(found, command or None, extra=[] if command else ["-t"])
+    lab = labs.open_lab(stack_name, target=options.target_name(target), ui=Ui())
+    argv = lab.login(host, command or None)
     os.execvp(argv[0], argv)  # noqa: S606 -- hand the terminal to ssh

@@ -10,7 +10,6 @@ import typer
 
 from toolkit.cli import options
 from toolkit.console import out
-from toolkit.labs import choose as targets
 from toolkit.sweeps import studies
 
 
@@ -28,9 +27,10 @@ def show(
 ) -> None:
     """Show a sweep's best trials and write a parallel-coordinates plot (HTML, and PNG) of its
     parameters against the objective."""
-    chosen = targets.choose(stack_name, local, target)
-    targets.require(chosen, "sweep show")
-    with studies.storage_for(stack_name, chosen) as storage:
+    from toolkit import labs
+
+    lab = labs.open_lab(stack_name, local=local, target=options.target_name(target))
+    with lab.study_storage() as storage:
         study = studies.load(storage, name)
         best = studies.best_trials(study, top)
         written = studies.plot_parallel_coordinates(study, plot_dir or Path("out") / name)

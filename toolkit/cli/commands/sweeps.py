@@ -6,7 +6,6 @@ import json
 
 from toolkit.cli import options
 from toolkit.console import out
-from toolkit.labs import choose as targets
 from toolkit.sweeps import studies
 
 
@@ -17,9 +16,10 @@ def sweeps(
     as_json: options.Json = False,
 ) -> None:
     """List the sweeps (Optuna studies): trials, best value, last activity."""
-    chosen = targets.choose(stack_name, local, target)
-    targets.require(chosen, "sweeps")
-    with studies.storage_for(stack_name, chosen) as storage:
+    from toolkit import labs
+
+    lab = labs.open_lab(stack_name, local=local, target=options.target_name(target))
+    with lab.study_storage() as storage:
         found = studies.summaries(storage)
     if as_json:
         out().print_json(json.dumps([s.__dict__ for s in found], default=str))

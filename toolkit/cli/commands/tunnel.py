@@ -11,9 +11,6 @@ import typer
 
 from toolkit.cli import options
 from toolkit.config import schema
-from toolkit.console import err, out
-from toolkit.errors import LabError
-from toolkit.labs import choose as targets
 
 
 def tunnel(
@@ -28,36 +25,28 @@ def tunnel(
 ) -> None:
     """Forward the tracker's MLflow and every worker's JupyterLab to ports on 127.0.0.1 and print the
     URLs; Ctrl-C closes them (exit 0)."""
-    from toolkit.hosts import ssh as remote
-    from toolkit.labs import ssh as remote_lab
+    from toolkit import labs
+    from toolkit.console import Ui, err, out
+    from toolkit.errors import LabError
     from toolkit.tracker import services
 
-    chosen = targets.choose(stack_name, False, target)
-    if chosen == "local":
-        raise LabError("the local lab needs no tunnel: its services already listen on 127.0.0.1", hint="`lab status`")
-    targets.require(chosen, "tunnel", supported=("ssh", "gcp"))
-    lab = remote_lab.open_lab(stack_name, chosen)  # says which workers are stopped: they get no tunnel
-    facts = remote_lab.tracker_facts(lab)
-    plan = [("MLflow", lab.tracker, mlflow_port, facts.get("mlflow_bind", "127.0.0.1"), schema.MLFLOW_PORT)]
-    plan += [
-        (f"Jupyter on {w.name}", w, jupyter_port + i, "127.0.0.1", remote_lab.JUPYTER_PORT)
-        for i, w in enumerate(lab.workers)
-    ]
-    for what, _, port, _, _ in plan:
-        holder = services.port_holder(port)
+    ui = Ui()
+    lab = labs.open_lab(stack_name, target=options.target_name(target), ui=ui)
+    plan = lab.forwards(mlflow_port, jupyter_port)  # stopped workers get no tunnel (said once)
+    for forward in plan:
+        holder = services.port_holder(forward.local_port)
         if holder:
             raise LabError(
-                f"local port {port} (for {what}) is in use by {holder}",
+                f"local port {forward.local_port} (for {forward.what}) is in use by {holder}",
                 hint="stop that process or choose another port with --mlflow-port / --jupyter-port",
             )
     opened: list[subprocess.Popen] = []
     try:
-        for what, host, port, address, remote_port in plan:
-            opened.append(remote.forward(lab.access, host, port, address, remote_port))
-            if host.role == remote.WORKER:  # each worker has its own token
-                out().print(f"{what:<22} http://127.0.0.1:{port}/lab  (token: `cat {lab.token_file(host)}`)")
-            else:
-                out().print(f"{what:<22} http://127.0.0.1:{port}")
+        for forward in plan:
+            opened.append(lab.open_forward(forward))
+            url = f"http://127.0.0.1:{forward.local_port}{forward.suffix}"
+            token = f"  (token: `cat {forward.note}`)" if forward.note else ""
+            out().print(f"{forward.what:<22} {url}{token}")
         err().print("tunnels open; Ctrl-C closes them")
         stopped = threading.Event()
         try:

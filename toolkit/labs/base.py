@@ -1,0 +1,178 @@
+"""What a lab is, on any target: the interface each target implements, and what its answers look like.
+
+A target is one class: `LocalLab` (this machine), `SshLab` (machines the user has), `GcpLab` (VMs Pulumi makes,
+then an `SshLab` on them). The command line opens the stack's lab (`toolkit.labs.open_lab`), asks it, and
+renders the `Report` it answers (a document for --json, lines and tables for people); it never asks which
+target it has. A new target (another cloud, a Slurm login node) is one module with one such class, registered
+in `toolkit.labs.TARGETS`, and its tests.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from toolkit.errors import LabError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from toolkit.config import schema
+    from toolkit.console import Ui
+    from toolkit.labs.prerequisites import Check
+
+Ask = Callable[..., None]  # stack_init's question: (key, question, default=None, make=str)
+
+
+@dataclass
+class Table:
+    """A table for people: a title, its columns, and rows of cells (rich markup allowed)."""
+
+    title: str
+    columns: tuple[str, ...]
+    rows: list[tuple[str, ...]] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    """A lab's answer to one command: `document` for --json; for people, `tables` then `lines` (text); and a
+    `failure` to end with once both are shown (e.g. `lab down`'s leftovers, exit 6)."""
+
+    document: dict[str, Any]
+    lines: list[str] = field(default_factory=list)
+    failure: LabError | None = None
+    tables: list[Table] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class UpRequest:
+    port: int
+    jupyter_port: int
+    no_jupyter: bool = False
+    preview: bool = False
+    fallback_on_demand: bool = False
+
+
+@dataclass(frozen=True)
+class DownRequest:
+    force: bool = False
+    destroy_data: bool = False
+
+
+@dataclass(frozen=True)
+class RestoreRequest:
+    name: str | None = None
+    from_bucket: bool = False
+    stop: bool = False
+
+
+@dataclass
+class SweepPlace:
+    """Where a sweep runs: its slots, the tracker as the dispatcher reaches it, and the Optuna storage."""
+
+    slots: list[Any]
+    tracking_uri: str
+    storage_path: Path
+    grpc_port: int | None = None
+
+
+@dataclass(frozen=True)
+class Forward:
+    """One tunnel `lab tunnel` opens: what, to which host, on which local port, and what to tell the user."""
+
+    what: str
+    host: Any
+    local_port: int
+    address: str
+    remote_port: int
+    suffix: str = ""
+    note: str = ""
+
+
+class Lab(abc.ABC):
+    """One stack's lab on one target."""
+
+    target: ClassVar[str]
+    settings: schema.Settings
+
+    @property
+    def stack(self) -> str:
+        return self.settings.stack
+
+    @classmethod
+    @abc.abstractmethod
+    def open(cls, stack_name: str, ui: Ui | None = None) -> Lab:
+        """The stack's lab on this target (its settings must be valid for it)."""
+
+    # -- what this machine needs, and what `lab init` asks (no stack is opened for these) ----------------------
+    @classmethod
+    @abc.abstractmethod
+    def prerequisites(cls, public_key_path: str, project: str | None) -> list[Check]:
+        """Every prerequisite of this target on this machine, in the order a user would fix them."""
+
+    @classmethod
+    def ask_init(cls, ask: Ask, raw: dict[str, Any]) -> None:
+        """`lab init` in a terminal: ask for this target's keys the flags did not give (none by default)."""
+        return
+
+    @classmethod
+    def init_defaults(cls, raw: dict[str, Any]) -> None:
+        """Keys `lab init` writes out even at their defaults for this target (none by default)."""
+        return
+
+    @classmethod
+    def summary(cls, settings: schema.Settings) -> str:
+        """What `lab config validate` says of a valid stack of this target."""
+        return f"target {settings.target}"
+
+    @classmethod
+    def next_steps(cls, flag: str) -> str:
+        return f"next: lab config validate{flag}, lab doctor{flag}, then lab up{flag}"
+
+    # -- the lab's life --------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def up(self, request: UpRequest, ui: Ui) -> Report: ...
+
+    @abc.abstractmethod
+    def status(self, ui: Ui) -> Report: ...
+
+    @abc.abstractmethod
+    def backup(self, ui: Ui) -> Report: ...
+
+    @abc.abstractmethod
+    def restore(self, request: RestoreRequest, ui: Ui) -> Report: ...
+
+    @abc.abstractmethod
+    def down(self, request: DownRequest, ui: Ui) -> Report: ...
+
+    # -- sweeps ------------------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def sweep_place(
+        self, exits: contextlib.ExitStack, parallel: int | None, gpus: list[str] | None, ui: Ui
+    ) -> SweepPlace:
+        """The slots a sweep runs on and how the dispatcher reaches the tracker (tunnels live in `exits`)."""
+
+    @abc.abstractmethod
+    def study_storage(self) -> contextlib.AbstractContextManager[Any]:
+        """The lab's Optuna storage, open while the block runs."""
+
+    # -- reaching the hosts (remote labs) ----------------------------------------------------------------------
+    uptime_note: ClassVar[str] = "the lab did not create these machines"
+
+    def forwards(self, mlflow_port: int, jupyter_port: int) -> list[Forward]:
+        """The tunnels `lab tunnel` opens."""
+        raise LabError(
+            f"the {self.target} lab needs no tunnel: its services already listen on 127.0.0.1", hint="`lab status`"
+        )
+
+    def open_forward(self, forward: Forward) -> Any:
+        raise LabError(f"the {self.target} lab has no tunnels")
+
+    def login(self, host: str, command: list[str] | None) -> list[str]:
+        """The ssh argv that logs in to one of the lab's hosts (and runs `command` there)."""
+        raise LabError(
+            f"the {self.target} lab has no hosts to log in to", hint="use --target ssh with a stack that lists hosts"
+        )
