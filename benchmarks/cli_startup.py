@@ -1,6 +1,7 @@
 """How fast `lab` starts: median wall time of `lab --help` against a bare `import typer`.
 
-Targets (issue 2): `lab --help` under 0.3 s on the CI machine, and within 3x of the bare typer import.
+Targets: `lab --help` under 0.3 s on the CI machine (issue 2), and within 1.5x of the bare typer import
+(issue 13: only the skeleton loads; each command's module is imported when that command runs).
 Run: .venv/bin/python benchmarks/cli_startup.py [--runs N]
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 LAB = Path(sys.executable).with_name("lab")
 TARGET_SECONDS = 0.3
-TARGET_RATIO = 3.0
+TARGET_RATIO = 1.5
 
 
 def median_wall(argv: list[str], runs: int) -> float:
@@ -37,6 +38,7 @@ def main() -> int:
         "python -c 'import typer'": [sys.executable, "-c", "import typer"],
         "lab --help": [str(LAB), "--help"],
         "lab --version": [str(LAB), "--version"],
+        "lab up --help": [str(LAB), "up", "--help"],
         "lab config validate": [str(LAB), "config", "validate"],
     }
     medians = {name: median_wall(argv, runs) for name, argv in cases.items()}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import typer.main
 
-from toolkit.cli.app import app
+from toolkit.cli.app import ALL, build
 from toolkit.config import schema
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +26,7 @@ def commands(group, prefix=()) -> list[tuple[tuple[str, ...], object]]:
     return found
 
 
-ALL_COMMANDS = commands(typer.main.get_command(app))
+ALL_COMMANDS = commands(typer.main.get_command(build(ALL)))
 
 
 def test_there_are_commands():

@@ -1,32 +1,84 @@
-"""The `lab` command line: composes the command modules; nothing else lives here."""
+"""The `lab` command line: composes the command modules, importing only the one that runs.
+
+Each command is one module under `toolkit/cli/commands/` (`COMMANDS` names it as `module:function`). A run of
+`lab up` imports `commands/up.py` and no other command; `lab --help` imports none, listing each command with
+the first line of its docstring read from the module's source. So start-up does not grow with the number of
+commands (`benchmarks/cli_startup.py` measures it). Nothing else lives here.
+"""
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import re
 import sys
-from typing import Annotated
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
 from toolkit import __version__
 from toolkit.cli import failures
-from toolkit.cli.commands import (
-    backup,
-    config_show,
-    config_validate,
-    cost,
-    dispatch,
-    doctor,
-    down,
-    init,
-    restore,
-    schedule,
-    ssh,
-    status,
-    sweep_show,
-    sweeps,
-    tunnel,
-    up,
+
+HELP = (
+    "A personal GPU research lab: spot GPU workers, a tracker that never loses history, notebook sweeps. "
+    "Up and down with one command."
 )
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+COMMANDS_DIR = Path(__file__).resolve().parent / "commands"
+
+# name -> "module:function" under toolkit.cli.commands, or a group: (its help, {name: "module:function"}).
+COMMANDS: dict[str, str | tuple[str, dict[str, str]]] = {
+    "init": "init:init",
+    "config": (
+        "Show and check a stack's settings.",
+        {"show": "config_show:show", "validate": "config_validate:validate"},
+    ),
+    "up": "up:up",
+    "status": "status:status",
+    "backup": "backup:backup",
+    "restore": "restore:restore",
+    "down": "down:down",
+    "tunnel": "tunnel:tunnel",
+    "ssh": "ssh:ssh",
+    "dispatch": "dispatch:dispatch",
+    "sweeps": "sweeps:sweeps",
+    "sweep": ("Look at one sweep.", {"show": "sweep_show:show"}),
+    "cost": "cost:cost",
+    "schedule": (
+        "Schedule `lab down --yes` for a stack with cron (meant for the gcp target), list and remove it.",
+        {"down": "schedule:down", "list": "schedule:list_", "remove": "schedule:remove"},
+    ),
+    "doctor": "doctor:doctor",
+}
+
+
+def _typer(**options: Any) -> typer.Typer:
+    return typer.Typer(
+        add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None, context_settings=CONTEXT, **options
+    )
+
+
+def load(target: str) -> Callable[..., Any]:
+    """A command's function, its module imported now."""
+    module, function = target.split(":")
+    return getattr(importlib.import_module(f"toolkit.cli.commands.{module}"), function)
+
+
+@cache
+def docstring(target: str) -> str:
+    """A command function's docstring, read from its module's source without importing it (the first
+    triple-quoted string after `def function(...) -> ...:`; a test checks it against the imported function's)."""
+    module, function = target.split(":")
+    source = (COMMANDS_DIR / f"{module}.py").read_text(encoding="utf-8")
+    found = re.search(rf'^def {function}\(.*?\)(?: -> [^\n]+)?:\n\s+"""(.*?)"""', source, re.S | re.M)
+    return inspect.cleandoc(found.group(1)) if found else ""
+
+
+def _listed() -> None:
+    """Stands in for a command that is only listed (another command runs, or the help is shown)."""
 
 
 def _print_version(value: bool) -> None:
@@ -35,59 +87,58 @@ def _print_version(value: bool) -> None:
         raise typer.Exit()
 
 
-app = typer.Typer(
-    name="lab",
-    help="A personal GPU research lab: spot GPU workers, a tracker that never loses history, "
-    "notebook sweeps. Up and down with one command.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+def build(running: str | None = None, *, listing: bool = True) -> typer.Typer:
+    """The command line with the command `running` (and its group's) loaded; every other command is only
+    listed, with its help when `listing` (the help is shown). `build(ALL)` loads every command (the docs tests)."""
+    app = _typer(name="lab", help=HELP, no_args_is_help=True)
 
-app.command("init")(init.init)
-config_app = typer.Typer(help="Show and check a stack's settings.", no_args_is_help=True)
-config_app.command("show")(config_show.show)
-config_app.command("validate")(config_validate.validate)
-app.add_typer(config_app, name="config")
-app.command("up")(up.up)
-app.command("status")(status.status)
-app.command("backup")(backup.backup)
-app.command("restore")(restore.restore)
-app.command("down")(down.down)
-app.command("tunnel")(tunnel.tunnel)
-app.command("ssh")(ssh.ssh)
-app.command("dispatch")(dispatch.dispatch)
-app.command("sweeps")(sweeps.sweeps)
-sweep_app = typer.Typer(help="Look at one sweep.", no_args_is_help=True)
-sweep_app.command("show")(sweep_show.show)
-app.add_typer(sweep_app, name="sweep")
-app.command("cost")(cost.cost)
-schedule_app = typer.Typer(
-    help="Schedule `lab down --yes` for a stack with cron (meant for the gcp target), list and remove it.",
-    no_args_is_help=True,
-)
-schedule_app.command("down")(schedule.down)
-schedule_app.command("list")(schedule.list_)
-schedule_app.command("remove")(schedule.remove)
-app.add_typer(schedule_app, name="schedule")
-app.command("doctor")(doctor.doctor)
+    def add(to: typer.Typer, name: str, target: str, load_it: bool) -> None:
+        if load_it:
+            to.command(name)(load(target))
+        else:
+            to.command(name, help=docstring(target) if listing else None, add_help_option=False)(_listed)
+
+    for name, entry in COMMANDS.items():
+        load_it = running in (name, ALL)
+        if isinstance(entry, str):
+            add(app, name, entry, load_it)
+            continue
+        group_help, members = entry
+        group = _typer(help=group_help, no_args_is_help=True)
+        for member, target in members.items():
+            add(group, member, target, load_it)
+        app.add_typer(group, name=name)
+
+    @app.callback()
+    def root(
+        version: Annotated[
+            bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+        ] = False,
+        debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks (also LAB_DEBUG=1).")] = False,
+    ) -> None:
+        """Options for every command."""
+
+    return app
 
 
-@app.callback()
-def root(
-    version: Annotated[
-        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
-    ] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks (also LAB_DEBUG=1).")] = False,
-) -> None:
-    """Options for every command."""
+ALL = "*"
+
+
+def command_of(args: list[str]) -> str | None:
+    """The command an argument list runs: its first word that is not one of the root's options."""
+    for arg in args:
+        if arg == "--":
+            return None
+        if not arg.startswith("-"):
+            return arg
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     """The console script: run one command and return its exit code (see toolkit.errors)."""
     args = sys.argv[1:] if argv is None else list(argv)
+    running = command_of(args)
+    app = build(running, listing=running is None and "--version" not in args)
 
     def run() -> int | None:
         result = app(args=args, prog_name="lab", standalone_mode=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from toolkit.errors import LabError
@@ -68,3 +69,14 @@ def project_dir() -> Path:
             return folder
     checkout = Path(__file__).resolve().parents[2]  # toolkit/config/paths.py -> the checkout
     return checkout if is_lab_project(checkout) else cwd
+
+
+def install_command(extra: str) -> str:
+    """How to add an extra to this install: from the checkout when lab runs from one."""
+    try:
+        project = packaged_project()
+    except LabError:
+        project = None
+    if project is not None and (project / "pyproject.toml").is_file():
+        return f"{sys.executable} -m pip install -e '{project}[{extra}]'"
+    return f"{sys.executable} -m pip install 'lab[{extra}]'"

@@ -124,7 +124,7 @@ class Engine(Protocol):
 def usable_cli() -> Path:
     """The CLI to run, checked before anything runs: it exists, runs, and reports a version the lab supports.
     Every way it can fail is a one-line LabError naming the CLI and the fix."""
-    from toolkit.labs import prerequisites
+    from toolkit.gcp import pulumi_install
 
     cli = find_cli()
     if cli is None:
@@ -135,16 +135,16 @@ def usable_cli() -> Path:
             "the gcp target needs the Pulumi CLI, and there is none on PATH or under LAB_HOME",
             hint="run `lab doctor --install-pulumi`",
         )
-    _, problem = prerequisites.pulumi_problem(str(cli))
+    _, problem = pulumi_install.pulumi_problem(str(cli))
     if problem:
         raise cli_error(cli, problem)
     return cli
 
 
 def cli_error(cli: Path, problem: str) -> LabError:
-    from toolkit.labs import prerequisites
+    from toolkit.gcp import pulumi_install
 
-    return LabError(f"the Pulumi CLI cannot be used: {problem}", hint=prerequisites.pulumi_fix(cli))
+    return LabError(f"the Pulumi CLI cannot be used: {problem}", hint=pulumi_install.pulumi_fix(cli))
 
 
 def find_cli() -> Path | None:

@@ -7,11 +7,13 @@ Pulumi supports. `toolkit.gcp.pulumi_engine.find_cli` looks there when no `pulum
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from toolkit import proc
 from toolkit.config import paths
 from toolkit.errors import LabError
 
@@ -35,7 +37,7 @@ def sdk_version() -> str:
     try:
         return importlib.metadata.version("pulumi")
     except importlib.metadata.PackageNotFoundError:
-        from toolkit.labs.prerequisites import install_command
+        from toolkit.config.paths import install_command
 
         raise LabError(
             "the pulumi SDK is not installed, so there is no version to match", hint=install_command("gcp")
@@ -44,7 +46,6 @@ def sdk_version() -> str:
 
 def _usable(path: Path) -> str | None:
     """The version of a CLI new enough for the lab, or None."""
-    from toolkit.labs.prerequisites import MIN_PULUMI, pulumi_version
 
     version, _ = pulumi_version(str(path))
     return ".".join(map(str, version)) if version is not None and version >= MIN_PULUMI else None
@@ -93,3 +94,43 @@ def install(say: Callable[[str], None]) -> Installed:
     if version is None:
         raise LabError(f"the Pulumi installer finished but {binary} does not report a usable version", hint=MANUAL)
     return Installed(binary, version, fresh=True)
+
+
+MIN_PULUMI = (3, 150, 0)
+
+
+def pulumi_version(path: str) -> tuple[tuple[int, ...] | None, str]:
+    """The version a Pulumi CLI reports, or None and why it could not tell."""
+    try:
+        result = proc.run([path, "version"], timeout=30)
+    except LabError as exc:
+        return None, f"{path} does not run: {exc.one_line()}"
+    except OSError as exc:  # not executable, not a program (ENOEXEC), a broken interpreter line
+        return None, f"{path} does not run: {exc.strerror or exc}"
+    match = re.search(r"v?(\d+)\.(\d+)\.(\d+)", result.stdout)
+    if not match:
+        shown = result.stdout.strip()[:60] or result.stderr.strip()[:60]
+        return None, f"{path} printed no version: {shown!r}"
+    return tuple(int(p) for p in match.groups()), ""
+
+
+def pulumi_problem(path: str) -> tuple[tuple[int, ...] | None, str]:
+    """The CLI's version, and what makes it unusable for the lab ("" when nothing does)."""
+    version, problem = pulumi_version(path)
+    if version is None:
+        return None, problem
+    if version < MIN_PULUMI:
+        text, need = ".".join(map(str, version)), ".".join(map(str, MIN_PULUMI))
+        return version, f"{path} is v{text}; the lab needs v{need} or newer"
+    return version, ""
+
+
+def pulumi_fix(path: Path) -> str:
+    """How to get a working CLI instead of the one at `path`."""
+    installed = paths.pulumi_cli_root() / "bin" / "pulumi"
+    if path == installed:
+        return f"reinstall it: rm -rf {paths.pulumi_cli_root()} && lab doctor --install-pulumi"
+    return (
+        f"{path} is the first `pulumi` on PATH: repair or remove it (pulumi self-update, or "
+        "curl -fsSL https://get.pulumi.com | sh), or put a working one before it on PATH"
+    )

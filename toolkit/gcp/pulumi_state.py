@@ -236,7 +236,7 @@ def _unzstd(raw: bytes, name: str) -> bytes:
     try:
         import zstandard
     except ImportError:
-        from toolkit.labs.prerequisites import install_command
+        from toolkit.config.paths import install_command
 
         raise LabError(
             f"the Pulumi state {name} is zstd-compressed, and this Python cannot read zstd",

@@ -87,7 +87,7 @@ def client_for(project: str) -> Any:
         from google.auth import exceptions as auth_exceptions
         from google.cloud import storage
     except ImportError:
-        from toolkit.labs.prerequisites import install_command
+        from toolkit.config.paths import install_command
 
         raise LabError(
             "a gs:// state backend needs google-cloud-storage, which is not installed",

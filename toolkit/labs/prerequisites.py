@@ -13,11 +13,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit import proc
-from toolkit.config.paths import lab_home, packaged_project, pulumi_cli_root
+from toolkit.config.paths import install_command, lab_home, pulumi_cli_root
 from toolkit.errors import LabError
 
-MIN_PULUMI = (3, 150, 0)
 MIN_FREE_GIB = 2.0
 MIN_PYTHON = (3, 10)
 
@@ -69,17 +67,6 @@ def free_disk() -> Check:
     )
 
 
-def install_command(extra: str) -> str:
-    """How to add an extra to this install: from the checkout when lab runs from one."""
-    try:
-        project = packaged_project()
-    except LabError:
-        project = None
-    if project is not None and (project / "pyproject.toml").is_file():
-        return f"{sys.executable} -m pip install -e '{project}[{extra}]'"
-    return f"{sys.executable} -m pip install 'lab[{extra}]'"
-
-
 def _installed(distribution: str) -> bool:
     import importlib.metadata
 
@@ -114,46 +101,10 @@ def _which(name: str) -> str | None:
     return str(beside) if beside.is_file() and os.access(beside, os.X_OK) else None
 
 
-def pulumi_version(path: str) -> tuple[tuple[int, ...] | None, str]:
-    """The version a Pulumi CLI reports, or None and why it could not tell."""
-    try:
-        result = proc.run([path, "version"], timeout=30)
-    except LabError as exc:
-        return None, f"{path} does not run: {exc.one_line()}"
-    except OSError as exc:  # not executable, not a program (ENOEXEC), a broken interpreter line
-        return None, f"{path} does not run: {exc.strerror or exc}"
-    match = re.search(r"v?(\d+)\.(\d+)\.(\d+)", result.stdout)
-    if not match:
-        shown = result.stdout.strip()[:60] or result.stderr.strip()[:60]
-        return None, f"{path} printed no version: {shown!r}"
-    return tuple(int(p) for p in match.groups()), ""
-
-
-def pulumi_problem(path: str) -> tuple[tuple[int, ...] | None, str]:
-    """The CLI's version, and what makes it unusable for the lab ("" when nothing does)."""
-    version, problem = pulumi_version(path)
-    if version is None:
-        return None, problem
-    if version < MIN_PULUMI:
-        text, need = ".".join(map(str, version)), ".".join(map(str, MIN_PULUMI))
-        return version, f"{path} is v{text}; the lab needs v{need} or newer"
-    return version, ""
-
-
-def pulumi_fix(path: Path) -> str:
-    """How to get a working CLI instead of the one at `path`."""
-    installed = pulumi_cli_root() / "bin" / "pulumi"
-    if path == installed:
-        return f"reinstall it: rm -rf {pulumi_cli_root()} && lab doctor --install-pulumi"
-    return (
-        f"{path} is the first `pulumi` on PATH: repair or remove it (pulumi self-update, or "
-        "curl -fsSL https://get.pulumi.com | sh), or put a working one before it on PATH"
-    )
-
-
 def pulumi_cli() -> Check:
     """The CLI `lab up` would use: on PATH, else the one `lab doctor --install-pulumi` put under LAB_HOME."""
     from toolkit.gcp.pulumi_engine import find_cli
+    from toolkit.gcp.pulumi_install import pulumi_fix, pulumi_problem
 
     fix = "lab doctor --install-pulumi   (or curl -fsSL https://get.pulumi.com | sh, then open a new shell)"
     found = find_cli()
