@@ -17,12 +17,16 @@ def write_stack(folder: Path, text: str, name: str = "t") -> Path:
     return path
 
 
-def test_shipped_dev_stack_is_valid(lab):
+def test_shipped_dev_stack_is_valid_for_this_machine_and_for_gcp(lab):
+    """As shipped, the dev stack is the lab on this machine (what a newcomer runs first); its GCP settings
+    are valid too, for `--target gcp`."""
     ran = lab("config", "validate")
     assert ran.code == 0, ran.err
-    assert "Pulumi.dev.yaml is valid" in ran.out
-    assert "1 spot worker a2-highgpu-1g" in ran.out
+    assert "Pulumi.dev.yaml is valid (target local)" in ran.out
     assert ran.err == ""
+    ran = lab("config", "validate", "--target", "gcp")
+    assert ran.code == 0, ran.err
+    assert "1 spot worker a2-highgpu-1g" in ran.out
 
 
 def test_five_mistakes_are_all_named(lab):

@@ -105,20 +105,20 @@ def test_python_dash_m_runs_the_cli():
 
 
 def test_gcp_lab_that_was_never_up(lab):
-    # The shipped dev stack's target is gcp; nothing was ever created and this machine has no Pulumi CLI.
-    ran = lab("up", "--yes")
+    # The shipped dev stack's GCP settings; nothing was ever created and this machine has no Pulumi CLI.
+    ran = lab("up", "--target", "gcp", "--yes")
     assert ran.code == 1
     assert "needs the Pulumi CLI" in ran.err and "lab doctor --install-pulumi" in ran.err
     assert len(ran.err.strip().splitlines()) == 1
-    ran = lab("down", "--yes")
+    ran = lab("down", "--target", "gcp", "--yes")
     assert ran.code == 0, ran.err
     assert "nothing to do" in ran.out
-    ran = lab("status")
+    ran = lab("status", "--target", "gcp")
     assert ran.code == 0, ran.err
     assert "not up" in ran.out
     quickstart = Path(__file__).resolve().parents[2] / "experiments" / "quickstart"
     dispatch = f"dispatch {quickstart / 'quickstart.ipynb'} --space {quickstart / 'space.yml'}"
     for command in ("backup", "tunnel", "ssh tracker", dispatch):
-        ran = lab(*command.split())
+        ran = lab(*command.split()[:1], "--target", "gcp", *command.split()[1:])
         assert ran.code == 1, command
         assert "is not up" in ran.err and "run `lab up`" in ran.err, (command, ran.err)

@@ -35,9 +35,10 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "project"
     folder.mkdir()
     shutil.copy(ROOT / "Pulumi.yaml", folder)
-    shutil.copy(ROOT / "Pulumi.dev.yaml", folder)
+    # The shipped dev stack's GCP settings, as a gcp stack.
+    dev = (ROOT / "Pulumi.dev.yaml").read_text().replace("lab:target: local", "lab:target: gcp")
+    (folder / "Pulumi.dev.yaml").write_text(dev)
     (folder / "Pulumi.box.yaml").write_text("config:\n  lab:target: local\n")
-    dev = (ROOT / "Pulumi.dev.yaml").read_text()
     (folder / "Pulumi.kms.yaml").write_text(
         f"{dev}  lab:secretsProvider: {KMS}\n  lab:stateBackend: gs://my-lab-state\n"
     )

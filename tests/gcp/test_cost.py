@@ -128,7 +128,7 @@ def test_lab_cost_of_a_gcp_lab_that_is_up(lab, isolated):
     _, resolution = stack.load("dev", target="gcp")
     lines = prices.hourly(resolution.settings)
     uptime.record_up("dev", lines, now=time.time() - 7200)
-    ran = lab("cost", "--json")
+    ran = lab("cost", "--target", "gcp", "--json")
     assert ran.code == 0, ran.err
     document = json.loads(ran.out)
     hourly = sum(line.usd_per_hour for line in lines)
@@ -136,9 +136,9 @@ def test_lab_cost_of_a_gcp_lab_that_is_up(lab, isolated):
     assert document["now"]["usd_so_far"] == pytest.approx(2 * hourly, rel=1e-2)
     assert {r["resource"] for r in document["now"]["resources"]} >= {"tracker", "worker"}
     assert document["sweeps"] == [] and "not up" in document["sweeps_unreadable"]
-    ran = lab("cost")
+    ran = lab("cost", "--target", "gcp")
     assert ran.code == 0, ran.err
     assert "a2-highgpu-1g (spot)" in ran.out and "retrieved" in ran.out
     uptime.record_down("dev")
-    ran = lab("cost")
+    ran = lab("cost", "--target", "gcp")
     assert "nothing priced is up now" in ran.out and "every time it was up (1 period): $" in ran.out

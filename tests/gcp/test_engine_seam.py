@@ -193,7 +193,9 @@ def test_a_broken_cli_first_on_path_says_to_repair_or_remove_it(settings, monkey
 
 def test_a_crashing_cli_through_lab_up_is_one_line_without_traceback(lab, cli, isolated):
     cli.breaks("crash")
-    ran = lab("up", "--preview", env={"PATH": path_without_pulumi(), "PULUMI_CONFIG_PASSPHRASE": "x"})
+    ran = lab(
+        "up", "--target", "gcp", "--preview", env={"PATH": path_without_pulumi(), "PULUMI_CONFIG_PASSPHRASE": "x"}
+    )
     assert ran.code == 1, ran.err
     assert "Traceback" not in ran.err
     (line,) = [line for line in ran.err.splitlines() if line.startswith("error:")]
@@ -252,7 +254,9 @@ def test_lab_up_preview_prints_one_line_per_changing_resource(lab, cli, isolated
     bucket = ("gcp:storage/bucket:Bucket", "my-gcp-project-lab-dev")
     write_checkpoint(isolated / ".lab" / "pulumi", "dev", {}, [bucket, (INSTANCE, "tracker"), (INSTANCE, "worker-0")])
     cli.events("preview", preview_events(STEPS, SUMMARY))
-    ran = lab("up", "--preview", env={"PATH": path_without_pulumi(), "PULUMI_CONFIG_PASSPHRASE": "x"})
+    ran = lab(
+        "up", "--target", "gcp", "--preview", env={"PATH": path_without_pulumi(), "PULUMI_CONFIG_PASSPHRASE": "x"}
+    )
     assert ran.code == 0, ran.err
     lines = ran.out.splitlines()
     assert lines[0].startswith("preview of dev: 1 to create, 0 to update, 1 to replace, 0 to delete, 4 unchanged")
@@ -268,7 +272,7 @@ def test_lab_up_shows_the_failing_resource_and_gcps_reason(lab, cli, isolated):
     cli.events("preview", preview_events([("create", INSTANCE, "worker-0")], {"create": 1}))
     error = gcp_error("not-capacity-accelerator-not-found.txt")
     cli.answer("up", stdout=failed_update(diagnostics("gcp:compute:Instance", "worker-0", error)), code=255)
-    ran = lab("up", "--yes", env={"PATH": path_without_pulumi(), "PULUMI_CONFIG_PASSPHRASE": "x"})
+    ran = lab("up", "--target", "gcp", "--yes", env={"PATH": path_without_pulumi(), "PULUMI_CONFIG_PASSPHRASE": "x"})
     assert ran.code == 1, ran.err
     last = ran.err.strip().splitlines()[-1]
     assert last.startswith("error: Pulumi failed while creating the lab: worker-0: ")

@@ -65,7 +65,7 @@ def test_without_gcp_the_last_outputs_are_used_and_said_once(lab_state, monkeypa
 def test_lab_status_shows_a_stopped_worker_as_stopped(lab, lab_state, fake_gcp):
     # The tracker at 127.0.0.1: nothing listens on port 22 here, so SSH is refused at once (a real ssh).
     vms(fake_gcp, tracker_ip="127.0.0.1", worker0="TERMINATED")
-    ran = lab("status", "--json", env=fake_gcp.env())
+    ran = lab("status", "--target", "gcp", "--json", env=fake_gcp.env())
     assert ran.code == 0, ran.err
     document = json.loads(ran.out)
     hosts = document["hosts"]
@@ -75,7 +75,7 @@ def test_lab_status_shows_a_stopped_worker_as_stopped(lab, lab_state, fake_gcp):
     assert "preempted, or powered off when idle" in hosts["worker-1"]["error"]
     assert hosts["tracker"]["state"] == "unreachable" and hosts["tracker"]["address"] == "127.0.0.1"
     assert document["addresses"] == "compute api"
-    table = lab("status", env=fake_gcp.env())
+    table = lab("status", "--target", "gcp", env=fake_gcp.env())
     assert table.code == 0, table.err
     row = next(line for line in table.out.splitlines() if "worker-1" in line)
     assert "stopped" in row and "unreachable" not in row
@@ -84,7 +84,7 @@ def test_lab_status_shows_a_stopped_worker_as_stopped(lab, lab_state, fake_gcp):
 
 def test_lab_ssh_to_a_stopped_worker_says_it_is_stopped(lab, lab_state, fake_gcp):
     vms(fake_gcp, worker0="TERMINATED")
-    ran = lab("ssh", "worker-1", "--", "true", env=fake_gcp.env())
+    ran = lab("ssh", "--target", "gcp", "worker-1", "--", "true", env=fake_gcp.env())
     assert ran.code == 1
     assert "error: worker-1 (lab-dev-worker-0) is stopped" in ran.err and "`lab up` starts it" in ran.err
 

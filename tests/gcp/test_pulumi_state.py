@@ -51,13 +51,13 @@ def test_a_lock_is_seen_where_the_diy_backend_writes_it(backend, url, legacy):
 def test_a_lock_stops_down_before_anything_runs_even_without_a_cli(lab, backend):
     write_checkpoint(backend, "dev", {"tracker_external_ip": "198.51.100.10"}, [(INSTANCE, "tracker")])
     write_lock(backend, "dev")
-    ran = lab("down", "--yes", env={"PATH": path_without_pulumi()})
+    ran = lab("down", "--target", "gcp", "--yes", env={"PATH": path_without_pulumi()})
     assert ran.code == EXIT_LOCKED, ran.err
     assert "ci@runner-7 (pid 4242)" in ran.err and ".pulumi/locks/organization/lab/dev/" in ran.err
     assert "Pulumi CLI" not in ran.err and "backup" not in ran.err.lower()
 
 
-@pytest.mark.parametrize("command", [("down", "--yes"), ("up", "--yes")])
+@pytest.mark.parametrize("command", [("down", "--target", "gcp", "--yes"), ("up", "--target", "gcp", "--yes")])
 def test_a_lock_stops_up_and_down_before_the_cli_runs(lab, backend, isolated, command):
     """With a Pulumi CLI at hand, nothing of it runs either (not even `pulumi version`)."""
     cli = FakeCli(isolated / ".lab")
@@ -167,6 +167,6 @@ def test_down_does_not_say_nothing_to_do_while_a_vm_may_run(lab, backend, state)
     """With nothing else in the state, `lab down` without a CLI must fail for want of one, not exit 0."""
     resources = state.pop("resources", [])
     write_checkpoint(backend, "dev", {}, resources, **state)
-    ran = lab("down", "--yes", env={"PATH": path_without_pulumi()})
+    ran = lab("down", "--target", "gcp", "--yes", env={"PATH": path_without_pulumi()})
     assert "nothing to do" not in ran.out
     assert ran.code == 1 and "Pulumi CLI" in ran.err, ran.err

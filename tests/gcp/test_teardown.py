@@ -257,14 +257,14 @@ def env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 
 def test_down_of_a_lab_that_never_existed_is_exit_0_without_the_cli(lab, env):
     for _ in range(2):  # and again: already down
-        ran = lab("down", "--yes", env=env)
+        ran = lab("down", "--target", "gcp", "--yes", env=env)
         assert ran.code == 0, ran.err
         assert "nothing to do" in ran.out
 
 
 def test_down_with_resources_but_no_cli_fails_before_the_backup(lab, env, backend):
     write_checkpoint(backend, "dev", OUTPUTS, RESOURCES)
-    ran = lab("down", "--yes", env=env)
+    ran = lab("down", "--target", "gcp", "--yes", env=env)
     assert ran.code == 1
     assert "Pulumi CLI" in ran.err and "lab doctor --install-pulumi" in ran.err
     assert "backup" not in ran.err.lower(), "no backup is attempted when nothing could be destroyed after it"
@@ -273,7 +273,7 @@ def test_down_with_resources_but_no_cli_fails_before_the_backup(lab, env, backen
 def test_a_second_down_is_refused_while_pulumi_holds_the_stack(lab, env, backend):
     write_checkpoint(backend, "dev", OUTPUTS, RESOURCES)
     write_lock(backend, "dev")
-    ran = lab("down", "--yes", env=env)
+    ran = lab("down", "--target", "gcp", "--yes", env=env)
     assert ran.code == EXIT_LOCKED, ran.err
     assert "locked" in ran.err and "ci@runner-7 (pid 4242)" in ran.err
     assert len(ran.err.strip().splitlines()) == 1
@@ -303,7 +303,7 @@ def test_a_second_down_is_refused_while_another_lab_runs_here(lab, env, settings
     try:
         assert holder.stdout.readline().strip() == "held"
         started = time.monotonic()
-        ran = lab("down", "--yes", env=env)
+        ran = lab("down", "--target", "gcp", "--yes", env=env)
         assert ran.code == EXIT_LOCKED, ran.err
         assert "busy" in ran.err and "`lab down`" in ran.err
         assert time.monotonic() - started < 10, "refused at once, not after waiting"
@@ -311,13 +311,13 @@ def test_a_second_down_is_refused_while_another_lab_runs_here(lab, env, settings
         holder.kill()
         holder.wait()
         holder.stdout.close()
-    ran = lab("down", "--yes", env=env)
+    ran = lab("down", "--target", "gcp", "--yes", env=env)
     assert ran.code == 0, "the lock goes with the process that held it"
 
 
 def test_destroy_data_needs_a_yes_without_a_terminal(lab, env, backend):
     write_checkpoint(backend, "dev", OUTPUTS, RESOURCES)
-    ran = lab("down", "--destroy-data", env=env)
+    ran = lab("down", "--target", "gcp", "--destroy-data", env=env)
     assert ran.code == 1
     assert "pass --yes" in ran.err
     assert (backend / ".pulumi" / "stacks" / "lab" / "dev.json").exists()
