@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from toolkit.errors import LabError
+from toolkit.errors import EXIT_BACKUP_FAILED, LabError
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -176,3 +176,20 @@ class Lab(abc.ABC):
         raise LabError(
             f"the {self.target} lab has no hosts to log in to", hint="use --target ssh with a stack that lists hosts"
         )
+
+
+def keeps_its_data(request: DownRequest) -> None:
+    """The local and ssh targets never delete data: `--destroy-data` is refused there before anything stops."""
+    if request.destroy_data:
+        raise LabError("--destroy-data is for the gcp target", hint="the local and ssh targets never delete data")
+
+
+def backup_failed(exc: LabError, request: DownRequest, ui: Ui) -> None:
+    """`lab down`'s backup failed: nothing is stopped (exit 4), unless --force, which goes on and says so."""
+    if not request.force:
+        raise LabError(
+            f"the backup failed, so nothing was stopped: {exc.one_line()}",
+            hint="fix that, or pass --force to stop without a backup",
+            code=EXIT_BACKUP_FAILED,
+        ) from None
+    ui.say(f"warning: stopping without a backup (--force): {exc.one_line()}")

@@ -24,7 +24,17 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from toolkit import environment
 from toolkit.config import paths, schema, stack
 from toolkit.errors import LabError
-from toolkit.labs.base import DownRequest, Lab, Report, RestoreRequest, SweepPlace, Table, UpRequest
+from toolkit.labs.base import (
+    DownRequest,
+    Lab,
+    Report,
+    RestoreRequest,
+    SweepPlace,
+    Table,
+    UpRequest,
+    backup_failed,
+    keeps_its_data,
+)
 from toolkit.tracker import backups, services
 from toolkit.tracker import db as tracker_db
 
@@ -568,10 +578,7 @@ def _lab_restore(lab: LocalLab, request: RestoreRequest, ui: Ui) -> Report:
 
 
 def _lab_down(lab: LocalLab, request: DownRequest, ui: Ui) -> Report:
-    from toolkit.errors import EXIT_BACKUP_FAILED
-
-    if request.destroy_data:
-        raise LabError("--destroy-data is for the gcp target", hint="the local and ssh targets never delete data")
+    keeps_its_data(request)
     say = ui.say
     up = [name for name in (JUPYTER, MLFLOW) if running(lab, name, say)]
     if not up:
@@ -587,13 +594,7 @@ def _lab_down(lab: LocalLab, request: DownRequest, ui: Ui) -> Report:
             made = exc.backup
             say(f"warning: {exc.one_line()}")
         except LabError as exc:
-            if not request.force:
-                raise LabError(
-                    f"the backup failed, so nothing was stopped: {exc.one_line()}",
-                    hint="fix that, or pass --force to stop without a backup",
-                    code=EXIT_BACKUP_FAILED,
-                ) from None
-            say(f"warning: stopping without a backup (--force): {exc.one_line()}")
+            backup_failed(exc, request, ui)
     stopped = stop_all(lab, say)
     document = {"stack": lab.stack, "stopped": stopped, "backup": str(made.path) if made else None}
     return Report(document, [f"the lab is down ({', '.join(stopped)} stopped)"])

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from toolkit.config import paths, schema, stack, stack_init
-from toolkit.errors import EXIT_BACKUP_FAILED, LabError
+from toolkit.errors import LabError
 from toolkit.hosts import configure
 from toolkit.hosts import ssh as remote
 from toolkit.labs import local as local_lab
@@ -37,6 +37,8 @@ from toolkit.labs.base import (
     SweepPlace,
     Table,
     UpRequest,
+    backup_failed,
+    keeps_its_data,
 )
 from toolkit.tracker import backups
 
@@ -821,19 +823,12 @@ def stop_lab(lab: SshLab, request: DownRequest, ui: Ui) -> Report:
     """`lab down` of the ssh target: a verified backup, then the lab's services stop; the machines stay."""
     from toolkit.hosts import configure
 
-    if request.destroy_data:
-        raise LabError("--destroy-data is for the gcp target", hint="the local and ssh targets never delete data")
+    keeps_its_data(request)
     made = None
     try:
         made, _ = backup(lab, reason="down", say=ui.say)
     except LabError as exc:
-        if not request.force:
-            raise LabError(
-                f"the backup failed, so nothing was stopped: {exc.one_line()}",
-                hint="fix that, or pass --force to stop without a backup",
-                code=EXIT_BACKUP_FAILED,
-            ) from None
-        ui.say(f"warning: stopping without a backup (--force): {exc.one_line()}")
+        backup_failed(exc, request, ui)
     with ui.live() as show:
         report = stop_services(lab, ui.say, lambda r: show(configure.table(r)))
     document = {"backup": str(made.path) if made else None, "stopped_on": sorted(report.hosts) if report else []}

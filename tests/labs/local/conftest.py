@@ -50,3 +50,12 @@ def ports() -> dict[str, str]:
 def state(isolated: Path) -> Path:
     """The dev stack's local state folder."""
     return isolated / ".lab" / "stacks" / "dev"
+
+
+@pytest.fixture
+def tracker(state: Path, current_mlflow_db: Path) -> Path:
+    """A stopped lab whose tracker holds a current-schema DB with 3 runs."""
+    folder = state / "tracker"
+    folder.mkdir(parents=True)
+    shutil.copy(current_mlflow_db, folder / "mlflow.db")
+    return folder

@@ -22,15 +22,6 @@ from toolkit.errors import EXIT_BACKUP_FAILED
 from toolkit.tracker import backups
 
 
-@pytest.fixture
-def tracker(state: Path, current_mlflow_db: Path) -> Path:
-    """A stopped lab whose tracker holds a current-schema DB with 3 runs."""
-    folder = state / "tracker"
-    folder.mkdir(parents=True)
-    shutil.copy(current_mlflow_db, folder / "mlflow.db")
-    return folder
-
-
 def backup_id(lab) -> str:
     ran = lab("backup", "--local", "--json")
     assert ran.code == 0, ran.err

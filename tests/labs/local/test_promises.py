@@ -21,14 +21,6 @@ from tests.conftest import LAB
 from toolkit.tracker import backups, services
 
 
-@pytest.fixture
-def tracker(state: Path, current_mlflow_db: Path) -> Path:
-    folder = state / "tracker"
-    folder.mkdir(parents=True)
-    shutil.copy(current_mlflow_db, folder / "mlflow.db")
-    return folder
-
-
 def test_down_kills_a_service_that_ignores_sigterm_after_15_s(lab, state, tracker):
     """The record is a real process (as `lab up` would start it) that ignores SIGTERM, as a hung server does."""
     stubborn = [
