@@ -411,7 +411,7 @@ def workflow(plan: Plan) -> str:
         backend = settings.state_backend or "file://$LAB_HOME/pulumi"
         notes.append(
             f"# NOTE: lab:stateBackend is {backend}, on this machine: a runner cannot see that state;"
-            " set it to gs://BUCKET (see the README)."
+            " set it to gs://BUCKET (see docs/gcp.md)."
         )
     if settings.target == "gcp":
         notes.append("# The runner needs no SSH to the tracker: `lab down` destroys the workers, stops the tracker")
