@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -96,3 +98,131 @@ def test_snapshot_reports_progress(tmp_path):
     backups.snapshot(tracker / "mlflow.db", tmp_path / "copy.db", lambda done, total: seen.append((done, total)))
     assert seen[-1][0] == seen[-1][1] > 0
     assert len(seen) > 2
+
+
+def write_manifest(folder: Path, text: str) -> Path:
+    folder.mkdir(parents=True)
+    (folder / backups.MANIFEST).write_text(text)
+    return folder
+
+
+def forged(backup_id: str, created: str | None = None) -> str:
+    """A manifest with no files, as a crafted folder or object would hold it; dated by its id if it is one."""
+    if created is None:
+        try:
+            created = dt.datetime.strptime(backup_id, "%Y%m%dT%H%M%S.%fZ").replace(tzinfo=dt.timezone.utc).isoformat()
+        except ValueError:
+            created = "9999-12-31T23:59:59.999999+00:00"
+    return json.dumps(
+        {"id": backup_id, "created": created, "stack": "dev", "reason": "manual", "lab_version": "x", "files": []}
+    )
+
+
+def test_ids_that_are_not_timestamps_never_become_the_newest(tmp_path, capsys):
+    folder = tmp_path / "backups"
+    real = backups.take(tracker_with_db(tmp_path / "tracker"), folder, stack="dev")
+    for name in ("99999999T999999.999999Z-evil", "zzz", "99999999T999999.999999Z", "29991231T235959.999999Z"):
+        write_manifest(folder / name, forged(name))
+    # A valid id whose manifest is another backup's, or dated otherwise than its id.
+    write_manifest(folder / "20200101T000000.000001Z", forged("20200101T000000.000002Z"))
+    write_manifest(folder / "20200101T000000.000003Z", forged("20200101T000000.000003Z", "2020-01-01T00:00:00+00:00"))
+    assert [b.manifest.id for b in backups.listing(folder)] == [real.manifest.id]
+    assert backups.find(folder, "2").path == real.path
+    warned = capsys.readouterr().err
+    assert "zzz: its name is not a backup id" in warned
+    assert "29991231T235959.999999Z: it is dated in the future" in warned
+    assert "its manifest is that of backup" in warned and "is not the time of id" in warned
+    assert backups.valid_id(real.manifest.id)
+    assert not any(backups.valid_id(n) for n in ("99999999T999999.999999Z", "20260230T000000.000000Z", "../x", ""))
+
+
+MALFORMED = {
+    "not json": "{",
+    "a list": "[]",
+    "null": "null",
+    "no files": json.dumps({"id": "I", "created": "C", "stack": "dev", "reason": "x", "lab_version": "x"}),
+    "files not a list": "files=7",
+    "created is a number": "created=5",
+    "created is not a time": "created='garbage'",
+    "a file outside": "files=[{'name': '../../../.bashrc', 'size': 1, 'sha256': 'a' * 64, 'integrity': 'ok'}]",
+    "a size that is text": "files=[{'name': 'mlflow.db', 'size': 'big', 'sha256': 'a' * 64, 'integrity': 'ok'}]",
+    "binary": "\udcff",
+}
+
+
+def malformed_manifest(backup_id: str, created: str, how: str) -> str:
+    text = MALFORMED[how]
+    if "=" not in text or text.startswith("{"):
+        return text.replace('"I"', f'"{backup_id}"').replace('"C"', f'"{created}"')
+    key, _, value = text.partition("=")
+    document = json.loads(forged(backup_id, created))
+    document[key] = eval(value)  # noqa: S307 -- the test's own table
+    return json.dumps(document)
+
+
+def test_malformed_manifests_are_skipped_with_a_warning_by_listing_and_rotation(tmp_path, capsys):
+    folder = tmp_path / "backups"
+    good = backups.take(tracker_with_db(tmp_path / "tracker"), folder, stack="dev")
+    start = dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
+    bad = []
+    for offset, how in enumerate(MALFORMED):
+        created = start + dt.timedelta(seconds=offset)
+        path = folder / backups.new_id(created)
+        path.mkdir()
+        (path / backups.MANIFEST).write_bytes(
+            malformed_manifest(path.name, created.isoformat(), how).encode(errors="surrogateescape")
+        )
+        bad.append(path)
+    assert [b.path for b in backups.listing(folder)] == [good.path]
+    assert backups.rotate(folder, keep_last=0, keep_days=0) == [good.path]
+    assert all(p.is_dir() for p in bad), "rotation never removes what it cannot read"
+    warned = capsys.readouterr().err.splitlines()
+    assert len([w for w in warned if w.startswith("warning: skipping")]) == len(MALFORMED)
+    with pytest.raises(LabError, match="is damaged"):
+        backups.verify(bad[list(MALFORMED).index("a file outside")])
+
+
+def test_an_old_manifest_without_the_check_field_still_reads(tmp_path):
+    made = backups.take(tracker_with_db(tmp_path / "tracker"), tmp_path / "backups", stack="dev")
+    document = json.loads((made.path / backups.MANIFEST).read_text())
+    assert document["files"][0]["check"] == "quick_check"
+    del document["files"][0]["check"]
+    (made.path / backups.MANIFEST).write_text(json.dumps(document))
+    assert backups.verify(made.path).files[0].check == "integrity_check"
+
+
+def test_a_snapshot_runs_the_quick_check_and_a_restore_the_full_one(tmp_path):
+    """An index that no longer matches its table: quick_check does not look, integrity_check does."""
+    tracker = tracker_with_db(tmp_path / "tracker")
+    with sqlite3.connect(tracker / "mlflow.db") as conn:
+        conn.execute("ALTER TABLE runs ADD COLUMN other TEXT")
+        conn.execute("UPDATE runs SET other = 'o' || rowid")
+        conn.execute("CREATE INDEX runs_by_uuid ON runs (run_uuid)")
+        conn.execute("PRAGMA writable_schema = ON")
+        conn.execute("UPDATE sqlite_master SET sql = replace(sql, '(run_uuid)', '(other)') WHERE name = 'runs_by_uuid'")
+    made = backups.take(tracker, tmp_path / "backups", stack="dev")
+    (described,) = made.manifest.files
+    assert (described.check, described.integrity) == ("quick_check", "ok")
+    assert backups.verify(made.path, backups.QUICK_CHECK) == made.manifest
+    with pytest.raises(LabError, match=r"mlflow\.db fails its integrity check"):
+        backups.verify(made.path)
+
+
+def test_only_incoming_folders_whose_process_is_gone_are_cleared(tmp_path):
+    folder = tmp_path / "backups"
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    alive = subprocess.Popen(["sleep", "60"])
+    try:
+        stale = folder / f".incoming-20260101T000000.000000Z-{gone.pid}"
+        legacy = folder / ".incoming-20260101T000000.000001Z"
+        running = folder / f".incoming-20260101T000000.000002Z-{alive.pid}"
+        for path in (stale, legacy, running):
+            (path / "mlflow.db").parent.mkdir(parents=True)
+            (path / "mlflow.db").write_bytes(b"part of a snapshot")
+        backups.take(tracker_with_db(tmp_path / "tracker"), folder, stack="dev")
+        assert not stale.exists() and not legacy.exists()
+        assert (running / "mlflow.db").read_bytes() == b"part of a snapshot"
+    finally:
+        alive.kill()
+        alive.wait()

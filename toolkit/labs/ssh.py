@@ -473,14 +473,22 @@ def backup(lab: SshLab, *, reason: str, say: Say) -> tuple[backups.Backup, dict[
             *(["--bucket", lab.bucket] if lab.bucket else []),
         )
     )
-    backup_id = document["id"]
-    incoming = lab.backups_dir / f"{backups.INCOMING}{backup_id}"
-    shutil.rmtree(incoming, ignore_errors=True)
+    backup_id = document.get("id") if isinstance(document, dict) else None
+    if not isinstance(backup_id, str) or not backups.valid_id(backup_id):
+        raise LabError(f"{lab.tracker.name} answered a backup id that is not one: {str(backup_id)[:60]!r}")
+    lab.backups_dir.mkdir(parents=True, exist_ok=True)
+    backups.clear_incoming(lab.backups_dir)
+    incoming = backups.incoming_folder(lab.backups_dir, backup_id)
     try:
         fetched = remote.fetch_folder(lab.access, lab.tracker, f"{DATA}/backups", backup_id, incoming)
-        manifest = backups.verify(fetched)
+        backups.fsync_tree(fetched)  # on disk before it is called verified
+        # The tracker ran the quick check as it took it; the sha256s prove these are the same bytes.
+        manifest = backups.verify(fetched, backups.QUICK_CHECK)
+        if manifest.id != backup_id:
+            raise LabError(f"the backup fetched from {lab.tracker.name} is {manifest.id}, not {backup_id}")
         final = lab.backups_dir / backup_id
         fetched.rename(final)
+        backups.fsync(lab.backups_dir)
     finally:
         shutil.rmtree(incoming, ignore_errors=True)
     backups.rotate(lab.backups_dir, keep_last=lab.settings.backup_keep, keep_days=lab.settings.backup_days)

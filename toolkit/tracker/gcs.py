@@ -2,13 +2,20 @@
 
 Objects live under gs://<bucket>/backups/<stack>/<backup id>/<file>. google-cloud-storage is imported
 here only, when a bucket is configured.
+
+Whoever can write the bucket (a worker, today) can put anything there, so nothing read from it becomes a
+path unchecked: a backup id is a timestamp as `backups.new_id` writes it (others are never the newest), and
+a download fetches exactly the files its manifest names (which `backups.Manifest` limits to the tracker's
+DBs and the artifacts tar), whatever other objects lie beside them. A manifest that does not read is
+skipped with a warning.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
-import re
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -17,9 +24,11 @@ from toolkit.errors import LabError
 from toolkit.tracker import backups
 
 PREFIX = "backups"
-# A backup id as toolkit.tracker.backups.new_id makes it; anything else read from a bucket is not a backup of ours.
-BACKUP_ID = re.compile(r"^\d{8}T\d{6}\.\d{6}Z$")
 POLL_S = 5.0
+
+
+class DamagedManifest(LabError):
+    """A manifest in the bucket that does not read: the backup is skipped, the bucket is still there."""
 
 
 def _client() -> Any:
@@ -58,7 +67,7 @@ def upload(backup: backups.Backup, bucket_name: str, stack: str) -> str:
     bucket = _client().bucket(bucket_name)
     prefix = backup_prefix(stack, backup.manifest.id)
     try:
-        for name in [f.name for f in backup.manifest.files] + [backups.MANIFEST]:
+        for name in [*backup.manifest.names, backups.MANIFEST]:
             local = backup.path / name
             blob = bucket.blob(prefix + name)
             blob.upload_from_filename(str(local), checksum="crc32c")
@@ -74,24 +83,37 @@ def upload(backup: backups.Backup, bucket_name: str, stack: str) -> str:
 
 def complete_ids(bucket_name: str, stack: str) -> list[str]:
     """The ids of the stack's complete backups in the bucket (those with their manifest), newest first. Names
-    that are not backup ids are left out: they never become paths here."""
+    that are not backup ids (or are dated in the future) are left out, with a warning: they never become
+    paths here, nor the newest backup."""
     prefix = backup_prefix(stack)
     try:
         names = [b.name for b in _client().list_blobs(bucket_name, prefix=prefix)]
     except Exception as exc:
         raise LabError(f"cannot list gs://{bucket_name}/{prefix}: {exc}") from None
-    found = {n.removeprefix(prefix).split("/")[0] for n in names if n.endswith("/" + backups.MANIFEST)}
-    return sorted((i for i in found if BACKUP_ID.match(i)), reverse=True)
+    found = {
+        parts[0] for parts in (n.removeprefix(prefix).split("/") for n in names) if parts[1:] == [backups.MANIFEST]
+    }
+    for problem, backup_id in [(backups.id_problem(i), i) for i in found]:
+        if problem:
+            backups.warn(f"skipping gs://{bucket_name}/{prefix}{backup_id[:60]}/: {problem}")
+            found.discard(backup_id)
+    return sorted(found, reverse=True)
 
 
 def manifest_of(bucket_name: str, stack: str, backup_id: str) -> backups.Manifest:
+    """The manifest of a backup in the bucket; DamagedManifest when it does not read or is another's."""
     blob = _client().bucket(bucket_name).blob(backup_prefix(stack, backup_id) + backups.MANIFEST)
     try:
-        return backups.Manifest.from_json(blob.download_as_text())
-    except (ValueError, TypeError, KeyError) as exc:
-        raise LabError(f"the manifest of backup {backup_id} in gs://{bucket_name} is damaged ({exc})") from None
+        text = blob.download_as_bytes()
     except Exception as exc:
         raise LabError(f"cannot read the manifest of backup {backup_id} in gs://{bucket_name}: {exc}") from None
+    try:
+        manifest = backups.Manifest.from_json(text)
+    except (ValueError, TypeError, KeyError, RecursionError) as exc:
+        raise DamagedManifest(f"the manifest of backup {backup_id} in gs://{bucket_name} is damaged ({exc})") from None
+    if manifest.id != backup_id:
+        raise DamagedManifest(f"the manifest of backup {backup_id} in gs://{bucket_name} is that of {manifest.id}")
+    return manifest
 
 
 def wait_for_backup(
@@ -105,7 +127,11 @@ def wait_for_backup(
         for backup_id in complete_ids(bucket_name, stack):
             if backup_id < oldest:
                 break  # newest first: the rest are older still
-            manifest = manifest_of(bucket_name, stack, backup_id)
+            try:
+                manifest = manifest_of(bucket_name, stack, backup_id)
+            except DamagedManifest as exc:
+                backups.warn(f"skipping it: {exc.one_line()}")
+                continue
             if manifest.reason == reason and manifest.created_at >= since:
                 return backup_id
         if time.monotonic() > deadline:
@@ -116,34 +142,58 @@ def wait_for_backup(
         time.sleep(poll)
 
 
-def download(bucket_name: str, stack: str, backups_dir: Path, backup_id: str | None = None) -> backups.Backup:
-    """Fetch a backup (the newest complete one unless named) into the local backups folder, verified."""
+def download(
+    bucket_name: str,
+    stack: str,
+    backups_dir: Path,
+    backup_id: str | None = None,
+    check: str = backups.FULL_CHECK,
+) -> backups.Backup:
+    """Fetch a backup (the newest complete one whose manifest reads, unless named) into the local backups
+    folder, flushed to disk, then verified (with `check`: the full integrity check unless told)."""
     client = _client()
-    try:
-        names = [b.name for b in client.list_blobs(bucket_name, prefix=backup_prefix(stack))]
-    except Exception as exc:
-        raise LabError(f"cannot list gs://{bucket_name}/{backup_prefix(stack)}: {exc}") from None
-    complete = sorted({n.split("/")[2] for n in names if n.endswith("/" + backups.MANIFEST)}, reverse=True)
+    ids = complete_ids(bucket_name, stack)
     if backup_id:
-        complete = [c for c in complete if c.startswith(backup_id)]
-    if not complete:
+        ids = [i for i in ids if i.startswith(backup_id)]
+    chosen: backups.Manifest | None = None
+    for candidate in ids:
+        try:
+            chosen = manifest_of(bucket_name, stack, candidate)
+        except DamagedManifest as exc:
+            if backup_id:
+                raise
+            backups.warn(f"skipping it: {exc.one_line()}")
+            continue
+        break
+    if chosen is None:
         which = f"backup {backup_id!r}" if backup_id else "complete backup"
         raise LabError(f"no {which} in gs://{bucket_name}/{backup_prefix(stack)}")
-    chosen = complete[0]
-    target = backups_dir / chosen
+    target = backups_dir / chosen.id
     if (target / backups.MANIFEST).exists():
-        return backups.Backup(target, backups.verify(target))
-    incoming = backups_dir / f"{backups.INCOMING}{chosen}"
-    incoming.mkdir(parents=True, exist_ok=True)
+        return backups.Backup(target, backups.verify(target, check))
+    backups_dir.mkdir(parents=True, exist_ok=True)
+    backups.clear_incoming(backups_dir)
+    incoming = backups.incoming_folder(backups_dir, chosen.id)
+    incoming.mkdir()
     bucket = client.bucket(bucket_name)
-    prefix = backup_prefix(stack, chosen)
+    prefix = backup_prefix(stack, chosen.id)
     try:
-        for name in sorted(n for n in names if n.startswith(prefix)):
-            bucket.blob(name).download_to_filename(str(incoming / name.removeprefix(prefix)))
-    except Exception as exc:
-        raise LabError(f"download of gs://{bucket_name}/{prefix} failed: {exc}") from None
-    backups.verify(incoming)
-    incoming.rename(target)
+        try:
+            # The names come from the checked manifest, never from the bucket's listing.
+            for name in [*chosen.names, backups.MANIFEST]:
+                with (incoming / name).open("wb") as handle:
+                    bucket.blob(prefix + name).download_to_file(handle)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+        except Exception as exc:
+            raise LabError(f"download of gs://{bucket_name}/{prefix} failed: {exc}") from None
+        backups.fsync_tree(incoming)
+        backups.verify(incoming, check)
+        incoming.rename(target)
+        backups.fsync(backups_dir)
+    finally:
+        if incoming.exists():
+            shutil.rmtree(incoming, ignore_errors=True)
     return backups.Backup(target, backups.read_manifest(target))
 
 
