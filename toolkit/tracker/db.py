@@ -11,10 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from toolkit import environment, proc
+from toolkit.tracker import artifacts as tracker_artifacts
 from toolkit.tracker import backups
 
 Say = Callable[[str], None]
 MLFLOW_DB = "mlflow.db"
+SIDECARS = ("-wal", "-shm", "-journal")  # what SQLite keeps beside a DB: replayed or rolled back onto it
 
 
 def server_env() -> dict[str, str]:
@@ -26,9 +28,18 @@ def server_env() -> dict[str, str]:
     return env
 
 
-def install(tracker_dir: Path, backup: backups.Backup, say: Say) -> None:
+def install(tracker_dir: Path, backup: backups.Backup, say: Say, artifacts_dir: Path | None = None) -> None:
     """Put a verified backup's DBs in place (atomically, file by file) and bring the MLflow schema up to
-    date; the backup itself stays as it was."""
+    date; the backup itself stays as it was. With `artifacts_dir`, the artifacts the backup carries (if any)
+    are merged back into it.
+
+    The `-wal`, `-shm` and `-journal` files of each DB it replaces are removed first: SQLite would replay a
+    stale WAL (or roll back a stale journal) onto the restored DB. The services are stopped by now, and the
+    DBs being replaced were read through their WAL when they were kept as a pre-restore backup."""
+    carried = backup.manifest.artifacts if artifacts_dir is not None else None
+    label = f"backup {backup.manifest.id}"
+    if carried is not None:
+        tracker_artifacts.check(backup.path / carried.name, label)  # before any DB is replaced
     tracker_dir.mkdir(parents=True, exist_ok=True)
     for described in backup.manifest.files:
         staging = tracker_dir / f".restoring-{described.name}"
@@ -37,8 +48,14 @@ def install(tracker_dir: Path, backup: backups.Backup, say: Say) -> None:
                 dst.write(chunk)
             dst.flush()
             os.fsync(dst.fileno())
+        for suffix in SIDECARS:
+            (tracker_dir / f"{described.name}{suffix}").unlink(missing_ok=True)
         staging.replace(tracker_dir / described.name)
+    backups.fsync(tracker_dir)  # the renames
     say(f"restored backup {backup.manifest.id} ({describe(backup.manifest)})")
+    if artifacts_dir is not None and carried is not None:
+        put_back = tracker_artifacts.unpack(backup.path / carried.name, artifacts_dir, label)
+        say(f"restored {put_back} artifact files into {artifacts_dir}")
     if (tracker_dir / MLFLOW_DB).exists():
         upgrade_schema(tracker_dir / MLFLOW_DB, backup.manifest, say)
 
