@@ -13,6 +13,11 @@ proxy) and google-cloud-storage (bucket uploads) where those commands are used.
 
 Errors are one line on stderr and exit code 1; `--json` output is one JSON document on stdout.
 
+A tracker without a bucket keeps its artifacts in `<data>/artifacts`, and so its backups carry them: `backup`
+without `--bucket` (and the pre-restore backup) adds a tar of that folder when it holds files, and both
+restores merge a backup's artifacts back into it. With a bucket, MLflow writes artifacts there (versioned,
+kept by `lab down`) and the folder stays empty.
+
 A tracker outside GCP that keeps artifacts and backups in a bucket needs credentials for it (a GCE tracker
 has its service account): `/etc/lab/tracker.env`, if there, holds `KEY=VALUE` lines (for example
 GOOGLE_APPLICATION_CREDENTIALS=/srv/lab/home/bucket-key.json) that every command gets, however it is run:
@@ -34,6 +39,7 @@ from toolkit.tracker import db as tracker_db
 
 TRACKER = "tracker"
 BACKUPS = "backups"
+ARTIFACTS = "artifacts"
 ENV_FILE = Path("/etc/lab/tracker.env")
 
 
@@ -43,7 +49,9 @@ def _say(message: str) -> None:
 
 def _backup(args: argparse.Namespace) -> int:
     data = Path(args.data)
-    made = backups.take(data / TRACKER, data / BACKUPS, stack=args.stack, reason=args.reason)
+    # With a bucket the artifacts are MLflow's there; without one, this folder is the only copy.
+    artifacts = None if args.bucket else data / ARTIFACTS
+    made = backups.take(data / TRACKER, data / BACKUPS, stack=args.stack, reason=args.reason, artifacts=artifacts)
     removed = backups.rotate(data / BACKUPS, keep_last=args.keep, keep_days=args.days)
     uploaded = None
     failure = None
@@ -58,7 +66,9 @@ def _backup(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(document))
     else:
-        _say(f"backup {made.manifest.id} -> {made.path} ({tracker_db.describe(made.manifest)})")
+        carried = made.manifest.artifacts
+        also = f", {carried.files} artifact files" if carried else ""
+        _say(f"backup {made.manifest.id} -> {made.path} ({tracker_db.describe(made.manifest)}{also})")
         if uploaded:
             _say(f"uploaded and verified: {uploaded}")
     if failure is not None:
@@ -77,7 +87,7 @@ def _restore_if_empty(args: argparse.Namespace) -> int:
     if (data / TRACKER / tracker_db.MLFLOW_DB).exists():
         _say(f"the tracker already has its DB in {data / TRACKER}; nothing restored")
         return 0
-    tracker_db.install(data / TRACKER, _verified(args.source), _say)
+    tracker_db.install(data / TRACKER, _verified(args.source), _say, artifacts_dir=data / ARTIFACTS)
     return 0
 
 
@@ -85,9 +95,11 @@ def _restore(args: argparse.Namespace) -> int:
     data = Path(args.data)
     chosen = _verified(args.source)
     if (data / TRACKER / tracker_db.MLFLOW_DB).exists():
-        kept = backups.take(data / TRACKER, data / BACKUPS, stack=args.stack, reason="pre-restore")
+        kept = backups.take(
+            data / TRACKER, data / BACKUPS, stack=args.stack, reason="pre-restore", artifacts=data / ARTIFACTS
+        )
         _say(f"kept the current DBs as backup {kept.manifest.id}")
-    tracker_db.install(data / TRACKER, chosen, _say)
+    tracker_db.install(data / TRACKER, chosen, _say, artifacts_dir=data / ARTIFACTS)
     return 0
 
 
@@ -116,7 +128,13 @@ def _status(args: argparse.Namespace) -> int:
             {
                 "dbs": dbs,
                 "backups": len(found),
-                "newest_backup": {"id": newest.id, "created": newest.created} if newest else None,
+                "newest_backup": {
+                    "id": newest.id,
+                    "created": newest.created,
+                    "artifact_files": newest.artifacts.files if newest.artifacts else 0,
+                }
+                if newest
+                else None,
             }
         )
     )
