@@ -1,8 +1,10 @@
 """`lab backup` of a 1 GB tracker DB under concurrent writes, against `sqlite3 SRC ".backup DST"`.
 
-`lab backup` = snapshot + PRAGMA integrity_check + sha256 + manifest (+ the CLI's start-up); the sqlite3
-CLI does the snapshot alone. Both run on the same DB, in the same run, alternating, while an MLflow
-client logs metrics to the running tracker. Target (issue 3): `lab backup` within 1.5x.
+`lab backup` = snapshot + PRAGMA quick_check + sha256 + manifest (+ the CLI's start-up); the sqlite3 CLI does
+the snapshot alone. The full PRAGMA integrity_check (12x the quick one in a run on 2 cores) runs when a backup
+is restored, not when it is taken: the phases line shows both. Both commands run on the same DB, in the same run,
+alternating, while an MLflow client logs metrics to the running tracker. Target (issue 14): `lab backup`
+within 1.5x; the last line prints the ratios.
 
 Run: .venv/bin/python benchmarks/backup_large.py [--gb 1.0] [--rounds 3]
 Needs the sqlite3 CLI (apt-get install sqlite3) and lab[local]. Uses a temporary LAB_HOME.
@@ -23,6 +25,7 @@ import time
 from pathlib import Path
 
 LAB = Path(sys.executable).with_name("lab")
+TARGET = 1.5  # lab backup / sqlite3 .backup
 
 
 def build_db(path: Path, gigabytes: float) -> None:
@@ -98,7 +101,8 @@ def cli_backup(db: Path, copy: Path, env: dict[str, str], limit: float) -> float
     return None
 
 
-def compare(db: Path, home: Path, env: dict[str, str], rounds: int, label: str, limit: float) -> None:
+def compare(db: Path, home: Path, env: dict[str, str], rounds: int, label: str, limit: float) -> float | None:
+    """Both backups `rounds` times, alternating; the ratio of the medians (None when sqlite3 never finished)."""
     lab_times, cli_times = [], []
     for round_ in range(rounds):
         copy = home / f"cli-{round_}.db"
@@ -109,15 +113,16 @@ def compare(db: Path, home: Path, env: dict[str, str], rounds: int, label: str, 
     lab_text = f"median {lab_median:6.2f} s  {[round(t, 2) for t in lab_times]}"
     finished = [t for t in cli_times if t is not None]
     if not finished:
-        print(f"[{label}] sqlite3 .backup (snapshot only)     did not finish within {limit:g} s ({rounds} tries)")
-        print(f"[{label}] lab backup (snapshot+integrity+sha) {lab_text}")
-        return
+        print(f"[{label}] sqlite3 .backup (snapshot only)       did not finish within {limit:g} s ({rounds} tries)")
+        print(f"[{label}] lab backup (snapshot+quick_check+sha) {lab_text}")
+        return None
     cli_median = statistics.median(finished)
     shown = [round(t, 2) if t is not None else f">{limit:g}" for t in cli_times]
-    print(f"[{label}] sqlite3 .backup (snapshot only)     median {cli_median:6.2f} s  {shown}")
-    print(f"[{label}] lab backup (snapshot+integrity+sha) {lab_text}")
+    print(f"[{label}] sqlite3 .backup (snapshot only)       median {cli_median:6.2f} s  {shown}")
+    print(f"[{label}] lab backup (snapshot+quick_check+sha) {lab_text}")
     ratio = lab_median / cli_median
-    print(f"[{label}] ratio lab/sqlite3: {ratio:.2f}x (target <= 1.5x: {'met' if ratio <= 1.5 else 'NOT met'})")
+    print(f"[{label}] ratio lab/sqlite3: {ratio:.2f}x (target <= {TARGET}x: {'met' if ratio <= TARGET else 'NOT met'})")
+    return ratio
 
 
 def phases(db: Path, home: Path) -> None:
@@ -141,8 +146,8 @@ def phases(db: Path, home: Path) -> None:
     digest = time.perf_counter() - start
     copy.unlink()
     print(
-        f"phases: snapshot {snap:.2f} s, integrity_check {check:.2f} s (quick_check would be {quick:.2f} s), "
-        f"sha256 {digest:.2f} s (the check and the sha256 run side by side)"
+        f"phases: snapshot {snap:.2f} s, quick_check {quick:.2f} s and sha256 {digest:.2f} s (side by side: a "
+        f"backup taken); integrity_check {check:.2f} s (a backup restored)"
     )
 
 
@@ -168,7 +173,7 @@ def main() -> int:
             [str(LAB), "up", "--local", "--no-jupyter", "--port", port], check=True, env=env, capture_output=True
         )
         phases(db, home)
-        compare(db, home, env, args.rounds, "quiet", limit=300)
+        ratios = {"quiet": compare(db, home, env, args.rounds, "quiet", limit=300)}
         stop, counter = threading.Event(), [0]
         thread = threading.Thread(target=writer, args=(f"http://127.0.0.1:{port}", stop, counter), daemon=True)
         thread.start()
@@ -176,9 +181,12 @@ def main() -> int:
         before = counter[0]
         time.sleep(2)
         print(f"concurrent writer: ~{(counter[0] - before) / 2:.0f} metric writes/s through the MLflow server")
-        compare(db, home, env, args.rounds, "under writes", limit=120)
+        ratios["under writes"] = compare(db, home, env, args.rounds, "under writes", limit=120)
         stop.set()
         thread.join(timeout=30)
+        shown = ", ".join(f"{k} {v:.2f}x" if v is not None else f"{k} n/a" for k, v in ratios.items())
+        size = db.stat().st_size / 2**30
+        print(f"lab backup / sqlite3 .backup of a {size:.2f} GiB tracker: {shown} (target <= {TARGET}x)")
     finally:
         subprocess.run([str(LAB), "down", "--local", "--force"], env=env, capture_output=True, check=False)
         shutil.rmtree(home, ignore_errors=True)
