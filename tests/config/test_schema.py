@@ -74,6 +74,12 @@ def test_runtime_strings_are_read_like_yaml_values():
         ({"stateBackend": "gs://Bad_Bucket"}, "lab:stateBackend: 'Bad_Bucket' is not a valid bucket name"),
         ({"stateBackend": "file://relative/dir"}, "needs an absolute folder"),
         ({"secretsProvider": "awskms://k"}, "lab:secretsProvider: 'awskms://k' is neither passphrase nor a KMS key"),
+        (
+            {"replica": "/srv/replica"},
+            "lab:replica: '/srv/replica' is not a replica URL; use one of gs, s3, sftp, file",
+        ),
+        ({"replica": "file://relative"}, "lab:replica: 'file://relative' needs an absolute folder"),
+        ({"replica": "gs:///replica"}, "lab:replica: 'gs:///replica' names no bucket or host"),
     ],
 )
 def test_each_rule_names_the_key(changes, expected):

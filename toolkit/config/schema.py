@@ -110,6 +110,13 @@ KEYS: tuple[Key, ...] = (
     Key("lab:backupKeep", "integer", "tracker backups to keep: the newest this many", default=10, minimum=1),
     Key("lab:backupDays", "integer", "and the newest backup of each day for this many days", default=14, minimum=0),
     Key(
+        "lab:replica",
+        "string",
+        "where the tracker's DBs are replicated continuously (Litestream), for point-in-time restore: a gs://, s3://,"
+        " sftp:// or file:// URL",
+        derived="gs://<bucket>/replica/<stack>, else $LAB_HOME/stacks/<stack>/replica",
+    ),
+    Key(
         "lab:stateBackend",
         "string",
         "where Pulumi keeps the gcp target's state: a folder (file://PATH) or gs://BUCKET, reachable by a scheduled"
@@ -206,6 +213,7 @@ class Settings:
     runs_per_gpu: int
     backup_keep: int
     backup_days: int
+    replica: str | None
     state_backend: str | None
     secrets_provider: str
     idle_minutes: int
@@ -371,6 +379,9 @@ def _derive(values: dict[str, Any], sources: dict[str, str], stack: str) -> None
             f"{dns_label(project, 40)}-lab-{dns_label(stack, 20)}" if isinstance(project, str) else None
         )
         sources["lab:bucketName"] = "derived"
+    if "lab:replica" not in values:
+        values["lab:replica"] = None  # the lab fills it in per target (toolkit.tracker.replica.default_url)
+        sources["lab:replica"] = "derived"
     if "lab:stateBackend" not in values:
         values["lab:stateBackend"] = None  # the toolkit fills in file://$LAB_HOME/pulumi (toolkit.gcp.pulumi_engine)
         sources["lab:stateBackend"] = "derived"
@@ -439,6 +450,9 @@ def _check_values(values: dict[str, Any], sources: dict[str, str]) -> list[Probl
                 f"{bucket!r} is not a valid bucket name (3-63 lowercase letters, digits, dashes, dots or underscores)",
             )
         )
+    replica = value("lab:replica")
+    if isinstance(replica, str):
+        problems.extend(_replica_problems(replica))
     backend = value("lab:stateBackend")
     if isinstance(backend, str):
         problems.extend(_backend_problems(backend))
@@ -470,6 +484,22 @@ def _backend_problems(backend: str) -> list[Problem]:
             return [Problem(key, f"{backend!r} needs an absolute folder, such as file://~/.lab/pulumi")]
         return []
     return [Problem(key, f"{backend!r} is not a state backend; use file://FOLDER or gs://BUCKET")]
+
+
+REPLICA_SCHEMES = ("gs://", "s3://", "sftp://", "file://")
+
+
+def _replica_problems(url: str) -> list[Problem]:
+    key = "lab:replica"
+    if not url.startswith(REPLICA_SCHEMES):
+        schemes = ", ".join(s.removesuffix("://") for s in REPLICA_SCHEMES)
+        return [Problem(key, f"{url!r} is not a replica URL; use one of {schemes}, e.g. gs://BUCKET/replica/STACK")]
+    rest = url.split("://", 1)[1]
+    if url.startswith("file://") and not rest.startswith(("/", "~")):
+        return [Problem(key, f"{url!r} needs an absolute folder, such as file:///srv/replica")]
+    if not url.startswith("file://") and not rest.split("/", 1)[0]:
+        return [Problem(key, f"{url!r} names no bucket or host")]
+    return []
 
 
 def _host_problems(tracker: str | None, workers: tuple[str, ...]) -> list[Problem]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -67,6 +68,7 @@ class RestoreRequest:
     name: str | None = None
     from_bucket: bool = False
     stop: bool = False
+    at: dt.datetime | None = None  # a point in time, from the replica (`lab restore --at`)
 
 
 @dataclass

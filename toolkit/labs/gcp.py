@@ -347,7 +347,9 @@ def _final_backup_by_tracker(
     stop_tracker(outputs)
     say(f"the tracker stopped; waiting for its final backup in gs://{bucket}/{gcs.backup_prefix(settings.stack)}")
     found = gcs.wait_for_backup(bucket, settings.stack, since=since, reason=FINAL_BACKUP_REASON, timeout=timeout)
-    made = gcs.download(bucket, settings.stack, paths.stack_home(settings.stack) / "backups", backup_id=found)
+    home_backups = paths.stack_home(settings.stack) / "backups"
+    # A fetch, not a restore: the quick check (the sha256s prove it is what the tracker checked).
+    made = gcs.download(bucket, settings.stack, home_backups, backup_id=found, check=backups.QUICK_CHECK)
     say(f"backup {made.manifest.id}, taken by the tracker as it stopped, downloaded and verified: {made.path}")
     return made.path
 

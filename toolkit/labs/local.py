@@ -15,6 +15,7 @@ import contextlib
 import datetime as dt
 import os
 import secrets
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ from toolkit.tracker import db as tracker_db
 
 MLFLOW = "mlflow"
 JUPYTER = "jupyter"
+REPLICA = "replica"  # Litestream, replicating the tracker's DBs while MLflow runs
+REPLICA_READY_TIMEOUT_S = 30.0
 DEFAULT_JUPYTER_PORT = 8888
 HOST = "127.0.0.1"
 MLFLOW_READY_TIMEOUT_S = 120.0
@@ -223,7 +226,8 @@ def _check_port(port: int, name: str) -> None:
 
 
 def restore_if_empty(lab: LocalLab, say: Say) -> backups.Backup | None:
-    """Before a first start: bring back the newest backup that verifies, local or from the bucket."""
+    """Before a first start: bring back the newest state there is. That is the replica's newest position or the
+    newest snapshot that verifies (here, else from the bucket), whichever is newer: never an older one."""
     if lab.mlflow_db.exists():
         return None
     chosen = None
@@ -242,10 +246,64 @@ def restore_if_empty(lab: LocalLab, say: Say) -> backups.Backup | None:
             chosen = gcs.download(lab.bucket, lab.stack, lab.backups_dir)
         except LabError as exc:
             say(f"no backup restored from gs://{lab.bucket}: {exc.one_line()}")
+    newest = _replica_position(lab, say)
+    if newest is not None and (chosen is None or newest.at > chosen.manifest.created_at):
+        from_replica = restore_from_replica(lab, None, say)
+        if from_replica is not None:
+            older = f"; the newest snapshot, {chosen.manifest.id}, is older" if chosen else ""
+            say(f"the replica {replica_url(lab)} is the newest state ({age(newest.age_s)} old){older}")
+            chosen = from_replica
     if chosen is None:
         return None
     install(lab, chosen, say)
     return chosen
+
+
+def replica_url(lab: LocalLab) -> str:
+    """lab:replica, or the default: the bucket's replica/<stack> when the stack names a bucket, else a folder
+    under LAB_HOME."""
+    from toolkit.tracker import replica
+
+    return lab.settings.replica or replica.default_url(lab.stack, lab.bucket, paths.lab_home())
+
+
+def replica_env() -> dict[str, str]:
+    """Litestream's environment: the tracker's (the bucket's credentials included). gcp-storage-emulator's
+    address is host:port for Litestream, http://host:port for google-cloud-storage."""
+    env = tracker_db.server_env()
+    emulator = env.get("STORAGE_EMULATOR_HOST", "")
+    if emulator.startswith(("http://", "https://")):
+        env["STORAGE_EMULATOR_HOST"] = emulator.split("://", 1)[1].rstrip("/")
+    return env
+
+
+def _replica_position(lab: LocalLab, say: Say) -> Any:
+    from toolkit.tracker import replica
+
+    try:
+        return replica.newest(replica_url(lab), replica_env())
+    except LabError as exc:
+        say(f"could not read the replica: {exc.one_line()}")
+        return None
+
+
+def restore_from_replica(lab: LocalLab, at: dt.datetime | None, say: Say) -> backups.Backup | None:
+    """The replica's DBs (newest, or as they were at `at`) as a verified snapshot in the backups folder
+    (reason `replica`), ready to install; None when the replica holds no MLflow DB."""
+    from toolkit.tracker import replica
+
+    staging = lab.root / ".from-replica"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        url, env = replica_url(lab), replica_env()
+        if not replica.restore(url, replica.DBS[0], staging / replica.DBS[0], env, at):
+            return None
+        for name in replica.DBS[1:]:
+            replica.restore(url, name, staging / name, env, at)
+        return backups.take(staging, lab.backups_dir, stack=lab.stack, reason="replica")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def install(lab: LocalLab, backup: backups.Backup, say: Say) -> None:
@@ -305,6 +363,43 @@ def start_mlflow(lab: LocalLab, port: int, say: Say) -> services.Record:
     seconds = services.wait_healthy(record, MLFLOW_READY_TIMEOUT_S)
     say(f"mlflow answered in {seconds:.1f} s")
     return record
+
+
+def start_replica(lab: LocalLab, say: Say) -> services.Record:
+    """Litestream, replicating the tracker's DBs to lab:replica while MLflow runs (detached, like MLflow)."""
+    from toolkit.tracker import replica
+
+    running_now = running(lab, REPLICA, say)
+    if running_now is not None:
+        return running_now
+    port = _free_port()
+    config_file = lab.root / "replica.yml"
+    config_file.write_text(
+        replica.config(
+            lab.tracker_dir, replica_url(lab), retention_days=lab.settings.backup_days, addr=f"{HOST}:{port}"
+        )
+    )
+    record = services.start(
+        REPLICA,
+        [replica.binary(), "replicate", "-config", str(config_file)],
+        run_dir=lab.run_dir,
+        log=lab.logs_dir / "replica.log",
+        port=port,
+        url=replica_url(lab),
+        health_url=f"http://{HOST}:{port}/metrics",
+        env=replica_env(),
+    )
+    services.wait_healthy(record, REPLICA_READY_TIMEOUT_S)
+    say(f"replicating the tracker's DBs to {record.url}")
+    return record
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        return int(probe.getsockname()[1])
 
 
 def write_jupyter_config(lab: LocalLab) -> Path:
@@ -370,9 +465,10 @@ def _mlflow_port(lab: LocalLab) -> int:
 
 
 def stop_all(lab: LocalLab, say: Say) -> list[str]:
-    """Stop every recorded service (Jupyter first, the tracker last); the names of those stopped."""
+    """Stop every recorded service: Jupyter, then the tracker, then its replication last (on SIGTERM Litestream
+    syncs what MLflow wrote before it stopped); the names of those stopped."""
     stopped = []
-    for name in (JUPYTER, MLFLOW):
+    for name in (JUPYTER, MLFLOW, REPLICA):
         record = running(lab, name, say)
         if record is None:
             continue
@@ -433,7 +529,8 @@ def choose_backup(
             raise LabError("no bucket is configured for this stack", hint="set lab:bucketName in the stack file")
         from toolkit.tracker import gcs
 
-        chosen = gcs.download(bucket, stack_name, backups_dir, request.name)
+        # The full check runs once, below.
+        chosen = gcs.download(bucket, stack_name, backups_dir, request.name, check=backups.QUICK_CHECK)
     elif request.name:
         chosen = backups.find(backups_dir, request.name)
     else:
@@ -459,15 +556,18 @@ def _lab_up(lab: LocalLab, request: UpRequest, ui: Ui) -> Report:
             mlflow = start_mlflow(lab, request.port, say)
         if jupyter is None and not request.no_jupyter:
             jupyter = start_jupyter(lab, request.jupyter_port, say)
+    replicating = start_replica(lab, say)
     lines.append(f"MLflow   {mlflow.url}")
     if jupyter:
         lines.append(f"Jupyter  {jupyter.url}  (token: `cat {lab.token_file}`)")
+    lines.append(f"replica  {replicating.url}")
     lines.append(f"state    {lab.root}")
     document = {
         "stack": lab.stack,
         "target": lab.target,
         "mlflow": mlflow.url,
         "jupyter": jupyter.url if jupyter else None,
+        "replica": replicating.url,
         "state_dir": str(lab.root),
     }
     return Report(document, lines)
@@ -475,7 +575,7 @@ def _lab_up(lab: LocalLab, request: UpRequest, ui: Ui) -> Report:
 
 def _lab_status(lab: LocalLab, ui: Ui) -> Report:
     components: dict[str, dict[str, Any]] = {}
-    for name in (MLFLOW, JUPYTER):
+    for name in (MLFLOW, JUPYTER, REPLICA):
         record = running(lab, name, ui.say)
         components[name] = (
             {
@@ -502,6 +602,14 @@ def _lab_status(lab: LocalLab, ui: Ui) -> Report:
         "backups": info,
         "bucket": lab.bucket,
     }
+    newest = _replica_position(lab, ui.say)
+    document["replica"] = {
+        "url": replica_url(lab),
+        "running": components[REPLICA]["state"] == "running",
+        "newest_txid": newest.txid if newest else None,
+        "newest_at": newest.at.isoformat() if newest else None,
+        "age_s": round(newest.age_s, 1) if newest else None,
+    }
     rows = [
         (
             name,
@@ -516,7 +624,11 @@ def _lab_status(lab: LocalLab, ui: Ui) -> Report:
     else:
         note = "no backup yet: `lab backup` takes one"
     table = Table(f"lab {lab.stack} (local)", ("component", "state", "url", "uptime"), rows)
-    return Report(document, [note], tables=[table])
+    if newest:
+        replicated = f"replica: newest state {age(newest.age_s)} old (transaction {newest.txid}) in {replica_url(lab)}"
+    else:
+        replicated = f"replica: nothing in {replica_url(lab)} yet"
+    return Report(document, [note, replicated], tables=[table])
 
 
 def _lab_backup(lab: LocalLab, ui: Ui) -> Report:
@@ -549,7 +661,7 @@ def _lab_backup(lab: LocalLab, ui: Ui) -> Report:
     for described in manifest.files:
         counts = ", ".join(f"{v} {k}" for k, v in described.counts.items())
         lines.append(
-            f"{described.name}: {described.size:,} bytes, integrity {described.integrity}, "
+            f"{described.name}: {described.size:,} bytes, {described.check} {described.integrity}, "
             f"sha256 {described.sha256[:12]}..., {counts}"
         )
     lines.append(f"backup {manifest.id} -> {made.path}")
@@ -559,9 +671,23 @@ def _lab_backup(lab: LocalLab, ui: Ui) -> Report:
 
 
 def _lab_restore(lab: LocalLab, request: RestoreRequest, ui: Ui) -> Report:
-    chosen = choose_backup(
-        lab.backups_dir, lab.bucket, lab.stack, request, ui, "use --from-bucket or name a backup folder"
-    )
+    if request.at is not None:
+        if request.name or request.from_bucket:
+            raise LabError("--at restores from the replica", hint="give either --at TIME or a backup, not both")
+        chosen = restore_from_replica(lab, request.at, ui.say)
+        if chosen is None:
+            if _replica_position(lab, ui.say) is None:
+                raise LabError(f"the replica {replica_url(lab)} holds no tracker DB", hint="`lab status` shows it")
+            raise LabError(
+                f"the replica {replica_url(lab)} holds nothing as early as {request.at.isoformat()}",
+                hint="give a later --at TIME",
+            )
+        backups.verify(chosen.path)
+        ui.say(f"the tracker as it was at {request.at.isoformat()}, from {replica_url(lab)}: verified")
+    else:
+        chosen = choose_backup(
+            lab.backups_dir, lab.bucket, lab.stack, request, ui, "use --from-bucket or name a backup folder"
+        )
     tracker = running(lab, MLFLOW, ui.say)
     if tracker is not None:
         if not request.stop:

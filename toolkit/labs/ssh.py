@@ -108,6 +108,11 @@ class SshLab(Lab):
         return Report(document, lines)
 
     def restore(self, request: RestoreRequest, ui: Ui) -> Report:
+        if request.at is not None:
+            raise LabError(
+                f"`lab restore --at` is not built for the {'gcp' if self.gcp else self.target} target yet",
+                hint="restore a backup by name (`lab status` lists the newest)",
+            )
         chosen = local_lab.choose_backup(
             self.backups_dir, self.bucket, self.stack, request, ui, "take one with `lab backup`"
         )

