@@ -658,6 +658,40 @@ class HostPool:
             time.sleep(0.5)
         raise HostError(f"{target.name} did not come back from a reboot in {timeout:.0f} s")
 
+    def power_off_hard(self, host: Host | str, timeout: float = 30) -> None:
+        """Pull the plug: SIGKILL to the host's wrapper, its nspawn and every process inside at once (no shutdown,
+        no unit stops, no final sync by anything inside), then clear what nspawn leaves behind so that ``up()``
+        boots it again. Its disk (the overlay's upper folder) keeps what the kernel was given: this is a machine
+        dying, not a disk losing its cache."""
+        target = self.host(host) if isinstance(host, str) else host
+        folder = self.run_dir / target.name
+        victims: set[int] = set()
+        if self.is_running(target):
+            victims.add(self._wrapper_pid(target) or 0)
+        with contextlib.suppress(OSError, ValueError):
+            nspawn = int((folder / "nspawn.pid").read_text())
+            if _alive(nspawn) and "systemd-nspawn" in Path(_cmdline(nspawn)[0]).name:
+                victims.add(nspawn)
+        victims.discard(0)
+        for pid in list(victims):
+            victims.update(_descendants(pid))
+        for pid in victims:
+            _signal(pid, signal.SIGKILL)
+        deadline = time.monotonic() + timeout
+        while any(_alive(pid) for pid in victims):
+            self._reap(target.name)
+            if time.monotonic() > deadline:
+                raise HostError(f"{target.name}: processes {sorted(p for p in victims if _alive(p))} survived SIGKILL")
+            time.sleep(0.1)
+        self._reap(target.name)
+        with contextlib.suppress(OSError):  # nspawn's lock on the image, which only its own exit removes
+            root = (folder / "root").stat()
+            (NSPAWN_LOCKS / f"inode-{root.st_dev}:{root.st_ino}").unlink(missing_ok=True)
+        _quiet(["ip", "link", "delete", f"vb-{target.machine}"])
+        with contextlib.suppress(OSError):
+            shutil.rmtree(Path("/run/systemd/nspawn/propagate") / target.machine)
+        log.info("%s powered off hard (%d processes killed)", target.name, len(victims))
+
     def console_tail(self, host: Host | str, lines: int = 20) -> str:
         name = host if isinstance(host, str) else host.name
         console = self.run_dir / name / "console.log"

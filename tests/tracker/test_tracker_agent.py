@@ -87,8 +87,10 @@ def test_a_damaged_backup_is_refused_in_one_line(tmp_path):
     copy.write_bytes(bytes(raw))
     ran = agent("restore-if-empty", "--data", str(tmp_path / "fresh"), "--from", made["path"])
     assert ran.returncode == 1
-    expected = f"error: backup {made['id']}: mlflow.db does not match its sha256 (damaged); use another backup"
-    assert ran.stderr.strip().splitlines() == [expected]
+    damaged = f"backup {made['id']}: mlflow.db does not match its sha256 (damaged); use another backup"
+    said, error = ran.stderr.strip().splitlines()
+    assert said == f"passing over the controller's backup {made['id']}: {damaged}"
+    assert error.startswith(f"error: no state of the tracker could be restored (1 tried; first: {said[13:]}")
     assert not (tmp_path / "fresh" / "tracker" / "mlflow.db").exists()
 
 

@@ -13,6 +13,7 @@ The hosts are configured by the packaged playbooks (`toolkit.hosts.configure`); 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import shutil
 import time
@@ -47,7 +48,12 @@ TRACKER_USER = "lab-tracker"
 AGENT = ["/opt/lab/venv/bin/python", "-m", "toolkit.tracker.agent"]
 OPTUNA_PORT = 5001
 JUPYTER_PORT = 8888
-TRACKER_UNITS = ("lab-mlflow.service", "lab-optuna.service", "lab-backup.timer")
+TRACKER_UNITS = ("lab-mlflow.service", "lab-optuna.service", "lab-backup.timer", "lab-replica.service")
+SERVING = TRACKER_UNITS[:2]  # what takes writes: stopped first, started last
+REPLICA_UNIT = "lab-replica.service"
+UNDONE = "pre-restore"  # a restore's copy of what it replaced: never restored on its own
+# The lab_tracker task that brings back a tracker without a DB (it runs, and so counts as changed, only then).
+RESTORE_TASK = "Restore the newest of the replica and the backups as the tracker's DBs"
 WORKER_UNITS = ("lab-jupyter.service", "lab-idle.timer")
 AGENT_TIMEOUT_S = 1800
 TOKEN_FILE_PREFIX = "jupyter_token."  # noqa: S105 -- a file name: secrets/jupyter_token.<worker>
@@ -109,10 +115,7 @@ class SshLab(Lab):
 
     def restore(self, request: RestoreRequest, ui: Ui) -> Report:
         if request.at is not None:
-            raise LabError(
-                f"`lab restore --at` is not built for the {'gcp' if self.gcp else self.target} target yet",
-                hint="restore a backup by name (`lab status` lists the newest)",
-            )
+            return restore_at(self, request, ui)
         chosen = local_lab.choose_backup(
             self.backups_dir, self.bucket, self.stack, request, ui, "take one with `lab backup`"
         )
@@ -409,11 +412,16 @@ def extravars(lab: SshLab, restore_from: Path | None) -> dict[str, Any]:
         "lab_backup_days": lab.settings.backup_days,
         "lab_idle_minutes": lab.settings.idle_minutes,
         "lab_restore_from": str(restore_from) if restore_from else "",
+        "lab_replica": lab.settings.replica or "",  # empty: the role's default (the bucket's, else on the tracker)
     }
 
 
 def newest_verified_backup(lab: SshLab, say: Say) -> backups.Backup | None:
+    """The newest backup here that verifies, a candidate for a tracker without a DB (a restore's copy of what
+    it replaced is none: it holds what a person undid)."""
     for candidate in backups.listing(lab.backups_dir):
+        if candidate.manifest.reason == UNDONE:
+            continue
         try:
             backups.verify(candidate.path)
         except LabError as exc:
@@ -510,18 +518,61 @@ def units_state(lab: SshLab, host: remote.Host) -> dict[str, str]:
 
 def restore(lab: SshLab, chosen: backups.Backup, *, stop: bool, say: Say) -> None:
     """Send a verified backup to the tracker and put it in place, keeping the DBs it replaces."""
-    running = [u for u, s in units_state(lab, lab.tracker).items() if s == "active" and u != "lab-backup.timer"]
-    if running and not stop:
-        raise LabError("the tracker is running", hint="pass --stop to stop it first (it is started again after)")
+    active = tracker_active(lab, stop)
     remote_path = remote.send_folder(lab.access, lab.tracker, chosen.path, f"{DATA}/restore", owner=TRACKER_USER)
-    if running:
-        remote.run(lab.access, lab.tracker, ["sudo", "-n", "systemctl", "stop", *TRACKER_UNITS[:2]])
+    install_on_tracker(lab, remote_path, active)
+    say(f"restored {chosen.manifest.id} on {lab.tracker.name}")
+
+
+def tracker_active(lab: SshLab, stop: bool) -> list[str]:
+    """The tracker's units that run now and that a restore stops (MLflow, the Optuna proxy, the replica); a
+    LabError when MLflow or the proxy runs and `stop` was not asked for."""
+    states = units_state(lab, lab.tracker)
+    if any(states.get(unit) == "active" for unit in SERVING) and not stop:
+        raise LabError("the tracker is running", hint="pass --stop to stop it first (it is started again after)")
+    return [unit for unit in (*SERVING, REPLICA_UNIT) if states.get(unit) == "active"]
+
+
+def install_on_tracker(lab: SshLab, remote_path: str, active: list[str]) -> None:
+    """The agent's restore of a backup folder on the tracker, with `active` stopped around it: MLflow and the
+    proxy first, the replica last (it ships their last writes); started again replica first. The replica then
+    follows the restored DBs; what it held before stays in its history (`lab restore --at`)."""
+    if active:
+        remote.run(lab.access, lab.tracker, ["sudo", "-n", "systemctl", "stop", *active])
     try:
         agent(lab, "restore", "--from", remote_path)
     finally:
-        if running:
-            remote.run(lab.access, lab.tracker, ["sudo", "-n", "systemctl", "start", *TRACKER_UNITS[:2]])
-    say(f"restored {chosen.manifest.id} on {lab.tracker.name}")
+        if active:
+            remote.run(lab.access, lab.tracker, ["sudo", "-n", "systemctl", "start", *reversed(active)])
+
+
+def restore_at(lab: SshLab, request: RestoreRequest, ui: Ui) -> Report:
+    """`lab restore --at TIME`: the tracker as it was then, from the replica. The replica's DBs at TIME become a
+    verified backup on the tracker (reason `replica`) before anything is touched; then, like any restore, the
+    DBs it replaces are kept as a backup and it is installed."""
+    if request.name or request.from_bucket:
+        raise LabError("--at restores from the replica", hint="give either --at TIME or a backup, not both")
+    assert request.at is not None  # noqa: S101 -- only called with --at
+    url = replica_url(lab)
+    moment = request.at.astimezone(dt.timezone.utc).isoformat()
+    made = json.loads(agent(lab, "replica-snapshot", "--replica", url, "--at", moment))
+    backup_id, path = made.get("id"), made.get("path")
+    if not isinstance(backup_id, str) or not backups.valid_id(backup_id) or path != f"{DATA}/backups/{backup_id}":
+        raise LabError(f"{lab.tracker.name} answered a backup that is not one: {str(made)[:80]}")
+    ui.say(f"the tracker as it was at {moment}, from {url}: verified (backup {backup_id} on {lab.tracker.name})")
+    install_on_tracker(lab, path, tracker_active(lab, request.stop))
+    return Report(
+        {"stack": lab.stack, "restored": backup_id, "at": moment, "replica": url},
+        [f"restored the tracker as it was at {moment} on {lab.tracker.name} (backup {backup_id})"],
+    )
+
+
+def replica_url(lab: SshLab) -> str:
+    """The replica the tracker replicates to, as its role wrote it (lab:replica, else the role's default)."""
+    url = tracker_facts(lab).get("replica")
+    if not isinstance(url, str) or not url:
+        raise LabError(f"{lab.tracker.name} has no replica yet", hint="run `lab up` to set it up")
+    return url
 
 
 def stop_services(lab: SshLab, say: Say, on_change: Callable[[configure.Report], None]) -> configure.Report | None:
@@ -708,16 +759,20 @@ def configure_lab(lab: SshLab, ui: Ui, stages: dict[str, float]) -> Report:
         name, why = next(iter(unreachable.items()))
         raise LabError(why or f"cannot reach {name}", hint="start the machine, or fix the stack's hosts")
     with ui.live() as show:
-        report, restored = configure_hosts(lab, ui.say, lambda r: show(configure.table(r)))
+        report, _ = configure_hosts(lab, ui.say, lambda r: show(configure.table(r)))
     stages["configure"] = report.seconds
     facts = tracker_facts(lab)
+    tracker_state = report.hosts.get(lab.tracker.name)
+    restored = last_restore(lab, ui.say) if tracker_state and RESTORE_TASK in tracker_state.changed_tasks else None
+    replica_state = units_state(lab, lab.tracker).get(REPLICA_UNIT, "unknown")
     stages["total"] = before + time.monotonic() - started
     document = {
         "stack": lab.stack,
         "target": "gcp" if lab.gcp else lab.target,
         "configure": report.as_dict(),
-        "restored": restored.manifest.id if restored else None,
+        "restored": restored,
         "tracker": facts,
+        "replica": {"url": facts.get("replica"), "running": replica_state == "active"},
         "stages_s": {k: round(v, 1) for k, v in stages.items()},
     }
     changed = report.changed
@@ -726,11 +781,36 @@ def configure_lab(lab: SshLab, ui: Ui, stages: dict[str, float]) -> Report:
         + ("nothing changed" if changed == 0 else f"{changed} change{'s' * (changed != 1)}")
     ]
     if restored:
-        lines.append(f"tracker restored from backup {restored.manifest.id} (if it had no DB yet)")
+        lines.append(describe_restore(restored))
     lines.append(f"MLflow   {facts.get('mlflow_url')}  (inside the lab's network)")
+    lines.append(f"replica  {facts.get('replica')}")
+    if replica_state != "active":
+        lines.append(
+            f"warning: the replica is {replica_state}, so the tracker's DBs are not replicated: "
+            "`lab ssh tracker -- journalctl -u lab-replica` says why (it is retried; MLflow is not affected)"
+        )
     lines.append("reach MLflow and Jupyter from here with `lab tunnel`")
     lines.append("stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in stages.items()))
     return Report(document, lines)
+
+
+def last_restore(lab: SshLab, say: Say) -> dict[str, Any] | None:
+    """What the tracker came back from when `lab up` found it without a DB (the agent's record)."""
+    try:
+        found = json.loads(agent(lab, "status")).get("last_restore")
+    except (LabError, ValueError) as exc:
+        say(f"could not read what the tracker was restored from: {exc}")
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def describe_restore(restored: dict[str, Any]) -> str:
+    if restored.get("source") == "empty":
+        return "the tracker had no DB, and there was no replica and no backup: it starts empty"
+    age = local_lab.age(float(restored.get("age_s") or 0))
+    passed = restored.get("passed_over") or []
+    also = f" ({len(passed)} newer could not be used: {passed[0]})" if passed else ""
+    return f"the tracker had no DB: restored {restored.get('label')}, the newest state there is, {age} old{also}"
 
 
 def hosts_status(
@@ -786,7 +866,9 @@ def hosts_status(
     tracker: dict[str, Any] = {}
     if lab is not None and hosts[lab.tracker.name]["reachable"]:
         try:
-            tracker = {**tracker_facts(lab), **json.loads(agent(lab, "status"))}
+            facts = tracker_facts(lab)
+            asked = ["--replica", facts["replica"]] if facts.get("replica") else []
+            tracker = {**facts, **json.loads(agent(lab, "status", *asked))}
         except LabError as exc:
             tracker = {"error": exc.one_line()}
     info = local_lab.backups_info(root / "backups")
@@ -801,6 +883,9 @@ def hosts_status(
     }
     if view is not None:
         document["addresses"] = "compute api" if view.live else "last lab up (could not ask GCP: " + view.note + ")"
+    replica = replica_status(tracker, hosts)
+    if replica is not None:
+        document["replica"] = replica
     rows: list[tuple[str, ...]] = []
     for name, host in hosts.items():
         if host["state"] == "stopped":
@@ -828,8 +913,43 @@ def hosts_status(
         notes.append(f"newest backup here: {info['latest']}, {local_lab.age(info['age_s'])} old ({info['count']} kept)")
     else:
         notes.append("no backup here yet: `lab backup` takes one")
+    if replica is not None:
+        notes.append(describe_replica(replica))
     table = Table(f"lab {stack_name} ({target})", ("host", "role", "address", "services"), rows)
     return Report(document, notes, tables=[table])
+
+
+def replica_status(tracker: dict[str, Any], hosts: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The replica as `lab status` shows it (the local lab's shape): its URL, whether Litestream runs on the
+    tracker, its newest position and how old that is; None when the tracker did not answer."""
+    found = tracker.get("replica")
+    if not isinstance(found, dict):
+        return None
+    services = next((h["services"] for h in hosts.values() if h.get("role") == remote.TRACKER), {})
+    shown = {
+        "url": found.get("url"),
+        "running": services.get(REPLICA_UNIT) == "active",
+        "newest_txid": found.get("newest_txid"),
+        "newest_at": found.get("newest_at"),
+        "age_s": found.get("age_s"),
+    }
+    if found.get("error"):
+        shown["error"] = found["error"]
+    return shown
+
+
+def describe_replica(replica: dict[str, Any]) -> str:
+    from rich.markup import escape
+
+    state = "" if replica["running"] else " [yellow](Litestream is not running on the tracker)[/yellow]"
+    if replica.get("error"):
+        return f"replica: {escape(str(replica['url']))} cannot be read: {escape(str(replica['error']))}{state}"
+    if replica["newest_txid"] is None:
+        return f"replica: nothing in {escape(str(replica['url']))} yet{state}"
+    return (
+        f"replica: newest state {local_lab.age(float(replica['age_s']))} old (transaction {replica['newest_txid']}) "
+        f"in {escape(str(replica['url']))}{state}"
+    )
 
 
 def stop_lab(lab: SshLab, request: DownRequest, ui: Ui) -> Report:

@@ -6,10 +6,16 @@ on a laptop. It needs only the standard library, plus MLflow (schema upgrades), 
 proxy) and google-cloud-storage (bucket uploads) where those commands are used.
 
   backup            --data D --keep N --days M [--bucket B] [--stack S] [--reason R] [--json]
-  restore-if-empty  --data D --from DIR       restore DIR only when the tracker has no DB yet
+  restore-if-empty  --data D [--from DIR] [--replica URL] [--bucket B] [--stack S]
+                    only when the tracker has no DB yet: the newest state there is (toolkit.tracker.recovery:
+                    the replica, the tracker's backups, DIR, the bucket's newest), else a fresh DB
   restore           --data D --from DIR       keep the current DBs as a backup, then restore DIR
+  replica-snapshot  --data D --replica URL [--at TIME] [--stack S]
+                    (JSON) the replica's DBs (newest, or as they were at TIME) as a verified backup here
+  replicate         --data D --settings FILE --config FILE
+                    Litestream in the foreground (lab-replica.service), configured from the role's settings
   optuna-proxy      --data D --host H --port P
-  status            --data D                  (JSON) the DBs, the newest backup
+  status            --data D [--replica URL]  (JSON) the DBs, the newest backup, the last restore, the replica
 
 Errors are one line on stderr and exit code 1; `--json` output is one JSON document on stdout.
 
@@ -83,12 +89,69 @@ def _verified(folder: str) -> backups.Backup:
 
 
 def _restore_if_empty(args: argparse.Namespace) -> int:
+    from toolkit.tracker import recovery
+
     data = Path(args.data)
     if (data / TRACKER / tracker_db.MLFLOW_DB).exists():
         _say(f"the tracker already has its DB in {data / TRACKER}; nothing restored")
         return 0
-    tracker_db.install(data / TRACKER, _verified(args.source), _say, artifacts_dir=data / ARTIFACTS)
+    candidates = recovery.from_tracker(data / BACKUPS)
+    if args.source:
+        sent = recovery.from_folder(Path(args.source), "controller", "the controller's backup")
+        candidates += [sent] if sent else []
+    if args.bucket:
+        candidates += recovery.from_bucket(args.bucket, args.stack, data / BACKUPS, _say)
+    if args.replica:
+        candidates += recovery.from_replica(args.replica, replica_env(), data, args.stack, _say)
+    recovery.recover(data, candidates, _say, tracker=TRACKER, artifacts=data / ARTIFACTS)
     return 0
+
+
+def replica_env() -> dict[str, str]:
+    """Litestream's environment on the tracker: the agent's own, with /etc/lab/tracker.env's credentials."""
+    return dict(os.environ)
+
+
+def _replica_snapshot(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from toolkit.tracker import recovery, replica
+
+    data = Path(args.data)
+    try:
+        at = dt.datetime.fromisoformat(args.at.replace("Z", "+00:00")) if args.at else None
+    except ValueError:
+        raise LabError(f"--at {args.at[:40]!r} is not a time (ISO 8601)") from None
+    if at is not None and at.tzinfo is None:
+        at = at.replace(tzinfo=dt.timezone.utc)
+    made = recovery.replica_snapshot(args.replica, replica_env(), data, stack=args.stack, at=at)
+    if made is None:
+        if at is None or replica.newest(args.replica, replica_env()) is None:
+            raise LabError(f"the replica {args.replica} holds no tracker DB")
+        raise LabError(f"the replica {args.replica} holds nothing as early as {at.isoformat()}")
+    manifest = backups.verify(made.path)
+    print(json.dumps({"id": manifest.id, "path": str(made.path), "created": manifest.created}))
+    return 0
+
+
+def _replicate(args: argparse.Namespace) -> int:
+    """Write Litestream's configuration from the role's settings, then become Litestream (signals from systemd
+    reach it directly: on SIGTERM it ships what is left, then exits)."""
+    from toolkit.tracker import replica
+
+    settings = json.loads(Path(args.settings).read_text())
+    text = replica.config(
+        Path(args.data) / TRACKER,
+        str(settings["url"]),
+        retention_days=int(settings["retention_days"]),
+        addr=str(settings["addr"]),
+    )
+    config_file = Path(args.config)
+    config_file.write_text(text)
+    argv = [replica.binary(), "replicate", "-config", str(config_file)]
+    _say(f"replicating {Path(args.data) / TRACKER} to {settings['url']}")
+    os.execve(argv[0], argv, replica_env())  # noqa: S606 -- the unit's process becomes Litestream
+    return 0  # not reached
 
 
 def _restore(args: argparse.Namespace) -> int:
@@ -123,22 +186,40 @@ def _status(args: argparse.Namespace) -> int:
     }
     found = backups.listing(data / BACKUPS)
     newest = found[0].manifest if found else None
-    print(
-        json.dumps(
-            {
-                "dbs": dbs,
-                "backups": len(found),
-                "newest_backup": {
-                    "id": newest.id,
-                    "created": newest.created,
-                    "artifact_files": newest.artifacts.files if newest.artifacts else 0,
-                }
-                if newest
-                else None,
-            }
-        )
-    )
+    from toolkit.tracker import recovery
+
+    document = {
+        "dbs": dbs,
+        "backups": len(found),
+        "newest_backup": {
+            "id": newest.id,
+            "created": newest.created,
+            "artifact_files": newest.artifacts.files if newest.artifacts else 0,
+        }
+        if newest
+        else None,
+        "last_restore": recovery.read_record(data),
+    }
+    if args.replica:
+        document["replica"] = _replica_status(args.replica)
+    print(json.dumps(document))
     return 0
+
+
+def _replica_status(url: str) -> dict[str, object]:
+    """The replica's newest position, as `lab status` shows it (an error in a field, never a failure)."""
+    from toolkit.tracker import replica
+
+    try:
+        newest = replica.newest(url, replica_env())
+    except LabError as exc:
+        return {"url": url, "error": exc.one_line(), "newest_txid": None, "newest_at": None, "age_s": None}
+    return {
+        "url": url,
+        "newest_txid": newest.txid if newest else None,
+        "newest_at": newest.at.isoformat() if newest else None,
+        "age_s": round(newest.age_s, 1) if newest else None,
+    }
 
 
 def parser() -> argparse.ArgumentParser:
@@ -158,12 +239,21 @@ def parser() -> argparse.ArgumentParser:
     backup.add_argument("--bucket", default="")
     backup.add_argument("--reason", default="manual")
     backup.add_argument("--json", action="store_true")
-    for name, handler in (("restore-if-empty", _restore_if_empty), ("restore", _restore)):
-        command(name, handler).add_argument("--from", dest="source", required=True, help="a backup folder")
+    if_empty = command("restore-if-empty", _restore_if_empty)
+    if_empty.add_argument("--from", dest="source", default="", help="a backup folder the controller sent")
+    if_empty.add_argument("--replica", default="", help="the replica's URL")
+    if_empty.add_argument("--bucket", default="", help="the bucket holding the stack's backups")
+    command("restore", _restore).add_argument("--from", dest="source", required=True, help="a backup folder")
+    snapshot = command("replica-snapshot", _replica_snapshot)
+    snapshot.add_argument("--replica", required=True, help="the replica's URL")
+    snapshot.add_argument("--at", default="", help="a moment (ISO 8601, UTC when it has no zone)")
+    replicate = command("replicate", _replicate)
+    replicate.add_argument("--settings", required=True, help="the role's replica settings (JSON: url, ...)")
+    replicate.add_argument("--config", required=True, help="where Litestream's configuration is written")
     proxy = command("optuna-proxy", _optuna_proxy)
     proxy.add_argument("--host", default="127.0.0.1")
     proxy.add_argument("--port", type=int, default=5001)
-    command("status", _status)
+    command("status", _status).add_argument("--replica", default="", help="the replica's URL, to show its state")
     return main
 
 

@@ -134,11 +134,14 @@ def tracker(host_pool, tracker_host, tmp_path_factory) -> Iterator[Tracker]:
         )
         made = Tracker(host_pool, tracker_host, stack, root / "lab-home", url)
         made.home.mkdir()
-        up = made.lab("up")
-        assert up.returncode == 0, up.stderr[-3000:]
-        # The tracker's bucket credentials, where a tracker outside GCP keeps them (the agent reads them).
-        wrote = made.on(f"printf 'STORAGE_EMULATOR_HOST={url}\\n' > /etc/lab/tracker.env")
+        # The tracker's bucket credentials, where a tracker outside GCP keeps them (the agent, and so the replica
+        # in the bucket, reads them).
+        wrote = made.on(f"mkdir -p /etc/lab && printf 'STORAGE_EMULATOR_HOST={url}\\n' > /etc/lab/tracker.env")
         assert wrote.returncode == 0, wrote.stderr
+        up = made.lab("up", "--json")
+        assert up.returncode == 0, up.stderr[-3000:]
+        replica = json.loads(up.stdout)["replica"]
+        assert replica == {"url": f"gs://{BUCKET}/replica/dev", "running": True}, up.stdout[-2000:]
         made.runs("before-down", RUNS)
         yield made
     finally:
