@@ -80,6 +80,11 @@ def test_runtime_strings_are_read_like_yaml_values():
         ),
         ({"replica": "file://relative"}, "lab:replica: 'file://relative' needs an absolute folder"),
         ({"replica": "gs:///replica"}, "lab:replica: 'gs:///replica' names no bucket or host"),
+        ({"replica": "s3://b/r?endpoin=http://h:9000"}, "unknown option 'endpoin'; an s3:// replica takes endpoint,"),
+        ({"replica": "s3://b/r?forcePathStyle=yes"}, "forcePathStyle is true or false, got 'yes'"),
+        ({"replica": "s3://b/r?endpoint=minio host"}, "endpoint 'minio host' is not http(s)://HOST[:PORT]"),
+        ({"replica": "gs://b/r?endpoint=http://h"}, "a gs:// replica takes no options"),
+        ({"replica": "sftp://lab:hunter2@nas/replica"}, "holds a password; the stack file is no place for one"),
     ],
 )
 def test_each_rule_names_the_key(changes, expected):
@@ -93,6 +98,19 @@ def test_state_backends_and_kms_keys_that_are_accepted():
         assert problems(stateBackend=backend, secretsProvider=kms) == []
     settings = schema.resolve(GOOD, stack="dev").settings
     assert settings.state_backend is None and settings.secrets_provider == "passphrase"
+
+
+def test_replica_urls_that_are_accepted():
+    for url in (
+        "gs://my-lab/replica/dev",
+        "file:///srv/replica",
+        "sftp://lab@nas.local/srv/replica",
+        "s3://lab-replica/dev",
+        # S3-compatible stores: the options Litestream's S3 client reads from the query string
+        "s3://lab-replica/dev?endpoint=http://127.0.0.1:9000&region=us-east-1&forcePathStyle=true",
+        "s3://lab-replica/dev?endpoint=https://acct.r2.cloudflarestorage.com&region=auto",
+    ):
+        assert problems(replica=url) == [], url
 
 
 def test_every_problem_is_reported_not_just_the_first():

@@ -17,6 +17,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl
 
 from toolkit.config import machines
 
@@ -487,6 +488,21 @@ def _backend_problems(backend: str) -> list[Problem]:
 
 
 REPLICA_SCHEMES = ("gs://", "s3://", "sftp://", "file://")
+# The options Litestream's S3 client reads from an s3:// URL's query string, for S3-compatible stores (MinIO,
+# R2, ...): s3://BUCKET/PATH?endpoint=http://HOST:PORT&region=R (litestream 0.5.17, s3/replica_client.go
+# NewReplicaClientFromURL; an endpoint implies path-style URLs). Its gs:// and file:// clients read none.
+S3_REPLICA_OPTIONS = (
+    "endpoint",
+    "region",
+    "forcePathStyle",
+    "skipVerify",
+    "signPayload",
+    "sign-payload",
+    "requireContentMD5",
+    "require-content-md5",
+)
+_S3_BOOLEAN_OPTIONS = frozenset(S3_REPLICA_OPTIONS[2:])
+_ENDPOINT = re.compile(r"^(https?://)?[A-Za-z0-9.-]+(:[0-9]{1,5})?/?$")
 
 
 def _replica_problems(url: str) -> list[Problem]:
@@ -494,12 +510,36 @@ def _replica_problems(url: str) -> list[Problem]:
     if not url.startswith(REPLICA_SCHEMES):
         schemes = ", ".join(s.removesuffix("://") for s in REPLICA_SCHEMES)
         return [Problem(key, f"{url!r} is not a replica URL; use one of {schemes}, e.g. gs://BUCKET/replica/STACK")]
-    rest = url.split("://", 1)[1]
-    if url.startswith("file://") and not rest.startswith(("/", "~")):
+    scheme, rest = url.split("://", 1)
+    where, _, query = rest.partition("?")
+    host = where.split("/", 1)[0]
+    if scheme == "file" and not where.startswith(("/", "~")):
         return [Problem(key, f"{url!r} needs an absolute folder, such as file:///srv/replica")]
-    if not url.startswith("file://") and not rest.split("/", 1)[0]:
+    if scheme != "file" and not host:
         return [Problem(key, f"{url!r} names no bucket or host")]
+    if ":" in host.rpartition("@")[0]:
+        return [Problem(key, f"{url!r} holds a password; the stack file is no place for one (use an SSH key)")]
+    if query and scheme in ("gs", "file"):
+        return [Problem(key, f"{url!r}: a {scheme}:// replica takes no options (?{query})")]
+    if query and scheme == "s3":
+        return _s3_option_problems(url, query)
     return []
+
+
+def _s3_option_problems(url: str, query: str) -> list[Problem]:
+    key = "lab:replica"
+    problems = []
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name not in S3_REPLICA_OPTIONS:
+            known = ", ".join(S3_REPLICA_OPTIONS)
+            problems.append(Problem(key, f"{url!r}: unknown option {name!r}; an s3:// replica takes {known}"))
+        elif name in _S3_BOOLEAN_OPTIONS and value not in ("true", "false"):
+            problems.append(Problem(key, f"{url!r}: {name} is true or false, got {value!r}"))
+        elif name == "endpoint" and not _ENDPOINT.match(value):
+            problems.append(Problem(key, f"{url!r}: endpoint {value!r} is not http(s)://HOST[:PORT]"))
+        elif name == "region" and not re.fullmatch(r"[a-z0-9-]+", value):
+            problems.append(Problem(key, f"{url!r}: region {value!r} is not a region name such as us-east-1"))
+    return problems
 
 
 def _host_problems(tracker: str | None, workers: tuple[str, ...]) -> list[Problem]:

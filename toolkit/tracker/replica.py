@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shutil
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from toolkit import environment as child_env
 from toolkit import proc
 from toolkit.errors import LabError
 
@@ -55,7 +58,68 @@ def default_url(stack: str, bucket: str | None, home: Path) -> str:
 
 
 def db_url(replica: str, name: str) -> str:
-    return f"{replica.rstrip('/')}/{name}"
+    """One DB's folder of the replica. A query string (an s3:// replica's `?endpoint=...&region=...`) stays at
+    the end, where Litestream reads it."""
+    base, mark, query = replica.partition("?")
+    return f"{base.rstrip('/')}/{name}{mark}{query}"
+
+
+# What Litestream's object-store clients read from the environment, by replica scheme (litestream 0.5.17):
+# - gs: cloud.google.com/go/storage's NewClient (gs/replica_client.go calls storage.NewClient(ctx) with no
+#   options): Application Default Credentials (GOOGLE_APPLICATION_CREDENTIALS, gcloud's ADC file under
+#   CLOUDSDK_CONFIG or ~/.config/gcloud, the metadata server); with STORAGE_EMULATOR_HOST set it talks to that
+#   host, `host:port` or `http://host:port`, without authentication (googleapis/google-cloud-go
+#   storage/storage.go: option.WithoutAuthentication()).
+# - s3: s3/replica_client.go reads AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (else LITESTREAM_ACCESS_KEY_ID /
+#   LITESTREAM_SECRET_ACCESS_KEY), else the AWS SDK's default chain (AWS_PROFILE, ~/.aws/credentials, SSO,
+#   web identity, the instance's role). Endpoint, region and path style come from the URL's query string.
+#   AWS_CA_BUNDLE is left out on purpose: with it set the SDK refuses Litestream's own HTTP client ("unable to
+#   add custom RootCAs HTTPClient, has no WithTransportOptions") and the replica never starts; Go reads a
+#   private CA from SSL_CERT_FILE / SSL_CERT_DIR, which pass anyway.
+# - sftp: a key from the user's SSH agent.
+CLIENT_ENV: dict[str, tuple[str, ...]] = {
+    "gs": (
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        "GOOGLE_CLOUD_PROJECT",
+        "GCLOUD_PROJECT",
+        "CLOUDSDK_CONFIG",
+        "STORAGE_EMULATOR_HOST",
+    ),
+    "s3": (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "LITESTREAM_ACCESS_KEY_ID",
+        "LITESTREAM_SECRET_ACCESS_KEY",
+        "AWS_PROFILE",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_CONFIG_FILE",
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_ROLE_ARN",
+        "AWS_ROLE_SESSION_NAME",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+        "AWS_EC2_METADATA_DISABLED",
+    ),
+    "sftp": ("SSH_AUTH_SOCK",),
+}
+
+
+def environment(url: str | None = None, source: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Litestream's environment: the caller's allow-listed variables (toolkit.environment: PATH, HOME, proxies,
+    CA folders, ...) and the credentials of the replica's object store, those of `url`'s scheme only (every
+    scheme's when no URL is given). Nothing else of the caller's: Litestream needs no other secret."""
+    source = os.environ if source is None else source
+    env = child_env.passed(source)
+    if url is None:
+        names = [name for scheme_names in CLIENT_ENV.values() for name in scheme_names]
+    else:
+        names = list(CLIENT_ENV.get(url.split("://", 1)[0], ()))
+    env.update({name: source[name] for name in names if name in source})
+    return env
 
 
 def config(tracker_dir: Path, replica: str, *, retention_days: int, addr: str) -> str:
