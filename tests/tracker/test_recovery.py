@@ -243,6 +243,10 @@ def test_only_a_tracker_with_nothing_to_restore_starts_empty(tmp_path, current_d
     last = ran.stderr.strip().splitlines()[-1]
     assert last.startswith("error: no state of the tracker could be restored (1 tried; first: the controller's backup")
     assert not (broken / "tracker" / "mlflow.db").exists()
+    (tmp_path / "not-a-backup").mkdir()
+    ran = restore_if_empty(tmp_path / "also-broken", "--from", str(tmp_path / "not-a-backup"))
+    assert ran.returncode == 1 and "is not a backup: it has no manifest.json" in ran.stderr
+    assert not (tmp_path / "also-broken" / "tracker" / "mlflow.db").exists()
 
 
 def test_replica_snapshot_at_a_moment_between_two_writes(tmp_path, current_db):

@@ -97,8 +97,17 @@ def _verified(backup: backups.Backup) -> backups.Backup:
 
 
 def from_folder(folder: Path, source: str, label: str) -> Candidate | None:
-    """A backup folder (the controller's, sent) as a candidate; None when it is a pre-restore copy."""
-    manifest = backups.read_manifest(folder)
+    """A backup folder (the controller's, sent) as a candidate; None when it is a pre-restore copy. One whose
+    manifest does not read is tried last, and fails out loud."""
+    try:
+        manifest = backups.read_manifest(folder)
+    except LabError as exc:
+        unreadable = exc
+
+        def fail() -> backups.Backup:
+            raise unreadable
+
+        return Candidate(source, f"{label} {folder.name}", dt.datetime.min.replace(tzinfo=dt.timezone.utc), fail)
     if manifest.reason == UNDONE:
         return None
     return Candidate(
