@@ -56,12 +56,12 @@ def test_no_tracker_db_is_a_clear_error(tmp_path):
         backups.take(tmp_path, tmp_path / "backups", stack="dev")
 
 
-def fake_backup(folder: Path, created: dt.datetime) -> None:
+def fake_backup(folder: Path, created: dt.datetime, reason: str = "timer") -> None:
     backup_id = backups.new_id(created)
     path = folder / backup_id
     path.mkdir(parents=True)
     manifest = backups.Manifest(
-        id=backup_id, created=created.isoformat(), stack="dev", reason="timer", lab_version="test", files=()
+        id=backup_id, created=created.isoformat(), stack="dev", reason=reason, lab_version="test", files=()
     )
     (path / backups.MANIFEST).write_text(manifest.to_json())
 
@@ -79,6 +79,20 @@ def test_rotation_keeps_the_newest_and_one_a_day(tmp_path):
     assert kept == set(newest[:5]) | newest_of_each_day
     assert len(removed) == 90 - len(kept)
     assert 8 <= len(kept) < 20
+
+
+def test_rotation_keeps_what_restores_replaced_for_the_period(tmp_path):
+    """A restore keeps the DBs it replaced (reason pre-restore): they may be the only copy of the runs it undid,
+    so a busy hourly timer must not rotate them out by count; they go when older than keep_days."""
+    now = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.timezone.utc)
+    replaced = [now - dt.timedelta(days=2), now - dt.timedelta(days=2, hours=1), now - dt.timedelta(days=9)]
+    for created in replaced:
+        fake_backup(tmp_path, created, reason="pre-restore")
+    for hour in range(1, 40):  # the hourly timer since
+        fake_backup(tmp_path, now - dt.timedelta(hours=hour))
+    backups.rotate(tmp_path, keep_last=5, keep_days=7, now=now)
+    kept = {b.manifest.created_at for b in backups.listing(tmp_path) if b.manifest.reason == "pre-restore"}
+    assert kept == set(replaced[:2])
 
 
 def test_find_by_prefix_and_listing_ignores_incomplete(tmp_path):

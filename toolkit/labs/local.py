@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from toolkit import environment
 from toolkit.config import paths, schema, stack
-from toolkit.errors import LabError
+from toolkit.errors import EXIT_BACKUP_FAILED, LabError
 from toolkit.labs.base import (
     DownRequest,
     Lab,
@@ -43,6 +43,7 @@ MLFLOW = "mlflow"
 JUPYTER = "jupyter"
 REPLICA = "replica"  # Litestream, replicating the tracker's DBs while MLflow runs
 REPLICA_READY_TIMEOUT_S = 30.0
+REPLICA_LOG_TAIL_BYTES = 64 << 10
 DEFAULT_JUPYTER_PORT = 8888
 HOST = "127.0.0.1"
 MLFLOW_READY_TIMEOUT_S = 120.0
@@ -267,10 +268,13 @@ def replica_url(lab: LocalLab) -> str:
     return lab.settings.replica or replica.default_url(lab.stack, lab.bucket, paths.lab_home())
 
 
-def replica_env() -> dict[str, str]:
-    """Litestream's environment: the tracker's (the bucket's credentials included). gcp-storage-emulator's
-    address is host:port for Litestream, http://host:port for google-cloud-storage."""
-    env = tracker_db.server_env()
+def replica_env(url: str) -> dict[str, str]:
+    """Litestream's environment for the replica at `url`: the allow-list and that store's credentials only
+    (replica.environment). gcp-storage-emulator's address is host:port for Litestream, http://host:port for
+    google-cloud-storage."""
+    from toolkit.tracker import replica
+
+    env = replica.environment(url)
     emulator = env.get("STORAGE_EMULATOR_HOST", "")
     if emulator.startswith(("http://", "https://")):
         env["STORAGE_EMULATOR_HOST"] = emulator.split("://", 1)[1].rstrip("/")
@@ -281,7 +285,7 @@ def _replica_position(lab: LocalLab, say: Say) -> Any:
     from toolkit.tracker import replica
 
     try:
-        return replica.newest(replica_url(lab), replica_env())
+        return replica.newest(replica_url(lab), replica_env(replica_url(lab)))
     except LabError as exc:
         say(f"could not read the replica: {exc.one_line()}")
         return None
@@ -296,7 +300,8 @@ def restore_from_replica(lab: LocalLab, at: dt.datetime | None, say: Say) -> bac
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        url, env = replica_url(lab), replica_env()
+        url = replica_url(lab)
+        env = replica_env(url)
         if not replica.restore(url, replica.DBS[0], staging / replica.DBS[0], env, at):
             return None
         for name in replica.DBS[1:]:
@@ -376,7 +381,11 @@ def start_replica(lab: LocalLab, say: Say) -> services.Record:
     config_file = lab.root / "replica.yml"
     config_file.write_text(
         replica.config(
-            lab.tracker_dir, replica_url(lab), retention_days=lab.settings.backup_days, addr=f"{HOST}:{port}"
+            lab.tracker_dir,
+            replica_url(lab),
+            retention_days=lab.settings.backup_days,
+            addr=f"{HOST}:{port}",
+            socket=replica.socket_path(lab.run_dir),
         )
     )
     record = services.start(
@@ -387,7 +396,7 @@ def start_replica(lab: LocalLab, say: Say) -> services.Record:
         port=port,
         url=replica_url(lab),
         health_url=f"http://{HOST}:{port}/metrics",
-        env=replica_env(),
+        env=replica_env(replica_url(lab)),
     )
     services.wait_healthy(record, REPLICA_READY_TIMEOUT_S)
     say(f"replicating the tracker's DBs to {record.url}")
@@ -464,11 +473,11 @@ def _mlflow_port(lab: LocalLab) -> int:
     return record.port if record else schema.MLFLOW_PORT
 
 
-def stop_all(lab: LocalLab, say: Say) -> list[str]:
-    """Stop every recorded service: Jupyter, then the tracker, then its replication last (on SIGTERM Litestream
-    syncs what MLflow wrote before it stopped); the names of those stopped."""
+def stop_all(lab: LocalLab, say: Say, only: tuple[str, ...] = (JUPYTER, MLFLOW, REPLICA)) -> list[str]:
+    """Stop the recorded services (all unless told): Jupyter, then the tracker, then its replication last; the
+    names of those stopped."""
     stopped = []
-    for name in (JUPYTER, MLFLOW, REPLICA):
+    for name in only:
         record = running(lab, name, say)
         if record is None:
             continue
@@ -602,14 +611,7 @@ def _lab_status(lab: LocalLab, ui: Ui) -> Report:
         "backups": info,
         "bucket": lab.bucket,
     }
-    newest = _replica_position(lab, ui.say)
-    document["replica"] = {
-        "url": replica_url(lab),
-        "running": components[REPLICA]["state"] == "running",
-        "newest_txid": newest.txid if newest else None,
-        "newest_at": newest.at.isoformat() if newest else None,
-        "age_s": round(newest.age_s, 1) if newest else None,
-    }
+    document["replica"] = replica_state(lab, components[REPLICA]["state"] == "running", ui.say)
     rows = [
         (
             name,
@@ -624,11 +626,75 @@ def _lab_status(lab: LocalLab, ui: Ui) -> Report:
     else:
         note = "no backup yet: `lab backup` takes one"
     table = Table(f"lab {lab.stack} (local)", ("component", "state", "url", "uptime"), rows)
-    if newest:
-        replicated = f"replica: newest state {age(newest.age_s)} old (transaction {newest.txid}) in {replica_url(lab)}"
+    return Report(document, [note, replica_line(document["replica"])], tables=[table])
+
+
+def replica_state(lab: LocalLab, replicating: bool, say: Say) -> dict[str, Any]:
+    """Where the replica stands: its newest position, the tracker DB's last transaction as Litestream has it,
+    how far behind that leaves the replica (transactions, and seconds since it last moved when behind), and
+    Litestream's last error line."""
+    from toolkit.tracker import replica
+
+    read_error = None
+    url = replica_url(lab)
+    env = replica_env(url)
+    try:
+        newest = replica.newest(url, env)
+    except LabError as exc:
+        newest, read_error = None, exc.one_line()
+    config_file = lab.root / "replica.yml"
+    local_txid = replica.local_txids(config_file, env).get(replica.DBS[0]) if config_file.exists() else None
+    behind = None if local_txid is None else max(local_txid - (newest.txid if newest else 0), 0)
+    lag_s = None
+    if behind == 0:
+        lag_s = 0.0
+    elif behind and newest:
+        lag_s = round(newest.age_s, 1)
+    return {
+        "url": replica_url(lab),
+        "running": replicating,
+        "newest_txid": newest.txid if newest else None,
+        "newest_at": newest.at.isoformat() if newest else None,
+        "age_s": round(newest.age_s, 1) if newest else None,
+        "local_txid": local_txid,
+        "behind_txids": behind,
+        "lag_s": lag_s,
+        "last_error": _last_replica_error(lab.logs_dir / "replica.log") if replicating else None,
+        "read_error": read_error,
+    }
+
+
+def replica_line(state: dict[str, Any]) -> str:
+    """One line on the replica for `lab status`: where it stands, and loudly when it is failing or behind."""
+    url, behind = state["url"], state["behind_txids"]
+    if state["read_error"]:
+        pending = f"{behind} transactions not replicated; " if behind else ""
+        return f"replica: FAILING ({pending}retrying; the tracker is not affected): {state['read_error']}"
+    if state["newest_txid"] is None:
+        where = f"replica: nothing in {url} yet"
     else:
-        replicated = f"replica: nothing in {replica_url(lab)} yet"
-    return Report(document, [note, replicated], tables=[table])
+        where = f"replica: newest state {age(state['age_s'])} old (transaction {state['newest_txid']}) in {url}"
+    if not state["running"]:
+        return f"{where}; not replicating now (`lab up` starts it)"
+    if behind:
+        error = f"; last error: {state['last_error']}" if state["last_error"] else ""
+        return f"{where}; BEHIND by {behind} transactions (retrying){error}"
+    return f"{where}; caught up" if behind == 0 else where
+
+
+def _last_replica_error(log: Path) -> str | None:
+    """Litestream's last ERROR line in its log (read from the end), its message only."""
+    try:
+        with log.open("rb") as handle:
+            handle.seek(max(log.stat().st_size - REPLICA_LOG_TAIL_BYTES, 0))
+            tail = handle.read().decode(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(tail):
+        if "level=ERROR" in line:
+            message = line.split("msg=", 1)[-1]
+            return message[:200]
+    return None
 
 
 def _lab_backup(lab: LocalLab, ui: Ui) -> Report:
@@ -696,6 +762,13 @@ def _lab_restore(lab: LocalLab, request: RestoreRequest, ui: Ui) -> Report:
     if lab.mlflow_db.exists():
         kept = backups.take(lab.tracker_dir, lab.backups_dir, stack=lab.stack, reason="pre-restore")
         ui.say(f"kept the current DBs as backup {kept.manifest.id}")
+        if lab.bucket:
+            from toolkit.tracker import gcs
+
+            try:
+                ui.say(f"uploaded and verified: {gcs.upload(kept, lab.bucket, lab.stack)}")
+            except LabError as exc:
+                ui.say(f"warning: the kept DBs stay only here: {exc.one_line()}")
     install(lab, chosen, ui.say)
     return Report(
         {"stack": lab.stack, "restored": chosen.manifest.id},
@@ -704,13 +777,19 @@ def _lab_restore(lab: LocalLab, request: RestoreRequest, ui: Ui) -> Report:
 
 
 def _lab_down(lab: LocalLab, request: DownRequest, ui: Ui) -> Report:
+    """Nothing written before `down` is lost: MLflow stops taking writes first (Jupyter's kernels keep running,
+    and the MLflow client retries), the replica catches up with the DBs' last transaction, a final snapshot
+    is taken and verified, then the rest stops. A failed snapshot starts MLflow again as it was (exit 4)."""
     keeps_its_data(request)
     say = ui.say
-    up = [name for name in (JUPYTER, MLFLOW) if running(lab, name, say)]
+    tracker = running(lab, MLFLOW, say)
+    up = [name for name in (JUPYTER, MLFLOW, REPLICA) if running(lab, name, say)]
     if not up:
         return Report(
             {"stack": lab.stack, "stopped": [], "nothing_to_do": True}, ["nothing to do: the lab is not running"]
         )
+    stopped = stop_all(lab, say, only=(MLFLOW,))
+    caught_up = replica_catch_up(lab, say)
     made = None
     if lab.mlflow_db.exists():
         try:
@@ -720,10 +799,42 @@ def _lab_down(lab: LocalLab, request: DownRequest, ui: Ui) -> Report:
             made = exc.backup
             say(f"warning: {exc.one_line()}")
         except LabError as exc:
+            if tracker is not None and not request.force:
+                start_mlflow(lab, tracker.port, say)
+                raise LabError(
+                    f"the backup failed, so nothing was stopped (MLflow is running again): {exc.one_line()}",
+                    hint="fix that, or pass --force to stop without a backup",
+                    code=EXIT_BACKUP_FAILED,
+                ) from None
             backup_failed(exc, request, ui)
-    stopped = stop_all(lab, say)
-    document = {"stack": lab.stack, "stopped": stopped, "backup": str(made.path) if made else None}
-    return Report(document, [f"the lab is down ({', '.join(stopped)} stopped)"])
+    stopped += stop_all(lab, say)
+    document = {
+        "stack": lab.stack,
+        "stopped": sorted(stopped),
+        "backup": str(made.path) if made else None,
+        "replica_caught_up": caught_up,
+    }
+    return Report(document, [f"the lab is down ({', '.join(sorted(stopped))} stopped)"])
+
+
+def replica_catch_up(lab: LocalLab, say: Say) -> bool:
+    """Wait until the replica holds every transaction of the tracker's DBs (writes have stopped); False, said
+    as a warning, when it is not running or cannot: the snapshot that follows still holds them."""
+    from toolkit.tracker import replica
+
+    if running(lab, REPLICA, say) is None:
+        say("warning: the replica is not running, so only the snapshot keeps the last writes")
+        return False
+    try:
+        for name in replica.DBS:
+            db = lab.tracker_dir / name
+            if db.exists():
+                done = replica.catch_up(db, replica.socket_path(lab.run_dir), replica_env(replica_url(lab)))
+                say(f"replica caught up with {name} (transaction {done.replica_txid})")
+    except LabError as exc:
+        say(f"warning: {exc.one_line()}; the snapshot still holds every write")
+        return False
+    return True
 
 
 def _lab_sweep_place(lab: LocalLab, parallel: int | None, gpus: list[str] | None, ui: Ui) -> SweepPlace:

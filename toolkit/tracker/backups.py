@@ -50,6 +50,7 @@ CLOCK_SKEW = dt.timedelta(days=1)  # how far ahead of this machine's clock a bac
 # The checks a manifest may name: a snapshot gets the quick one (structure, pages, formats: an eighth of
 # the time on a 1 GiB DB), a restore the full one (also every index against its table).
 QUICK_CHECK = "quick_check"
+KEPT_FOR_THE_PERIOD = ("pre-restore",)  # reasons rotation keeps for lab:backupDays whatever the count
 FULL_CHECK = "integrity_check"
 CHECKS = (QUICK_CHECK, FULL_CHECK)
 
@@ -649,11 +650,19 @@ def find(backups_dir: Path, name: str) -> Backup:
 
 
 def rotate(backups_dir: Path, *, keep_last: int, keep_days: int, now: dt.datetime | None = None) -> list[Path]:
-    """Keep the newest `keep_last` backups, and the newest of each day for `keep_days` days. What `listing`
-    skips (not a backup of ours, a manifest that does not read) is never removed here."""
+    """Keep the newest `keep_last` backups, the newest of each day for `keep_days` days, and every backup a
+    restore took of what it replaced (reason `pre-restore`) for `keep_days` days. What `listing` skips (not a
+    backup of ours, a manifest that does not read) is never removed here."""
     moment = now or now_utc()
     backups = listing(backups_dir)
     keep = {b.path for b in backups[:keep_last]}
+    # What a restore replaced is kept for the whole period, whatever the count: it may be the only copy of
+    # the runs the restore undid.
+    keep |= {
+        b.path
+        for b in backups
+        if b.manifest.reason in KEPT_FOR_THE_PERIOD and (moment - b.manifest.created_at).days < max(keep_days, 1)
+    }
     seen_days: set[dt.date] = set()
     for item in backups:
         day = item.manifest.created_at.date()

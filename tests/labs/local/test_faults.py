@@ -264,7 +264,10 @@ def test_down_with_a_failing_backup_stops_nothing(lab, tracker, state, ports):
     blocker.write_text("not a folder")  # backups cannot be written
     ran = lab("down", "--local")
     assert ran.code == EXIT_BACKUP_FAILED, "a failed backup has its own exit code, as on gcp (README: exit codes)"
-    assert ran.err.strip().startswith("error: the backup failed, so nothing was stopped")
+    # down stopped MLflow's writes, then the backup failed: it says so last, after MLflow is answering again
+    said = ran.err.strip().splitlines()
+    assert said[-1].startswith("error: the backup failed, so nothing was stopped (MLflow is running again)"), said
+    assert "mlflow stopped" in said[0] and any(line.startswith("mlflow answered") for line in said), said
     assert json.loads(lab("status", "--local", "--json").out)["components"]["mlflow"]["state"] == "running"
     ran = lab("down", "--local", "--force")
     assert ran.code == 0, ran.err

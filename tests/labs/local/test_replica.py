@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import threading
@@ -19,6 +20,14 @@ mlflow = pytest.importorskip("mlflow")
 # Litestream syncs every second (toolkit.tracker.replica.SYNC_INTERVAL); on a loaded 2-core CI machine a sync
 # can be late, so a run confirmed this long before the kill must have survived it.
 SURVIVES_AFTER_S = 3.0
+
+
+@pytest.fixture(autouse=True)
+def no_client_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer's MLflow client fails at once when the server is killed, instead of retrying for minutes and
+    perhaps landing a late write on the restored tracker."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 
 def run_names(db: Path) -> list[str]:
@@ -64,8 +73,11 @@ def test_a_killed_tracker_comes_back_from_the_replica(lab, ports, state):
     def write() -> None:
         n = 0
         while not stop.is_set():
-            run = client.create_run(experiment, run_name=f"run-{n}")
-            client.log_metric(run.info.run_id, "loss", 1.0 / (n + 1))
+            try:
+                run = client.create_run(experiment, run_name=f"run-{n}")
+                client.log_metric(run.info.run_id, "loss", 1.0 / (n + 1))
+            except Exception:  # the server died under the call: that write was never confirmed
+                return
             confirmed.append((f"run-{n}", time.monotonic()))
             n += 1
 
@@ -76,6 +88,7 @@ def test_a_killed_tracker_comes_back_from_the_replica(lab, ports, state):
     kill_everything(state)  # while the writer is still writing
     stop.set()
     writer.join(timeout=30)
+    assert not writer.is_alive(), "the writer still waits on a server that was killed"
     lose_the_db(state)
 
     ran = lab("up", "--local", "--no-jupyter", "--port", ports["mlflow"])
@@ -148,3 +161,61 @@ def test_restore_at_refuses_bad_requests(lab, ports, state):
     assert ran.code == 1 and "either --at TIME or a backup" in ran.err
     # None of that stopped the tracker.
     assert json.loads(lab("status", "--local", "--json").out)["components"]["mlflow"]["state"] == "running"
+
+
+def test_down_stops_writes_then_the_replica_catches_up_then_the_snapshot(lab, ports, state):
+    assert lab("up", "--local", "--no-jupyter", "--port", ports["mlflow"]).code == 0
+    client = mlflow.MlflowClient(tracking_uri=f"http://127.0.0.1:{ports['mlflow']}")
+    experiment = client.create_experiment("down")
+    for n in range(20):  # written right before `down`, faster than a sync interval can ship them all
+        client.create_run(experiment, run_name=f"last-{n}")
+    ran = lab("down", "--local", "--json")
+    assert ran.code == 0, ran.err
+    assert json.loads(ran.out)["replica_caught_up"] is True
+    said = ran.err.splitlines()
+    order = [
+        next(i for i, line in enumerate(said) if line.startswith(prefix))
+        for prefix in ("mlflow stopped", "replica caught up with mlflow.db", "backup ", "replica stopped")
+    ]
+    assert order == sorted(order), ran.err
+    # Both keep every run: the snapshot, and the replica on its own (the DB and the snapshots lost).
+    newest = max(json.loads(m.read_text())["id"] for m in (state / "backups").glob("*/manifest.json"))
+    assert len(run_names(state / "backups" / newest / "mlflow.db")) == 20
+    lose_the_db(state)
+    shutil.rmtree(state / "backups")
+    ran = lab("up", "--local", "--no-jupyter", "--port", ports["mlflow"])
+    assert ran.code == 0 and "is the newest state" in ran.err, ran.err
+    assert len(run_names(state / "tracker" / "mlflow.db")) == 20
+    assert lab("down", "--local").code == 0
+
+
+def test_a_failing_replica_is_shown_and_never_stops_the_tracker(lab, ports, state):
+    assert lab("up", "--local", "--no-jupyter", "--port", ports["mlflow"]).code == 0
+    wait_for_replica(lab)
+    folder = state / "replica"
+    shutil.rmtree(folder)
+    folder.write_text("in the way")  # the replica cannot be written (as root, a mode would not stop it)
+    client = mlflow.MlflowClient(tracking_uri=f"http://127.0.0.1:{ports['mlflow']}")
+    experiment = client.create_experiment("meanwhile")
+    for n in range(5):
+        client.create_run(experiment, run_name=f"r{n}")  # the tracker keeps taking writes
+    time.sleep(3)
+    ran = lab("status", "--local", "--json")
+    assert ran.code == 0
+    replica = json.loads(ran.out)["replica"]
+    assert replica["running"] and replica["read_error"] and replica["behind_txids"] > 0, replica
+    shown = lab("status", "--local").out
+    assert "replica: FAILING (" in shown and "transactions not replicated; retrying" in shown
+
+    folder.unlink()  # the store is back: Litestream retries and catches up by itself
+    deadline = time.monotonic() + 30
+    while (replica := json.loads(lab("status", "--local", "--json").out)["replica"])["behind_txids"] != 0:
+        assert time.monotonic() < deadline, f"the replica did not catch up: {replica}"
+        time.sleep(1)
+    assert "caught up" in lab("status", "--local").out
+    assert lab("down", "--local").code == 0
+    kill_everything(state)
+    lose_the_db(state)
+    shutil.rmtree(state / "backups")
+    assert lab("up", "--local", "--no-jupyter", "--port", ports["mlflow"]).code == 0
+    assert sorted(run_names(state / "tracker" / "mlflow.db")) == [f"r{n}" for n in range(5)]
