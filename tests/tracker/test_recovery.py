@@ -283,3 +283,24 @@ def test_status_says_when_the_replica_cannot_be_read(tmp_path):
     replica = json.loads(ran.stdout)["replica"]
     assert replica["url"] == "gs://lab-no-such-bucket/replica/dev" and replica["newest_txid"] is None
     assert replica["error"]
+
+
+def test_replica_catch_up_waits_for_the_last_write_and_fails_without_litestream(tmp_path, current_db):
+    # `lab down` on ssh/gcp, once MLflow stopped taking writes: the agent asks the unit's Litestream, through the
+    # control socket `replicate` gave it (beside its configuration), to ship the DBs' last transaction.
+    data = a_tracker(tmp_path / "srv", current_db)
+    url = f"file://{tmp_path / 'replica'}"
+    config = str(data / "litestream.yml")
+    with replicating(data, url):
+        wait_for_replica(url, None)
+        for n in range(20):
+            mark(data, f"write {n}")
+        ran = agent("replica-catch-up", "--data", str(data), "--config", config)
+        assert ran.returncode == 0, ran.stderr
+        answer = json.loads(ran.stdout)
+        assert answer["caught_up"] is True and set(answer["dbs"]) == {"mlflow.db"}
+        position = answer["dbs"]["mlflow.db"]
+        assert position["replica_txid"] == position["txid"] > 1
+        assert replica_txid(url) == position["txid"]  # at once, not a second later
+    gone = agent("replica-catch-up", "--data", str(data), "--config", config)
+    assert gone.returncode == 1 and gone.stderr.startswith("error: the replica did not catch up with mlflow.db")

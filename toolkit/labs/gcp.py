@@ -248,10 +248,12 @@ def teardown(
     """Stop the GPU spend, keep the tracker's history, then destroy. None when there is nothing to destroy.
 
     1. The workers go first (a targeted destroy): they hold no state, and they are what costs.
-    2. A verified backup of the tracker: `backup(outputs)` takes it over SSH and returns its folder here
-       (None when there is no tracker). When SSH cannot reach the tracker (a scheduled `lab down` on a machine
-       outside lab:allowedSshCidrs), `stop_tracker(outputs)` stops the tracker VM instead; its shutdown unit
-       takes a final backup and uploads it to the bucket, where it is found, downloaded and verified here.
+    2. A verified backup of the tracker: `backup(outputs)` takes it over SSH once MLflow and the Optuna proxy
+       stopped taking writes and the replica caught up, and returns its folder here (None when there is no
+       tracker); when it fails, it starts them again before raising, unless `force`. When SSH cannot reach the
+       tracker (a scheduled `lab down` on a machine outside lab:allowedSshCidrs), `stop_tracker(outputs)` stops
+       the tracker VM instead; its shutdown unit takes a final backup and uploads it to the bucket, where it is
+       found, downloaded and verified here.
     3. The rest is destroyed. If no verified backup could be had, the tracker and its data disk stay
        (EXIT_BACKUP_FAILED), unless `force`.
     """
@@ -604,7 +606,8 @@ def _provision(lab: GcpLab, request: UpRequest, ui: Ui) -> dict[str, float] | Re
 
 
 def _down(lab: GcpLab, request: DownRequest, ui: Ui) -> Report:
-    """`lab down` on gcp: the workers, a verified backup (over SSH, or the tracker's own as it stops), the rest."""
+    """`lab down` on gcp: the workers, then (over SSH) MLflow and the Optuna proxy stop taking writes, the replica
+    catches up and a verified backup is taken (or, without SSH, the tracker's own as it stops), then the rest."""
     from toolkit.labs import ssh as remote_lab
 
     settings, say = lab.settings, ui.say
@@ -615,11 +618,16 @@ def _down(lab: GcpLab, request: DownRequest, ui: Ui) -> Report:
         if not ui.yes and not ui.confirm(f"Really delete gs://{bucket}? This cannot be undone"):
             raise LabError("nothing was destroyed: deleting the data was not confirmed twice")
 
+    caught_up: list[bool] = []
+
     def backup(outputs: dict[str, Any]) -> Path | None:
+        """MLflow and the Optuna proxy stop taking writes, the replica catches up, a verified backup; when it fails,
+        they run again (teardown then destroys nothing more), unless --force (everything goes anyway)."""
         if not outputs.get("tracker_external_ip"):
             say("no tracker in the Pulumi state: nothing to back up")
             return None
-        made, _ = remote_lab.backup(lab.on_hosts, reason="down", say=say)
+        made, replica_caught_up = remote_lab.down_backup(lab.on_hosts, say=say, restart=not request.force)
+        caught_up.append(replica_caught_up)
         return made.path
 
     def stop_tracker(outputs: dict[str, Any]) -> None:
@@ -656,6 +664,7 @@ def _down(lab: GcpLab, request: DownRequest, ui: Ui) -> Report:
         "backup": str(done.backup) if done.backup else None,
         "bucket_deleted": done.bucket_deleted,
         "backup_by": done.backup_by if done.backup else None,
+        "replica_caught_up": bool(caught_up and caught_up[-1]),
         "leftovers": done.leftovers,
         "leftovers_checked": bool(done.leftover_check is None or done.leftover_check.checked),
         "stages_s": {k: round(v, 1) for k, v in done.stages.items()},

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from toolkit.config import paths, schema, stack, stack_init
-from toolkit.errors import LabError
+from toolkit.errors import EXIT_BACKUP_FAILED, LabError
 from toolkit.hosts import configure
 from toolkit.hosts import ssh as remote
 from toolkit.labs import local as local_lab
@@ -56,6 +56,7 @@ UNDONE = "pre-restore"  # a restore's copy of what it replaced: never restored o
 RESTORE_TASK = "Restore the newest of the replica and the backups as the tracker's DBs"
 WORKER_UNITS = ("lab-jupyter.service", "lab-idle.timer")
 AGENT_TIMEOUT_S = 1800
+REPLICA_CATCH_UP_TIMEOUT_S = 240  # the agent's wait: toolkit.tracker.replica.CATCH_UP_TIMEOUT_S per DB, and SSH
 TOKEN_FILE_PREFIX = "jupyter_token."  # noqa: S105 -- a file name: secrets/jupyter_token.<worker>
 
 Say = Callable[[str], None]
@@ -953,23 +954,106 @@ def describe_replica(replica: dict[str, Any]) -> str:
 
 
 def stop_lab(lab: SshLab, request: DownRequest, ui: Ui) -> Report:
-    """`lab down` of the ssh target: a verified backup, then the lab's services stop; the machines stay."""
+    """`lab down` of the ssh target: nothing written before it is lost (`down_backup`), then the lab's services
+    stop; the machines stay."""
     from toolkit.hosts import configure
 
     keeps_its_data(request)
     made = None
+    caught_up = False
     try:
-        made, _ = backup(lab, reason="down", say=ui.say)
+        made, caught_up = down_backup(lab, say=ui.say, restart=not request.force)
+    except ServingAgain as exc:
+        raise LabError(
+            "the backup failed, so nothing was stopped (MLflow and the Optuna proxy are running again): "
+            + exc.cause.one_line(),
+            hint="fix that, or pass --force to stop without a backup",
+            code=EXIT_BACKUP_FAILED,
+        ) from None
     except LabError as exc:
+        if exc.code == EXIT_BACKUP_FAILED:
+            raise  # MLflow, stopped for the backup, could not be started again: it says so
         backup_failed(exc, request, ui)
     with ui.live() as show:
         report = stop_services(lab, ui.say, lambda r: show(configure.table(r)))
-    document = {"backup": str(made.path) if made else None, "stopped_on": sorted(report.hosts) if report else []}
+    document = {
+        "backup": str(made.path) if made else None,
+        "replica_caught_up": caught_up,
+        "stopped_on": sorted(report.hosts) if report else [],
+    }
     where = ", ".join(report.hosts) if report else "no host answered"
     lines = [f"the lab's services are stopped ({where}); the machines stay as they were"]
     if made:
         lines.append(f"backup {made.manifest.id} verified: {made.path}")
+    if not caught_up:
+        lines.append("the replica did not catch up (see above): the backup holds the last writes")
     return Report(document, lines)
+
+
+class ServingAgain(LabError):
+    """`lab down`'s backup failed, and MLflow and the Optuna proxy, stopped for it, run again; `cause` is why."""
+
+    def __init__(self, cause: LabError) -> None:
+        self.cause = cause
+        super().__init__(f"{cause.one_line()} (MLflow and the Optuna proxy are running again)")
+
+
+def down_backup(lab: SshLab, *, say: Say, restart: bool) -> tuple[backups.Backup, bool]:
+    """What `lab down` keeps before anything goes, in this order: MLflow and the Optuna proxy stop taking writes
+    (root, through the SSH user's passwordless sudo, as the playbooks' become); the replica catches up with the
+    DBs' last transaction (when it cannot, a warning: the snapshot holds them); a backup is taken on the tracker,
+    downloaded and verified here. Returns it and whether the replica caught up.
+
+    When the backup fails, `restart` starts MLflow and the proxy again and raises `ServingAgain`; without it (a
+    forced down) they stay stopped and the backup's error is raised as it is. A tracker that cannot be reached is
+    its connection error as it is (gcp's teardown then has the VM back itself up as it stops)."""
+    states = units_state(lab, lab.tracker)
+    serving = [unit for unit in SERVING if states.get(unit) == "active"]
+    try:
+        if serving:
+            remote.run(lab.access, lab.tracker, ["sudo", "-n", "systemctl", "stop", *serving])
+            say(f"MLflow and the Optuna proxy stopped taking writes on {lab.tracker.name}")
+        caught_up = replica_catch_up(lab, running=states.get(REPLICA_UNIT) == "active", say=say)
+        made, _ = backup(lab, reason="down", say=say)
+    except remote.Unreachable:
+        raise
+    except LabError as exc:
+        if not restart or not serving:
+            raise
+        try:
+            remote.run(lab.access, lab.tracker, ["sudo", "-n", "systemctl", "start", *serving])
+        except LabError as again:
+            raise LabError(
+                f"the backup failed ({exc.one_line()}), and MLflow could not be started again: {again.one_line()}",
+                hint="`lab up` starts it again",
+                code=EXIT_BACKUP_FAILED,
+            ) from None
+        raise ServingAgain(exc) from None
+    return made, caught_up
+
+
+def replica_catch_up(lab: SshLab, *, running: bool, say: Say) -> bool:
+    """Once writes have stopped: wait until the tracker's replica holds each DB's last transaction (the agent's
+    `replica-catch-up`). False, said as a warning, when Litestream is not running or cannot catch up: the
+    snapshot that follows still holds every write."""
+    if not running:
+        say("warning: the replica is not running on the tracker, so only the snapshot keeps the last writes")
+        return False
+    try:
+        answer = json.loads(agent(lab, "replica-catch-up", timeout=REPLICA_CATCH_UP_TIMEOUT_S))
+    except (LabError, ValueError) as exc:
+        why = exc.one_line() if isinstance(exc, LabError) else f"an answer that is not JSON ({exc})"
+        say(f"warning: the replica did not catch up ({why}); the snapshot still holds every write")
+        return False
+    dbs = answer.get("dbs") if isinstance(answer, dict) and answer.get("caught_up") is True else None
+    if not isinstance(dbs, dict):
+        shown = str(answer)[:80]
+        say(f"warning: the replica did not catch up (the tracker answered {shown}); the snapshot still holds them")
+        return False
+    for name, position in sorted(dbs.items()):
+        txid = position.get("replica_txid") if isinstance(position, dict) else None
+        say(f"replica caught up with {name} (transaction {txid})")
+    return True
 
 
 def sweep_place(

@@ -12,8 +12,12 @@ proxy) and google-cloud-storage (bucket uploads) where those commands are used.
   restore           --data D --from DIR       keep the current DBs as a backup, then restore DIR
   replica-snapshot  --data D --replica URL [--at TIME] [--stack S]
                     (JSON) the replica's DBs (newest, or as they were at TIME) as a verified backup here
-  replicate         --data D --settings FILE --config FILE
-                    Litestream in the foreground (lab-replica.service), configured from the role's settings
+  replicate         --data D --settings FILE [--config FILE]
+                    Litestream in the foreground (lab-replica.service), configured from the role's settings,
+                    its control socket beside FILE (in the unit's runtime folder, /run/lab-replica)
+  replica-catch-up  --data D [--config FILE]
+                    (JSON) once writes have stopped (`lab down`): wait until the running Litestream's replica
+                    holds each DB's last transaction
   optuna-proxy      --data D --host H --port P
   status            --data D [--replica URL]  (JSON) the DBs, the newest backup, the last restore, the replica
 
@@ -47,6 +51,9 @@ TRACKER = "tracker"
 BACKUPS = "backups"
 ARTIFACTS = "artifacts"
 ENV_FILE = Path("/etc/lab/tracker.env")
+# Where lab-replica.service has the agent write Litestream's configuration: its RuntimeDirectory, owned by the
+# tracker's user (0700), which also holds the control socket and goes away when the unit stops.
+REPLICA_CONFIG = "/run/lab-replica/litestream.yml"
 
 
 def _say(message: str) -> None:
@@ -145,6 +152,7 @@ def _replicate(args: argparse.Namespace) -> int:
         str(settings["url"]),
         retention_days=int(settings["retention_days"]),
         addr=str(settings["addr"]),
+        socket=replica_socket(Path(args.config)),
     )
     config_file = Path(args.config)
     config_file.write_text(text)
@@ -152,6 +160,29 @@ def _replicate(args: argparse.Namespace) -> int:
     _say(f"replicating {Path(args.data) / TRACKER} to {settings['url']}")
     os.execve(argv[0], argv, replica_env())  # noqa: S606 -- the unit's process becomes Litestream
     return 0  # not reached
+
+
+def replica_socket(config_file: Path) -> Path:
+    """Litestream's control socket: beside its configuration (`replicate` and `replica-catch-up` agree on it)."""
+    from toolkit.tracker import replica
+
+    return replica.socket_path(config_file.parent)
+
+
+def _replica_catch_up(args: argparse.Namespace) -> int:
+    """Ask the running Litestream to ship every DB's last transaction and wait until the replica holds it (a
+    LabError when it is not running, cannot reach its replica, or stays behind)."""
+    from toolkit.tracker import replica
+
+    socket = replica_socket(Path(args.config))
+    dbs: dict[str, dict[str, int]] = {}
+    for name in replica.DBS:
+        db = Path(args.data) / TRACKER / name
+        if db.exists():
+            done = replica.catch_up(db, socket, replica_env())
+            dbs[name] = {"txid": done.txid, "replica_txid": done.replica_txid}
+    print(json.dumps({"caught_up": True, "dbs": dbs}))
+    return 0
 
 
 def _restore(args: argparse.Namespace) -> int:
@@ -249,7 +280,9 @@ def parser() -> argparse.ArgumentParser:
     snapshot.add_argument("--at", default="", help="a moment (ISO 8601, UTC when it has no zone)")
     replicate = command("replicate", _replicate)
     replicate.add_argument("--settings", required=True, help="the role's replica settings (JSON: url, ...)")
-    replicate.add_argument("--config", required=True, help="where Litestream's configuration is written")
+    replicate.add_argument("--config", default=REPLICA_CONFIG, help="where Litestream's configuration is written")
+    catch_up = command("replica-catch-up", _replica_catch_up)
+    catch_up.add_argument("--config", default=REPLICA_CONFIG, help="the running Litestream's configuration")
     proxy = command("optuna-proxy", _optuna_proxy)
     proxy.add_argument("--host", default="127.0.0.1")
     proxy.add_argument("--port", type=int, default=5001)

@@ -5,7 +5,9 @@ The crash test: runs are logged through MLflow (over an SSH forward, as `lab tun
 is powered off hard at a random moment (every process in it SIGKILLed at once: no unit stops, no final backup, no
 last sync), its DB deleted while it is off, and the host booted again. MLflow must not start on an empty DB at
 boot, and `lab up` must bring back the replica's state: no run acknowledged >= 3 s before the crash may be
-missing. Then `lab restore --at` undoes a run, and `lab down` leaves the replica holding the last write.
+missing. Then `lab restore --at` undoes a run. `lab down` stops MLflow and the Optuna proxy first, lets the replica
+catch up, then takes its backup: one that fails starts them again, and one under writes keeps every run MLflow
+acknowledged, in the backup and in the replica alike.
 
 Without a bucket the replica is a folder on the tracker (file:///srv/lab/replica): it outlives a lost DB (the
 host's disk does), not a lost host.
@@ -18,6 +20,7 @@ import datetime as dt
 import json
 import os
 import random
+import sqlite3
 import subprocess
 import threading
 import time
@@ -29,18 +32,21 @@ import pytest
 
 from tests.conftest import LAB, free_port
 from tests.hosts.vmhosts import SSH_OPTIONS
+from toolkit.errors import EXIT_BACKUP_FAILED
 
 pytestmark = pytest.mark.hosts
 
 mlflow = pytest.importorskip("mlflow")
 
 REPLICA = "file:///srv/lab/replica"
-RUN_NAMES = """
+RUNS_QUERY = (
+    "SELECT runs.name FROM runs JOIN experiments USING (experiment_id) WHERE experiments.name = ?"
+    " ORDER BY runs.start_time"
+)
+RUN_NAMES = f"""
 import sqlite3, sys
-query = ("SELECT runs.name FROM runs JOIN experiments USING (experiment_id) WHERE experiments.name = ?"
-         " ORDER BY runs.start_time")
 with sqlite3.connect(sys.argv[1]) as conn:
-    print("\\n".join(row[0] for row in conn.execute(query, (sys.argv[2],))))
+    print("\\n".join(row[0] for row in conn.execute({RUNS_QUERY!r}, (sys.argv[2],))))
 """
 # Litestream ships every second (toolkit.tracker.replica.SYNC_INTERVAL); a loaded 2-core CI machine runs the
 # host too, so a run acknowledged this long before the crash must have reached the replica.
@@ -257,18 +263,79 @@ def test_restore_at_a_moment_undoes_what_came_after(site):
     assert '"reason": "pre-restore"' in reasons
 
 
-def test_down_leaves_the_replica_holding_the_last_write(site):
+def test_a_down_whose_backup_fails_leaves_mlflow_and_the_proxy_serving(site):
+    # `lab down` stops MLflow and the Optuna proxy before its backup; a backup that fails starts them again.
+    assert site.on("chmod 0500 /srv/lab/backups").returncode == 0  # the tracker cannot write its backups
+    try:
+        ran = site.lab("down")
+    finally:
+        site.on("chmod 0750 /srv/lab/backups")
+    assert ran.returncode == EXIT_BACKUP_FAILED, ran.stderr[-3000:]
+    assert "the backup failed, so nothing was stopped (MLflow and the Optuna proxy are running again)" in ran.stderr, (
+        ran.stderr[-3000:]
+    )
+    assert "MLflow and the Optuna proxy stopped taking writes" in ran.stdout + ran.stderr
+    for unit in ("lab-mlflow.service", "lab-optuna.service", "lab-replica.service"):
+        assert site.on(f"systemctl is-active {unit}").stdout.strip() == "active", f"{unit} is not running"
+    with mlflow_client(site) as client:  # and MLflow takes writes again
+        client.create_run(client.create_experiment("after-a-failed-down"))  # type: ignore[attr-defined]
+
+
+def names_in(db: Path, experiment: str) -> list[str]:
+    """The runs of one experiment in an MLflow DB on this machine."""
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return [row[0] for row in conn.execute(RUNS_QUERY, (experiment,))]
+
+
+def test_down_keeps_every_write_mlflow_acknowledged_and_the_replica_catches_up(site):
+    # A writer logs runs through MLflow until `lab down` returns. Down stops MLflow and the Optuna proxy first,
+    # lets the replica catch up, then takes its backup: every run MLflow acknowledged is in that backup, and the
+    # replica holds the same last transaction. (Taken while MLflow still ran, the backup would miss the runs
+    # acknowledged between it and the stop.)
+    acknowledged: list[str] = []
+    refused: list[float] = []
     with mlflow_client(site) as client:
-        experiment = client.create_experiment("last-write")  # type: ignore[attr-defined]
-        client.create_run(experiment, run_name="the last one")  # type: ignore[attr-defined]
-    down = site.json_of("down")
-    assert site.on("systemctl is-active lab-replica.service").stdout.strip() != "active"
+        experiment = client.create_experiment("until-down")  # type: ignore[attr-defined]
+        stop = threading.Event()
+
+        def write() -> None:
+            n = 0
+            while not stop.is_set():
+                try:
+                    client.create_run(experiment, run_name=f"run-{n}")  # type: ignore[attr-defined]
+                except Exception:
+                    refused.append(time.monotonic())  # MLflow stopped taking writes: not acknowledged
+                    time.sleep(0.1)
+                    continue
+                acknowledged.append(f"run-{n}")
+                n += 1
+
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
+        time.sleep(3)
+        started = time.monotonic()
+        ran = site.lab("down", "--json")
+        took = time.monotonic() - started
+        stop.set()
+        writer.join(timeout=60)
+    assert ran.returncode == 0, f"exit {ran.returncode}\n{ran.stdout}\n{ran.stderr[-3000:]}"
+    down = json.loads(ran.stdout)
+    assert len(acknowledged) >= 5 and refused, f"{len(acknowledged)} runs, {len(refused)} refusals: nothing tested"
+    kept = names_in(Path(down["backup"], "mlflow.db"), "until-down")
+    missing = [name for name in acknowledged if name not in kept]
+    assert not missing, f"{len(missing)} of {len(acknowledged)} acknowledged runs are not in the backup: {missing[:5]}"
+    assert down["replica_caught_up"] is True, ran.stderr[-3000:]
+    assert "replica caught up with mlflow.db" in ran.stderr
+    for unit in ("lab-mlflow.service", "lab-optuna.service", "lab-replica.service"):
+        assert site.on(f"systemctl is-active {unit}").stdout.strip() != "active", unit
+
+    # The replica holds what the backup holds: the same runs, up to the last one acknowledged.
     restored = site.on(
         "rm -f /tmp/replica-check.db* && "
         f"/opt/lab/venv/bin/litestream restore -o /tmp/replica-check.db {REPLICA}/mlflow.db"
     )
     assert restored.returncode == 0, restored.stderr
-    assert site.run_names("last-write", "/tmp/replica-check.db") == ["the last one"]
+    assert site.run_names("until-down", "/tmp/replica-check.db") == kept
     manifest = json.loads(Path(down["backup"], "manifest.json").read_text())
     runs = next(f for f in manifest["files"] if f["name"] == "mlflow.db")["counts"]["runs"]
     counted = site.on(
@@ -276,3 +343,4 @@ def test_down_leaves_the_replica_holding_the_last_write(site):
         ".execute('SELECT count(*) FROM runs').fetchone()[0])\""
     )
     assert int(counted.stdout.strip()) == runs, "the replica should hold what the final backup holds"
+    print(f"`lab down` under writes: {len(acknowledged)} runs acknowledged, all kept; down took {took:.1f} s")

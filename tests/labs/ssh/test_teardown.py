@@ -33,7 +33,7 @@ import pytest
 
 from tests.conftest import LAB, free_port
 from tests.gcp.pulumi_fakes import gcp_settings, write_checkpoint
-from toolkit.errors import EXIT_BACKUP_FAILED
+from toolkit.errors import EXIT_BACKUP_FAILED, LabError
 from toolkit.gcp import pulumi_state
 from toolkit.labs import gcp as gcp_lab
 from toolkit.labs import ssh as remote_lab
@@ -175,8 +175,8 @@ def gcp_teardown(site: Tracker, lab: remote_lab.SshLab, monkeypatch, **options) 
     engine = RecordingEngine(backend)
     said: list[str] = []
 
-    def backup(outputs):
-        made, _ = remote_lab.backup(lab, reason="down", say=said.append)
+    def backup(outputs):  # as gcp's `lab down` has it: writes stop, the replica catches up, then the backup
+        made, _ = remote_lab.down_backup(lab, say=said.append, restart=not options.get("force"))
         return made.path
 
     started = time.monotonic()
@@ -189,10 +189,18 @@ def gcp_teardown(site: Tracker, lab: remote_lab.SshLab, monkeypatch, **options) 
 def test_gcp_down_backs_the_tracker_up_over_ssh_after_the_workers_are_gone(tracker, monkeypatch):
     monkeypatch.setenv("LAB_HOME", str(tracker.home))
     lab = remote_lab.open_lab(str(tracker.stack), "ssh")
-    done, calls, said, took = gcp_teardown(tracker, lab, monkeypatch)
+    try:
+        done, calls, said, took = gcp_teardown(tracker, lab, monkeypatch)
+    finally:  # the recording engine destroyed no VM: the tracker serves again for the tests that follow
+        tracker.on("systemctl start lab-mlflow.service lab-optuna.service")
     assert calls == ["destroy workers", "destroy"], said
     assert done.backup_by == "ssh" and runs_in(done.backup) == RUNS
-    print(f"gcp down with SSH: {took:.1f} s to a verified backup")
+    # Writes stop, then the replica (the bucket's) catches up or says why not, then the backup is taken.
+    stopped = said.index("MLflow and the Optuna proxy stopped taking writes on tracker")
+    replica = next(i for i, line in enumerate(said) if "caught up with" in line or "did not catch up" in line)
+    backed_up = next(i for i, line in enumerate(said) if line.endswith("downloaded and verified"))
+    assert stopped < replica < backed_up, said
+    print(f"gcp down with SSH: {took:.1f} s to a verified backup; {said[replica]}")
 
 
 def test_ssh_down_whose_backup_fails_stops_nothing_and_exits_4(tracker):
@@ -200,10 +208,31 @@ def test_ssh_down_whose_backup_fails_stops_nothing_and_exits_4(tracker):
     try:
         ran = tracker.lab("down")
         assert ran.returncode == EXIT_BACKUP_FAILED, ran.stderr
-        assert "the backup failed, so nothing was stopped" in ran.stderr
-        assert tracker.on("systemctl is-active lab-mlflow.service").stdout.strip() == "active"
+        assert "the backup failed, so nothing was stopped (MLflow and the Optuna proxy are running again)" in ran.stderr
+        for unit in ("lab-mlflow.service", "lab-optuna.service"):
+            assert tracker.on(f"systemctl is-active {unit}").stdout.strip() == "active", unit
     finally:
         tracker.on("chmod 0750 /srv/lab/backups")
+
+
+def test_gcp_down_whose_backup_fails_keeps_the_tracker_serving(tracker, monkeypatch):
+    # MLflow and the Optuna proxy stop taking writes before the backup; it fails, so they start again and only
+    # the workers (which hold nothing) are gone.
+    monkeypatch.setenv("LAB_HOME", str(tracker.home))
+    lab = remote_lab.open_lab(str(tracker.stack), "ssh")
+    assert tracker.on("chmod 0500 /srv/lab/backups").returncode == 0
+    try:
+        with pytest.raises(LabError) as raised:
+            gcp_teardown(tracker, lab, monkeypatch)
+    finally:
+        tracker.on("chmod 0750 /srv/lab/backups")
+    assert raised.value.code == EXIT_BACKUP_FAILED
+    assert "the tracker was not destroyed" in raised.value.message
+    assert "(MLflow and the Optuna proxy are running again)" in raised.value.message
+    state = pulumi_state.read(f"file://{tracker.home / 'pulumi'}", "dev")
+    assert state is not None and sorted(r.name for r in state.cloud_resources) == ["tracker", "tracker-data"]
+    for unit in ("lab-mlflow.service", "lab-optuna.service", "lab-replica.service"):
+        assert tracker.on(f"systemctl is-active {unit}").stdout.strip() == "active", unit
 
 
 def test_ssh_restore_puts_back_what_the_backup_held(tracker):
