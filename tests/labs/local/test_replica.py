@@ -17,9 +17,10 @@ import pytest
 
 mlflow = pytest.importorskip("mlflow")
 
-# Litestream syncs every second (toolkit.tracker.replica.SYNC_INTERVAL); on a loaded 2-core CI machine a sync
-# can be late, so a run confirmed this long before the kill must have survived it.
-SURVIVES_AFTER_S = 3.0
+# Litestream syncs every 250 ms (toolkit.tracker.replica.SYNC_INTERVAL); the promise is about a second, and on
+# a loaded 2-core CI machine a sync can be late (benchmarks/replication.py: worst 1.08 s), so a run confirmed
+# this long before the kill must have survived it.
+SURVIVES_AFTER_S = 1.5
 
 
 @pytest.fixture(autouse=True)

@@ -39,9 +39,10 @@ mlflow = pytest.importorskip("mlflow")
 storage = pytest.importorskip("google.cloud.storage")
 boto3 = pytest.importorskip("boto3")
 
-# Litestream syncs every second (toolkit.tracker.replica.SYNC_INTERVAL); a sync on a loaded 2-core CI machine can
-# be late, so a run confirmed this long before the kill must have survived it (as in test_replica.py).
-SURVIVES_AFTER_S = 3.0
+# Litestream syncs every 250 ms (toolkit.tracker.replica.SYNC_INTERVAL); the promise is about a second, and on
+# a loaded 2-core CI machine a sync can be late (benchmarks/replication.py: worst 1.08 s), so a run confirmed
+# this long before the kill must have survived it.
+SURVIVES_AFTER_S = 1.5
 GS_BUCKET = "lab-replica-gs"
 S3_BUCKET = "lab-replica-s3"
 # moto accepts any key pair; Litestream must still be handed one (it reads no ~/.aws here).
