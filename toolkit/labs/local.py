@@ -378,6 +378,8 @@ def start_replica(lab: LocalLab, say: Say) -> services.Record:
     if running_now is not None:
         return running_now
     port = _free_port()
+    if replica.follow(lab.tracker_dir, replica_url(lab)):
+        say(f"the replica moved to {replica_url(lab)}: it starts there from a snapshot of the tracker's DBs")
     config_file = lab.root / "replica.yml"
     config_file.write_text(
         replica.config(

@@ -147,6 +147,8 @@ def _replicate(args: argparse.Namespace) -> int:
     from toolkit.tracker import replica
 
     settings = json.loads(Path(args.settings).read_text())
+    if replica.follow(Path(args.data) / TRACKER, str(settings["url"])):
+        _say(f"the replica moved to {settings['url']}: it starts there from a snapshot of the tracker's DBs")
     text = replica.config(
         Path(args.data) / TRACKER,
         str(settings["url"]),

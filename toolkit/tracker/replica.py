@@ -161,6 +161,27 @@ def config(tracker_dir: Path, replica: str, *, retention_days: int, addr: str, s
     return json.dumps(document, indent=2) + "\n"
 
 
+URL_MARK = ".lab-replica-url"  # in the tracker's folder: the replica Litestream's local state belongs to
+
+
+def follow(tracker_dir: Path, url: str) -> bool:
+    """Before Litestream starts: when the tracker's DBs were last replicated to another replica than `url`
+    (`lab:replica` changed), forget Litestream's local state (`.<db>-litestream/`), so that it starts the new
+    replica with a snapshot. Kept, that state is ahead of the new, empty replica and refers to LTX files its
+    retention has already removed ("open ltx file .../ltx/0/...: no such file or directory"): the new replica
+    never catches up. True when the state was reset."""
+    mark = tracker_dir / URL_MARK
+    before = mark.read_text(encoding="utf-8").strip() if mark.is_file() else None
+    reset = before is not None and before != url
+    if reset:
+        for name in DBS:
+            shutil.rmtree(tracker_dir / f".{name}-litestream", ignore_errors=True)
+    if before != url:
+        tracker_dir.mkdir(parents=True, exist_ok=True)
+        mark.write_text(url + "\n", encoding="utf-8")
+    return reset
+
+
 def socket_path(run_dir: Path) -> Path:
     """The control socket's path: in the stack's run folder, or (past the 107 bytes a Unix socket path may
     have) a private name under the temporary folder."""

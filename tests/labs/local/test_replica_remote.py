@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -273,3 +274,53 @@ def test_s3_replica_on_an_s3_compatible_store_brings_back_a_killed_tracker(lab, 
         assert_confirmed_runs_survived(state / "tracker" / "mlflow.db", confirmed, killed_at)
     finally:
         lab("down", "--stack", str(stack), "--yes", env=env, timeout=180)
+
+
+def test_a_replica_moved_to_an_empty_store_starts_there_and_catches_up(lab, ports, isolated):
+    """lab:replica changed (a new bucket, a wiped store): Litestream's local state (`.mlflow.db-litestream/`)
+    is ahead of the new, empty replica and names LTX files its 5-minute L0 retention has removed by then
+    (deleted here by hand, as that retention does). Kept, the new replica never catches up ("open ltx file
+    .../ltx/0/0000000000000001-0000000000000001.ltx: no such file or directory", seen on a tracker host whose
+    replica moved from file:// to gs://); the lab starts the new replica from a snapshot instead."""
+    first, second = isolated / "replica-a", isolated / "replica-b"
+    stack = stack_file(isolated, "moved", replica=f"file://{first}")
+    state = isolated / ".lab" / "stacks" / "moved"
+    up = ("up", "--stack", str(stack), "--no-jupyter", "--port", ports["mlflow"])
+    client = mlflow.MlflowClient(tracking_uri=f"http://127.0.0.1:{ports['mlflow']}")
+    try:
+        assert lab(*up, timeout=180).code == 0
+        snapshot = wait_for_replica(lab, stack, {})
+        experiment = client.create_experiment("before-the-move")
+        for n in range(3):
+            client.create_run(experiment, run_name=f"before-{n}")
+        wait_for_replica(lab, stack, {}, txid_after=snapshot)  # L0 files after the first snapshot
+        assert lab("down", "--stack", str(stack), timeout=180).code == 0
+        removed = list((state / "tracker" / ".mlflow.db-litestream").rglob("0000000000000001-0000000000000001.ltx"))
+        assert removed, "Litestream's local state has no first L0 file to lose"
+        for path in removed:
+            path.unlink()
+
+        stack_file(isolated, "moved", replica=f"file://{second}")
+        ran = lab(*up, timeout=180)
+        assert ran.code == 0, ran.err
+        assert f"the replica moved to file://{second}" in ran.err
+        experiment = client.create_experiment("after-the-move")
+        for n in range(3):
+            client.create_run(experiment, run_name=f"after-{n}")
+        deadline = time.monotonic() + 30
+        while (now := status(lab, stack, {})["replica"])["behind_txids"] != 0 or now["newest_txid"] is None:
+            assert time.monotonic() < deadline, f"the moved replica did not catch up: {now}"
+            time.sleep(0.5)
+        assert now["last_error"] is None, now
+
+        kill_everything(state)  # the new replica alone brings back everything, from before the move too
+        lose_the_db(state)
+        shutil.rmtree(state / "backups")
+        ran = lab(*up, timeout=180)
+        assert ran.code == 0 and "is the newest state" in ran.err, ran.err
+        assert sorted(run_names(state / "tracker" / "mlflow.db")) == [
+            *(f"after-{n}" for n in range(3)),
+            *(f"before-{n}" for n in range(3)),
+        ]
+    finally:
+        lab("down", "--stack", str(stack), "--force", timeout=180)
