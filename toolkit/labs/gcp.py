@@ -617,6 +617,11 @@ def _down(lab: GcpLab, request: DownRequest, ui: Ui) -> Report:
             raise LabError("nothing was destroyed: deleting the data was not confirmed")
         if not ui.yes and not ui.confirm(f"Really delete gs://{bucket}? This cannot be undone"):
             raise LabError("nothing was destroyed: deleting the data was not confirmed twice")
+    from toolkit.sweeps import dispatch as sweeps
+
+    home = paths.stack_home(settings.stack)
+    if home.is_dir():  # this machine's `lab dispatch`, stopped as Ctrl-C stops it, before its workers go
+        sweeps.interrupt_running(home, say)
 
     caught_up: list[bool] = []
 

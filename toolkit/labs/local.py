@@ -646,12 +646,7 @@ def replica_state(lab: LocalLab, replicating: bool, say: Say) -> dict[str, Any]:
         newest, read_error = None, exc.one_line()
     config_file = lab.root / "replica.yml"
     local_txid = replica.local_txids(config_file, env).get(replica.DBS[0]) if config_file.exists() else None
-    behind = None if local_txid is None else max(local_txid - (newest.txid if newest else 0), 0)
-    lag_s = None
-    if behind == 0:
-        lag_s = 0.0
-    elif behind and newest:
-        lag_s = round(newest.age_s, 1)
+    behind, lag_s = replica.progress(newest, local_txid)
     return {
         "url": replica_url(lab),
         "running": replicating,
@@ -779,9 +774,12 @@ def _lab_restore(lab: LocalLab, request: RestoreRequest, ui: Ui) -> Report:
 
 
 def _lab_down(lab: LocalLab, request: DownRequest, ui: Ui) -> Report:
-    """Nothing written before `down` is lost: MLflow stops taking writes first (Jupyter's kernels keep running,
-    and the MLflow client retries), the replica catches up with the DBs' last transaction, a final snapshot
-    is taken and verified, then the rest stops. A failed snapshot starts MLflow again as it was (exit 4)."""
+    """Nothing written before `down` is lost: running sweeps stop as Ctrl-C stops them (their trials recorded
+    as interrupted and queued again), MLflow stops taking writes (Jupyter's kernels keep running, and the
+    MLflow client retries), the replica catches up with the DBs' last transaction, a final snapshot is taken
+    and verified, then the rest stops. A failed snapshot starts MLflow again as it was (exit 4)."""
+    from toolkit.sweeps import dispatch as sweeps
+
     keeps_its_data(request)
     say = ui.say
     tracker = running(lab, MLFLOW, say)
@@ -790,6 +788,7 @@ def _lab_down(lab: LocalLab, request: DownRequest, ui: Ui) -> Report:
         return Report(
             {"stack": lab.stack, "stopped": [], "nothing_to_do": True}, ["nothing to do: the lab is not running"]
         )
+    interrupted = sweeps.interrupt_running(lab.tracker_dir, say) if lab.tracker_dir.is_dir() else []
     stopped = stop_all(lab, say, only=(MLFLOW,))
     caught_up = replica_catch_up(lab, say)
     made = None
@@ -815,6 +814,7 @@ def _lab_down(lab: LocalLab, request: DownRequest, ui: Ui) -> Report:
         "stopped": sorted(stopped),
         "backup": str(made.path) if made else None,
         "replica_caught_up": caught_up,
+        "sweeps_interrupted": interrupted,
     }
     return Report(document, [f"the lab is down ({', '.join(sorted(stopped))} stopped)"])
 

@@ -933,6 +933,11 @@ def replica_status(tracker: dict[str, Any], hosts: dict[str, dict[str, Any]]) ->
         "newest_txid": found.get("newest_txid"),
         "newest_at": found.get("newest_at"),
         "age_s": found.get("age_s"),
+        "local_txid": found.get("local_txid"),
+        "behind_txids": found.get("behind_txids"),
+        "lag_s": found.get("lag_s"),
+        "last_error": None,  # in the tracker's journal: `lab ssh tracker -- journalctl -u lab-replica`
+        "read_error": found.get("error"),
     }
     if found.get("error"):
         shown["error"] = found["error"]
@@ -942,23 +947,20 @@ def replica_status(tracker: dict[str, Any], hosts: dict[str, dict[str, Any]]) ->
 def describe_replica(replica: dict[str, Any]) -> str:
     from rich.markup import escape
 
-    state = "" if replica["running"] else " [yellow](Litestream is not running on the tracker)[/yellow]"
-    if replica.get("error"):
-        return f"replica: {escape(str(replica['url']))} cannot be read: {escape(str(replica['error']))}{state}"
-    if replica["newest_txid"] is None:
-        return f"replica: nothing in {escape(str(replica['url']))} yet{state}"
-    return (
-        f"replica: newest state {local_lab.age(float(replica['age_s']))} old (transaction {replica['newest_txid']}) "
-        f"in {escape(str(replica['url']))}{state}"
-    )
+    line = escape(local_lab.replica_line({**replica, "read_error": replica.get("read_error") or replica.get("error")}))
+    if replica.get("behind_txids"):
+        line += " (`lab ssh tracker -- journalctl -u lab-replica` says why)"
+    return line
 
 
 def stop_lab(lab: SshLab, request: DownRequest, ui: Ui) -> Report:
     """`lab down` of the ssh target: nothing written before it is lost (`down_backup`), then the lab's services
     stop; the machines stay."""
     from toolkit.hosts import configure
+    from toolkit.sweeps import dispatch as sweeps
 
     keeps_its_data(request)
+    sweeps.interrupt_running(lab.root, ui.say)  # this machine's `lab dispatch`, as Ctrl-C stops it
     made = None
     caught_up = False
     try:

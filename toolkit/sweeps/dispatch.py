@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import math
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +31,8 @@ from toolkit.sweeps.space import Space
 MAX_RETRIES = 2  # a slot whose process dies runs the same parameters again, at most this often
 ERROR_TAG_LIMIT = 5000
 INTERRUPTED = "lab_interrupted"
+LOCK_PREFIX = ".sweep-"  # a study's dispatcher lock, beside its storage
+STOP_TIMEOUT_S = 120  # `lab down`'s wait for a dispatcher it interrupted to record its trials
 RUN_ID_ATTR = "mlflow_run_id"
 COST_METRIC = "cost_usd"  # on each trial's run, and as a user attribute of the Optuna trial
 
@@ -98,9 +102,10 @@ def git_commit(folder: Path) -> str | None:
 
 @contextlib.contextmanager
 def study_lock(storage_path: Path, study: str) -> Iterator[None]:
-    """One dispatcher per study at a time: a second one is refused rather than racing the first."""
-    lock_path = storage_path.parent / f".sweep-{hashlib.sha256(study.encode()).hexdigest()[:16]}.lock"
-    with lock_path.open("w") as handle:
+    """One dispatcher per study at a time: a second one is refused rather than racing the first. The lock file
+    holds the dispatcher's pid and study, so that `lab down` can stop it as Ctrl-C does (`interrupt_running`)."""
+    lock_path = storage_path.parent / f"{LOCK_PREFIX}{hashlib.sha256(study.encode()).hexdigest()[:16]}.lock"
+    with lock_path.open("a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -108,7 +113,54 @@ def study_lock(storage_path: Path, study: str) -> Iterator[None]:
                 f"study {study!r} is already being swept by another `lab dispatch`",
                 hint="wait for it, or use another --study",
             ) from None
+        handle.truncate(0)
+        handle.write(json.dumps({"pid": os.getpid(), "study": study}) + "\n")
+        handle.flush()
         yield
+
+
+def _held(lock_path: Path) -> dict[str, Any] | None:
+    """The dispatcher holding a study's lock ({pid, study}), None when none does."""
+    try:
+        with lock_path.open("r") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                text = handle.read()
+            else:
+                return None  # nobody holds it
+    except OSError:
+        return None
+    try:
+        holder = json.loads(text)
+        return holder if isinstance(holder, dict) and isinstance(holder.get("pid"), int) else None
+    except json.JSONDecodeError:
+        return None
+
+
+def interrupt_running(folder: Path, say: Callable[[str], None], timeout_s: float = STOP_TIMEOUT_S) -> list[str]:
+    """Stop every `lab dispatch` sweeping into the study storage in `folder`, as Ctrl-C does (SIGINT: its
+    running trials are stopped, marked interrupted and their parameters queued to run again), and wait for
+    each to finish that bookkeeping; the studies stopped. Only dispatchers on this machine can be reached."""
+    stopped: list[str] = []
+    for lock_path in sorted(folder.glob(f"{LOCK_PREFIX}*.lock")):
+        holder = _held(lock_path)
+        if holder is None:
+            continue
+        pid, study = int(holder["pid"]), str(holder.get("study", "?"))
+        say(f"stopping the sweep of study {study!r} (`lab dispatch`, pid {pid}) as Ctrl-C does")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGINT)
+        deadline = time.monotonic() + timeout_s
+        while _held(lock_path) is not None:
+            if time.monotonic() > deadline:
+                raise LabError(
+                    f"the sweep of study {study!r} (pid {pid}) did not stop within {timeout_s:.0f} s",
+                    hint=f"stop it (kill -INT {pid}), then run `lab down` again",
+                )
+            time.sleep(0.2)
+        stopped.append(study)
+    return stopped
 
 
 class Sweep:

@@ -512,3 +512,46 @@ def test_a_kernel_that_dies_is_told_from_a_notebook_that_raises(tmp_path):
     assert raised.kind == "failed", raised.error
     assert "boom in trial 0" in raised.error
     assert slots.kernel_died(slots.PAPERMILL_DEAD_KERNEL, "") and not slots.kernel_died(1, raised.error)
+
+
+def test_down_stops_a_running_sweep_as_ctrl_c_does_before_anything_stops(lab, lab_up, state, tmp_path):
+    """`lab down` while `lab dispatch` runs: the dispatcher is interrupted first (its trials stopped, marked
+    interrupted, their parameters queued), while MLflow still takes their last writes; then the snapshot."""
+    hold = tmp_path / "hold"
+    hold.write_text("")
+    out = tmp_path / "out"
+    argv = [str(LAB), "dispatch", str(PROBE), "--space", str(probe_space(tmp_path, hold=str(hold)))]
+    argv += ["--trials", "4", "--parallel", "2", "--study", "overnight", "--local", "--json"]
+    argv += ["--output", str(out / "{trial}.ipynb")]
+    process = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ, preexec_fn=sigint_default
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(out.glob("*.ipynb"))) < 2:
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the trials never started"
+            time.sleep(0.2)
+        time.sleep(1)
+        ran = lab("down", "--local", "--json", timeout=300)
+        assert ran.code == 0, ran.err
+        assert json.loads(ran.out)["sweeps_interrupted"] == ["overnight"]
+        said = ran.err.splitlines()
+        first = next(i for i, line in enumerate(said) if line.startswith("stopping the sweep of study 'overnight'"))
+        assert first < next(i for i, line in enumerate(said) if line.startswith("mlflow stopped")), said
+        assert process.wait(timeout=10) == 130, "the dispatcher had ended before down went on"
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+    study = study_of(state, "overnight")
+    interrupted = [t for t in study.trials if t.state.name == "FAIL" and t.user_attrs.get("lab_interrupted")]
+    waiting = [t for t in study.trials if t.state.name == "WAITING"]
+    assert len(interrupted) == 2 and not [t for t in study.trials if t.state.name == "RUNNING"]
+    assert sorted(t.system_attrs["fixed_params"]["x"] for t in waiting) == sorted(t.params["x"] for t in interrupted)
+    for trial in interrupted:
+        assert kernels_of(trial.user_attrs["mlflow_run_id"]) == []
+    # The down snapshot holds the study as it was left: the interrupted trials and their queued parameters.
+    newest = max((state / "backups").glob("*/optuna.db"), key=lambda p: p.parent.name)
+    saved = optuna.load_study(study_name="overnight", storage=f"sqlite:///{newest}")
+    assert len([t for t in saved.trials if t.state.name == "WAITING"]) == 2
