@@ -168,7 +168,15 @@ def test_status_shows_the_replica_running_and_the_units_wired(site):
     assert status["hosts"]["tracker"]["services"]["lab-replica.service"] == "active"
     replica = status["replica"]
     assert replica["url"] == REPLICA and replica["running"] is True
-    assert set(replica) >= {"newest_txid", "newest_at", "age_s"}  # the local lab's shape
+    assert set(replica) >= {"newest_txid", "newest_at", "age_s", "local_txid", "behind_txids", "lag_s"}
+    # How far behind the tracker's own DB it is, as Litestream on the tracker has it: caught up once it ships.
+    deadline = time.monotonic() + 60
+    while (replica := site.json_of("status")["replica"])["behind_txids"] != 0:
+        assert time.monotonic() < deadline, f"the replica did not catch up with the tracker: {replica}"
+        time.sleep(1)
+    assert replica["local_txid"] == replica["newest_txid"] and replica["lag_s"] == 0.0, replica
+    shown = site.lab("status")
+    assert "; caught up" in shown.stdout + shown.stderr
     # MLflow does not need its replica: stopping Litestream leaves MLflow serving.
     assert site.on("systemctl stop lab-replica.service").returncode == 0
     assert site.on("systemctl is-active lab-mlflow.service").stdout.strip() == "active"
