@@ -118,6 +118,21 @@ done
 """
 
 
+def _other_pools_running(bridge: str) -> bool:
+    """Whether a host of another pool (a systemd-nspawn on another bridge) runs on this machine now."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if not argv or not argv[0].endswith(b"systemd-nspawn"):
+            continue
+        bridges = [a.split(b"=", 1)[1].decode() for a in argv if a.startswith(b"--network-bridge=")]
+        if any(name != bridge for name in bridges):
+            return True
+    return False
+
+
 class HostsUnavailable(RuntimeError):
     """This machine cannot run test hosts; the message says why and what to do about it."""
 
@@ -748,7 +763,9 @@ class HostPool:
             if _quiet(["ip", "link", "show", "dev", self.bridge]) and not _quiet(["ip", "link", "delete", self.bridge]):
                 problems.append(f"cannot delete bridge {self.bridge}")
             saved = self.run_dir / "ip_forward.orig"
-            if saved.is_file():
+            # Another pool (another bridge) still routes through this machine: switching forwarding off under
+            # it cut its hosts off the registries ("Temporary failure in name resolution" in their pip).
+            if saved.is_file() and not _other_pools_running(self.bridge):
                 try:
                     Path("/proc/sys/net/ipv4/ip_forward").write_text(saved.read_text())
                 except OSError as error:
