@@ -28,8 +28,11 @@ from toolkit import proc
 from toolkit.errors import LabError
 
 DBS = ("mlflow.db", "optuna.db")
-# A quarter second: benchmarks/replication.py on 2 loaded cores, ~90 MLflow writes/s, 8 crashes each: with 1s
-# the worst crash lost writes acknowledged 1.67 s before it (47 of them >= 1 s before); with 250ms, 1.08 s (5).
+# How often Litestream looks at each DB's WAL (monitor-interval, its default 1s) and ships what it found
+# (sync-interval). benchmarks/replication.py, 2 loaded cores, 8 crashes each: both at 1s, the worst crash lost
+# writes acknowledged 1.67 s before it (47 of them >= 1 s before); sync 250ms alone, 1.08 s (5); both 250ms,
+# 0.23 s (none), lag p99 0.42 s. The price: up to ~4 uploads a second per DB being written (an object store's
+# class A operations).
 SYNC_INTERVAL = "250ms"
 SNAPSHOT_INTERVAL = "1h"
 RESTORE_TIMEOUT_S = 900
@@ -139,8 +142,8 @@ def environment(url: str | None = None, source: Mapping[str, str] | None = None)
 
 def config(tracker_dir: Path, replica: str, *, retention_days: int, addr: str, socket: Path | None = None) -> str:
     """Litestream's configuration for the tracker's DBs (YAML; JSON is YAML too): each DB to its own folder of
-    the replica, synced every second, a snapshot every hour kept `retention_days` (at least a day), the
-    metrics endpoint on `addr` (how the lab knows it is up) and, when given, the control socket that
+    the replica, looked at and synced every SYNC_INTERVAL, a snapshot every hour kept `retention_days` (at
+    least a day), the metrics endpoint on `addr` (how the lab knows it is up) and, when given, the control socket that
     `catch_up` asks (0600: only this user can force a sync)."""
     retention_h = max(retention_days, 1) * 24
     document: dict[str, Any] = {
@@ -149,6 +152,8 @@ def config(tracker_dir: Path, replica: str, *, retention_days: int, addr: str, s
         "dbs": [
             {
                 "path": str(tracker_dir / name),
+                # how often Litestream looks at the DB's WAL for new transactions (its default: 1s)
+                "monitor-interval": SYNC_INTERVAL,
                 "replica": {"url": db_url(replica, name), "sync-interval": SYNC_INTERVAL},
             }
             for name in DBS

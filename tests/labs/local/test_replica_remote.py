@@ -40,10 +40,10 @@ mlflow = pytest.importorskip("mlflow")
 storage = pytest.importorskip("google.cloud.storage")
 boto3 = pytest.importorskip("boto3")
 
-# Litestream syncs every 250 ms (toolkit.tracker.replica.SYNC_INTERVAL); the promise is about a second, and on
-# a loaded 2-core CI machine a sync can be late (benchmarks/replication.py: worst 1.08 s), so a run confirmed
-# this long before the kill must have survived it.
-SURVIVES_AFTER_S = 1.5
+# The promise (docs/durability.md): a run acknowledged a second before the kill survives it. Litestream looks
+# and ships every 250 ms (toolkit.tracker.replica.SYNC_INTERVAL); benchmarks/replication.py's worst crash on 2
+# loaded cores lost writes acknowledged 0.23 s before it.
+SURVIVES_AFTER_S = 1.0
 GS_BUCKET = "lab-replica-gs"
 S3_BUCKET = "lab-replica-s3"
 # moto accepts any key pair; Litestream must still be handed one (it reads no ~/.aws here).
