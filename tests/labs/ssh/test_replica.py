@@ -4,7 +4,7 @@ configured by `lab up --target ssh` with the playbooks, so Litestream runs as la
 The crash test: runs are logged through MLflow (over an SSH forward, as `lab tunnel` does) while the tracker host
 is powered off hard at a random moment (every process in it SIGKILLed at once: no unit stops, no final backup, no
 last sync), its DB deleted while it is off, and the host booted again. MLflow must not start on an empty DB at
-boot, and `lab up` must bring back the replica's state: no run acknowledged >= 3 s before the crash may be
+boot, and `lab up` must bring back the replica's state: no run acknowledged >= 1 s before the crash may be
 missing. Then `lab restore --at` undoes a run. `lab down` stops MLflow and the Optuna proxy first, lets the replica
 catch up, then takes its backup: one that fails starts them again, and one under writes keeps every run MLflow
 acknowledged, in the backup and in the replica alike.
@@ -48,9 +48,9 @@ import sqlite3, sys
 with sqlite3.connect(sys.argv[1]) as conn:
     print("\\n".join(row[0] for row in conn.execute({RUNS_QUERY!r}, (sys.argv[2],))))
 """
-# Litestream ships every second (toolkit.tracker.replica.SYNC_INTERVAL); a loaded 2-core CI machine runs the
-# host too, so a run acknowledged this long before the crash must have reached the replica.
-SURVIVES_AFTER_S = 3.0
+# The promise (docs/durability.md): a run acknowledged a second before the crash survives it. Litestream on the
+# tracker looks and ships every 250 ms (toolkit.tracker.replica.SYNC_INTERVAL).
+SURVIVES_AFTER_S = 1.0
 
 
 @dataclass
