@@ -106,24 +106,51 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def serving(argv: list[str], port: int, name: str) -> Iterator[str]:
+    """A local server (`argv`, listening on `port`) for the length of a fixture: its http:// URL once it accepts
+    connections; stopped after."""
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert process.poll() is None, f"{name} exited"
+            assert time.monotonic() < deadline, f"{name} did not start"
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
 @pytest.fixture(scope="module")
 def emulator() -> Iterator[str]:
     """gcp-storage-emulator (in memory) on a free port, for the real google-cloud-storage client."""
     port = free_port()
     emulator_bin = Path(sys.executable).with_name("gcp-storage-emulator")
-    process = subprocess.Popen(
-        [str(emulator_bin), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        assert process.poll() is None, "the emulator exited"
-        assert time.monotonic() < deadline, "the emulator did not start"
-        time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}"
-    process.terminate()
-    process.wait(timeout=10)
+    argv = [str(emulator_bin), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"]
+    yield from serving(argv, port, "the emulator")
+
+
+@pytest.fixture
+def disk_events(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """What reaches the disk and when a backup is verified, in order: ("fsync", path) for every os.fsync (the real
+    one still runs) and ("verify", folder) for every backups.verify."""
+    from toolkit.tracker import backups
+
+    events: list[tuple[str, str]] = []
+    real_fsync, real_verify = os.fsync, backups.verify
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", str(Path(f"/proc/self/fd/{fd}").readlink())))
+        real_fsync(fd)
+
+    def verify(folder: Path, *check: str) -> backups.Manifest:
+        events.append(("verify", str(folder)))
+        return real_verify(folder, *check)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(backups, "verify", verify)
+    return events

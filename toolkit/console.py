@@ -66,3 +66,15 @@ class Ui:
         import typer
 
         return typer.confirm(question, default=False)
+
+
+def age(seconds: float) -> str:
+    """A duration as people read it: 45 s, 12 min, 5 h, 3 days."""
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    if seconds < 172800:
+        return f"{seconds // 3600} h"
+    return f"{seconds // 86400} days"

@@ -5,18 +5,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import socket
-import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, serving
 from tests.tracker.test_backups import forged, tracker_with_db
 from toolkit.errors import LabError
 from toolkit.tracker import backups, gcs
@@ -45,22 +41,8 @@ PERMISSIVE_EMULATOR = textwrap.dedent(
 @pytest.fixture(scope="module")
 def hostile_emulator() -> Iterator[str]:
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-c", PERMISSIVE_EMULATOR, "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        assert process.poll() is None, "the emulator exited"
-        assert time.monotonic() < deadline, "the emulator did not start"
-        time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}"
-    process.terminate()
-    process.wait(timeout=10)
+    argv = [sys.executable, "-c", PERMISSIVE_EMULATOR, "start", "--host", "127.0.0.1", "--port", str(port)]
+    yield from serving([*argv, "--in-memory"], port, "the emulator")
 
 
 @pytest.fixture
@@ -131,21 +113,9 @@ def test_a_damaged_manifest_in_the_bucket_is_skipped_with_a_warning(tmp_path, bu
         gcs.download(BUCKET, STACK, tmp_path / "backups", newer.manifest.id)
 
 
-def test_a_download_is_on_disk_before_it_is_called_verified(tmp_path, bucket, monkeypatch):
+def test_a_download_is_on_disk_before_it_is_called_verified(tmp_path, bucket, disk_events):
+    events = disk_events
     made = uploaded(tmp_path, "real")
-    events: list[tuple[str, str]] = []
-    real_fsync, real_verify = os.fsync, backups.verify
-
-    def fsync(fd: int) -> None:
-        events.append(("fsync", str(Path(f"/proc/self/fd/{fd}").readlink())))
-        real_fsync(fd)
-
-    def verify(folder: Path, *check: str) -> backups.Manifest:
-        events.append(("verify", str(folder)))
-        return real_verify(folder, *check)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(backups, "verify", verify)
     fetched = gcs.download(BUCKET, STACK, tmp_path / "backups")
     (verified,) = [i for i, (what, _) in enumerate(events) if what == "verify"]
     incoming = events[verified][1]

@@ -282,7 +282,7 @@ def test_status_says_when_the_replica_cannot_be_read(tmp_path):
     assert ran.returncode == 0, ran.stderr
     replica = json.loads(ran.stdout)["replica"]
     assert replica["url"] == "gs://lab-no-such-bucket/replica/dev" and replica["newest_txid"] is None
-    assert replica["error"]
+    assert "cannot read the replica" in replica["read_error"]
 
 
 def test_replica_catch_up_waits_for_the_last_write_and_fails_without_litestream(tmp_path, current_db):

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from toolkit import environment
 from toolkit.config import paths, schema, stack
+from toolkit.console import age
 from toolkit.errors import EXIT_BACKUP_FAILED, LabError
 from toolkit.labs.base import (
     DownRequest,
@@ -507,17 +508,6 @@ def backup_now(
         raise UploadFailed(made, exc) from None
 
 
-def age(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 120:
-        return f"{seconds} s"
-    if seconds < 7200:
-        return f"{seconds // 60} min"
-    if seconds < 172800:
-        return f"{seconds // 3600} h"
-    return f"{seconds // 86400} days"
-
-
 def backups_info(backups_dir: Path) -> dict[str, Any]:
     """What `lab status` says of a folder of backups: how many, the newest, how old."""
     known = backups.listing(backups_dir)
@@ -613,7 +603,7 @@ def _lab_status(lab: LocalLab, ui: Ui) -> Report:
         "backups": info,
         "bucket": lab.bucket,
     }
-    document["replica"] = replica_state(lab, components[REPLICA]["state"] == "running", ui.say)
+    document["replica"] = replica_state(lab, components[REPLICA]["state"] == "running")
     rows = [
         (
             name,
@@ -631,34 +621,16 @@ def _lab_status(lab: LocalLab, ui: Ui) -> Report:
     return Report(document, [note, replica_line(document["replica"])], tables=[table])
 
 
-def replica_state(lab: LocalLab, replicating: bool, say: Say) -> dict[str, Any]:
+def replica_state(lab: LocalLab, replicating: bool) -> dict[str, Any]:
     """Where the replica stands: its newest position, the tracker DB's last transaction as Litestream has it,
     how far behind that leaves the replica (transactions, and seconds since it last moved when behind), and
     Litestream's last error line."""
     from toolkit.tracker import replica
 
-    read_error = None
     url = replica_url(lab)
-    env = replica_env(url)
-    try:
-        newest = replica.newest(url, env)
-    except LabError as exc:
-        newest, read_error = None, exc.one_line()
-    config_file = lab.root / "replica.yml"
-    local_txid = replica.local_txids(config_file, env).get(replica.DBS[0]) if config_file.exists() else None
-    behind, lag_s = replica.progress(newest, local_txid)
-    return {
-        "url": replica_url(lab),
-        "running": replicating,
-        "newest_txid": newest.txid if newest else None,
-        "newest_at": newest.at.isoformat() if newest else None,
-        "age_s": round(newest.age_s, 1) if newest else None,
-        "local_txid": local_txid,
-        "behind_txids": behind,
-        "lag_s": lag_s,
-        "last_error": _last_replica_error(lab.logs_dir / "replica.log") if replicating else None,
-        "read_error": read_error,
-    }
+    found = replica.state(url, replica_env(url), lab.root / "replica.yml")
+    last_error = _last_replica_error(lab.logs_dir / "replica.log") if replicating else None
+    return {**found, "running": replicating, "last_error": last_error}
 
 
 def replica_line(state: dict[str, Any]) -> str:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from toolkit.config import paths, schema, stack, stack_init
+from toolkit.console import age
 from toolkit.errors import EXIT_BACKUP_FAILED, LabError
 from toolkit.hosts import configure
 from toolkit.hosts import ssh as remote
@@ -808,10 +809,10 @@ def last_restore(lab: SshLab, say: Say) -> dict[str, Any] | None:
 def describe_restore(restored: dict[str, Any]) -> str:
     if restored.get("source") == "empty":
         return "the tracker had no DB, and there was no replica and no backup: it starts empty"
-    age = local_lab.age(float(restored.get("age_s") or 0))
+    old = age(float(restored.get("age_s") or 0))
     passed = restored.get("passed_over") or []
     also = f" ({len(passed)} newer could not be used: {passed[0]})" if passed else ""
-    return f"the tracker had no DB: restored {restored.get('label')}, the newest state there is, {age} old{also}"
+    return f"the tracker had no DB: restored {restored.get('label')}, the newest state there is, {old} old{also}"
 
 
 def hosts_status(
@@ -911,7 +912,7 @@ def hosts_status(
     if newest:
         notes.append(f"newest backup on the tracker: {newest['id']} ({tracker.get('backups')} kept there)")
     if info["latest"]:
-        notes.append(f"newest backup here: {info['latest']}, {local_lab.age(info['age_s'])} old ({info['count']} kept)")
+        notes.append(f"newest backup here: {info['latest']}, {age(info['age_s'])} old ({info['count']} kept)")
     else:
         notes.append("no backup here yet: `lab backup` takes one")
     if replica is not None:
@@ -937,17 +938,15 @@ def replica_status(tracker: dict[str, Any], hosts: dict[str, dict[str, Any]]) ->
         "behind_txids": found.get("behind_txids"),
         "lag_s": found.get("lag_s"),
         "last_error": None,  # in the tracker's journal: `lab ssh tracker -- journalctl -u lab-replica`
-        "read_error": found.get("error"),
+        "read_error": found.get("read_error"),
     }
-    if found.get("error"):
-        shown["error"] = found["error"]
     return shown
 
 
 def describe_replica(replica: dict[str, Any]) -> str:
     from rich.markup import escape
 
-    line = escape(local_lab.replica_line({**replica, "read_error": replica.get("read_error") or replica.get("error")}))
+    line = escape(local_lab.replica_line(replica))
     if replica.get("behind_txids"):
         line += " (`lab ssh tracker -- journalctl -u lab-replica` says why)"
     return line

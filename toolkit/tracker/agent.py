@@ -240,34 +240,10 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _replica_status(url: str) -> dict[str, object]:
-    """The replica's newest position, as `lab status` shows it (an error in a field, never a failure)."""
+    """The replica as `lab status` shows it (replica.state; an error in a field, never a failure)."""
     from toolkit.tracker import replica
 
-    config = Path(REPLICA_CONFIG)  # written by the running replica's unit; absent when it does not run
-    local_txid = replica.local_txids(config, replica_env()).get(replica.DBS[0]) if config.is_file() else None
-    try:
-        newest = replica.newest(url, replica_env())
-    except LabError as exc:
-        return {
-            "url": url,
-            "error": exc.one_line(),
-            "newest_txid": None,
-            "newest_at": None,
-            "age_s": None,
-            "local_txid": local_txid,
-            "behind_txids": None,
-            "lag_s": None,
-        }
-    behind, lag_s = replica.progress(newest, local_txid)
-    return {
-        "url": url,
-        "newest_txid": newest.txid if newest else None,
-        "newest_at": newest.at.isoformat() if newest else None,
-        "age_s": round(newest.age_s, 1) if newest else None,
-        "local_txid": local_txid,
-        "behind_txids": behind,
-        "lag_s": lag_s,
-    }
+    return replica.state(url, replica_env(), Path(REPLICA_CONFIG))
 
 
 def parser() -> argparse.ArgumentParser:

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from toolkit import proc
+from toolkit.console import age
 from toolkit.errors import LabError
 from toolkit.tracker import backups
 from toolkit.tracker import db as tracker_db
@@ -220,7 +221,7 @@ def recover(data: Path, candidates: list[Candidate], say: Say, *, tracker: str, 
         )
         newer = [c.label for c in ordered(candidates) if c.rank > candidate.rank and c is not candidate]
         older = "; every other state is older" if not newer else f"; newer but unusable: {', '.join(newer)}"
-        say(f"restored {candidate.label}, the newest state there is ({_age(done.age_s)} old){older}")
+        say(f"restored {candidate.label}, the newest state there is ({age(done.age_s)} old){older}")
         write_record(data, done)
         return done
     if passed_over:
@@ -255,14 +256,3 @@ def read_record(data: Path) -> dict[str, object] | None:
     except (OSError, ValueError):
         return None
     return found if isinstance(found, dict) else None
-
-
-def _age(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 120:
-        return f"{seconds} s"
-    if seconds < 7200:
-        return f"{seconds // 60} min"
-    if seconds < 172800:
-        return f"{seconds // 3600} h"
-    return f"{seconds // 86400} days"

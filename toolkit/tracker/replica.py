@@ -301,6 +301,28 @@ def progress(newest: Position | None, local_txid: int | None) -> tuple[int | Non
     return behind, round(newest.age_s, 1) if newest else None
 
 
+def state(replica: str, env: dict[str, str], config_file: Path) -> dict[str, Any]:
+    """Where the replica stands, as `lab status` shows it on every target: its newest position and how old it
+    is, the tracker DB's last transaction as Litestream here has it (from its running configuration, when
+    there is one), how far behind that leaves the replica, and the error that kept it from being read."""
+    local_txid = local_txids(config_file, env).get(DBS[0]) if config_file.is_file() else None
+    try:
+        found, read_error = newest(replica, env), None
+    except LabError as exc:
+        found, read_error = None, exc.one_line()
+    behind, lag_s = progress(found, local_txid)  # unreadable: everything the tracker holds counts as pending
+    return {
+        "url": replica,
+        "newest_txid": found.txid if found else None,
+        "newest_at": found.at.isoformat() if found else None,
+        "age_s": round(found.age_s, 1) if found else None,
+        "local_txid": local_txid,
+        "behind_txids": behind,
+        "lag_s": lag_s,
+        "read_error": read_error,
+    }
+
+
 def newest(replica: str, env: dict[str, str]) -> Position | None:
     """The replica's newest position across the tracker's DBs (MLflow's decides: it is the lab's memory)."""
     return position(replica, DBS[0], env)

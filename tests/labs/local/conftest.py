@@ -47,6 +47,14 @@ def ports() -> dict[str, str]:
 
 
 @pytest.fixture
+def no_client_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An MLflow client in the test fails at once when the server is killed, instead of retrying for minutes and
+    perhaps landing a late write on the restored tracker."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
+@pytest.fixture
 def state(isolated: Path) -> Path:
     """The dev stack's local state folder."""
     return isolated / ".lab" / "stacks" / "dev"

@@ -265,6 +265,21 @@ def test_slots_carry_their_gpu(lab, lab_up, tmp_path):
         assert run.data.tags["cuda_visible_devices"] == trial["slot"][3]  # gpu0-0 -> "0", gpu1-1 -> "1"
 
 
+def dispatch_while_trials_run(argv: list[str], out: Path, trials: int) -> subprocess.Popen[str]:
+    """`lab dispatch` in the background (Ctrl-C reaches it), once `trials` of its trials are running (their
+    output notebooks exist) and a second more."""
+    process = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ, preexec_fn=sigint_default
+    )
+    deadline = time.monotonic() + 120
+    while len(list(out.glob("*.ipynb"))) < trials:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the trials never started"
+        time.sleep(0.2)
+    time.sleep(1)
+    return process
+
+
 def test_ctrl_c_stops_trials_and_the_study_resumes(lab, lab_up, state, tmp_path):
     hold = tmp_path / "hold"
     hold.write_text("")
@@ -287,15 +302,7 @@ def test_ctrl_c_stops_trials_and_the_study_resumes(lab, lab_up, state, tmp_path)
         "--output",
         str(out / "{trial}.ipynb"),
     ]
-    process = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ, preexec_fn=sigint_default
-    )
-    deadline = time.monotonic() + 120
-    while len(list(out.glob("*.ipynb"))) < 2:
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, "the trials never started"
-        time.sleep(0.2)
-    time.sleep(1)
+    process = dispatch_while_trials_run(argv, out, 2)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
@@ -523,16 +530,8 @@ def test_down_stops_a_running_sweep_as_ctrl_c_does_before_anything_stops(lab, la
     argv = [str(LAB), "dispatch", str(PROBE), "--space", str(probe_space(tmp_path, hold=str(hold)))]
     argv += ["--trials", "4", "--parallel", "2", "--study", "overnight", "--local", "--json"]
     argv += ["--output", str(out / "{trial}.ipynb")]
-    process = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ, preexec_fn=sigint_default
-    )
+    process = dispatch_while_trials_run(argv, out, 2)
     try:
-        deadline = time.monotonic() + 120
-        while len(list(out.glob("*.ipynb"))) < 2:
-            assert process.poll() is None, process.communicate()
-            assert time.monotonic() < deadline, "the trials never started"
-            time.sleep(0.2)
-        time.sleep(1)
         ran = lab("down", "--local", "--json", timeout=300)
         assert ran.code == 0, ran.err
         assert json.loads(ran.out)["sweeps_interrupted"] == ["overnight"]

@@ -5,46 +5,23 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import shutil
-import signal
-import sqlite3
-import threading
 import time
-from pathlib import Path
 
 import pytest
 
+from tests.labs.local.crashes import (
+    assert_confirmed_runs_survived,
+    kill_everything,
+    lose_the_db,
+    run_names,
+    write_until_killed,
+)
+
 mlflow = pytest.importorskip("mlflow")
 
-# The promise (docs/durability.md): a run acknowledged a second before the kill survives it. Litestream looks
-# and ships every 250 ms (toolkit.tracker.replica.SYNC_INTERVAL); benchmarks/replication.py's worst crash on 2
-# loaded cores lost writes acknowledged 0.23 s before it.
-SURVIVES_AFTER_S = 1.0
 
-
-@pytest.fixture(autouse=True)
-def no_client_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The writer's MLflow client fails at once when the server is killed, instead of retrying for minutes and
-    perhaps landing a late write on the restored tracker."""
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-
-
-def run_names(db: Path) -> list[str]:
-    with sqlite3.connect(db) as conn:
-        return [row[0] for row in conn.execute("SELECT name FROM runs ORDER BY start_time")]
-
-
-def kill_everything(state: Path) -> None:
-    """The machine dies: every service of the lab gets SIGKILL at once (no backup, no final sync)."""
-    for record in state.glob("run/*.json"):
-        os.killpg(json.loads(record.read_text())["pid"], signal.SIGKILL)
-
-
-def lose_the_db(state: Path) -> None:
-    for path in (state / "tracker").glob("mlflow.db*"):
-        path.unlink()
+pytestmark = pytest.mark.usefixtures("no_client_retries")
 
 
 def wait_for_replica(lab, txid_after: int | None = None, timeout: float = 30) -> dict:
@@ -68,38 +45,13 @@ def test_a_killed_tracker_comes_back_from_the_replica(lab, ports, state):
 
     client = mlflow.MlflowClient(tracking_uri=f"http://127.0.0.1:{ports['mlflow']}")
     experiment = client.create_experiment("crash")
-    confirmed: list[tuple[str, float]] = []  # (run name, when the server confirmed it)
-    stop = threading.Event()
-
-    def write() -> None:
-        n = 0
-        while not stop.is_set():
-            try:
-                run = client.create_run(experiment, run_name=f"run-{n}")
-                client.log_metric(run.info.run_id, "loss", 1.0 / (n + 1))
-            except Exception:  # the server died under the call: that write was never confirmed
-                return
-            confirmed.append((f"run-{n}", time.monotonic()))
-            n += 1
-
-    writer = threading.Thread(target=write, daemon=True)
-    writer.start()
-    time.sleep(8)
-    killed_at = time.monotonic()
-    kill_everything(state)  # while the writer is still writing
-    stop.set()
-    writer.join(timeout=30)
-    assert not writer.is_alive(), "the writer still waits on a server that was killed"
+    confirmed, killed_at = write_until_killed(client, experiment, 8, lambda: kill_everything(state))
     lose_the_db(state)
 
     ran = lab("up", "--local", "--no-jupyter", "--port", ports["mlflow"])
     assert ran.code == 0, ran.err
     assert "is the newest state" in ran.err
-    restored = set(run_names(state / "tracker" / "mlflow.db"))
-    must_survive = [name for name, at in confirmed if at < killed_at - SURVIVES_AFTER_S]
-    assert len(must_survive) >= 5, f"the writer was too slow to test anything: {len(confirmed)} runs"
-    lost = [name for name in must_survive if name not in restored]
-    assert not lost, f"{len(lost)} of {len(must_survive)} confirmed runs were lost: {lost[:5]}"
+    assert_confirmed_runs_survived(state / "tracker" / "mlflow.db", confirmed, killed_at)
     # What came back was verified and kept as a backup, like any restore.
     kept = [json.loads(m.read_text()) for m in (state / "backups").glob("*/manifest.json")]
     assert any(m["reason"] == "replica" for m in kept)

@@ -20,19 +20,21 @@ import datetime as dt
 import json
 import os
 import shutil
-import signal
-import socket
-import sqlite3
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, serving
+from tests.labs.local.crashes import (
+    assert_confirmed_runs_survived,
+    kill_everything,
+    lose_the_db,
+    run_names,
+    write_until_killed,
+)
 from toolkit.errors import LabError
 from toolkit.tracker import replica
 
@@ -40,60 +42,21 @@ mlflow = pytest.importorskip("mlflow")
 storage = pytest.importorskip("google.cloud.storage")
 boto3 = pytest.importorskip("boto3")
 
-# The promise (docs/durability.md): a run acknowledged a second before the kill survives it. Litestream looks
-# and ships every 250 ms (toolkit.tracker.replica.SYNC_INTERVAL); benchmarks/replication.py's worst crash on 2
-# loaded cores lost writes acknowledged 0.23 s before it.
-SURVIVES_AFTER_S = 1.0
 GS_BUCKET = "lab-replica-gs"
 S3_BUCKET = "lab-replica-s3"
 # moto accepts any key pair; Litestream must still be handed one (it reads no ~/.aws here).
 S3_KEYS = {"AWS_ACCESS_KEY_ID": "lab-test", "AWS_SECRET_ACCESS_KEY": "lab-test-secret"}
 
 
-@pytest.fixture(autouse=True)
-def no_client_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The writer's MLflow client fails at once when the server is killed, instead of retrying for minutes and
-    perhaps landing a late write on the restored tracker."""
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+pytestmark = pytest.mark.usefixtures("no_client_retries")
 
 
 @pytest.fixture(scope="module")
 def moto_endpoint() -> Iterator[str]:
     """moto's server mode (`moto[server]`): an S3 endpoint on a free port, in memory."""
     port = free_port()
-    process = subprocess.Popen(
-        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        assert process.poll() is None, "moto_server exited"
-        assert time.monotonic() < deadline, "moto_server did not start"
-        time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}"
-    process.terminate()
-    process.wait(timeout=10)
-
-
-def run_names(db: Path) -> list[str]:
-    with sqlite3.connect(db) as conn:
-        return [row[0] for row in conn.execute("SELECT name FROM runs ORDER BY start_time")]
-
-
-def kill_everything(state: Path) -> None:
-    """The machine dies: every service of the lab gets SIGKILL at once (no backup, no final sync)."""
-    for record in state.glob("run/*.json"):
-        os.killpg(json.loads(record.read_text())["pid"], signal.SIGKILL)
-
-
-def lose_the_db(state: Path) -> None:
-    for path in (state / "tracker").glob("mlflow.db*"):
-        path.unlink()
+    argv = [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)]
+    yield from serving(argv, port, "moto_server")
 
 
 def s3_client(endpoint: str):
@@ -128,42 +91,6 @@ def wait_for_replica(lab, stack: Path, env: dict[str, str], txid_after: int = 0,
             return int(replica["newest_txid"])
         assert time.monotonic() < deadline, f"the replica did not catch up: {replica}"
         time.sleep(0.5)
-
-
-def write_until_killed(client, experiment: str, seconds: float, kill) -> tuple[list[tuple[str, float]], float]:
-    """Runs logged through MLflow from a thread while the lab is killed under it: each run's name and when the
-    server confirmed it, and when the kill came."""
-    confirmed: list[tuple[str, float]] = []
-    stop = threading.Event()
-
-    def write() -> None:
-        n = 0
-        while not stop.is_set():
-            try:
-                run = client.create_run(experiment, run_name=f"run-{n}")
-                client.log_metric(run.info.run_id, "loss", 1.0 / (n + 1))
-            except Exception:  # the server died under the call: that write was never confirmed
-                return
-            confirmed.append((f"run-{n}", time.monotonic()))
-            n += 1
-
-    writer = threading.Thread(target=write, daemon=True)
-    writer.start()
-    time.sleep(seconds)
-    killed_at = time.monotonic()
-    kill()
-    stop.set()
-    writer.join(timeout=30)
-    assert not writer.is_alive(), "the writer still waits on a server that was killed"
-    return confirmed, killed_at
-
-
-def assert_confirmed_runs_survived(db: Path, confirmed: list[tuple[str, float]], killed_at: float) -> None:
-    restored = set(run_names(db))
-    must_survive = [name for name, at in confirmed if at < killed_at - SURVIVES_AFTER_S]
-    assert len(must_survive) >= 5, f"the writer was too slow to test anything: {len(confirmed)} runs"
-    lost = [name for name in must_survive if name not in restored]
-    assert not lost, f"{len(lost)} of {len(must_survive)} confirmed runs were lost: {lost[:5]}"
 
 
 def test_litestream_reads_an_s3_compatible_store_with_the_environment_the_lab_gives_it(moto_endpoint):

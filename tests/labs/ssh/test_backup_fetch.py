@@ -5,7 +5,6 @@ copy is a local one."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -51,21 +50,9 @@ def tracker_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return data
 
 
-def test_the_fetched_backup_is_on_disk_before_it_is_called_verified(tmp_path, tracker_data, monkeypatch):
+def test_the_fetched_backup_is_on_disk_before_it_is_called_verified(tmp_path, tracker_data, disk_events):
+    events = disk_events
     lab = fake_lab(tmp_path)
-    events: list[tuple[str, str]] = []
-    real_fsync, real_verify = os.fsync, backups.verify
-
-    def fsync(fd: int) -> None:
-        events.append(("fsync", str(Path(f"/proc/self/fd/{fd}").readlink())))
-        real_fsync(fd)
-
-    def verify(folder: Path, *check: str) -> backups.Manifest:
-        events.append(("verify", str(folder)))
-        return real_verify(folder, *check)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(backups, "verify", verify)
     made, document = ssh_lab.backup(lab, reason="manual", say=lambda _: None)
     (verified,) = [i for i, (what, _) in enumerate(events) if what == "verify"]
     fetched = events[verified][1]
