@@ -34,6 +34,8 @@ INTERRUPTED = "lab_interrupted"
 LOCK_PREFIX = ".sweep-"  # a study's dispatcher lock, beside its storage
 STOP_TIMEOUT_S = 120  # `lab down`'s wait for a dispatcher it interrupted to record its trials
 RUN_ID_ATTR = "mlflow_run_id"
+RESUME_ATTR = "lab_resume_run_id"  # on a queued trial: the run of the attempt it repeats
+RESUME_ENV = "LAB_RESUME_RUN_ID"  # in a retry's kernel: that run, so `toolkit.checkpoints` resumes from it
 COST_METRIC = "cost_usd"  # on each trial's run, and as a user attribute of the Optuna trial
 
 
@@ -53,6 +55,8 @@ class TrialResult:
     slot_start: float = 0.0  # when papermill started and ended, on the sweep's clock (time.monotonic)
     slot_end: float = 0.0
     output: str = ""
+    resume_run_id: str | None = None  # the previous attempt's run (a retry resumes from its checkpoints)
+    log: str = ""  # the trial's output while it runs
 
 
 @dataclass
@@ -80,6 +84,7 @@ class SweepSpec:
     storage_path: Path  # the study DB (local), or beside which the study's lock lives (remote)
     max_retries: int = MAX_RETRIES
     grpc_port: int | None = None  # a remote tracker's Optuna storage proxy, through a tunnel on this port
+    logs: Path | None = None  # a folder for each trial's output while it runs (detached sweeps keep them)
 
 
 def output_path(pattern: str, *, study: str, trial: int, run_id: str, notebook: Path) -> Path:
@@ -239,10 +244,14 @@ class Sweep:
         import optuna
 
         for trial in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            self.study.enqueue_trial(trial.params, skip_if_exists=False)
+            self._requeue(trial.params, trial.user_attrs.get(RUN_ID_ATTR))
             storage = self.study._storage
             storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)
             storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+
+    def _requeue(self, params: dict[str, Any], run_id: str | None) -> None:
+        """Queue a trial's parameters to run first, with the run its retry resumes from."""
+        self.study.enqueue_trial(params, user_attrs={RESUME_ATTR: run_id} if run_id else None, skip_if_exists=False)
 
     # -- running -------------------------------------------------------------------------------
     def run(self, on_change: Callable[[], None] = lambda: None, poll: float = 0.2) -> Progress:
@@ -287,7 +296,12 @@ class Sweep:
             if len(progress.results) >= progress.planned:
                 return None
             trial = self.study.ask(self.spec.space.distributions())
-            result = TrialResult(number=trial.number, params=dict(trial.params), slot=slot.name)
+            result = TrialResult(
+                number=trial.number,
+                params=dict(trial.params),
+                slot=slot.name,
+                resume_run_id=trial.user_attrs.get(RESUME_ATTR),
+            )
             progress.results.append(result)
             return trial, result
 
@@ -338,8 +352,12 @@ class Sweep:
         outcome = slots.Outcome("died", 0.0)
         while result.attempts <= spec.max_retries:
             result.attempts += 1
+            if result.run_id:
+                result.resume_run_id = result.run_id  # this attempt repeats that one: it resumes from its checkpoints
             run_id = self._start_run(trial.number, result, parameters)
             result.run_id = run_id
+            with self.lock, contextlib.suppress(Exception):
+                trial.set_user_attr(RUN_ID_ATTR, run_id)  # a dispatcher killed now leaves its retry this run
             output = output_path(
                 spec.output_pattern, study=spec.study, trial=trial.number, run_id=run_id, notebook=spec.notebook
             ).resolve()
@@ -353,8 +371,11 @@ class Sweep:
                     "MLFLOW_TRACKING_URI": spec.tracking_uri,
                     "MLFLOW_RUN_ID": run_id,
                     "MLFLOW_EXPERIMENT_ID": self.experiment_id,
+                    **({RESUME_ENV: result.resume_run_id} if result.resume_run_id else {}),
                 },
+                log=self._trial_log(trial.number),
             )
+            result.log = str(job.log or "")
             result.slot_start = result.slot_start or time.monotonic()
             result.slot_end = 0.0
             outcome = slot.run(job, self.cancel)
@@ -387,6 +408,10 @@ class Sweep:
         self.finishing.append(self.finisher.submit(self._finish, trial, result, outcome, output))
         return outcome.kind != "lost"
 
+    def _trial_log(self, number: int) -> Path | None:
+        """Where a trial's output goes while it runs (`lab sweep logs --trial N`), when the sweep keeps logs."""
+        return self.spec.logs / f"trial-{number}.log" if self.spec.logs else None
+
     def _log_cost(self, slot: slots.Slot, run_id: str, outcome: slots.Outcome, result: TrialResult) -> None:
         """The attempt's cost on its run: the slot's share of its machine's hourly price for its duration."""
         price = getattr(slot, "usd_per_hour", None)
@@ -417,6 +442,8 @@ class Sweep:
         }
         if self.commit:
             tags["mlflow.source.git.commit"] = self.commit
+        if result.resume_run_id:
+            tags["lab.resumes"] = result.resume_run_id  # the run this attempt repeats (and resumes from)
         run = self.client.create_run(self.experiment_id, tags=tags)
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in parameters.items()])
         return run.info.run_id
@@ -465,7 +492,7 @@ class Sweep:
             else:
                 if state == "INTERRUPTED":
                     trial.set_user_attr(INTERRUPTED, True)
-                    self.study.enqueue_trial(result.params, skip_if_exists=False)
+                    self._requeue(result.params, run_id)
                 self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
             result.state, result.value, result.error = state, value, error
             if state == "COMPLETE" and self.progress is not None:

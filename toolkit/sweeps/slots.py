@@ -47,6 +47,7 @@ class Job:
     parameters: dict[str, Any]
     env: dict[str, str]
     timeout: float | None = None
+    log: Path | None = None  # where the trial's output goes while it runs (`lab sweep logs`); appended to
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,12 @@ def kill_tree(pid: int) -> None:
     psutil.wait_procs(family, timeout=5)
 
 
+def read_from(path: Path, offset: int) -> str:
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        return handle.read().decode(errors="replace")
+
+
 def last_lines(text: str, count: int = ERROR_LINES) -> str:
     lines = [line.rstrip() for line in text.splitlines() if line.strip()]
     return "\n".join(lines[-count:])
@@ -101,7 +108,7 @@ class LocalSlot:
         with tempfile.TemporaryDirectory(prefix="lab-trial-") as scratch:
             params_file = Path(scratch) / "parameters.yaml"
             params_file.write_text(yaml.safe_dump(job.parameters))
-            stderr_path = Path(scratch) / "stderr.txt"
+            stderr_path = job.log or Path(scratch) / "stderr.txt"
             argv = [
                 sys.executable,
                 "-m",
@@ -113,10 +120,13 @@ class LocalSlot:
                 "--cwd",
                 str(job.notebook.parent),
                 "--no-progress-bar",
+                *(["--log-output"] if job.log else []),
             ]
             env = environment.for_kernels(self.env, job.env)  # not the caller's secrets
             started = time.monotonic()
-            with stderr_path.open("wb") as stderr:
+            stderr_path.parent.mkdir(parents=True, exist_ok=True)
+            with stderr_path.open("ab") as stderr:
+                log_start = stderr.tell()
                 process = subprocess.Popen(
                     argv,
                     stdin=subprocess.DEVNULL,
@@ -135,7 +145,7 @@ class LocalSlot:
                     if ended == "cancelled"
                     else f"the trial ran longer than --timeout {job.timeout:g} s and was stopped",
                 )
-            log = stderr_path.read_text(errors="replace")
+            log = read_from(stderr_path, log_start)
         if process.returncode == 0:
             return Outcome("ok", seconds)
         if process.returncode < 0:

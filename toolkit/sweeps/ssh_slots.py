@@ -67,6 +67,7 @@ def run_script(
     env_file: str = ENV_FILE,
     markers_dir: str = MARKERS_DIR,
     papermill: str = PAPERMILL,
+    log_output: bool = False,
 ) -> str:
     """The worker's side of running a trial: the worker's environment, the trial's on top, a marker holding
     the shell's PID while papermill runs in the trial's folder."""
@@ -77,7 +78,17 @@ def run_script(
     source = shlex.quote(env_file)
     marker = shlex.quote(f"{markers_dir}/{trial_id}")
     command = shlex.join(
-        [papermill, "notebook.ipynb", "output.ipynb", "-f", "parameters.yaml", "--cwd", ".", "--no-progress-bar"]
+        [
+            papermill,
+            "notebook.ipynb",
+            "output.ipynb",
+            "-f",
+            "parameters.yaml",
+            "--cwd",
+            ".",
+            "--no-progress-bar",
+            *(["--log-output"] if log_output else []),
+        ]
     )
     return (
         f"set -a; [ -r {source} ] && . {source}; set +a; {'export ' + exports + '; ' if exports else ''}"
@@ -112,9 +123,11 @@ class SshSlot:
                 (bundle / "notebook.ipynb").write_bytes(job.notebook.read_bytes())
                 (bundle / "parameters.yaml").write_text(yaml.safe_dump(job.parameters))
                 self._send(bundle, trial_id)
-                stderr_path = Path(scratch) / "stderr.txt"
+                stderr_path = job.log or Path(scratch) / "stderr.txt"
+                stderr_path.parent.mkdir(parents=True, exist_ok=True)
+                log_start = stderr_path.stat().st_size if stderr_path.exists() else 0
                 ended, code = self._execute(job, folder, trial_id, cancel, started, stderr_path)
-                log = stderr_path.read_text(errors="replace")
+                log = slots.read_from(stderr_path, log_start)
             seconds = time.monotonic() - started
             if ended:
                 why = "cancelled" if ended == "cancelled" else f"the trial ran longer than --timeout {job.timeout:g} s"
@@ -159,7 +172,7 @@ class SshSlot:
 
     def _script(self, job: slots.Job, folder: str, trial_id: str) -> str:
         env = {k: v for k, v in {**self.env, **job.env}.items() if k not in WORKER_OWNED}
-        return run_script(env, folder, trial_id)
+        return run_script(env, folder, trial_id, log_output=job.log is not None)
 
     def _execute(
         self,
@@ -171,7 +184,7 @@ class SshSlot:
         stderr_path: Path,
     ) -> tuple[str | None, int]:
         argv = [*self.access.ssh(self.host), "--", self._script(job, folder, trial_id)]
-        with stderr_path.open("wb") as stderr:
+        with stderr_path.open("ab") as stderr:
             process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
             while True:
                 try:
