@@ -10,6 +10,10 @@
 - instances.start / stop https://cloud.google.com/compute/docs/reference/rest/v1/instances/start, .../stop
                          (each answers an Operation; https://cloud.google.com/compute/docs/reference/rest/v1/zoneOperations)
 - zoneOperations.wait    https://cloud.google.com/compute/docs/reference/rest/v1/zoneOperations/wait
+- zoneOperations.get     https://cloud.google.com/compute/docs/reference/rest/v1/zoneOperations/get (an operation
+                         stays RUNNING for `operation_reads` reads, then is DONE)
+- instances.start on a VM still STOPPING: HTTP 400, reason resourceNotReady, "The resource '<name>' is not ready"
+                         (GCE's text for a resource mid-operation, as quoted in tests/data/gcp_errors, see SOURCES.md)
 - instances.getGuestAttributes
                          https://cloud.google.com/compute/docs/reference/rest/v1/instances/getGuestAttributes
                          (queryValue.items of {namespace, key, value}; the guest agent writes
@@ -105,6 +109,7 @@ class FakeGcp:
     requests: list[tuple[str, str]] = field(default_factory=list)
     operations: dict[str, dict[str, Any]] = field(default_factory=dict)
     stopping_polls: int = 1  # how many reads a STOPPING VM stays STOPPING
+    operation_reads: int = 0  # how many zoneOperations.get reads an operation stays RUNNING
     url: str = ""
     _ids: Any = field(default_factory=lambda: itertools.count(1000))
     _ips: Any = field(default_factory=lambda: itertools.count(20))
@@ -151,6 +156,15 @@ class FakeGcp:
                 return not_found(f"projects/{self.project}/zones/{match.group(2)}/operations/{match.group(3)}")
             operation["status"] = "DONE"
             return 200, operation
+        if match := re.fullmatch(r"/projects/([^/]+)/zones/([^/]+)/operations/([^/]+)", path):
+            operation = self.operations.get(match.group(3))
+            if method != "GET" or operation is None:
+                return not_found(f"projects/{self.project}/zones/{match.group(2)}/operations/{match.group(3)}")
+            if self.operation_reads > 0:
+                self.operation_reads -= 1
+            else:
+                operation["status"] = "DONE"
+            return 200, operation
         match = re.fullmatch(r"/projects/([^/]+)/zones/([^/]+)/instances/([^/]+)(?:/(\w+))?", path)
         if not match:
             return 501, error_body(501, f"the stand-in does not know {method} {path}", "notImplemented")
@@ -171,6 +185,8 @@ class FakeGcp:
                 return not_found(f"{resource}/guestAttributes/{path_asked}")
             items = [{"namespace": "hostkeys", "key": k, "value": v} for k, v in instance.host_keys.items()]
             return 200, {"kind": "compute#guestAttributes", "queryPath": path_asked, "queryValue": {"items": items}}
+        if method == "POST" and verb == "start" and instance.status == "STOPPING":
+            return 400, error_body(400, f"The resource '{resource}' is not ready", "resourceNotReady")
         if method == "POST" and verb in ("start", "stop"):
             return 200, self.operation(instance, verb)
         return 501, error_body(501, f"the stand-in does not know {method} {path}", "notImplemented")

@@ -16,7 +16,7 @@ uses application-default credentials.
 References (the shapes parsed here):
 - https://cloud.google.com/compute/docs/reference/rest/v1/instances/get, .../instances/aggregatedList,
   .../instances/start, .../instances/stop, .../instances/getGuestAttributes,
-  .../zoneOperations/wait and the Operation resource
+  .../zoneOperations/get, .../zoneOperations/wait and the Operation resource
 - https://cloud.google.com/service-usage/docs/reference/rest/v1/services/batchGet
 - https://cloud.google.com/resource-manager/reference/rest/v1/projects/getEffectiveOrgPolicy
 - errors: https://cloud.google.com/apis/design/errors (`{"error": {"code", "message", "status", "errors",
@@ -326,9 +326,9 @@ def wait(project: str, zone: str, operation: dict[str, Any], what: str, timeout:
             raise LabError(f"{what} did not finish within {timeout:.0f} s", hint="look at it in the console")
         name = operation.get("name")
         operation = call("POST", f"{base}/projects/{project}/zones/{zone}/operations/{name}/wait", what)
-    errors = ((operation.get("error") or {}).get("errors")) or []
+    errors = operation_errors(operation)
     if errors:
-        raise OperationFailed(what, [e for e in errors if isinstance(e, dict)])
+        raise OperationFailed(what, errors)
 
 
 def _post_and_wait(project: str, zone: str, name: str, verb: str, what: str) -> None:
@@ -363,6 +363,26 @@ def start_stopped(
             _post_and_wait(project, zone, name, "start", f"starting {name}")
         started.append(name)
     return started
+
+
+def start_instance(project: str, zone: str, name: str) -> dict[str, Any]:
+    """Ask GCP to start a stopped VM and return at once with its Operation (instances.start); the operation's
+    outcome (a stockout shows only there) is read later with `get_operation`. Starting a VM that is already
+    running is a no-op on GCP's side: the operation finishes without an error."""
+    base = endpoint("LAB_COMPUTE_API", COMPUTE_API)
+    return call("POST", f"{base}/projects/{project}/zones/{zone}/instances/{name}/start", f"starting {name}")
+
+
+def get_operation(project: str, zone: str, name: str) -> dict[str, Any]:
+    """A zone operation as it is now (zoneOperations.get: permission compute.zoneOperations.get); never waits."""
+    base = endpoint("LAB_COMPUTE_API", COMPUTE_API)
+    return call("GET", f"{base}/projects/{project}/zones/{zone}/operations/{name}", f"reading operation {name}")
+
+
+def operation_errors(operation: dict[str, Any]) -> list[dict[str, Any]]:
+    """The errors a finished operation ended with ([] while it runs, or when it succeeded)."""
+    errors = (operation.get("error") or {}).get("errors") or []
+    return [e for e in errors if isinstance(e, dict)]
 
 
 def stop_instance(project: str, zone: str, name: str) -> bool:
