@@ -45,7 +45,10 @@ COMMANDS: dict[str, str | tuple[str, dict[str, str]]] = {
     "ssh": "ssh:ssh",
     "dispatch": "dispatch:dispatch",
     "sweeps": "sweeps:sweeps",
-    "sweep": ("Look at one sweep.", {"show": "sweep_show:show"}),
+    "sweep": (
+        "Look at one sweep: watch it, read its logs, stop it, show its best trials.",
+        {"watch": "sweep_watch:watch", "logs": "sweep_logs:logs", "stop": "sweep_stop:stop", "show": "sweep_show:show"},
+    ),
     "cost": "cost:cost",
     "schedule": (
         "Schedule `lab down --yes` for a stack with cron (meant for the gcp target), list and remove it.",

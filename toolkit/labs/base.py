@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from toolkit.config import schema
     from toolkit.console import Ui
     from toolkit.labs.prerequisites import Check
+    from toolkit.sweeps.hosting import SweepHost
 
 Ask = Callable[..., None]  # stack_init's question: (key, question, default=None, make=str)
 
@@ -55,6 +56,7 @@ class UpRequest:
     no_jupyter: bool = False
     preview: bool = False
     fallback_on_demand: bool = False
+    dashboard_port: int | None = None  # local: optuna-dashboard's; None is its default, or a free one if taken
 
 
 @dataclass(frozen=True)
@@ -161,11 +163,22 @@ class Lab(abc.ABC):
     def study_storage(self) -> contextlib.AbstractContextManager[Any]:
         """The lab's Optuna storage, open while the block runs."""
 
+    # -- detached sweeps (`lab dispatch --detach`, `lab sweep ...`) ----------------------------------------------
+    detach_by_default: ClassVar[bool] = False  # where the laptop is not where trials run, sweeps go to the tracker
+
+    @abc.abstractmethod
+    def sweep_host(self) -> SweepHost:
+        """Where this lab's detached sweeps live and run."""
+
+    @abc.abstractmethod
+    def detached_place(self, parallel: int | None, gpus: list[str] | None) -> dict[str, Any]:
+        """Where a detached sweep's trials run, as its service reads it (`toolkit.sweeps.service.place_of`)."""
+
     # -- reaching the hosts (remote labs) ----------------------------------------------------------------------
     uptime_note: ClassVar[str] = "the lab did not create these machines"
 
-    def forwards(self, mlflow_port: int, jupyter_port: int) -> list[Forward]:
-        """The tunnels `lab tunnel` opens."""
+    def forwards(self, mlflow_port: int, jupyter_port: int, dashboard_port: int) -> list[Forward]:
+        """The tunnels `lab tunnel` opens (on these local ports)."""
         raise LabError(
             f"the {self.target} lab needs no tunnel: its services already listen on 127.0.0.1", hint="`lab status`"
         )

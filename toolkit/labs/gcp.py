@@ -31,6 +31,7 @@ from toolkit.labs.base import Ask, DownRequest, Forward, Lab, Report, RestoreReq
 if TYPE_CHECKING:
     from toolkit.console import Ui
     from toolkit.labs.prerequisites import Check
+    from toolkit.sweeps.hosting import SweepHost
 
 Say = Callable[[str], None]
 Confirm = Callable[[str], bool]
@@ -534,11 +535,21 @@ class GcpLab(Lab):
         price = prices.worker_hourly(settings)
         return lambda _: price
 
+    detach_by_default: ClassVar[bool] = True
+
+    def sweep_host(self) -> SweepHost:
+        return self.on_hosts.sweep_host()
+
+    def detached_place(self, parallel: int | None, gpus: list[str] | None) -> dict[str, Any]:
+        from toolkit.labs import ssh as remote_lab
+
+        return remote_lab.detached_place(self.on_hosts, parallel, gpus, self.worker_price())
+
     def study_storage(self) -> contextlib.AbstractContextManager[Any]:
         return self.on_hosts.study_storage()
 
-    def forwards(self, mlflow_port: int, jupyter_port: int) -> list[Forward]:
-        return self.on_hosts.forwards(mlflow_port, jupyter_port)
+    def forwards(self, mlflow_port: int, jupyter_port: int, dashboard_port: int) -> list[Forward]:
+        return self.on_hosts.forwards(mlflow_port, jupyter_port, dashboard_port)
 
     def open_forward(self, forward: Forward) -> Any:
         return self.on_hosts.open_forward(forward)
@@ -622,6 +633,8 @@ def _down(lab: GcpLab, request: DownRequest, ui: Ui) -> Report:
     home = paths.stack_home(settings.stack)
     if home.is_dir():  # this machine's `lab dispatch`, stopped as Ctrl-C stops it, before its workers go
         sweeps.interrupt_running(home, say)
+    with contextlib.suppress(LabError):  # the tracker's detached sweeps, the same way (no tracker: none runs)
+        remote_lab.stop_sweeps(lab.on_hosts, say)
 
     caught_up: list[bool] = []
 

@@ -38,11 +38,14 @@ from toolkit.labs.base import (
     keeps_its_data,
 )
 from toolkit.tracker import backups, services
+from toolkit.tracker import dashboard as optuna_dashboard
 from toolkit.tracker import db as tracker_db
 
 MLFLOW = "mlflow"
 JUPYTER = "jupyter"
 REPLICA = "replica"  # Litestream, replicating the tracker's DBs while MLflow runs
+DASHBOARD = "optuna-dashboard"  # the sweeps' live view, over the lab's optuna.db
+DASHBOARD_READY_TIMEOUT_S = 60.0
 REPLICA_READY_TIMEOUT_S = 30.0
 REPLICA_LOG_TAIL_BYTES = 64 << 10
 DEFAULT_JUPYTER_PORT = 8888
@@ -57,6 +60,7 @@ PROGRESS_FROM_BYTES = 64 << 20  # a backup of a tracker this big shows a progres
 if TYPE_CHECKING:
     from toolkit.console import Ui
     from toolkit.labs.prerequisites import Check
+    from toolkit.sweeps.hosting import SweepHost
 
 
 class UploadFailed(LabError):
@@ -112,6 +116,14 @@ class LocalLab(Lab):
     ) -> SweepPlace:
         return _lab_sweep_place(self, parallel, gpus, ui)
 
+    def sweep_host(self) -> SweepHost:
+        from toolkit.sweeps.hosting import LocalSweeps
+
+        return LocalSweeps(self.root)
+
+    def detached_place(self, parallel: int | None, gpus: list[str] | None) -> dict[str, Any]:
+        return _detached_place(self, parallel, gpus)
+
     def study_storage(self) -> contextlib.AbstractContextManager[Any]:
         return _study_storage(self)
 
@@ -122,6 +134,10 @@ class LocalLab(Lab):
     @property
     def mlflow_db(self) -> Path:
         return self.tracker_dir / "mlflow.db"
+
+    @property
+    def optuna_db(self) -> Path:
+        return self.tracker_dir / "optuna.db"
 
     @property
     def artifacts_dir(self) -> Path:
@@ -218,12 +234,15 @@ def running(lab: LocalLab, name: str, say: Say) -> services.Record | None:
     return None
 
 
+PORT_OPTIONS = {MLFLOW: "--port", JUPYTER: "--jupyter-port", DASHBOARD: "--dashboard-port"}
+
+
 def _check_port(port: int, name: str) -> None:
     holder = services.port_holder(port, HOST)
     if holder:
         raise LabError(
             f"port {port} (for {name}) is in use by {holder}",
-            hint=f"stop that process or choose another port with --{'port' if name == MLFLOW else 'jupyter-port'}",
+            hint=f"stop that process or choose another port with {PORT_OPTIONS[name]}",
         )
 
 
@@ -476,9 +495,37 @@ def _mlflow_port(lab: LocalLab) -> int:
     return record.port if record else schema.MLFLOW_PORT
 
 
-def stop_all(lab: LocalLab, say: Say, only: tuple[str, ...] = (JUPYTER, MLFLOW, REPLICA)) -> list[str]:
-    """Stop the recorded services (all unless told): Jupyter, then the tracker, then its replication last; the
-    names of those stopped."""
+def start_dashboard(lab: LocalLab, port: int | None, say: Say) -> services.Record:
+    """optuna-dashboard on 127.0.0.1 over the lab's optuna.db (toolkit.tracker.dashboard). `port` None is the
+    default port, or a free one when another process holds it (said so); a port given is that port or an error."""
+    if port is None:
+        port = optuna_dashboard.DEFAULT_PORT
+        holder = services.port_holder(port, HOST)
+        if holder:
+            port = _free_port()
+            say(f"port {optuna_dashboard.DEFAULT_PORT} is in use by {holder}: the Optuna dashboard is on {port}")
+    else:
+        _check_port(port, DASHBOARD)
+    lab.tracker_dir.mkdir(parents=True, exist_ok=True)
+    url = f"http://{HOST}:{port}"
+    record = services.start(
+        DASHBOARD,
+        optuna_dashboard.argv(f"{optuna_dashboard.SQLITE}{lab.optuna_db}", HOST, port),
+        run_dir=lab.run_dir,
+        log=lab.logs_dir / "optuna-dashboard.log",
+        port=port,
+        url=url,
+        health_url=f"{url}{optuna_dashboard.HEALTH_PATH}",
+        env={**environment.passed(), "PYTHONUNBUFFERED": "1"},  # it needs no secret
+    )
+    seconds = services.wait_healthy(record, DASHBOARD_READY_TIMEOUT_S)
+    say(f"optuna-dashboard answered in {seconds:.1f} s")
+    return record
+
+
+def stop_all(lab: LocalLab, say: Say, only: tuple[str, ...] = (JUPYTER, DASHBOARD, MLFLOW, REPLICA)) -> list[str]:
+    """Stop the recorded services (all unless told): Jupyter and the dashboard, then the tracker, then its
+    replication last; the names of those stopped."""
     stopped = []
     for name in only:
         record = running(lab, name, say)
@@ -548,17 +595,21 @@ def _lab_up(lab: LocalLab, request: UpRequest, ui: Ui) -> Report:
     say = ui.say
     mlflow = running(lab, MLFLOW, say)
     jupyter = running(lab, JUPYTER, say)
+    dashboard = running(lab, DASHBOARD, say)
     lines: list[str] = []
-    if mlflow and (jupyter or request.no_jupyter):
+    if mlflow and dashboard and (jupyter or request.no_jupyter):
         lines.append("the lab is already up; nothing changed")
     else:
         if mlflow is None:
             restore_if_empty(lab, say)
             mlflow = start_mlflow(lab, request.port, say)
+        if dashboard is None:
+            dashboard = start_dashboard(lab, request.dashboard_port, say)
         if jupyter is None and not request.no_jupyter:
             jupyter = start_jupyter(lab, request.jupyter_port, say)
     replicating = start_replica(lab, say)
     lines.append(f"MLflow   {mlflow.url}")
+    lines.append(f"Optuna   {dashboard.url}  (optuna-dashboard: the sweeps, live)")
     if jupyter:
         lines.append(f"Jupyter  {jupyter.url}  (token: `cat {lab.token_file}`)")
     lines.append(f"replica  {replicating.url}")
@@ -567,6 +618,7 @@ def _lab_up(lab: LocalLab, request: UpRequest, ui: Ui) -> Report:
         "stack": lab.stack,
         "target": lab.target,
         "mlflow": mlflow.url,
+        "optuna_dashboard": dashboard.url,
         "jupyter": jupyter.url if jupyter else None,
         "replica": replicating.url,
         "state_dir": str(lab.root),
@@ -576,7 +628,7 @@ def _lab_up(lab: LocalLab, request: UpRequest, ui: Ui) -> Report:
 
 def _lab_status(lab: LocalLab, ui: Ui) -> Report:
     components: dict[str, dict[str, Any]] = {}
-    for name in (MLFLOW, JUPYTER, REPLICA):
+    for name in (MLFLOW, DASHBOARD, JUPYTER, REPLICA):
         record = running(lab, name, ui.say)
         components[name] = (
             {
@@ -728,6 +780,7 @@ def _lab_restore(lab: LocalLab, request: RestoreRequest, ui: Ui) -> Report:
         if not request.stop:
             raise LabError("the tracker is running", hint="pass --stop to stop it first, or `lab down --local`")
         stop_all(lab, ui.say)
+    stop_all(lab, ui.say, only=(DASHBOARD,))  # it would go on showing (and writing to) the DBs it had open
     if lab.mlflow_db.exists():
         kept = backups.take(lab.tracker_dir, lab.backups_dir, stack=lab.stack, reason="pre-restore")
         ui.say(f"kept the current DBs as backup {kept.manifest.id}")
@@ -755,13 +808,14 @@ def _lab_down(lab: LocalLab, request: DownRequest, ui: Ui) -> Report:
     keeps_its_data(request)
     say = ui.say
     tracker = running(lab, MLFLOW, say)
-    up = [name for name in (JUPYTER, MLFLOW, REPLICA) if running(lab, name, say)]
+    up = [name for name in (JUPYTER, DASHBOARD, MLFLOW, REPLICA) if running(lab, name, say)]
     if not up:
         return Report(
             {"stack": lab.stack, "stopped": [], "nothing_to_do": True}, ["nothing to do: the lab is not running"]
         )
     interrupted = sweeps.interrupt_running(lab.tracker_dir, say) if lab.tracker_dir.is_dir() else []
-    stopped = stop_all(lab, say, only=(MLFLOW,))
+    dashboard = running(lab, DASHBOARD, say)
+    stopped = stop_all(lab, say, only=(MLFLOW, DASHBOARD))  # the dashboard writes too (notes, study deletions)
     caught_up = replica_catch_up(lab, say)
     made = None
     if lab.mlflow_db.exists():
@@ -774,6 +828,8 @@ def _lab_down(lab: LocalLab, request: DownRequest, ui: Ui) -> Report:
         except LabError as exc:
             if tracker is not None and not request.force:
                 start_mlflow(lab, tracker.port, say)
+                if dashboard is not None:
+                    start_dashboard(lab, dashboard.port, say)
                 raise LabError(
                     f"the backup failed, so nothing was stopped (MLflow is running again): {exc.one_line()}",
                     hint="fix that, or pass --force to stop without a backup",
@@ -821,6 +877,24 @@ def _lab_sweep_place(lab: LocalLab, parallel: int | None, gpus: list[str] | None
     slot_list = slots.local_slots(parallel or 1, gpus, lab.settings.runs_per_gpu)
     slots.price_slots(slot_list, lambda _: prices.host_hourly(prices.LOCAL_HOST), lambda _: prices.LOCAL_HOST)
     return SweepPlace(slot_list, tracker.url, lab.tracker_dir / "optuna.db")
+
+
+def _detached_place(lab: LocalLab, parallel: int | None, gpus: list[str] | None) -> dict[str, Any]:
+    """A detached sweep on this machine: its slots, the running tracker, the lab's study storage."""
+    from toolkit.cost import prices
+
+    tracker = running(lab, MLFLOW, lambda line: None)
+    if tracker is None:
+        raise LabError("the local lab is not up", hint="start it with `lab up --local`")
+    return {
+        "kind": "local",
+        "parallel": parallel or 1,
+        "gpus": gpus,
+        "runs_per_gpu": lab.settings.runs_per_gpu,
+        "tracking_uri": tracker.url,
+        "storage": str(lab.tracker_dir / "optuna.db"),
+        "usd_per_hour": prices.host_hourly(prices.LOCAL_HOST),
+    }
 
 
 @contextlib.contextmanager

@@ -43,14 +43,18 @@ from toolkit.labs.base import (
     keeps_its_data,
 )
 from toolkit.tracker import backups
+from toolkit.tracker import dashboard as optuna_dashboard
 
 DATA = "/srv/lab"
 TRACKER_USER = "lab-tracker"
 AGENT = ["/opt/lab/venv/bin/python", "-m", "toolkit.tracker.agent"]
 OPTUNA_PORT = 5001
 JUPYTER_PORT = 8888
-TRACKER_UNITS = ("lab-mlflow.service", "lab-optuna.service", "lab-backup.timer", "lab-replica.service")
-SERVING = TRACKER_UNITS[:2]  # what takes writes: stopped first, started last
+DASHBOARD_UNIT = "lab-optuna-dashboard.service"  # optuna-dashboard on the tracker's 127.0.0.1, over the proxy
+TRACKER_UNITS = ("lab-mlflow.service", "lab-optuna.service", DASHBOARD_UNIT, "lab-backup.timer", "lab-replica.service")
+# What takes writes (the dashboard's go through the proxy; it is stopped with it so that it never shows a
+# restored DB from its caches): stopped first, started last.
+SERVING = TRACKER_UNITS[:3]
 REPLICA_UNIT = "lab-replica.service"
 UNDONE = "pre-restore"  # a restore's copy of what it replaced: never restored on its own
 # The lab_tracker task that brings back a tracker without a DB (it runs, and so counts as changed, only then).
@@ -65,6 +69,7 @@ Say = Callable[[str], None]
 if TYPE_CHECKING:
     from toolkit.console import Ui
     from toolkit.labs.prerequisites import Check
+    from toolkit.sweeps.hosting import SweepHost
 
 
 @dataclass(frozen=True)
@@ -137,12 +142,33 @@ class SshLab(Lab):
 
         return sweep_place(self, exits, parallel, gpus, prices.host_hourly)
 
+    detach_by_default: ClassVar[bool] = True
+
+    def sweep_host(self) -> SweepHost:
+        from toolkit.sweeps.hosting import TrackerSweeps
+
+        return TrackerSweeps(self, DATA, TRACKER_USER)
+
+    def detached_place(self, parallel: int | None, gpus: list[str] | None) -> dict[str, Any]:
+        from toolkit.cost import prices
+
+        return detached_place(self, parallel, gpus, prices.host_hourly)
+
     def study_storage(self) -> contextlib.AbstractContextManager[Any]:
         return study_storage(self)
 
-    def forwards(self, mlflow_port: int, jupyter_port: int) -> list[Forward]:
+    def forwards(self, mlflow_port: int, jupyter_port: int, dashboard_port: int) -> list[Forward]:
         facts = tracker_facts(self)
-        plan = [Forward("MLflow", self.tracker, mlflow_port, facts.get("mlflow_bind", "127.0.0.1"), schema.MLFLOW_PORT)]
+        plan = [
+            Forward("MLflow", self.tracker, mlflow_port, facts.get("mlflow_bind", "127.0.0.1"), schema.MLFLOW_PORT),
+            Forward(
+                "Optuna dashboard",
+                self.tracker,
+                dashboard_port,
+                "127.0.0.1",
+                int(facts.get("dashboard_port", optuna_dashboard.DEFAULT_PORT)),
+            ),
+        ]
         plan += [  # each worker has its own token
             Forward(f"Jupyter on {w.name}", w, jupyter_port + i, "127.0.0.1", JUPYTER_PORT, "/lab", self.token_file(w))
             for i, w in enumerate(self.workers)
@@ -960,6 +986,7 @@ def stop_lab(lab: SshLab, request: DownRequest, ui: Ui) -> Report:
 
     keeps_its_data(request)
     sweeps.interrupt_running(lab.root, ui.say)  # this machine's `lab dispatch`, as Ctrl-C stops it
+    detached = stop_sweeps(lab, ui.say)  # the tracker's, the same way
     made = None
     caught_up = False
     try:
@@ -981,6 +1008,7 @@ def stop_lab(lab: SshLab, request: DownRequest, ui: Ui) -> Report:
         "backup": str(made.path) if made else None,
         "replica_caught_up": caught_up,
         "stopped_on": sorted(report.hosts) if report else [],
+        "sweeps_stopped": detached,
     }
     where = ", ".join(report.hosts) if report else "no host answered"
     lines = [f"the lab's services are stopped ({where}); the machines stay as they were"]
@@ -1085,6 +1113,35 @@ def sweep_place(
         slot_list = slot_list[:parallel]
     slots.price_slots(slot_list, price, lambda slot: slot.host.name)
     return SweepPlace(slot_list, f"http://127.0.0.1:{mlflow_port}", lab.root / "sweeps", optuna_port)
+
+
+def detached_place(
+    lab: SshLab, parallel: int | None, gpus: list[str] | None, price: Callable[[str], float | None]
+) -> dict[str, Any]:
+    """A detached sweep on the tracker: the workers' slots as the tracker reaches them (its /etc/lab/tracker.json),
+    with each worker's price per hour."""
+    if gpus:
+        raise LabError("--gpus is for the local target", hint="remote workers report their own GPUs")
+    if not lab.workers:
+        raise LabError("the lab has no workers to run trials on", hint="list them in lab:workerHosts")
+    return {
+        "kind": "tracker",
+        "parallel": parallel,
+        "runs_per_gpu": lab.settings.runs_per_gpu,
+        "prices": {worker.name: price(worker.name) for worker in lab.workers},
+    }
+
+
+def stop_sweeps(lab: SshLab, say: Say) -> list[str]:
+    """`lab down`: the tracker's detached sweeps stop as Ctrl-C stops them (trials interrupted and queued); a
+    tracker that cannot be asked has none running that could write."""
+    from toolkit.sweeps.hosting import TrackerSweeps
+
+    try:
+        return TrackerSweeps(lab, DATA, TRACKER_USER).stop_all(say)
+    except LabError as exc:
+        say(f"could not ask the tracker for running sweeps: {exc.one_line()}")
+        return []
 
 
 @contextlib.contextmanager

@@ -14,7 +14,9 @@ import hashlib
 import json
 import math
 import os
+import secrets
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,6 +38,9 @@ STOP_TIMEOUT_S = 120  # `lab down`'s wait for a dispatcher it interrupted to rec
 RUN_ID_ATTR = "mlflow_run_id"
 RESUME_ATTR = "lab_resume_run_id"  # on a queued trial: the run of the attempt it repeats
 RESUME_ENV = "LAB_RESUME_RUN_ID"  # in a retry's kernel: that run, so `toolkit.checkpoints` resumes from it
+LEASE_ATTR = "lab.dispatcher"  # on the study: which dispatcher sweeps it, until when (renewed while it runs)
+LEASE_S = 30.0  # a dispatcher that was killed frees its study in this time
+LEASE_SETTLE_S = 0.3  # a lease taken is read back after this, so two dispatchers starting at once cannot both hold it
 COST_METRIC = "cost_usd"  # on each trial's run, and as a user attribute of the Optuna trial
 
 
@@ -190,6 +195,9 @@ class Sweep:
         # trials whose slot's host went away, waiting for another slot (trial, result, parameters)
         self.requeued: list[tuple[Any, TrialResult]] = []
         self.lost_slots: list[str] = []
+        self.started = time.monotonic()  # when the sweep began running (the summary's clock starts here)
+        self.closed = threading.Event()
+        self.lease: dict[str, Any] | None = None
 
     # -- setup ---------------------------------------------------------------------------------
     def open(self) -> Progress:
@@ -218,6 +226,7 @@ class Sweep:
                 f"space file says {space.direction}",
                 hint="use another --study",
             )
+        self._take_lease()
         self._requeue_stale()
         done = [
             t
@@ -238,6 +247,48 @@ class Sweep:
             self.progress.best = self.study.best_value
         return self.progress
 
+    def _take_lease(self) -> None:
+        """One dispatcher per study, on any machine: the study records who sweeps it until when (a lease renewed
+        while the sweep runs); a live lease of another dispatcher is a refusal, an expired one is taken over."""
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "token": secrets.token_hex(8)}
+        storage, study_id = self.study._storage, self.study._study_id
+
+        def holder() -> dict[str, Any]:
+            held = storage.get_study_user_attrs(study_id).get(LEASE_ATTR)
+            return held if isinstance(held, dict) else {}
+
+        def refuse(held: dict[str, Any]) -> LabError:
+            return LabError(
+                f"study {self.spec.study!r} is being swept by another `lab dispatch` (on {held.get('host', '?')}, "
+                f"pid {held.get('pid', '?')})",
+                hint=f"wait for it, stop it (`lab sweep stop {self.spec.study}`), or use another --study; a "
+                f"dispatcher that was killed frees it within {LEASE_S:.0f} s",
+            )
+
+        held = holder()
+        if held.get("token") and held.get("token") != me["token"] and float(held.get("until", 0)) > time.time():
+            raise refuse(held)
+        storage.set_study_user_attr(study_id, LEASE_ATTR, {**me, "until": time.time() + LEASE_S})
+        time.sleep(LEASE_SETTLE_S)
+        if (held := holder()).get("token") != me["token"]:
+            raise refuse(held)
+        self.lease = me
+
+        def renew() -> None:
+            while not self.closed.wait(LEASE_S / 3):
+                with contextlib.suppress(Exception):
+                    storage.set_study_user_attr(study_id, LEASE_ATTR, {**me, "until": time.time() + LEASE_S})
+
+        threading.Thread(target=renew, name="lease", daemon=True).start()
+
+    def close(self) -> None:
+        """Give the study's lease back (another dispatcher may sweep it at once)."""
+        self.closed.set()
+        if self.lease and self.study is not None:
+            with contextlib.suppress(Exception):
+                self.study._storage.set_study_user_attr(self.study._study_id, LEASE_ATTR, {**self.lease, "until": 0})
+            self.lease = None
+
     def _requeue_stale(self) -> None:
         """Trials left RUNNING by a dispatcher that was killed: failed as interrupted, their
         parameters queued to run again first."""
@@ -257,6 +308,7 @@ class Sweep:
     def run(self, on_change: Callable[[], None] = lambda: None, poll: float = 0.2) -> Progress:
         """Run the sweep to the end; Ctrl-C stops the running trials, records them, and re-raises."""
         progress = self.progress or self.open()
+        self.started = time.monotonic()
         # Slots report their end through a counter and an event, not Thread.join: on Python 3.11 a
         # join interrupted by Ctrl-C can mark a thread that still runs as finished.
         self.active = len(self.slots)
@@ -513,3 +565,46 @@ class Sweep:
             "run_id": run_id,
             "url": f"{self.spec.tracking_uri}/#/experiments/{self.experiment_id}/runs/{run_id}",
         }
+
+
+def total_cost(results: list[TrialResult]) -> float | None:
+    costs = [r.cost_usd for r in results if r.cost_usd is not None]
+    return round(sum(costs), 6) if costs else None
+
+
+def summary(sweep: Sweep, wall: float) -> dict[str, Any]:
+    """What a sweep did this run: each trial, the counts, the best trial, the cost (`lab dispatch --json`)."""
+    progress = sweep.progress
+    results = progress.results if progress else []
+    origin = sweep.started
+    return {
+        "study": sweep.spec.study,
+        "tracking_uri": sweep.spec.tracking_uri,
+        "experiment_id": sweep.experiment_id,
+        "trials": [
+            {
+                "number": r.number,
+                "state": r.state,
+                "value": r.value,
+                "params": r.params,
+                "run_id": r.run_id,
+                "resumed_from": r.resume_run_id,
+                "slot": r.slot,
+                "attempts": r.attempts,
+                "seconds": round(r.seconds, 3),
+                "cost_usd": None if r.cost_usd is None else round(r.cost_usd, 6),
+                "slot_start": round(r.slot_start - origin, 3),
+                "slot_end": round(r.slot_end - origin, 3),
+                "output": r.output,
+                "error": r.error,
+            }
+            for r in results
+        ],
+        "slots": len(sweep.slots),
+        "wall_s": round(wall, 3),
+        "completed": progress.count("COMPLETE") if progress else 0,
+        "failed": progress.count("FAIL") if progress else 0,
+        "interrupted": progress.count("INTERRUPTED") if progress else 0,
+        "best": sweep.best() if sweep.study is not None else None,
+        "cost_usd": total_cost(results),
+    }

@@ -1,14 +1,18 @@
 """Slots: where one trial's notebook runs. A slot takes a job and returns how it ended.
 
-The local slot runs papermill as its own process, with the caller's allow-listed variables
-(`toolkit.environment`: never the caller's secrets), the slot's environment (for example CUDA_VISIBLE_DEVICES)
-and the trial's (MLFLOW_TRACKING_URI, MLFLOW_RUN_ID) on top. Remote slots (SSH to a worker) implement the same
-`run`.
+The local slot keeps a runner process (`toolkit.sweeps.runner`) that starts the slot's next kernel while
+the current trial runs, so a free slot starts its next trial at once; every trial still gets a fresh
+kernel. The kernel sees the caller's allow-listed variables (`toolkit.environment`: never the caller's
+secrets) and the slot's (for example CUDA_VISIBLE_DEVICES); the trial's (MLFLOW_TRACKING_URI,
+MLFLOW_RUN_ID, ...) are put in its environment before the notebook's first cell. Remote slots (SSH to a
+worker) implement the same `run`. A slot's `close()` stops what it keeps running between trials.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import queue
 import subprocess
 import sys
 import tempfile
@@ -66,6 +70,8 @@ class Slot(Protocol):
 
     def run(self, job: Job, cancel: threading.Event) -> Outcome: ...
 
+    def close(self) -> None: ...
+
 
 def kill_tree(pid: int) -> None:
     """Kill a process and everything it started (papermill starts its kernel in a session of its own)."""
@@ -93,18 +99,160 @@ def last_lines(text: str, count: int = ERROR_LINES) -> str:
     return "\n".join(lines[-count:])
 
 
+class RunnerProcess:
+    """This side of a slot's runner (`python -m toolkit.sweeps.runner`): jobs in, JSON answers out.
+
+    It runs in a session of its own, so Ctrl-C in a terminal reaches the dispatcher only (which stops its
+    trials); its stderr (the kernels' own diagnostics) goes to a private temporary file."""
+
+    def __init__(self, argv: list[str], env: dict[str, str] | None) -> None:
+        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 -- held while the runner lives; closed by _release
+        self.process = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            env=env,
+            start_new_session=True,
+        )
+        self.answers: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        threading.Thread(target=self._read, name="runner-answers", daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None  # noqa: S101
+        for line in self.process.stdout:
+            with contextlib.suppress(json.JSONDecodeError):
+                self.answers.put(json.loads(line))
+        self.answers.put(None)  # the runner is gone
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def send(self, message: dict[str, Any]) -> bool:
+        """Hand the runner a job; False when it is gone."""
+        assert self.process.stdin is not None  # noqa: S101
+        try:
+            self.process.stdin.write(json.dumps(message).encode() + b"\n")
+            self.process.stdin.flush()
+        except OSError:
+            return False
+        return True
+
+    def answer(self, timeout: float) -> dict[str, Any] | None:
+        """The runner's next answer; {} when none came within `timeout`, None when it has gone away."""
+        try:
+            return self.answers.get(timeout=timeout)
+        except queue.Empty:
+            return {}
+
+    def why_gone(self) -> str:
+        """What the runner said last, and how it ended."""
+        code = self.process.wait()
+        self.stderr.seek(0)
+        said = last_lines(self.stderr.read().decode(errors="replace"))
+        how = f"killed by signal {-code}" if code < 0 else f"exited with {code}"
+        return f"the slot's runner {how}" + (f": {said}" if said else "")
+
+    def kill(self) -> None:
+        """Kill the runner, its kernels (the trial's and the warm one) and everything they started."""
+        kill_tree(self.process.pid)
+        self.process.wait()
+        self._release()
+
+    def close(self, grace_s: float = 10.0) -> None:
+        """Stop the runner as its owner going away would: its input ends and it kills its kernels."""
+        with contextlib.suppress(OSError):
+            assert self.process.stdin is not None  # noqa: S101
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            kill_tree(self.process.pid)
+            self.process.wait()
+        self._release()
+
+    def _release(self) -> None:
+        for stream in (self.process.stdin, self.process.stdout, self.stderr):
+            with contextlib.suppress(OSError):
+                if stream is not None:
+                    stream.close()
+
+
+def runner_job(job: Job) -> dict[str, Any]:
+    """A job as the runner takes it: absolute paths, the parameters as papermill's YAML."""
+    import yaml
+
+    notebook = job.notebook.resolve()
+    return {
+        "notebook": str(notebook),
+        "output": str(job.output.resolve()),
+        "parameters": yaml.safe_dump(job.parameters),
+        "env": dict(job.env),
+        "log": str(job.log.resolve()) if job.log else None,
+        "cwd": str(notebook.parent),
+    }
+
+
+def drive(runner: RunnerProcess, job: Job, cancel: threading.Event) -> tuple[Outcome, bool]:
+    """Run one job on a runner and wait for its answer; stop it on cancel or timeout. The outcome, and
+    whether the runner can take another job (False: it was killed or went away)."""
+    started = time.monotonic()
+    if not runner.send(runner_job(job)):
+        return Outcome("died", time.monotonic() - started, runner.why_gone()), False
+    while True:
+        answer = runner.answer(POLL_S)
+        seconds = time.monotonic() - started
+        if answer is None:
+            return Outcome("died", seconds, runner.why_gone()), False
+        if answer.get("event") == "done":
+            return Outcome(str(answer["kind"]), seconds, str(answer.get("error", ""))), True
+        stop = "cancelled" if cancel.is_set() else None
+        if job.timeout is not None and seconds > job.timeout:
+            stop = "timeout"
+        if stop:
+            runner.kill()
+            why = "cancelled" if stop == "cancelled" else f"the trial ran longer than --timeout {job.timeout:g} s"
+            return Outcome(
+                stop, time.monotonic() - started, why if stop == "cancelled" else why + " and was stopped"
+            ), False
+
+
 @dataclass
 class LocalSlot:
-    """A slot on this machine: papermill in a process of its own."""
+    """A slot on this machine: a runner that keeps the next kernel warm (or, with `warm=False`, a papermill
+    process per trial, kernel start included: the baseline of benchmarks/dispatch_overhead.py)."""
 
     name: str
     env: dict[str, str] = field(default_factory=dict)
     usd_per_hour: float | None = None  # this slot's share of the machine's price (None: not priced)
+    warm: bool = True
+    runner: RunnerProcess | None = field(default=None, init=False, repr=False, compare=False)
 
     def run(self, job: Job, cancel: threading.Event) -> Outcome:
+        job.output.parent.mkdir(parents=True, exist_ok=True)
+        if job.log:
+            job.log.parent.mkdir(parents=True, exist_ok=True)
+        if not self.warm:
+            return self._run_papermill(job, cancel)
+        if self.runner is None or not self.runner.alive():
+            self.runner = RunnerProcess(
+                [sys.executable, "-m", "toolkit.sweeps.runner"],
+                environment.for_kernels(self.env),  # not the caller's secrets; the trial's come with its job
+            )
+        outcome, usable = drive(self.runner, job, cancel)
+        if not usable:
+            self.runner = None
+        return outcome
+
+    def close(self) -> None:
+        """Stop the runner and its warm kernel (the sweep is over)."""
+        runner, self.runner = self.runner, None
+        if runner is not None:
+            runner.close()
+
+    def _run_papermill(self, job: Job, cancel: threading.Event) -> Outcome:
         import yaml
 
-        job.output.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="lab-trial-") as scratch:
             params_file = Path(scratch) / "parameters.yaml"
             params_file.write_text(yaml.safe_dump(job.parameters))
@@ -124,7 +272,6 @@ class LocalSlot:
             ]
             env = environment.for_kernels(self.env, job.env)  # not the caller's secrets
             started = time.monotonic()
-            stderr_path.parent.mkdir(parents=True, exist_ok=True)
             with stderr_path.open("ab") as stderr:
                 log_start = stderr.tell()
                 process = subprocess.Popen(

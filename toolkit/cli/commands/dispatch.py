@@ -15,37 +15,11 @@ from toolkit.console import err, out
 from toolkit.errors import LabError
 
 if TYPE_CHECKING:
-    from rich.table import Table
-
-    from toolkit.sweeps.dispatch import Sweep, SweepSpec
+    from toolkit.labs.base import Lab
+    from toolkit.sweeps.dispatch import SweepSpec
+    from toolkit.sweeps.space import Space
 
 DEFAULT_OUTPUT = "out/{study}/{notebook}-{trial}-{run_id}.ipynb"
-
-
-def _table(sweep: Sweep, started: float) -> Table:
-    from rich.table import Table
-
-    progress = sweep.progress
-    assert progress is not None  # noqa: S101 -- the sweep is open before anything is shown
-    done, failed = progress.count("COMPLETE"), progress.count("FAIL") + progress.count("INTERRUPTED")
-    running = [r for r in progress.results if r.state == "RUNNING"]
-    best = "-" if progress.best is None else f"{progress.best:.6g}"
-    table = Table(
-        title=f"{done} done, {len(running)} running, {failed} failed of {progress.planned} "
-        f"(+{progress.already} earlier); best {best}; {time.monotonic() - started:.0f} s",
-        title_justify="left",
-    )
-    for column in ("slot", "trial", "elapsed", "params"):
-        table.add_column(column)
-    busy = {r.slot: r for r in running}
-    for slot in sweep.slots:
-        result = busy.get(slot.name)
-        if result:
-            params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.params.items())
-            table.add_row(slot.name, str(result.number), f"{time.monotonic() - result.started:.0f} s", params)
-        else:
-            table.add_row(slot.name, "-", "-", "idle")
-    return table
 
 
 def dispatch(
@@ -73,13 +47,21 @@ def dispatch(
             "--gpus", help="GPU ids, e.g. 0,1: each slot sees one (CUDA_VISIBLE_DEVICES), lab:runsPerGpu slots per GPU."
         ),
     ] = None,
+    detach: Annotated[
+        Optional[bool],  # noqa: UP045
+        typer.Option(
+            "--detach/--no-detach",
+            help="Hand the sweep to the lab (the tracker on ssh/gcp, a process of its own locally) and return: it "
+            "goes on without this terminal. Default: on for ssh and gcp, off for local.",
+        ),
+    ] = None,
     as_json: options.Json = False,
     local: options.Local = False,
     target: options.Target = None,
     stack_name: options.Stack = options.STACK_DEFAULT,
 ) -> None:
     """Run a sweep: Optuna proposes parameters, papermill runs the notebook on parallel slots, MLflow
-    records every trial. Exit 0 when at least one trial completed."""
+    records every trial. Exit 0 when at least one trial completed (detached: once the sweep started)."""
     from toolkit import labs
     from toolkit.console import Ui
     from toolkit.sweeps import dispatch as engine
@@ -91,6 +73,16 @@ def dispatch(
     gpu_list = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else None
     ui = Ui(json=as_json)
     lab = labs.open_lab(stack_name, local=local, target=options.target_name(target), ui=ui)
+    if lab.detach_by_default if detach is None else detach:
+        if output != DEFAULT_OUTPUT:
+            raise LabError(
+                "--output is for a sweep run in this terminal",
+                hint="a detached sweep keeps each executed notebook in its trial's MLflow run (and in its folder)",
+            )
+        _detach(
+            lab, notebook, space_file, searched, study or notebook.stem, trials, timeout, parallel, gpu_list, as_json
+        )
+        return
     with contextlib.ExitStack() as exits:
         place = lab.sweep_place(exits, parallel, gpu_list, ui)
         spec = engine.SweepSpec(
@@ -107,70 +99,92 @@ def dispatch(
         _sweep(spec, place.slots, as_json)
 
 
-def _total_cost(results: list) -> float | None:
-    costs = [r.cost_usd for r in results if r.cost_usd is not None]
-    return round(sum(costs), 6) if costs else None
+def _detach(
+    lab: Lab,
+    notebook: Path,
+    space_file: Path,
+    searched: Space,
+    name: str,
+    trials: int,
+    timeout: float | None,
+    parallel: int | None,
+    gpus: list[str] | None,
+    as_json: bool,
+) -> None:
+    """Hand the sweep to where the lab runs its sweeps, start it there, say how to follow it."""
+    import socket
+
+    from toolkit.sweeps import service
+
+    service.check_name(name)
+    doc = {
+        "study": name,
+        "notebook": notebook.name,
+        "trials": trials,
+        "timeout": timeout,
+        "place": lab.detached_place(parallel, gpus),
+        "metric": searched.metric,
+        "from": socket.gethostname(),
+        "submitted": time.time(),
+    }
+    data = service.pack(notebook.resolve(), space_file, doc)
+    host = lab.sweep_host()
+    started = time.monotonic()
+    host.submit(name, data)
+    host.start(name)
+    state = host.state(name) or {}
+    if as_json:
+        document = {"sweep": name, "where": host.where, "bundle_bytes": len(data), "state": state}
+        out().print_json(json.dumps(document, default=str))
+        return
+    out().print(
+        f"sweep {name} runs {host.where} ({len(data) / 1024:.0f} KB handed over in {time.monotonic() - started:.1f} s)"
+    )
+    out().print(f"  watch it:  lab sweep watch {name}")
+    out().print(f"  its logs:  lab sweep logs {name} [--trial N] --follow")
+    out().print(f"  stop it:   lab sweep stop {name}  (the same dispatch resumes it)")
 
 
 def _sweep(spec: SweepSpec, slot_list: list, as_json: bool) -> None:
+    from toolkit.cli import sweep_view
     from toolkit.sweeps import dispatch as engine
+    from toolkit.sweeps import service
 
     output = spec.output_pattern
     notebook = spec.notebook
     engine.output_path(output, study=spec.study, trial=0, run_id="x", notebook=notebook)  # fail fast on typos
     with engine.study_lock(spec.storage_path, spec.study):
         sweep = engine.Sweep(spec, slot_list)
-        progress = sweep.open()
-        started = time.monotonic()
-        wall = 0.0
-        if progress.planned == 0:
-            err().print(f"nothing to do: study {spec.study!r} already has {progress.already} finished trials")
-        elif as_json:
-            sweep.run()
-        else:
-            from rich.live import Live
+        try:
+            progress = sweep.open()
+            started = time.monotonic()
 
-            with Live(_table(sweep, started), console=err(), refresh_per_second=4, transient=False) as live:
-                try:
-                    sweep.run(on_change=lambda: live.update(_table(sweep, started)))
-                except KeyboardInterrupt:
-                    stopped = progress.count("INTERRUPTED")
-                    err().print(
-                        f"stopped {stopped} running trial{'s' * (stopped != 1)}, marked them interrupted "
-                        "and queued their parameters; run the same command again to resume"
-                    )
-                    raise
-        wall = time.monotonic() - started
-        best = sweep.best()
-    summary = {
-        "study": spec.study,
-        "tracking_uri": spec.tracking_uri,
-        "experiment_id": sweep.experiment_id,
-        "trials": [
-            {
-                "number": r.number,
-                "state": r.state,
-                "value": r.value,
-                "params": r.params,
-                "run_id": r.run_id,
-                "slot": r.slot,
-                "attempts": r.attempts,
-                "seconds": round(r.seconds, 3),
-                "cost_usd": None if r.cost_usd is None else round(r.cost_usd, 6),
-                "slot_start": round(r.slot_start - started, 3),
-                "slot_end": round(r.slot_end - started, 3),
-                "output": r.output,
-                "error": r.error,
-            }
-            for r in progress.results
-        ],
-        "slots": len(slot_list),
-        "wall_s": round(wall, 3),
-        "completed": progress.count("COMPLETE"),
-        "failed": progress.count("FAIL"),
-        "best": best,
-        "cost_usd": _total_cost(progress.results),
-    }
+            def view() -> object:
+                return sweep_view.table(service.snapshot(sweep, started, name=spec.study, status="running"))
+
+            if progress.planned == 0:
+                err().print(f"nothing to do: study {spec.study!r} already has {progress.already} finished trials")
+            elif as_json:
+                sweep.run()
+            else:
+                from rich.live import Live
+
+                with Live(view(), console=err(), refresh_per_second=4, transient=False) as live:
+                    try:
+                        sweep.run(on_change=lambda: live.update(view()))
+                    except KeyboardInterrupt:
+                        stopped = progress.count("INTERRUPTED")
+                        err().print(
+                            f"stopped {stopped} running trial{'s' * (stopped != 1)}, marked them interrupted "
+                            "and queued their parameters; run the same command again to resume"
+                        )
+                        raise
+                if not err().is_terminal:
+                    err().line()  # the live view's last line is not ended where stderr is no terminal
+        finally:
+            sweep.close()
+        summary = engine.summary(sweep, time.monotonic() - started)
+    best = summary["best"]
     if as_json:
         out().print_json(json.dumps(summary, default=str))
     else:

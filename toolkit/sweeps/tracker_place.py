@@ -1,0 +1,57 @@
+"""A detached sweep's place on the tracker: the workers' slots as the tracker reaches them, its own MLflow and
+Optuna storage proxy.
+
+The tracker role writes what this needs into /etc/lab/tracker.json: MLflow's address and port, the Optuna proxy's
+port, and the workers (name, internal address, login user) with the tracker's own SSH key and a known-hosts file
+written from the workers' host keys (so the tracker never trusts a key on first use).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+from toolkit.errors import LabError
+
+FACTS = Path("/etc/lab/tracker.json")
+
+
+def facts(path: Path = FACTS) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise LabError(
+            f"cannot read {path} ({type(exc).__name__})", hint="run `lab up` to configure the tracker"
+        ) from None
+
+
+def place(doc: dict[str, Any], exits: contextlib.ExitStack, path: Path = FACTS) -> Any:
+    from toolkit.hosts import ssh as remote
+    from toolkit.labs.base import SweepPlace
+    from toolkit.sweeps import slots, ssh_slots
+
+    known = facts(path)
+    workers = known.get("workers") or []
+    if not workers:
+        raise LabError("the tracker knows no workers", hint="list them (lab:workerHosts / lab:workers) and `lab up`")
+    users = {str(w["user"]) for w in workers}
+    if len(users) != 1:
+        raise LabError(f"the workers have different login users ({', '.join(sorted(users))})")
+    access = remote.Access(
+        user=users.pop(), key=Path(known["ssh_key"]), known_hosts=Path(known["known_hosts"]), strict=True
+    )
+    hosts = [remote.Host(str(w["name"]), str(w["address"]), remote.WORKER) for w in workers]
+    slot_list = ssh_slots.ssh_slots(access, hosts, int(doc.get("runs_per_gpu", 1)))
+    if doc.get("parallel"):
+        slot_list = slot_list[: int(doc["parallel"])]
+    prices = doc.get("prices") or {}
+    slots.price_slots(slot_list, lambda host: prices.get(host), lambda slot: slot.host.name)
+    bind = known.get("mlflow_bind", "127.0.0.1")
+    return SweepPlace(
+        slot_list,
+        f"http://{bind}:{known.get('mlflow_port', 5000)}",
+        Path(doc["root"]) / "sweeps" / "optuna",  # the study locks, beside the sweeps' folders
+        int(known.get("optuna_port", 5001)),
+    )
