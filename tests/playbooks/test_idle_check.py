@@ -185,3 +185,41 @@ def test_a_busy_jupyter_kernel_is_busy_and_a_silent_jupyter_is_not(host):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_sweep_holding_the_worker_keeps_it_on_until_its_hold_goes_stale(host):
+    """A sweep with trials queued for a worker touches hold-<sweep> every minute (toolkit.sweeps.workers.hold): the
+    worker is busy while that file is younger than --hold-minutes, whatever else it does between two trials."""
+    host["state"].write_text(f"{BOOTED + 60}\n")  # idle for long: it would power off
+    hold = host["trials"] / "hold-resnet-sweep"
+    hold.touch()
+    seen = check(host, "--dry-run", "--hold-minutes", "5")
+    assert seen["busy"] == ["sweeps"] and not seen["would_power_off"], seen
+    assert seen["checks"]["sweeps"] == {"busy": True, "seen": "held by sweep(s) resnet-sweep"}
+    assert seen["checks"]["trials"]["seen"].startswith("no running trial (0 stale file(s))"), "a hold is no trial"
+    check(host, "--hold-minutes", "5")
+    assert not host["calls"].exists() and float(host["state"].read_text()) >= time.time() - 5
+
+    host["state"].write_text(f"{BOOTED + 60}\n")
+    six_minutes_ago = time.time() - 6 * 60
+    os.utime(hold, (six_minutes_ago, six_minutes_ago))  # the sweep ended or died: it touches it no more
+    seen = check(host, "--dry-run", "--hold-minutes", "5")
+    assert seen["busy"] == [] and seen["would_power_off"], seen
+    assert seen["checks"]["sweeps"] == {"busy": False, "seen": "no sweep holds it (1 stale hold file(s))"}
+    assert check(host, "--dry-run", "--hold-minutes", "10")["busy"] == ["sweeps"], "the limit is the option's"
+    far_ahead = time.time() + 3600  # a file dated far in the future holds nothing
+    os.utime(hold, (far_ahead, far_ahead))
+    assert check(host, "--dry-run")["busy"] == []
+    check(host, "--hold-minutes", "5")
+    assert host["calls"].read_text().split() == ["poweroff"]
+    assert "sweeps: no sweep holds it" in host["log"].read_text()
+
+
+def test_holds_and_trial_markers_side_by_side(host):
+    (host["trials"] / "run-1").write_text(f"{os.getpid()}\n")
+    (host["trials"] / "hold-a").touch()
+    (host["trials"] / "hold-b").touch()
+    seen = check(host, "--dry-run")
+    assert seen["busy"] == ["trials", "sweeps"], seen
+    assert seen["checks"]["sweeps"]["seen"] == "held by sweep(s) a, b"
+    assert seen["checks"]["trials"]["seen"].startswith("1 running trial file(s)")

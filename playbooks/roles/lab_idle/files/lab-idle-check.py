@@ -6,6 +6,9 @@ lab-idle.timer runs it every ~20 s as root (standard library only). The worker i
   jupyter  a Jupyter kernel's execution_state is "busy" (GET /api/kernels with the lab's token; a Jupyter
            that does not answer counts as not busy)
   trials   a file in the trials folder holds the PID of a live process, or a papermill process runs
+  sweeps   a sweep holds this worker: a file hold-<sweep> in the trials folder modified within --hold-minutes
+           (the sweep touches it about every minute while it has trials queued or running for this worker, so
+           a worker is not powered off between two trials; a sweep that ended or died stops holding it)
   ssh      an ESTABLISHED TCP connection to the local SSH port
 When busy, the time goes to the state file. When idle for --minutes since the later of the last activity
 and this boot, the reason goes to the log file and the journal and the host powers off.
@@ -123,13 +126,34 @@ def papermill_processes(proc: Path) -> list[int]:
     return found
 
 
+HOLD_PREFIX = "hold-"
+CLOCK_SLACK_S = 60  # a hold file a little in the future (a clock step) still counts; one far ahead does not
+
+
 def check_trials(trials: Path, proc: Path) -> Check:
-    files = sorted(p for p in trials.glob("*") if p.is_file()) if trials.is_dir() else []
+    found = trials.glob("*") if trials.is_dir() else []
+    files = sorted(p for p in found if p.is_file() and not p.name.startswith(HOLD_PREFIX))
     live = [p.name for p in files if (pid := trial_pid(p)) is not None and pid_alive(pid)]
     papermill = papermill_processes(proc)
     if live or papermill:
         return True, f"{len(live)} running trial file(s), {len(papermill)} papermill process(es)"
     return False, f"no running trial ({len(files)} stale file(s)), no papermill process"
+
+
+def check_holds(trials: Path, minutes: float, now: float) -> Check:
+    holding, stale = [], 0
+    for path in sorted(trials.glob(HOLD_PREFIX + "*")) if trials.is_dir() else []:
+        try:
+            age = now - path.stat().st_mtime
+        except OSError:
+            continue
+        if -CLOCK_SLACK_S <= age <= minutes * 60:
+            holding.append(path.name[len(HOLD_PREFIX) :])
+        else:
+            stale += 1
+    if holding:
+        return True, f"held by sweep(s) {', '.join(holding)}"
+    return False, f"no sweep holds it ({stale} stale hold file(s))" if stale else "no sweep holds it"
 
 
 def established_connections(port: int, proc: Path) -> int:
@@ -195,6 +219,7 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument("--jupyter-port", type=int, default=8888)
     cli.add_argument("--jupyter-env", type=Path, default=Path("/etc/lab/jupyter.env"))
     cli.add_argument("--trials", type=Path, default=Path("/var/lib/lab/trials"))
+    cli.add_argument("--hold-minutes", type=float, default=5, help="how long a sweep's hold file keeps the host on")
     cli.add_argument("--state", type=Path, default=Path("/var/lib/lab/last-active"))
     cli.add_argument("--log", type=Path, default=Path("/var/log/lab/idle.log"))
     cli.add_argument("--ssh-port", type=int, default=22)
@@ -207,14 +232,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.minutes <= 0 and not args.dry_run:
         return 0
+    now = time.time()
     checks = {
         "gpu": check_gpu(),
         "jupyter": check_jupyter(args.jupyter_port, args.jupyter_env),
         "trials": check_trials(args.trials, args.proc),
+        "sweeps": check_holds(args.trials, args.hold_minutes, now),
         "ssh": check_ssh(args.ssh_port, args.proc),
     }
     busy = [name for name, (is_busy, _) in checks.items() if is_busy]
-    now = time.time()
     since = max(last_active(args.state) or 0.0, boot_time(args.proc))
     idle_for = 0.0 if busy else max(0.0, now - since)
     power_off = args.minutes > 0 and not busy and idle_for >= args.minutes * 60
