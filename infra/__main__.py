@@ -38,6 +38,8 @@ network = LabNetwork(
         region=settings.region,
         allowed_ssh_cidrs=settings.allowed_ssh_cidrs,
         tracker_ports=[settings.mlflow_port],
+        tracker_service_account=identity.tracker_email,
+        worker_service_account=identity.worker_email,
     ),
 )
 tracker = Tracker(

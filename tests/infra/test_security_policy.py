@@ -63,13 +63,51 @@ def test_mlflow_port_only_from_workers_to_the_tracker(run):
     assert tracker.inputs["tags"] == ["lab-tracker"], "only the tracker may carry the tracker tag"
 
 
+def test_ssh_inside_the_network_only_from_the_tracker_to_the_workers(run):
+    """Detached sweeps run on the tracker and reach the workers over SSH: one rule, tcp:22 only, from the
+    tracker's service account to the workers'. GCP matches a rule's source service accounts against the primary
+    internal address of the VMs that run as them, and lets no rule mix accounts with tags or ranges
+    (https://cloud.google.com/firewall/docs/firewalls#serviceaccounts)."""
+    program = run(workers=2)
+    accounts = emails(program)
+    inside = [r for r in ingress_rules(program) if not r.inputs.get("sourceRanges")]
+    to_ssh = [r for r in inside if "22" in allowed_ports(r)]
+    assert len(to_ssh) == 1, f"exactly one rule may open SSH inside the network: {[r.name for r in to_ssh]}"
+    rule = to_ssh[0]
+    assert allowed_ports(rule) == {"22"}, f"{rule.name} opens {allowed_ports(rule)}"
+    assert rule.inputs["sourceServiceAccounts"] == [accounts["tracker"]]
+    assert rule.inputs["targetServiceAccounts"] == [accounts["worker"]]
+    assert not rule.inputs.get("sourceTags") and not rule.inputs.get("targetTags")
+    assert not rule.inputs.get("denies")
+    workers = [vm for vm in program.of_type(INSTANCE) if vm.name.startswith("worker")]
+    tracker = program.one_named(INSTANCE, "tracker")
+    assert tracker.inputs["serviceAccount"]["email"] == accounts["tracker"]
+    assert all(vm.inputs["serviceAccount"]["email"] == accounts["worker"] for vm in workers)
+    assert accounts["tracker"] != accounts["worker"], "workers would reach each other's SSH"
+
+
 def test_nothing_else_inbound(run):
     program = run(workers=3)
     rules = ingress_rules(program)
-    assert len(rules) == 2, [r.name for r in rules]
+    assert len(rules) == 3, [r.name for r in rules]
     for rule in rules:
-        assert rule.inputs.get("sourceRanges") or rule.inputs.get("sourceTags"), f"{rule.name} has no source"
+        sources = [key for key in ("sourceRanges", "sourceTags", "sourceServiceAccounts") if rule.inputs.get(key)]
+        assert len(sources) == 1, f"{rule.name} has sources {sources}"
+        assert rule.inputs.get("targetTags") or rule.inputs.get("targetServiceAccounts"), f"{rule.name} hits every VM"
         assert allowed_ports(rule) <= {"22", MLFLOW_PORT}
+    role_of = {email: f"account:{role}" for role, email in emails(program).items()}
+    opened = sorted(
+        (
+            sorted(allowed_ports(r)),
+            sorted([*r.inputs.get("targetTags", []), *(role_of[e] for e in r.inputs.get("targetServiceAccounts", []))]),
+        )
+        for r in rules
+    )
+    assert opened == [
+        (["22"], ["account:worker"]),  # from the tracker (detached sweeps)
+        (["22"], ["lab-tracker", "lab-worker"]),  # from lab:allowedSshCidrs
+        ([MLFLOW_PORT], ["lab-tracker"]),  # from the workers
+    ], opened
     network = program.one("gcp:compute/network:Network")
     assert network.inputs["autoCreateSubnetworks"] is False, "a dedicated network, not auto mode"
 
