@@ -16,6 +16,7 @@ and `sampler`, when a sweep runs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,16 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _infinite_or_nan(value: Any) -> bool:
+    """YAML's `.nan`, `.inf` and `-.inf` (a YAML int is always finite)."""
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def _yaml(value: float) -> str:
+    """A non-finite float as the space file spells it."""
+    return ".nan" if math.isnan(value) else (".inf" if value > 0 else "-.inf")
+
+
 def _param(name: str, spec: Any, problems: list[str]) -> Param | None:
     where = f"params.{name}"
     if not isinstance(spec, dict):
@@ -108,11 +119,15 @@ def _param(name: str, spec: Any, problems: list[str]) -> Param | None:
     for label, value in (("low", low), ("high", high)):
         if not _number(value):
             problems.append(f"{where}.{label}: must be a number, got {value!r}")
+        elif _infinite_or_nan(value):
+            problems.append(f"{where}.{label}: must be a finite number, got {_yaml(value)}")
         elif kind == "int" and not float(value).is_integer():
             problems.append(f"{where}.{label}: must be a whole number for an int parameter, got {value!r}")
     if not isinstance(log, bool):
         problems.append(f"{where}.log: must be true or false, got {log!r}")
-    if step is not None and (not _number(step) or step <= 0):
+    if step is not None and _number(step) and _infinite_or_nan(step):
+        problems.append(f"{where}.step: must be a finite positive number, got {_yaml(step)}")
+    elif step is not None and (not _number(step) or step <= 0):
         problems.append(f"{where}.step: must be a positive number, got {step!r}")
     if len(problems) > before:
         return None
