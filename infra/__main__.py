@@ -6,7 +6,7 @@ from bucket import ArtifactBucket, ArtifactBucketArgs
 from identity import LabIdentity, LabIdentityArgs
 from network import LabNetwork, LabNetworkArgs
 from tracker import Tracker, TrackerArgs
-from workers import WorkerPool, WorkerPoolArgs
+from workers import WorkerPool, WorkerPoolArgs, instance_name
 
 settings = stack_config.load()
 prefix = settings.name_prefix
@@ -29,6 +29,10 @@ identity = LabIdentity(
         tracker_account_id=settings.tracker_account_id,
         worker_account_id=settings.worker_account_id,
         bucket=bucket.name,
+        project=settings.project,
+        prefix=prefix,
+        worker_zone=choices.worker_zone,
+        worker_instances=tuple(instance_name(prefix, index) for index in range(settings.workers)),
     ),
 )
 network = LabNetwork(

@@ -12,7 +12,9 @@ TRACKER_IMAGE = "debian-cloud/debian-12"
 TRACKER_BOOT_DISK_GB = 20
 DATA_DEVICE = "lab-data"  # appears as /dev/disk/by-id/google-lab-data on the VM
 # OAuth scopes cap what a VM's token may do, on top of its account's IAM grants.
-TRACKER_SCOPES = ["https://www.googleapis.com/auth/devstorage.read_write"]
+# The compute scope lets its token reach the Compute API, where its IAM grant allows only the worker VMs
+# (infra/identity.py): a detached sweep starts preempted workers again.
+TRACKER_SCOPES = ["https://www.googleapis.com/auth/devstorage.read_write", "https://www.googleapis.com/auth/compute"]
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,11 @@ def scheduling(spot: bool) -> gcp.compute.InstanceSchedulingArgs:
     )
 
 
+def instance_name(prefix: str, index: int) -> str:
+    """A worker VM's name: <prefix>-worker-<index> (the tracker's IAM condition names them too)."""
+    return f"{prefix}-worker-{index}"
+
+
 class WorkerPool(pulumi.ComponentResource):
     """`count` identical workers, named <prefix>-worker-<i>."""
 
@@ -62,7 +67,7 @@ class WorkerPool(pulumi.ComponentResource):
             self.instances.append(
                 gcp.compute.Instance(
                     f"{name}-{index}",
-                    name=f"{args.prefix}-worker-{index}",
+                    name=instance_name(args.prefix, index),
                     machine_type=args.machine_type,
                     zone=args.zone,
                     tags=[WORKER_TAG],

@@ -56,6 +56,7 @@ class GcpMocks(pulumi.runtime.Mocks):
         outputs = dict(args.inputs)
         if args.typ == "gcp:serviceaccount/account:Account":
             outputs["email"] = f"{args.inputs['accountId']}@{self.project}.iam.gserviceaccount.com"
+            outputs["uniqueId"] = str(104_761_922_630_457_800_000 + len(self.of(args.typ)))  # GCP's 21 digits
         elif args.typ == "gcp:compute/address:Address":
             outputs["address"] = "10.42.0.2"
         elif args.typ == "gcp:storage/bucket:Bucket":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Any
 
 import pulumi
@@ -12,6 +13,9 @@ FIREWALL = "gcp:compute/firewall:Firewall"
 INSTANCE = "gcp:compute/instance:Instance"
 BUCKET = "gcp:storage/bucket:Bucket"
 ACCOUNT = "gcp:serviceaccount/account:Account"
+CUSTOM_ROLE = "gcp:projects/iAMCustomRole:IAMCustomRole"
+PROJECT_MEMBER = "gcp:projects/iAMMember:IAMMember"
+PROJECT_IAM = (CUSTOM_ROLE, PROJECT_MEMBER)
 MLFLOW_PORT = "5000"
 
 
@@ -131,7 +135,10 @@ def test_the_tracker_and_the_workers_run_as_accounts_of_their_own(run):
         role = "tracker" if vm.name == "tracker" else "worker"
         assert vm.inputs["serviceAccount"]["email"] == accounts[role], f"{vm.name} runs as another account"
     tracker = program.one_named(INSTANCE, "tracker")
-    assert tracker.inputs["serviceAccount"]["scopes"] == ["https://www.googleapis.com/auth/devstorage.read_write"]
+    assert tracker.inputs["serviceAccount"]["scopes"] == [
+        "https://www.googleapis.com/auth/devstorage.read_write",
+        "https://www.googleapis.com/auth/compute",  # its IAM grant there: the worker VMs only (below)
+    ]
     for vm in vms:
         if vm is not tracker:
             assert vm.inputs["serviceAccount"]["scopes"] == ["https://www.googleapis.com/auth/devstorage.read_only"], (
@@ -140,7 +147,7 @@ def test_the_tracker_and_the_workers_run_as_accounts_of_their_own(run):
 
 
 def bucket_grants(program) -> dict[str, Any]:
-    iam = [r for r in program.resources if "iam" in r.type.lower()]
+    iam = [r for r in program.resources if "iam" in r.type.lower() and r.type not in PROJECT_IAM]
     assert {r.type for r in iam} == {"gcp:storage/bucketIAMMember:BucketIAMMember"}, [r.type for r in iam]
     by_member = {}
     for grant in iam:
@@ -178,10 +185,85 @@ def test_deleted_objects_are_kept_for_a_week(run):
     assert bucket.inputs["softDeletePolicy"] == {"retentionDurationSeconds": 7 * 24 * 3600}
 
 
-def test_no_project_level_roles(run):
+def test_no_project_level_roles_but_the_trackers_conditioned_hold_on_the_workers(run):
     program = run(workers=3)
     project_level = [r for r in program.resources if r.type.startswith(("gcp:projects/", "gcp:organizations/"))]
-    assert project_level == [], [r.type for r in project_level]
+    assert sorted(r.type for r in project_level) == sorted(PROJECT_IAM), [r.type for r in project_level]
+    grant = program.one(PROJECT_MEMBER)
+    assert grant.inputs["role"].startswith("projects/my-gcp-project/roles/"), "a custom role, never a predefined one"
+    assert grant.inputs["condition"]["expression"], "never without its condition"
+
+
+# -- the tracker may read, start and stop the worker VMs, and nothing else of Compute Engine ------------------------
+# How GCP reads the condition, for the shape the program writes (a disjunction of `resource.type != "T"` and
+# `resource.name == "N"`): https://cloud.google.com/iam/docs/configuring-resource-based-access (resource names of VMs
+# are projects/P/zones/Z/instances/NAME; other resource types pass a `resource.type !=` clause).
+CLAUSE = re.compile(r'resource\.type != "(?P<type>[^"]+)"|resource\.name == "(?P<name>[^"]+)"')
+
+
+def allows(expression: str, resource_type: str, resource_name: str) -> bool:
+    verdicts = []
+    for clause in expression.split(" || "):
+        found = CLAUSE.fullmatch(clause)
+        assert found, f"a clause this reading does not know: {clause!r}"
+        if found["type"] is not None:
+            verdicts.append(resource_type != found["type"])
+        else:
+            verdicts.append(resource_name == found["name"])
+    return any(verdicts)
+
+
+def vm(zone: str, name: str) -> str:
+    return f"projects/my-gcp-project/zones/{zone}/instances/{name}"
+
+
+def test_the_tracker_can_read_start_and_stop_only_the_worker_vms(run):
+    program = run(workers=2)
+    accounts = emails(program)
+    role = program.one(CUSTOM_ROLE)
+    assert sorted(role.inputs["permissions"]) == [
+        "compute.instances.get",
+        "compute.instances.start",
+        "compute.instances.stop",
+        "compute.zoneOperations.get",
+    ], "nothing that creates, deletes, changes metadata (SSH keys) or reads disks"
+    assert re.fullmatch(r"lab_dev_workers_\d{21}", role.inputs["roleId"]), role.inputs["roleId"]
+    grant = program.one(PROJECT_MEMBER)
+    assert grant.inputs["member"] == f"serviceAccount:{accounts['tracker']}"
+    assert grant.inputs["role"] == f"projects/my-gcp-project/roles/{role.inputs['roleId']}"
+    expression = grant.inputs["condition"]["expression"]
+    instance = "compute.googleapis.com/Instance"
+    workers = [r.inputs["name"] for r in program.of_type(INSTANCE) if r.name.startswith("worker")]
+    assert workers == ["lab-dev-worker-0", "lab-dev-worker-1"]
+    for name in workers:
+        assert allows(expression, instance, vm("us-central1-a", name))
+    tracker = program.one_named(INSTANCE, "tracker").inputs["name"]
+    for other in (
+        vm("us-central1-a", tracker),
+        vm("us-central1-a", "lab-dev-worker-2"),  # not (yet) one of the lab's workers
+        vm("us-central1-a", "lab-dev-worker-0-x"),
+        vm("us-central1-a", "lab-dev-worker-x-worker-0"),  # another stack's worker, stack "dev-worker-x"
+        vm("us-central1-b", "lab-dev-worker-0"),  # same name, another zone: not this lab's VM
+        vm("us-central1-a", "someone-elses-vm"),
+    ):
+        assert not allows(expression, instance, other), other
+    assert allows(expression, "compute.googleapis.com/ZoneOperation", "projects/my-gcp-project/zones/x/operations/y")
+
+
+def test_the_worker_vms_named_follow_the_zone_they_run_in(run, monkeypatch):
+    monkeypatch.setenv("LAB_WORKER_ZONE", "us-central1-c")
+    expression = run(workers=1).one(PROJECT_MEMBER).inputs["condition"]["expression"]
+    assert allows(expression, "compute.googleapis.com/Instance", vm("us-central1-c", "lab-dev-worker-0"))
+    assert not allows(expression, "compute.googleapis.com/Instance", vm("us-central1-a", "lab-dev-worker-0"))
+
+
+def test_the_workers_account_gets_no_compute_grant_and_no_workers_no_role(run):
+    program = run(workers=3)
+    worker = f"serviceAccount:{emails(program)['worker']}"
+    assert [g.name for g in program.of_type(PROJECT_MEMBER) if g.inputs["member"] == worker] == []
+    assert all(not r.type.startswith("gcp:compute/") or "IAM" not in r.type for r in program.resources)
+    none = run(workers=0)
+    assert none.of_type(CUSTOM_ROLE) == [] and none.of_type(PROJECT_MEMBER) == []
 
 
 def test_no_service_account_keys(run):
