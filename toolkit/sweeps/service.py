@@ -76,9 +76,9 @@ def _files(base: Path) -> Iterator[Path]:
                 yield path
 
 
-def pack(notebook: Path, space_file: Path, doc: dict[str, Any], limit: int = BUNDLE_LIMIT_BYTES) -> bytes:
-    """The sweep as one gzipped tar: the notebook's folder (hidden files, .git, out/, caches left out) as bundle/,
-    the space file as space.yml, and `doc` as sweep.json; refused past `limit` bytes, naming the biggest files."""
+def measure(notebook: Path, space_file: Path, limit: int = BUNDLE_LIMIT_BYTES) -> list[Path]:
+    """The files a sweep takes from the notebook's folder (hidden files, .git, out/, caches left out); refused past
+    `limit` bytes in all, naming the biggest."""
     base = notebook.parent
     files = list(_files(base))
     sizes = {path: path.stat().st_size for path in files}
@@ -92,9 +92,16 @@ def pack(notebook: Path, space_file: Path, doc: dict[str, Any], limit: int = BUN
             hint="move data out of the notebook's folder (into the lab's bucket or the workers' disks); a sweep "
             "takes the notebook, its code and small files",
         )
+    return files
+
+
+def pack(notebook: Path, space_file: Path, doc: dict[str, Any], limit: int = BUNDLE_LIMIT_BYTES) -> bytes:
+    """The sweep as one gzipped tar: the notebook's folder (`measure`) as bundle/, the space file as space.yml, and
+    `doc` as sweep.json."""
+    base = notebook.parent
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for path in files:
+        for path in measure(notebook, space_file, limit):
             tar.add(path, arcname=f"bundle/{path.relative_to(base).as_posix()}", recursive=False)
         tar.add(space_file, arcname="space.yml", recursive=False)
         data = json.dumps(doc, indent=2).encode()

@@ -117,6 +117,7 @@ def _detach(
     from toolkit.sweeps import service
 
     service.check_name(name)
+    service.measure(notebook.resolve(), space_file)  # refused before anything is asked of the lab
     doc = {
         "study": name,
         "notebook": notebook.name,

@@ -1,0 +1,239 @@
+"""Detached sweeps on the local lab: `lab dispatch --detach` returns, the sweep goes on in a process of its own;
+`lab sweep watch`, `logs`, `stop`, and the same dispatch resuming it. Real kernels, Optuna storage, MLflow server."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from tests.conftest import ROOT
+
+mlflow = pytest.importorskip("mlflow")
+optuna = pytest.importorskip("optuna")
+
+PROBE = ROOT / "tests" / "data" / "notebooks" / "probe.ipynb"
+
+
+@pytest.fixture
+def lab_up(lab, ports, isolated, state):
+    ran = lab("up", "--local", "--no-jupyter", "--port", ports["mlflow"])
+    assert ran.code == 0, ran.err
+    yield f"http://127.0.0.1:{ports['mlflow']}"
+    lab("down", "--local", "--force", timeout=300)
+    for lock in state.glob("sweeps/*/run.lock"):  # a sweep a failed test left running
+        text = lock.read_text().strip()
+        if text.isdigit():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(int(text), signal.SIGKILL)
+
+
+def space_file(tmp_path: Path, **fixed) -> Path:
+    path = tmp_path / "space.yml"
+    fixed_text = ", ".join(f"{k}: {json.dumps(v)}" for k, v in fixed.items())
+    path.write_text(
+        "objective: {metric: val_loss, direction: minimize}\n"
+        "params:\n  x: {type: float, low: 0.0, high: 1.0}\n"
+        f"fixed: {{{fixed_text}}}\n"
+        "sampler: {name: random, seed: 7}\n"
+    )
+    return path
+
+
+def talking_notebook(folder: Path) -> Path:
+    """A notebook that prints as it goes and imports a module that sits beside it (the sweep must take it along)."""
+    folder.mkdir(parents=True)
+    (folder / "helper.py").write_text("OFFSET = 0.3\n")
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [
+        nbformat.v4.new_code_cell("x = 0.5\ntrial_number = 0\nseed = 0", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(
+            "import mlflow\nfrom helper import OFFSET\n"
+            "for step in range(3):\n    print(f'trial {trial_number} step {step}', flush=True)\n"
+            "with mlflow.start_run():\n    mlflow.log_metric('val_loss', (x - OFFSET) ** 2)"
+        ),
+    ]
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = folder / "talk.ipynb"
+    nbformat.write(notebook, path)
+    return path
+
+
+def state_of(state: Path, name: str) -> dict:
+    try:
+        return json.loads((state / "sweeps" / name / "state.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def wait_running(state: Path, name: str, trials: int, timeout: float = 180) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        now = state_of(state, name)
+        if sum(1 for s in now.get("slots", []) if s.get("state") == "running") >= trials:
+            return now
+        assert now.get("status") not in ("finished", "failed", "stopped"), now
+        assert time.monotonic() < deadline, f"{trials} trials never ran at once: {now}"
+        time.sleep(0.3)
+
+
+def study_of(state: Path, name: str):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{state / 'tracker' / 'optuna.db'}")
+
+
+def test_a_detached_sweep_outlives_its_command(lab, lab_up, state, tmp_path):
+    notebook = talking_notebook(tmp_path / "exp")
+    space = space_file(tmp_path)
+    started = time.monotonic()
+    ran = lab(
+        "dispatch", str(notebook), "--space", str(space), "-n", "3", "-j", "2", "--study", "det", "--detach",
+        "--local", "--json",
+    )  # fmt: skip
+    took = time.monotonic() - started
+    assert ran.code == 0, ran.err
+    handed = json.loads(ran.out)
+    assert handed["sweep"] == "det" and handed["where"] == "on this machine"
+    assert took < 15, f"`lab dispatch --detach` took {took:.1f} s to return"
+    (notebook.parent / "helper.py").write_text("raise ImportError('the sweep must run the copy it was handed')\n")
+
+    watched = lab("sweep", "watch", "det", "--local", "--json", timeout=600)  # returns when the sweep ends
+    assert watched.code == 0, watched.err
+    final = json.loads(watched.out.strip().split("\n}\n")[-1] if "\n}\n" in watched.out else watched.out)
+    assert final["status"] == "finished" and final["completed"] == 3, final
+
+    listed = json.loads(lab("sweeps", "--local", "--json").out)
+    assert [(s["name"], s["status"], s["complete"]) for s in listed] == [("det", "finished", 3)]
+    trial_log = lab("sweep", "logs", "det", "--trial", "0", "--local")
+    assert trial_log.code == 0, trial_log.err
+    assert "trial 0 step 2" in trial_log.out, trial_log.out
+    sweep_log = lab("sweep", "logs", "det", "--local")
+    assert "trial 0 complete" in sweep_log.out and "sweep det finished" in sweep_log.out, sweep_log.out
+
+    client = mlflow.MlflowClient(lab_up)
+    runs = client.search_runs([client.get_experiment_by_name("det").experiment_id])
+    assert sorted(r.info.status for r in runs) == ["FINISHED"] * 3
+    assert all(r.data.metrics["val_loss"] == pytest.approx((r.data.params and float(r.data.params["x"]) - 0.3) ** 2)
+               for r in runs)  # fmt: skip
+
+
+def test_stop_interrupts_the_running_trials_and_the_same_dispatch_resumes(lab, lab_up, state, tmp_path):
+    hold = tmp_path / "hold"
+    hold.write_text("")
+    space = space_file(tmp_path, hold=str(hold))
+    argv = [
+        "dispatch",
+        str(PROBE),
+        "--space",
+        str(space),
+        "-n",
+        "4",
+        "-j",
+        "2",
+        "--study",
+        "held",
+        "--detach",
+        "--local",
+    ]
+    assert (ran := lab(*argv)).code == 0, ran.err
+    wait_running(state, "held", 2)
+    again = lab(*argv)
+    assert again.code == 1 and "sweep 'held' is running" in again.err, again.err
+
+    stopped = lab("sweep", "stop", "held", "--local", timeout=300)
+    assert stopped.code == 0, stopped.err
+    assert "2 running trials interrupted and queued" in stopped.out, stopped.out
+    assert state_of(state, "held")["status"] == "stopped"
+    study = study_of(state, "held")
+    interrupted = [t for t in study.trials if t.state.name == "FAIL"]
+    waiting = [t for t in study.trials if t.state.name == "WAITING"]
+    assert len(interrupted) == 2 and all(t.user_attrs["lab_interrupted"] for t in interrupted)
+    assert sorted(t.user_attrs["lab_resume_run_id"] for t in waiting) == sorted(
+        t.user_attrs["mlflow_run_id"] for t in interrupted
+    ), "each queued trial remembers the run it repeats"
+    assert "interrupted" in lab("sweep", "logs", "held", "--local").out
+    assert "nothing to do" in lab("sweep", "stop", "held", "--local").out
+
+    hold.unlink()
+    assert (ran := lab(*argv)).code == 0, ran.err
+    assert lab("sweep", "watch", "held", "--local", "--json", timeout=600).code == 0
+    study = study_of(state, "held")
+    assert len([t for t in study.trials if t.state.name == "COMPLETE"]) == 4
+    client = mlflow.MlflowClient(lab_up)
+    runs = client.search_runs([client.get_experiment_by_name("held").experiment_id])
+    resumed = {r.data.tags.get("lab.resumes") for r in runs} - {None}
+    assert resumed == {t.user_attrs["mlflow_run_id"] for t in interrupted}, "the retries got LAB_RESUME_RUN_ID"
+
+
+def test_down_stops_a_detached_sweep_first(lab, lab_up, state, tmp_path):
+    hold = tmp_path / "hold"
+    hold.write_text("")
+    space = space_file(tmp_path, hold=str(hold))
+    argv = ["dispatch", str(PROBE), "--space", str(space), "-n", "2", "-j", "2", "--study", "late", "--detach"]
+    assert (ran := lab(*argv, "--local")).code == 0, ran.err
+    wait_running(state, "late", 2)
+    down = lab("down", "--local", "--json", timeout=300)
+    assert down.code == 0, down.err
+    assert json.loads(down.out)["sweeps_interrupted"] == ["late"]
+    assert state_of(state, "late")["status"] == "stopped"
+    assert len([t for t in study_of(state, "late").trials if t.state.name == "WAITING"]) == 2
+
+
+def test_what_a_detached_sweep_refuses(lab, tmp_path):
+    folder = tmp_path / "big"
+    folder.mkdir()
+    notebook = folder / "nb.ipynb"
+    notebook.write_bytes(PROBE.read_bytes())
+    with (folder / "weights.bin").open("wb") as handle:  # sparse: 70 MB on paper, nothing on disk
+        handle.truncate(70 * 2**20)
+    space = space_file(tmp_path)
+    big = lab("dispatch", str(notebook), "--space", str(space), "--detach", "--local")
+    assert big.code == 1
+    assert "holds 70.0 MB, more than the 64 MB" in big.err and "weights.bin (70.0 MB)" in big.err, big.err
+    assert len(big.err.strip().splitlines()) == 1, big.err
+    named = lab("dispatch", str(PROBE), "--space", str(space), "--study", "a b", "--detach", "--local")
+    assert named.code == 1 and "'a b' cannot name a sweep" in named.err, named.err
+    nowhere = lab("sweep", "watch", "nothing-here", "--local")
+    assert nowhere.code == 1 and "no sweep named 'nothing-here'" in nowhere.err, nowhere.err
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # SQLAlchemy's, from MLflow's own SQL store in this process
+def test_one_dispatcher_per_study_on_any_machine(tmp_path):
+    """The lease on the study, not a lock on this machine: a second dispatcher (another laptop, the tracker) of the
+    same study is refused while the first one's lease lives, and takes it once the first let go or its lease ran out."""
+    from toolkit.errors import LabError
+    from toolkit.sweeps import dispatch as engine
+    from toolkit.sweeps import space as spaces
+
+    def sweep(folder: str) -> engine.Sweep:
+        (tmp_path / folder).mkdir(exist_ok=True)
+        spec = engine.SweepSpec(
+            notebook=PROBE,
+            space=spaces.load(space_file(tmp_path)),
+            study="shared",
+            trials=1,
+            timeout=None,
+            output_pattern=str(tmp_path / "out" / "{trial}.ipynb"),
+            tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+            storage_path=tmp_path / "optuna.db",
+        )
+        return engine.Sweep(spec, [])
+
+    first, second = sweep("laptop"), sweep("tracker")
+    first.open()
+    with pytest.raises(LabError, match=r"study 'shared' is being swept by another `lab dispatch` \(on .*, pid \d+\)"):
+        second.open()
+    first.close()
+    second.open()  # let go: taken at once
+    storage = second.study._storage
+    lease = storage.get_study_user_attrs(second.study._study_id)[engine.LEASE_ATTR]
+    second.closed.set()  # as if killed: its lease is no longer renewed ...
+    storage.set_study_user_attr(second.study._study_id, engine.LEASE_ATTR, {**lease, "until": time.time() - 1})
+    third = sweep("another")
+    third.open()  # ... and once it ran out, another dispatcher takes the study over
+    third.close()
