@@ -30,6 +30,8 @@ from toolkit.errors import LabError
 from toolkit.sweeps import slots
 from toolkit.sweeps.space import Space
 
+REJOIN_WAIT_S = 3600.0  # how long a slot whose host went away waits for it to answer again, while trials are left
+REJOIN_POLL_S = 10.0
 MAX_RETRIES = 2  # a slot whose process dies runs the same parameters again, at most this often
 ERROR_TAG_LIMIT = 5000
 INTERRUPTED = "lab_interrupted"
@@ -195,6 +197,9 @@ class Sweep:
         # trials whose slot's host went away, waiting for another slot (trial, result, parameters)
         self.requeued: list[tuple[Any, TrialResult]] = []
         self.lost_slots: list[str] = []
+        self.notes: dict[str, str] = {}  # slot -> what it waits for (shown by `lab sweep watch`)
+        self.revive: Callable[[slots.Slot], str] | None = None  # gcp: starts a stopped worker; says how it goes
+        self.rejoin_wait_s = REJOIN_WAIT_S
         self.started = time.monotonic()  # when the sweep began running (the summary's clock starts here)
         self.closed = threading.Event()
         self.lease: dict[str, Any] | None = None
@@ -359,22 +364,56 @@ class Sweep:
 
     def _slot_loop(self, slot: slots.Slot) -> None:
         try:
-            usable = True
-            while usable and (picked := self._next(slot)) is not None:
-                usable = self._run_trial(slot, *picked)  # False: the slot's host is gone, its trial requeued
-            while usable and self._waiting_for_others():
-                time.sleep(0.2)  # another slot may still hand back a trial for this one to run
-                if (picked := self._next(slot)) is not None:
-                    usable = self._run_trial(slot, *picked)
+            while True:
+                usable = True
+                while usable and (picked := self._next(slot)) is not None:
+                    usable = self._run_trial(slot, *picked)  # False: the slot's host is gone, its trial requeued
+                while usable and self._waiting_for_others():
+                    time.sleep(0.2)  # another slot may still hand back a trial for this one to run
+                    if (picked := self._next(slot)) is not None:
+                        usable = self._run_trial(slot, *picked)
+                if usable or not self._rejoin(slot):
+                    break
         except BaseException as exc:  # a bug here must not vanish with the thread
             self.errors.append(exc)
             self.cancel.set()
         finally:
+            with contextlib.suppress(Exception):
+                getattr(slot, "close", lambda: None)()  # what the slot keeps between trials (a warm kernel)
             with self.lock:
                 self.active -= 1
                 if self.active == 0:
                     self._abandon_requeued()
                     self.all_done.set()
+
+    def _rejoin(self, slot: slots.Slot) -> bool:
+        """A slot whose host went away (powered off, preempted) waits for it to answer again while the sweep has
+        trials left, asking `revive` (gcp: start the stopped VM) as it waits; True once the host is back."""
+        answers = getattr(slot, "answers", None)
+        if answers is None:
+            return False
+        deadline = time.monotonic() + self.rejoin_wait_s
+        while not self.cancel.is_set() and self._work_left() and time.monotonic() < deadline:
+            note = ""
+            if self.revive is not None:
+                with contextlib.suppress(Exception):  # a failing revival is shown, never the sweep's end
+                    note = self.revive(slot)
+            self.notes[slot.name] = note or "its host does not answer: waiting for it to come back"
+            if answers():
+                with self.lock:
+                    self.lost_slots = [name for name in self.lost_slots if name != slot.name]
+                self.notes.pop(slot.name, None)
+                return True
+            self.cancel.wait(REJOIN_POLL_S)
+        self.notes[slot.name] = "gone"
+        return False
+
+    def _work_left(self) -> bool:
+        with self.lock:
+            progress = self.progress
+            if progress is None:
+                return False
+            return bool(self.requeued) or len(progress.results) < progress.planned or self._busy_elsewhere()
 
     def _waiting_for_others(self) -> bool:
         """Whether a healthy slot should stay around: another slot may still hand back a trial."""

@@ -206,6 +206,8 @@ def snapshot(sweep: Any, started: float, *, name: str, status: str, extra: dict[
     for slot in sweep.slots:
         result = busy.get(slot.name)
         entry: dict[str, Any] = {"name": slot.name, "state": "lost" if slot.name in sweep.lost_slots else "idle"}
+        if sweep.notes.get(slot.name):
+            entry["note"] = sweep.notes[slot.name]
         if result is not None:
             entry.update(
                 state="running", trial=result.number, elapsed_s=round(now - result.started, 1), params=result.params
@@ -458,7 +460,7 @@ def start_process(root: Path, name: str, timeout_s: float = 60) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m toolkit.sweeps.service", description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=("receive", "run", "watch", "logs", "list", "stop"))
-    parser.add_argument("--root", type=Path, required=True, help="the folder holding sweeps/")
+    parser.add_argument("--root", "--data", dest="root", type=Path, required=True, help="the folder holding sweeps/")
     parser.add_argument("--name", default="")
     parser.add_argument("--trial", type=int)
     parser.add_argument("--follow", action="store_true")
