@@ -7,6 +7,7 @@ a sweep that loses a worker, a tracker reboot, backup/restore/down, then idle se
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -368,7 +370,14 @@ def test_sweep_goes_on_when_a_worker_powers_off(site, tmp_path):
         "sampler: {name: random, seed: 3}\n"
     )
     command = [str(LAB), "dispatch", str(PROBE), "--space", str(space), "--trials", "6", "--study", "lose-a-worker"]
-    command += ["--json", "--output", str(tmp_path / "out/{trial}-{run_id}.ipynb"), "--stack", str(site.stack)]
+    command += [
+        "--no-detach",
+        "--json",
+        "--output",
+        str(tmp_path / "out/{trial}-{run_id}.ipynb"),
+        "--stack",
+        str(site.stack),
+    ]
     sweep = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
@@ -435,6 +444,84 @@ def test_sweeps_are_read_from_the_trackers_storage(site, tmp_path):
     assert found["lose-a-worker"]["complete"] == 6
     shown = json_of(site.lab("sweep", "show", "lose-a-worker", "--json", "--plot-dir", str(tmp_path)))
     assert len(shown["best"]) == 5 and all(Path(p).is_file() for p in shown["plots"])
+
+
+@contextlib.contextmanager
+def laptop(site: Site, tmp_path: Path) -> Iterator[list[str]]:
+    """A stand-in for a laptop: a network namespace of its own on the hosts' bridge (its own address and link, its
+    own SSH connections); the argv prefix that runs a command there. Removed, with what still runs in it, when the
+    block ends."""
+    pool = site.pool
+    name = f"labctl{os.getpid() % 10000}"
+    inside, outside = f"{name}a", f"{name}b"
+    steps = [
+        ["ip", "netns", "add", name],
+        ["ip", "link", "add", inside, "type", "veth", "peer", "name", outside],
+        ["ip", "link", "set", outside, "master", pool.bridge, "up"],
+        ["ip", "link", "set", inside, "netns", name],
+        ["ip", "-n", name, "addr", "add", f"{pool.net}.250/24", "dev", inside],
+        ["ip", "-n", name, "link", "set", inside, "up"],
+        ["ip", "-n", name, "link", "set", "lo", "up"],
+    ]
+    try:
+        for step in steps:
+            subprocess.run(step, check=True, capture_output=True)
+        scratch = tmp_path / "laptop-tmp"  # its own ControlMaster sockets: nothing shared with this namespace
+        scratch.mkdir()
+        yield ["ip", "netns", "exec", name, "env", f"TMPDIR={scratch}"]
+    finally:
+        pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split()
+        for pid in pids:  # whatever the laptop still ran goes with it
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid), signal.SIGKILL)
+        subprocess.run(["ip", "link", "delete", outside], capture_output=True)
+        subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+
+
+def test_a_detached_sweep_goes_on_without_the_laptop(site, tmp_path):
+    for worker in site.workers:
+        assert site.on(worker, f"touch {HOLD} && chmod 666 {HOLD}").returncode == 0
+    space = tmp_path / "space.yml"
+    space.write_text(
+        "objective: {metric: val_loss, direction: minimize}\n"
+        "params:\n  x: {type: float, low: 0.0, high: 1.0}\n"
+        f"fixed: {{hold: {HOLD}}}\n"
+        "sampler: {name: random, seed: 5}\n"
+    )
+    with laptop(site, tmp_path) as there:
+        started = time.monotonic()
+        ran = subprocess.run(
+            [*there, str(LAB), "dispatch", str(PROBE), "--space", str(space),
+             "--trials", "4", "--study", "detached", "--json", "--stack", str(site.stack)],
+            capture_output=True, text=True, env=site.env(), timeout=300, check=False,
+        )  # fmt: skip
+        handed = json_of(ran)
+        print(f"`lab dispatch` (detached, ssh target) returned in {time.monotonic() - started:.1f} s")
+        assert handed["sweep"] == "detached" and handed["where"] == f"on the tracker ({site.tracker.ip})"
+        deadline = time.monotonic() + 240
+        while len(running_trials(site)) < 2:  # a trial runs on each worker, held there
+            assert time.monotonic() < deadline, "the detached sweep's trials never started"
+            time.sleep(1)
+    # the laptop is gone: its process, its network namespace, its address
+    assert subprocess.run(["ping", "-c", "1", "-W", "1", f"{site.pool.net}.250"], capture_output=True).returncode
+    assert site.on(site.tracker, "systemctl is-active lab-sweep@detached.service").stdout.strip() == "active"
+    for worker in site.workers:
+        site.on(worker, f"rm -f {HOLD}")
+    watched = site.lab("sweep", "watch", "detached", "--json", timeout=600)  # from another machine (this one)
+    assert watched.returncode == 0, watched.stderr[-3000:]
+    final = json.loads(
+        watched.stdout[watched.stdout.rindex("\n{") + 1 :] if "\n{" in watched.stdout else watched.stdout
+    )
+    assert final["status"] == "finished" and final["completed"] == 4, final
+    assert {s["name"].split("/")[0] for s in final["slots"]} == {"worker-1", "worker-2"}
+    trial_log = site.lab("sweep", "logs", "detached")
+    assert "trial 3 complete" in trial_log.stdout or "complete" in trial_log.stdout, trial_log.stdout
+    listed = {s["name"]: s for s in json_of(site.lab("sweeps", "--json"))}
+    assert listed["detached"]["status"] == "finished" and listed["detached"]["complete"] == 4
+
+
+def running_trials(site: Site) -> list[str]:
+    return [m for w in site.workers for m in site.on(w, "ls /var/lib/lab/trials").stdout.split() if "hold-" not in m]
 
 
 def test_tracker_reboot_keeps_every_run(site):
