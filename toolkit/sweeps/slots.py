@@ -199,11 +199,16 @@ def drive(runner: RunnerProcess, job: Job, cancel: threading.Event) -> tuple[Out
     started = time.monotonic()
     if not runner.send(runner_job(job)):
         return Outcome("died", time.monotonic() - started, runner.why_gone()), False
+    kernel = 0
     while True:
         answer = runner.answer(POLL_S)
         seconds = time.monotonic() - started
         if answer is None:
+            if kernel:
+                kill_tree(kernel)  # the trial's kernel outlived its runner: it goes too
             return Outcome("died", seconds, runner.why_gone()), False
+        if answer.get("event") == "started":
+            kernel = int(answer.get("kernel_pid") or 0)
         if answer.get("event") == "done":
             return Outcome(str(answer["kind"]), seconds, str(answer.get("error", ""))), True
         stop = "cancelled" if cancel.is_set() else None

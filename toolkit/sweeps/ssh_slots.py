@@ -41,6 +41,7 @@ TRIAL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # What the slot's send script says when ~/.lab-trials cannot be trusted (the line starts with this).
 REFUSED = "lab-trials:"
+FETCH_STALL_S = 60.0  # an executed notebook's fetch fails when no byte of it has come for this long
 
 
 def send_script(trial_id: str, trials_dir: str = TRIALS_DIR) -> str:
@@ -134,11 +135,13 @@ class SshSlot:
                 return slots.Outcome(ended, seconds, why if ended == "cancelled" else why + " and was stopped")
             if code == 255 and not self._answers():
                 return slots.Outcome("lost", seconds, f"{self.host.name} stopped answering")
-            self._fetch(folder, job.output)
+            fetch_error = self._fetch(folder, job.output)
             with contextlib.suppress(LabError):
                 remote.run(self.access, self.host, ["rm", "-rf", folder], check=False, timeout=30)
         except remote.Unreachable as exc:
             return slots.Outcome("lost", time.monotonic() - started, exc.one_line())
+        if code == 0 and fetch_error:
+            return slots.Outcome("failed", seconds, fetch_error)  # this trial only: the sweep goes on
         if code == 0:
             return slots.Outcome("ok", seconds)
         if slots.kernel_died(code, log):
@@ -213,6 +216,10 @@ class SshSlot:
         with contextlib.suppress(LabError):
             remote.run(self.access, self.host, ["sh", "-c", script], check=False, timeout=30)
 
+    def answers(self) -> bool:
+        """Whether the worker answers SSH (a lost slot rejoins the sweep once it does)."""
+        return self._answers()
+
     def _answers(self) -> bool:
         try:
             remote.run(self.access, self.host, ["true"], timeout=remote.CONNECT_TIMEOUT_S + 5)
@@ -220,11 +227,50 @@ class SshSlot:
             return False
         return True
 
-    def _fetch(self, folder: str, output: Path) -> None:
-        result = remote.run(self.access, self.host, ["cat", f"{folder}/output.ipynb"], check=False, timeout=120)
-        if result.returncode == 0 and result.stdout.strip():
-            output.parent.mkdir(parents=True, exist_ok=True)
-            output.write_text(result.stdout)
+    def _fetch(self, folder: str, output: Path, stall_s: float = FETCH_STALL_S) -> str:
+        """Stream the executed notebook from the worker into `output`; '' when it came, else why not. There is
+        no fixed time limit: a fetch fails when no byte has come for `stall_s` (SSH's keepalives notice a
+        worker that went away sooner). `output` is replaced only by a complete copy."""
+        output.parent.mkdir(parents=True, exist_ok=True)
+        partial = output.with_name(output.name + ".partial")
+        argv = self.access.ssh(self.host, ["cat", f"{folder}/output.ipynb"])
+        try:
+            with partial.open("wb") as sink, tempfile.TemporaryFile() as errors:
+                process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sink, stderr=errors)
+                if not self._stream(process, partial, stall_s):
+                    return f"fetching the executed notebook from {self.host.name} stalled: no byte for {stall_s:g} s"
+                errors.seek(0)
+                said = slots.last_lines(errors.read().decode(errors="replace"), 1)
+            if process.returncode != 0:
+                return (
+                    f"cannot fetch the executed notebook from {self.host.name}: {said or f'exit {process.returncode}'}"
+                )
+            if partial.stat().st_size == 0:
+                return f"the executed notebook on {self.host.name} is empty"
+            partial.replace(output)
+        except OSError as exc:
+            return f"cannot store the executed notebook from {self.host.name} in {output}: {exc.strerror or exc}"
+        finally:
+            partial.unlink(missing_ok=True)
+        return ""
+
+    @staticmethod
+    def _stream(process: subprocess.Popen, sink: Path, stall_s: float) -> bool:
+        """Wait for a fetch while bytes keep arriving; False (and the fetch killed) when they stop."""
+        size, moved = -1, time.monotonic()
+        while True:
+            try:
+                process.wait(timeout=min(1.0, stall_s))
+                return True
+            except subprocess.TimeoutExpired:
+                pass
+            now = sink.stat().st_size
+            if now != size:
+                size, moved = now, time.monotonic()
+            elif time.monotonic() - moved > stall_s:
+                process.kill()
+                process.wait()
+                return False
 
 
 def worker_gpus(access: remote.Access, host: remote.Host) -> int:
