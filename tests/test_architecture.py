@@ -1,8 +1,8 @@
 """The tree is the architecture: each part of toolkit/ imports only parts below it (docs/architecture.md).
 
 cli (the commands) -> labs (one per target) -> gcp, sweeps -> hosts, tracker -> cost -> config -> the helpers
-(proc, console, environment, determinism) -> errors. A part never imports one above it or beside it, so there
-are no cycles, and a newcomer can tell from a module's folder what it may depend on.
+(proc, console, environment, determinism, checkpoints) -> errors. A part never imports one above it or beside
+it, so there are no cycles, and a newcomer can tell from a module's folder what it may depend on.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ RANKS = {
     "console": 0,
     "environment": 0,
     "determinism": 0,
+    "checkpoints": 0,
     "errors": -1,
     "__init__": -1,
     "__main__": 7,
