@@ -15,7 +15,7 @@ def _params(params: dict[str, Any]) -> str:
 
 def _gpus(gpus: list[dict[str, Any]]) -> str:
     return ", ".join(
-        f"gpu{g.get('index')} {g.get('utilization', '?')}% {g.get('memory_used_mib', '?')}/"
+        f"gpu{g.get('index')} {g.get('utilization_pct', '?')}% {g.get('memory_used_mib', '?')}/"
         f"{g.get('memory_total_mib', '?')} MiB"
         for g in gpus
     )

@@ -81,6 +81,7 @@ class SweepPlace:
     tracking_uri: str
     storage_path: Path
     grpc_port: int | None = None
+    reviver: Any = None  # gcp: starts again the workers GCP stopped (toolkit.gcp.revive.Reviver)
 
 
 @dataclass(frozen=True)

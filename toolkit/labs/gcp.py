@@ -541,9 +541,22 @@ class GcpLab(Lab):
         return self.on_hosts.sweep_host()
 
     def detached_place(self, parallel: int | None, gpus: list[str] | None) -> dict[str, Any]:
+        """The tracker's place, and what it needs to start again a worker GCP stopped (its VM and zone)."""
         from toolkit.labs import ssh as remote_lab
 
-        return remote_lab.detached_place(self.on_hosts, parallel, gpus, self.worker_price())
+        place = remote_lab.detached_place(self.on_hosts, parallel, gpus, self.worker_price())
+        view = remote_lab.gcp_hosts(self.settings)
+        machine = self.settings.worker_gpus
+        place["gcp"] = {
+            "project": view.project,
+            "what": machine.gpu.removeprefix("nvidia-").removeprefix("tesla-").upper() if machine else "capacity",
+            "workers": [
+                {"name": state.host.name, "instance": state.instance, "zone": state.zone}
+                for state in view.states[1:]
+                if state.instance and state.zone
+            ],
+        }
+        return place
 
     def study_storage(self) -> contextlib.AbstractContextManager[Any]:
         return self.on_hosts.study_storage()

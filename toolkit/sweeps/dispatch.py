@@ -198,7 +198,8 @@ class Sweep:
         self.requeued: list[tuple[Any, TrialResult]] = []
         self.lost_slots: list[str] = []
         self.notes: dict[str, str] = {}  # slot -> what it waits for (shown by `lab sweep watch`)
-        self.revive: Callable[[slots.Slot], str] | None = None  # gcp: starts a stopped worker; says how it goes
+        self.reviver: Any = None  # gcp: starts stopped workers again (toolkit.gcp.revive.Reviver)
+        self.keeper: Any = None  # tends the workers while the sweep runs (toolkit.sweeps.keeper)
         self.rejoin_wait_s = REJOIN_WAIT_S
         self.started = time.monotonic()  # when the sweep began running (the summary's clock starts here)
         self.closed = threading.Event()
@@ -314,6 +315,20 @@ class Sweep:
         """Run the sweep to the end; Ctrl-C stops the running trials, records them, and re-raises."""
         progress = self.progress or self.open()
         self.started = time.monotonic()
+        from toolkit.sweeps.keeper import Keeper
+
+        self.keeper = Keeper(self.spec.study, self.slots, self._work_left, self._lost_hosts, self.reviver).start()
+        try:
+            return self._run(progress, on_change, poll)
+        finally:
+            self.keeper.stop()
+
+    def _lost_hosts(self) -> set[str]:
+        with self.lock:
+            lost = set(self.lost_slots)
+        return {slot.host.name for slot in self.slots if slot.name in lost and hasattr(slot, "host")}
+
+    def _run(self, progress: Progress, on_change: Callable[[], None], poll: float) -> Progress:
         # Slots report their end through a counter and an event, not Thread.join: on Python 3.11 a
         # join interrupted by Ctrl-C can mark a thread that still runs as finished.
         self.active = len(self.slots)
@@ -394,10 +409,8 @@ class Sweep:
             return False
         deadline = time.monotonic() + self.rejoin_wait_s
         while not self.cancel.is_set() and self._work_left() and time.monotonic() < deadline:
-            note = ""
-            if self.revive is not None:
-                with contextlib.suppress(Exception):  # a failing revival is shown, never the sweep's end
-                    note = self.revive(slot)
+            host = getattr(getattr(slot, "host", None), "name", "")
+            note = self.keeper.note(host) if self.keeper is not None and host else ""
             self.notes[slot.name] = note or "its host does not answer: waiting for it to come back"
             if answers():
                 with self.lock:

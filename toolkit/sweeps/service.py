@@ -230,6 +230,7 @@ def snapshot(sweep: Any, started: float, *, name: str, status: str, extra: dict[
         "interrupted": progress.count("INTERRUPTED") if progress else 0,
         "best": progress.best if progress else None,
         "slots": slots,
+        "workers": dict(sweep.keeper.view) if sweep.keeper is not None else {},
         **(extra or {}),
     }
 
@@ -290,6 +291,7 @@ def run(root: Path, name: str, place: Callable[[dict[str, Any], contextlib.ExitS
             )
             with engine.study_lock(spec.storage_path, name):
                 sweep = engine.Sweep(spec, where.slots)
+                sweep.reviver = where.reviver
                 progress = sweep.open()
                 log_line(
                     folder, f"{progress.planned} trials to run on {len(where.slots)} slots, {progress.already} earlier"

@@ -54,4 +54,15 @@ def place(doc: dict[str, Any], exits: contextlib.ExitStack, path: Path = FACTS) 
         f"http://{bind}:{known.get('mlflow_port', 5000)}",
         Path(doc["root"]) / "sweeps" / "optuna",  # the study locks, beside the sweeps' folders
         int(known.get("optuna_port", 5001)),
+        reviver=reviver(doc.get("gcp")),
     )
+
+
+def reviver(gcp: dict[str, Any] | None) -> Any:
+    """On gcp, what starts the workers again that GCP stopped, with the tracker's own service account."""
+    if not gcp or not gcp.get("workers"):
+        return None
+    from toolkit.gcp import revive
+
+    workers = [revive.Worker(str(w["name"]), str(w["instance"]), str(w["zone"])) for w in gcp["workers"]]
+    return revive.Reviver(str(gcp["project"]), workers, what=str(gcp.get("what") or "GPU"))
