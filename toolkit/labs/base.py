@@ -17,10 +17,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from toolkit.errors import EXIT_BACKUP_FAILED, LabError
+from toolkit.sweeps.place import SweepPlace
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from toolkit.config import schema
     from toolkit.console import Ui
     from toolkit.labs.prerequisites import Check
@@ -71,17 +70,6 @@ class RestoreRequest:
     from_bucket: bool = False
     stop: bool = False
     at: dt.datetime | None = None  # a point in time, from the replica (`lab restore --at`)
-
-
-@dataclass
-class SweepPlace:
-    """Where a sweep runs: its slots, the tracker as the dispatcher reaches it, and the Optuna storage."""
-
-    slots: list[Any]
-    tracking_uri: str
-    storage_path: Path
-    grpc_port: int | None = None
-    reviver: Any = None  # gcp: starts again the workers GCP stopped (toolkit.gcp.revive.Reviver)
 
 
 @dataclass(frozen=True)

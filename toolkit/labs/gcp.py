@@ -26,7 +26,8 @@ from toolkit.config import paths, schema, stack, stack_init
 from toolkit.errors import EXIT_BACKUP_FAILED, EXIT_LEFTOVERS, EXIT_LOCKED, EXIT_UNVERIFIED, LabError
 from toolkit.gcp import artifact_bucket as lab_bucket
 from toolkit.gcp import pulumi_engine, pulumi_state
-from toolkit.labs.base import Ask, DownRequest, Forward, Lab, Report, RestoreRequest, SweepPlace, UpRequest
+from toolkit.labs.base import Ask, DownRequest, Forward, Lab, Report, RestoreRequest, UpRequest
+from toolkit.sweeps.place import SweepPlace
 
 if TYPE_CHECKING:
     from toolkit.console import Ui

@@ -31,12 +31,12 @@ from toolkit.labs.base import (
     Lab,
     Report,
     RestoreRequest,
-    SweepPlace,
     Table,
     UpRequest,
     backup_failed,
     keeps_its_data,
 )
+from toolkit.sweeps.place import SweepPlace
 from toolkit.tracker import backups, services
 from toolkit.tracker import dashboard as optuna_dashboard
 from toolkit.tracker import db as tracker_db
@@ -495,20 +495,53 @@ def _mlflow_port(lab: LocalLab) -> int:
     return record.port if record else schema.MLFLOW_PORT
 
 
+@dataclass(frozen=True)
+class _Spawned:
+    """A service started and not yet answering; `by_default` when it took the default port, which gives way."""
+
+    record: services.Record
+    by_default: bool
+
+
 def start_dashboard(lab: LocalLab, port: int | None, say: Say) -> services.Record:
-    """optuna-dashboard on 127.0.0.1 over the lab's optuna.db (toolkit.tracker.dashboard). `port` None is the
-    default port, or a free one when another process holds it (said so); a port given is that port or an error."""
-    if port is None:
-        port = optuna_dashboard.DEFAULT_PORT
-        holder = services.port_holder(port, HOST)
-        if holder:
-            port = _free_port()
-            say(f"port {optuna_dashboard.DEFAULT_PORT} is in use by {holder}: the Optuna dashboard is on {port}")
-    else:
+    """optuna-dashboard on 127.0.0.1 over the lab's optuna.db (toolkit.tracker.dashboard), answering. `port` None
+    is the default port, or a free one when another process holds it (said so; also when another process took it
+    while the dashboard started); a port given is that port or an error."""
+    return _await_dashboard(lab, _spawn_dashboard(lab, port, say), say)
+
+
+def _spawn_dashboard(lab: LocalLab, port: int | None, say: Say) -> _Spawned:
+    if port is not None:
         _check_port(port, DASHBOARD)
+        return _Spawned(_dashboard_process(lab, port), by_default=False)
+    holder = services.port_holder(optuna_dashboard.DEFAULT_PORT, HOST)
+    if holder is None:
+        return _Spawned(_dashboard_process(lab, optuna_dashboard.DEFAULT_PORT), by_default=True)
+    return _Spawned(_dashboard_elsewhere(lab, holder, say), by_default=False)
+
+
+def _await_dashboard(lab: LocalLab, spawned: _Spawned, say: Say) -> services.Record:
+    try:
+        seconds = services.wait_healthy(spawned.record, DASHBOARD_READY_TIMEOUT_S)
+    except LabError:
+        holder = services.port_holder(spawned.record.port, HOST) if spawned.by_default else None
+        if holder is None:
+            raise
+        return _await_dashboard(lab, _Spawned(_dashboard_elsewhere(lab, holder, say), by_default=False), say)
+    say(f"optuna-dashboard answered in {seconds:.1f} s")
+    return spawned.record
+
+
+def _dashboard_elsewhere(lab: LocalLab, holder: str, say: Say) -> services.Record:
+    port = _free_port()
+    say(f"port {optuna_dashboard.DEFAULT_PORT} is in use by {holder}: the Optuna dashboard is on {port}")
+    return _dashboard_process(lab, port)
+
+
+def _dashboard_process(lab: LocalLab, port: int) -> services.Record:
     lab.tracker_dir.mkdir(parents=True, exist_ok=True)
     url = f"http://{HOST}:{port}"
-    record = services.start(
+    return services.start(
         DASHBOARD,
         optuna_dashboard.argv(f"{optuna_dashboard.SQLITE}{lab.optuna_db}", HOST, port),
         run_dir=lab.run_dir,
@@ -518,9 +551,6 @@ def start_dashboard(lab: LocalLab, port: int | None, say: Say) -> services.Recor
         health_url=f"{url}{optuna_dashboard.HEALTH_PATH}",
         env={**environment.passed(), "PYTHONUNBUFFERED": "1"},  # it needs no secret
     )
-    seconds = services.wait_healthy(record, DASHBOARD_READY_TIMEOUT_S)
-    say(f"optuna-dashboard answered in {seconds:.1f} s")
-    return record
 
 
 def stop_all(lab: LocalLab, say: Say, only: tuple[str, ...] = (JUPYTER, DASHBOARD, MLFLOW, REPLICA)) -> list[str]:
@@ -601,10 +631,19 @@ def _lab_up(lab: LocalLab, request: UpRequest, ui: Ui) -> Report:
         lines.append("the lab is already up; nothing changed")
     else:
         if mlflow is None:
-            restore_if_empty(lab, say)
-            mlflow = start_mlflow(lab, request.port, say)
-        if dashboard is None:
-            dashboard = start_dashboard(lab, request.dashboard_port, say)
+            restore_if_empty(lab, say)  # before anything opens the DBs
+        # The dashboard starts while MLflow does; a failed MLflow stops it again.
+        spawned = _spawn_dashboard(lab, request.dashboard_port, say) if dashboard is None else None
+        try:
+            if mlflow is None:
+                mlflow = start_mlflow(lab, request.port, say)
+        except BaseException:
+            if spawned is not None:
+                services.stop(spawned.record)
+                services.forget(lab.run_dir, DASHBOARD)
+            raise
+        if spawned is not None:
+            dashboard = _await_dashboard(lab, spawned, say)
         if jupyter is None and not request.no_jupyter:
             jupyter = start_jupyter(lab, request.jupyter_port, say)
     replicating = start_replica(lab, say)

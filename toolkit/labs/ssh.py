@@ -36,12 +36,12 @@ from toolkit.labs.base import (
     Lab,
     Report,
     RestoreRequest,
-    SweepPlace,
     Table,
     UpRequest,
     backup_failed,
     keeps_its_data,
 )
+from toolkit.sweeps.place import SweepPlace
 from toolkit.tracker import backups
 from toolkit.tracker import dashboard as optuna_dashboard
 
@@ -147,7 +147,7 @@ class SshLab(Lab):
     def sweep_host(self) -> SweepHost:
         from toolkit.sweeps.hosting import TrackerSweeps
 
-        return TrackerSweeps(self, DATA, TRACKER_USER)
+        return TrackerSweeps(self.access, self.tracker, DATA, TRACKER_USER)
 
     def detached_place(self, parallel: int | None, gpus: list[str] | None) -> dict[str, Any]:
         from toolkit.cost import prices
@@ -1138,7 +1138,7 @@ def stop_sweeps(lab: SshLab, say: Say) -> list[str]:
     from toolkit.sweeps.hosting import TrackerSweeps
 
     try:
-        return TrackerSweeps(lab, DATA, TRACKER_USER).stop_all(say)
+        return TrackerSweeps(lab.access, lab.tracker, DATA, TRACKER_USER).stop_all(say)
     except LabError as exc:
         say(f"could not ask the tracker for running sweeps: {exc.one_line()}")
         return []

@@ -14,13 +14,11 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from toolkit.errors import LabError
+from toolkit.hosts import ssh as remote
 from toolkit.sweeps import service
-
-if TYPE_CHECKING:
-    from toolkit.labs.ssh import SshLab
 
 Say = Callable[[str], None]
 MODULE = ["-m", "toolkit.sweeps.service"]
@@ -104,20 +102,21 @@ class LocalSweeps(SweepHost):
 
 @dataclass
 class TrackerSweeps(SweepHost):
-    lab: SshLab
-    data: str
-    user: str
+    access: remote.Access
+    tracker: remote.Host
+    data: str  # the tracker's data folder (sweeps/ is in it)
+    user: str  # the tracker's user, who runs the sweeps
 
     @property
     def where(self) -> str:  # type: ignore[override]
-        return f"on the tracker ({self.lab.tracker.address})"
+        return f"on the tracker ({self.tracker.address})"
 
     def command(self, *args: str) -> list[str]:
         inner = ["sudo", "-n", "-u", self.user, TRACKER_PYTHON, *MODULE, *args, "--root", self.data]
-        return self.lab.access.ssh(self.lab.tracker, inner)
+        return self.access.ssh(self.tracker, inner)
 
     def _systemctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
-        argv = self.lab.access.ssh(self.lab.tracker, ["sudo", "-n", "systemctl", *args])
+        argv = self.access.ssh(self.tracker, ["sudo", "-n", "systemctl", *args])
         return subprocess.run(argv, capture_output=True, check=False, timeout=timeout)
 
     def start(self, name: str) -> None:

@@ -332,20 +332,16 @@ def run(root: Path, name: str, place: Callable[[dict[str, Any], contextlib.ExitS
 
 
 def place_of(place: dict[str, Any], exits: contextlib.ExitStack) -> Any:
-    """The slots and tracker of a detached sweep, from its `place`: this machine's (local), or the workers as the
-    tracker reaches them (tracker)."""
-    from toolkit.labs.base import SweepPlace
+    """The slots and tracker of a detached sweep on this machine (the local target), from its `place`; the tracker's
+    are `toolkit.labs.tracker_sweep`'s."""
     from toolkit.sweeps import slots
+    from toolkit.sweeps.place import SweepPlace
 
     if place["kind"] == "local":
         slot_list = slots.local_slots(int(place["parallel"]), place.get("gpus"), int(place["runs_per_gpu"]))
         price = place.get("usd_per_hour")
         slots.price_slots(slot_list, lambda _: price, lambda _: "local")
         return SweepPlace(slot_list, place["tracking_uri"], Path(place["storage"]))
-    if place["kind"] == "tracker":
-        from toolkit.sweeps import tracker_place
-
-        return tracker_place.place(place, exits)
     raise LabError(f"a sweep cannot run on {place['kind']!r}")
 
 

@@ -1,5 +1,6 @@
-"""A detached sweep's place on the tracker: the workers' slots as the tracker reaches them, its own MLflow and
-Optuna storage proxy.
+"""A detached sweep as the tracker runs it (`lab-sweep@NAME.service`: `python -m toolkit.labs.tracker_sweep --data D
+--name NAME`): the workers' slots as the tracker reaches them, its own MLflow and Optuna storage proxy, and on gcp the
+Reviver that starts again the workers GCP stopped. The sweep itself is `toolkit.sweeps.service.run`.
 
 The tracker role writes what this needs into /etc/lab/tracker.json: MLflow's address and port, the Optuna proxy's
 port, and the workers (name, internal address, login user) with the tracker's own SSH key and a known-hosts file
@@ -8,12 +9,15 @@ written from the workers' host keys (so the tracker never trusts a key on first 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from toolkit.errors import LabError
+from toolkit.sweeps import service
 
 FACTS = Path("/etc/lab/tracker.json")
 
@@ -28,9 +32,16 @@ def facts(path: Path = FACTS) -> dict[str, Any]:
 
 
 def place(doc: dict[str, Any], exits: contextlib.ExitStack, path: Path = FACTS) -> Any:
+    """The place of a sweep run here: a `tracker` one from the tracker's facts, any other as the service has it."""
+    if doc["kind"] != "tracker":
+        return service.place_of(doc, exits)
+    return tracker_place(doc, path)
+
+
+def tracker_place(doc: dict[str, Any], path: Path = FACTS) -> Any:
     from toolkit.hosts import ssh as remote
-    from toolkit.labs.base import SweepPlace
     from toolkit.sweeps import slots, ssh_slots
+    from toolkit.sweeps.place import SweepPlace
 
     known = facts(path)
     workers = known.get("workers") or []
@@ -66,3 +77,19 @@ def reviver(gcp: dict[str, Any] | None) -> Any:
 
     workers = [revive.Worker(str(w["name"]), str(w["instance"]), str(w["zone"])) for w in gcp["workers"]]
     return revive.Reviver(str(gcp["project"]), workers, what=str(gcp.get("what") or "GPU"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m toolkit.labs.tracker_sweep", description=__doc__.splitlines()[0])
+    parser.add_argument("--data", "--root", dest="root", type=Path, required=True, help="the folder holding sweeps/")
+    parser.add_argument("--name", required=True)
+    args = parser.parse_args(argv)
+    try:
+        return service.run(args.root, args.name, place)
+    except LabError as exc:
+        print(f"error: {exc.one_line()}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,16 @@
+"""Where a sweep runs: its slots, the tracker as the dispatcher reaches it, and the Optuna storage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class SweepPlace:
+    slots: list[Any]
+    tracking_uri: str
+    storage_path: Path  # the study DB (local), or beside which the study's lock lives (remote)
+    grpc_port: int | None = None  # the tracker's Optuna storage proxy (through a tunnel, or on the tracker itself)
+    reviver: Any = None  # gcp: starts again the workers GCP stopped (toolkit.gcp.revive.Reviver)
