@@ -28,6 +28,7 @@ def test_up_log_backup_down_up_read(lab, ports, state, tmp_path):
     status = json.loads(lab("status", "--local", "--json").out)
     assert {n: c["state"] for n, c in status["components"].items()} == {
         "mlflow": "running",
+        "optuna-dashboard": "running",
         "jupyter": "running",
         "replica": "running",
     }
@@ -52,7 +53,7 @@ def test_up_log_backup_down_up_read(lab, ports, state, tmp_path):
 
     ran = lab("down", "--local")
     assert ran.code == 0, ran.err
-    assert "the lab is down (jupyter, mlflow, replica stopped)" in ran.out
+    assert "the lab is down (jupyter, mlflow, optuna-dashboard, replica stopped)" in ran.out
     for pid in pids.values():
         assert not Path(f"/proc/{pid}").exists(), "a service outlived `lab down`"
     assert lab("down", "--local").out.strip() == "nothing to do: the lab is not running"

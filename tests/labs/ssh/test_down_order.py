@@ -51,8 +51,8 @@ class Tracker:
         return SimpleNamespace(path=Path("/backups/x")), {}
 
 
-STOP = "sudo -n systemctl stop lab-mlflow.service lab-optuna.service"
-START = "sudo -n systemctl start lab-mlflow.service lab-optuna.service"
+STOP = "sudo -n systemctl stop lab-mlflow.service lab-optuna.service lab-optuna-dashboard.service"
+START = "sudo -n systemctl start lab-mlflow.service lab-optuna.service lab-optuna-dashboard.service"
 
 
 def test_writes_stop_then_the_replica_catches_up_then_the_backup(monkeypatch):

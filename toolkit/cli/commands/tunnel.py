@@ -1,4 +1,4 @@
-"""`lab tunnel`: MLflow and each worker's JupyterLab on local ports, over SSH, until Ctrl-C."""
+"""`lab tunnel`: MLflow, the sweeps' dashboard and each worker's JupyterLab on local ports, over SSH, until Ctrl-C."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import typer
 
 from toolkit.cli import options
 from toolkit.config import schema
+from toolkit.tracker import dashboard
 
 
 def tunnel(
@@ -20,11 +21,14 @@ def tunnel(
     jupyter_port: Annotated[
         int, typer.Option("--jupyter-port", min=1, max=65535, help="Local port of the first worker's Jupyter.")
     ] = 8888,
+    dashboard_port: Annotated[
+        int, typer.Option("--dashboard-port", min=1, max=65535, help="Local port for the sweeps' optuna-dashboard.")
+    ] = dashboard.DEFAULT_PORT,
     target: options.Target = None,
     stack_name: options.Stack = options.STACK_DEFAULT,
 ) -> None:
-    """Forward the tracker's MLflow and every worker's JupyterLab to ports on 127.0.0.1 and print the
-    URLs; Ctrl-C closes them (exit 0)."""
+    """Forward the tracker's MLflow and optuna-dashboard and every worker's JupyterLab to ports on 127.0.0.1
+    and print the URLs; Ctrl-C closes them (exit 0)."""
     from toolkit import labs
     from toolkit.console import Ui, err, out
     from toolkit.errors import LabError
@@ -32,13 +36,13 @@ def tunnel(
 
     ui = Ui()
     lab = labs.open_lab(stack_name, target=options.target_name(target), ui=ui)
-    plan = lab.forwards(mlflow_port, jupyter_port)  # stopped workers get no tunnel (said once)
+    plan = lab.forwards(mlflow_port, jupyter_port, dashboard_port)  # stopped workers get no tunnel (said once)
     for forward in plan:
         holder = services.port_holder(forward.local_port)
         if holder:
             raise LabError(
                 f"local port {forward.local_port} (for {forward.what}) is in use by {holder}",
-                hint="stop that process or choose another port with --mlflow-port / --jupyter-port",
+                hint="stop that process or choose another port with --mlflow-port / --dashboard-port / --jupyter-port",
             )
     opened: list[subprocess.Popen] = []
     try:

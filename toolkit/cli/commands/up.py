@@ -8,6 +8,7 @@ import typer
 
 from toolkit.cli import options
 from toolkit.config import schema
+from toolkit.tracker import dashboard
 
 DEFAULT_JUPYTER_PORT = 8888
 
@@ -20,6 +21,16 @@ def up(
     jupyter_port: Annotated[
         int, typer.Option("--jupyter-port", min=1, max=65535, help="JupyterLab's port.")
     ] = DEFAULT_JUPYTER_PORT,
+    dashboard_port: Annotated[
+        int | None,
+        typer.Option(
+            "--dashboard-port",
+            min=1,
+            max=65535,
+            help=f"Local: optuna-dashboard's port [default: {dashboard.DEFAULT_PORT}, or a free one if taken].",
+            show_default=False,
+        ),
+    ] = None,
     no_jupyter: Annotated[bool, typer.Option("--no-jupyter", help="Start the tracker only.")] = False,
     yes: options.Yes = False,
     preview: Annotated[
@@ -33,10 +44,11 @@ def up(
     ] = False,
     as_json: options.Json = False,
 ) -> None:
-    """Start the lab: the MLflow tracker (restored from the latest backup when it has no DB yet) and
-    JupyterLab, each answering before this returns. Local: both on 127.0.0.1. ssh: the hosts are
-    configured by the playbooks (a second run changes nothing). gcp: Pulumi creates (or converges) the
-    VMs after a preview with the cost per hour and a confirmation (--yes skips it), then the same."""
+    """Start the lab: the MLflow tracker (restored from the latest backup when it has no DB yet), the sweeps'
+    dashboard (optuna-dashboard) and JupyterLab, each answering before this returns. Local: all on
+    127.0.0.1. ssh: the hosts are configured by the playbooks (a second run changes nothing); the dashboard
+    listens on the tracker's 127.0.0.1 (`lab tunnel` reaches it). gcp: Pulumi creates (or converges) the VMs
+    after a preview with the cost per hour and a confirmation (--yes skips it), then the same."""
     from toolkit import labs
     from toolkit.cli.render import show
     from toolkit.console import Ui
@@ -44,5 +56,12 @@ def up(
 
     ui = Ui(json=as_json, yes=yes)
     lab = labs.open_lab(stack_name, local=local, target=options.target_name(target), ui=ui)
-    request = UpRequest(port, jupyter_port, no_jupyter, preview=preview, fallback_on_demand=fallback_on_demand)
+    request = UpRequest(
+        port,
+        jupyter_port,
+        no_jupyter,
+        preview=preview,
+        fallback_on_demand=fallback_on_demand,
+        dashboard_port=dashboard_port,
+    )
     show(lab.up(request, ui), as_json)
