@@ -84,6 +84,7 @@ def sweep(mode: str, args: argparse.Namespace, home: Path, tracking_uri: str) ->
     with_cells = [(r, cells_of(r.output)) for r in progress.results]
     in_cells = sum(sum(c["duration"] or 0.0 for c in cells) for _, cells in with_cells)
     free_to_first, turnaround, between = [], [], []
+    steady_cells, steady_span = 0.0, 0.0  # each slot after its first trial (whose kernel started cold)
     for slot in {r.slot for r in progress.results}:
         mine = sorted((rc for rc in with_cells if rc[0].slot == slot), key=lambda rc: rc[0].slot_start)
         previous_end = began
@@ -91,6 +92,9 @@ def sweep(mode: str, args: argparse.Namespace, home: Path, tracking_uri: str) ->
             first = wall(after_cells[0]["start_time"])
             free_to_first.append(first - (before.slot_end + clock))
             turnaround.append(first - wall(before_cells[-1]["end_time"]))
+            steady_cells += sum(c["duration"] or 0.0 for c in after_cells)
+        if len(mine) > 1:
+            steady_span += mine[-1][0].slot_end - mine[0][0].slot_end
         for result, _ in mine:
             between.append(result.slot_start - previous_end)
             previous_end = result.slot_end
@@ -103,6 +107,7 @@ def sweep(mode: str, args: argparse.Namespace, home: Path, tracking_uri: str) ->
         "free_to_first": free_to_first,
         "turnaround": turnaround,
         "utilization": in_cells / (args.slots * elapsed),
+        "steady": steady_cells / steady_span if steady_span else 0.0,
         "slot_utilization": in_slot / (args.slots * elapsed),
         "per_trial": in_slot / len(progress.results),
         "dispatcher": statistics.mean(between),
@@ -124,7 +129,8 @@ def report(figures: dict[str, Any], args: argparse.Namespace) -> None:
         f"  last cell -> next first cell (whole turnaround): p50 {statistics.median(turn):.2f} s, max {max(turn):.2f} s"
     )
     print(
-        f"  utilization (time in the notebook's cells / slot time): {figures['utilization']:.3f}; "
+        f"  utilization (time in the notebook's cells / slot time): {figures['utilization']:.3f}, "
+        f"after each slot's first trial {figures['steady']:.3f}; "
         f"time in the slot per trial {figures['per_trial']:.2f} s; slot utilization {figures['slot_utilization']:.3f}; "
         f"dispatcher between trials {figures['dispatcher']:.3f} s"
     )

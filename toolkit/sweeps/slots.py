@@ -120,9 +120,10 @@ class RunnerProcess:
 
     def _read(self) -> None:
         assert self.process.stdout is not None  # noqa: S101
-        for line in self.process.stdout:
-            with contextlib.suppress(json.JSONDecodeError):
-                self.answers.put(json.loads(line))
+        with contextlib.suppress(ValueError, OSError):  # closed here once the runner was killed
+            for line in self.process.stdout:
+                with contextlib.suppress(json.JSONDecodeError):
+                    self.answers.put(json.loads(line))
         self.answers.put(None)  # the runner is gone
 
     def alive(self) -> bool:
@@ -151,6 +152,7 @@ class RunnerProcess:
         self.stderr.seek(0)
         said = last_lines(self.stderr.read().decode(errors="replace"))
         how = f"killed by signal {-code}" if code < 0 else f"exited with {code}"
+        self._release()
         return f"the slot's runner {how}" + (f": {said}" if said else "")
 
     def kill(self) -> None:
@@ -191,6 +193,16 @@ def runner_job(job: Job) -> dict[str, Any]:
         "log": str(job.log.resolve()) if job.log else None,
         "cwd": str(notebook.parent),
     }
+
+
+def python_notebook(notebook: Path) -> bool:
+    """Whether a notebook's kernel is Python (what the runner's warm kernels are); unknown counts as Python."""
+    try:
+        metadata = json.loads(notebook.read_text()).get("metadata", {})
+    except (OSError, ValueError, AttributeError):
+        return True
+    language = (metadata.get("kernelspec") or {}).get("language") or (metadata.get("language_info") or {}).get("name")
+    return str(language or "python").lower() == "python"
 
 
 def drive(runner: RunnerProcess, job: Job, cancel: threading.Event) -> tuple[Outcome, bool]:
@@ -237,8 +249,8 @@ class LocalSlot:
         job.output.parent.mkdir(parents=True, exist_ok=True)
         if job.log:
             job.log.parent.mkdir(parents=True, exist_ok=True)
-        if not self.warm:
-            return self._run_papermill(job, cancel)
+        if not self.warm or not python_notebook(job.notebook):
+            return self._run_papermill(job, cancel)  # the runner puts a trial's variables in with Python
         if self.runner is None or not self.runner.alive():
             self.runner = RunnerProcess(
                 [sys.executable, "-m", "toolkit.sweeps.runner"],

@@ -76,13 +76,14 @@ def slot():
 
 
 def job(notebook: Path, tmp_path: Path, number: int, env: dict[str, str] | None = None, **parameters) -> slots.Job:
+    timeout, log = parameters.pop("timeout", 120), parameters.pop("log", None)
     return slots.Job(
         notebook=notebook,
         output=tmp_path / "out" / f"{number}.ipynb",
         parameters={"report": str(tmp_path / f"seen-{number}.json"), "trial_number": number, **parameters},
         env=env if env is not None else {"MLFLOW_RUN_ID": f"run{number}"},
-        timeout=parameters.pop("timeout", 120),
-        log=parameters.pop("log", None),
+        timeout=timeout,
+        log=log,
     )
 
 
@@ -189,13 +190,14 @@ def test_timeout_and_cancel_kill_the_kernel_and_what_it_started(slot, notebook, 
         threading.Thread(
             target=lambda: (wait_for(lambda: (tmp_path / "seen-0.json").exists()), cancel.set()), daemon=True
         ).start()
+    assert slot.run(job(notebook, tmp_path, 9), threading.Event()).kind == "ok"  # the runner is up, a kernel warm
     started = time.monotonic()
-    timeout = 8 if stop == "timeout" else 120
+    timeout = 15 if stop == "timeout" else 120
     outcome = slot.run(job(notebook, tmp_path, 0, hold=str(hold), mode="child", timeout=timeout), cancel)
     assert outcome.kind == stop, outcome.error
     assert time.monotonic() - started < timeout + 10
     if stop == "timeout":
-        assert "longer than --timeout 8 s" in outcome.error
+        assert "longer than --timeout 15 s" in outcome.error
     report = seen(tmp_path, 0)
     wait_for(lambda: gone(report["pid"]) and gone(report["child"]), 10)
     # The slot goes on: its next trial gets a new runner and a fresh kernel.
