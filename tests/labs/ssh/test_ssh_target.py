@@ -166,6 +166,8 @@ def test_tunnel_reaches_mlflow_and_jupyter_until_ctrl_c(site):
         jupyter_port = free_port()
     command = [str(LAB), "tunnel", "--stack", str(site.stack), "--mlflow-port", str(mlflow_port)]
     command += ["--jupyter-port", str(jupyter_port)]
+    dashboard_port = free_port()
+    command += ["--dashboard-port", str(dashboard_port)]
     process = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
@@ -185,6 +187,10 @@ def test_tunnel_reaches_mlflow_and_jupyter_until_ctrl_c(site):
         assert any(f"http://127.0.0.1:{mlflow_port}" in line for line in lines), lines
         with urllib.request.urlopen(f"http://127.0.0.1:{mlflow_port}/health", timeout=10) as answer:
             assert answer.read().decode().strip() == "OK"
+        # optuna-dashboard, on the tracker's 127.0.0.1, reading the studies through the Optuna proxy
+        assert any("Optuna dashboard" in line and f"http://127.0.0.1:{dashboard_port}" in line for line in lines)
+        with urllib.request.urlopen(f"http://127.0.0.1:{dashboard_port}/api/studies", timeout=10) as answer:
+            assert json.load(answer) == {"study_summaries": []}
         for number, port in enumerate((jupyter_port, jupyter_port + 1), start=1):
             token_file = site.home / "stacks" / "hosts" / "secrets" / f"jupyter_token.worker-{number}"
             # each Jupyter URL says where its own worker's token is
@@ -444,6 +450,9 @@ def test_sweeps_are_read_from_the_trackers_storage(site, tmp_path):
     assert found["lose-a-worker"]["complete"] == 6
     shown = json_of(site.lab("sweep", "show", "lose-a-worker", "--json", "--plot-dir", str(tmp_path)))
     assert len(shown["best"]) == 5 and all(Path(p).is_file() for p in shown["plots"])
+    # optuna-dashboard on the tracker shows it too (through the Optuna proxy)
+    studies = site.on(site.tracker, "curl -sf -m 10 http://127.0.0.1:8080/api/studies")
+    assert studies.returncode == 0 and '"lose-a-worker"' in studies.stdout, studies
 
 
 @contextlib.contextmanager
@@ -563,12 +572,15 @@ def test_status_backup_restore_and_down(site):
     restored = site.lab("restore", made["id"], "--stop")
     assert restored.returncode == 0, restored.stderr
     assert mlflow_runs_seen_from(site, site.workers[0]) == runs, "the run logged after the backup is gone"
+    # stopped with what takes writes for the restore, and started again after it
+    assert site.on(site.tracker, "systemctl is-active lab-optuna-dashboard").stdout.strip() == "active"
 
     down = json_of(site.lab("down", "--json"))
     assert backups.verify(Path(down["backup"]))
     for host in (site.tracker, *site.workers):
         assert site.on(host, "true").returncode == 0, f"{host.name} should still be reachable"
     assert site.on(site.tracker, "systemctl is-active lab-mlflow").stdout.strip() != "active"
+    assert site.on(site.tracker, "systemctl is-active lab-optuna-dashboard").stdout.strip() != "active"
     assert site.on(site.workers[0], "systemctl is-active lab-jupyter").stdout.strip() != "active"
 
 
