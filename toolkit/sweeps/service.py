@@ -49,7 +49,7 @@ BUNDLE_LIMIT_BYTES = 64 * 1024 * 1024  # what a sweep takes beside its notebook;
 SKIPPED_DIRS = {".git", "__pycache__", ".ipynb_checkpoints", ".venv", "venv", "node_modules", "mlruns", "out"}
 STATE_EVERY_S = 1.0
 FINAL = ("finished", "stopped", "failed")
-STOP_TIMEOUT_S = 180  # a sweep told to stop records its running trials as interrupted in this time
+STOP_TIMEOUT_S = 90  # a sweep told to stop records its running trials as interrupted in this time (takes seconds)
 TAIL_LINES = 40
 
 
