@@ -1,0 +1,34 @@
+"""Fetching an executed notebook from a worker has no fixed time limit: it goes on while bytes arrive and
+fails (that trial only) when they stop. Real processes stand in for `ssh worker cat output.ipynb`: the
+liveness check reads only what lands in the file."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+from toolkit.sweeps.ssh_slots import SshSlot
+
+
+def fetch(tmp_path: Path, script: str, stall_s: float) -> tuple[bool, float, Path]:
+    sink = tmp_path / "output.ipynb.partial"
+    started = time.monotonic()
+    with sink.open("wb") as out:
+        process = subprocess.Popen(["sh", "-c", script], stdout=out)
+        came = SshSlot._stream(process, sink, stall_s)
+    return came, time.monotonic() - started, sink
+
+
+def test_a_slow_fetch_that_keeps_moving_is_not_cut_off(tmp_path):
+    # 5 s in all, longer than the stall limit, but a byte at least every 0.5 s.
+    came, seconds, sink = fetch(tmp_path, "for i in 1 2 3 4 5 6 7 8 9 10; do printf x; sleep 0.5; done", 2.0)
+    assert came and seconds >= 4.5
+    assert sink.read_text() == "x" * 10
+
+
+def test_a_fetch_that_stalls_fails_soon_after_the_limit_and_is_stopped(tmp_path):
+    came, seconds, sink = fetch(tmp_path, "printf '{\"cells\":'; exec sleep 60", 2.0)
+    assert not came
+    assert 2.0 <= seconds < 6.0, seconds
+    assert sink.read_text() == '{"cells":'
