@@ -237,3 +237,19 @@ def test_one_dispatcher_per_study_on_any_machine(tmp_path):
     third = sweep("another")
     third.open()  # ... and once it ran out, another dispatcher takes the study over
     third.close()
+
+
+def test_the_summary_starts_on_a_line_of_its_own(lab_up, tmp_path):
+    """Where stdout and stderr are one pipe (`lab dispatch ... 2>&1 | tee`), the live table (stderr) ends its last
+    line before the summary (stdout) begins."""
+    import subprocess
+
+    from tests.conftest import LAB
+
+    space = space_file(tmp_path)
+    argv = [str(LAB), "dispatch", str(PROBE), "--space", str(space), "-n", "1", "--study", "lines", "--local"]
+    argv += ["--output", str(tmp_path / "out" / "{trial}.ipynb")]
+    merged = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600, check=False)
+    assert merged.returncode == 0, merged.stdout
+    assert "\n1 completed, 0 failed this run" in merged.stdout, merged.stdout
+    assert "┘1 completed" not in merged.stdout
