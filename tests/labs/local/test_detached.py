@@ -253,3 +253,28 @@ def test_the_summary_starts_on_a_line_of_its_own(lab_up, tmp_path):
     assert merged.returncode == 0, merged.stdout
     assert "\n1 completed, 0 failed this run" in merged.stdout, merged.stdout
     assert "┘1 completed" not in merged.stdout
+
+
+@pytest.mark.parametrize("name", ["../evil", "/etc/evil", "bundle/../../evil", "elsewhere.txt", "bundle/link"])
+def test_a_bundle_is_checked_before_anything_is_unpacked(tmp_path, name):
+    """What the tracker receives is a tar from the network: a member outside bundle/, a path climbing out, or a
+    link is refused and nothing is written (the tracker's Python may predate tarfile's own filters)."""
+    import io
+    import tarfile
+
+    from toolkit.errors import LabError
+    from toolkit.sweeps import service
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        info = tarfile.TarInfo(name)
+        if name.endswith("link"):
+            info.type, info.linkname = tarfile.SYMTYPE, "/etc/shadow"
+            tar.addfile(info)
+        else:
+            info.size = 4
+            tar.addfile(info, io.BytesIO(b"evil"))
+    with pytest.raises(LabError, match="a sweep's bundle may not hold"):
+        service.receive(tmp_path / "root", "victim", buffer.getvalue())
+    assert not list((tmp_path / "root").rglob("evil")) and not (tmp_path / "etc").exists()
+    assert not (tmp_path / "root" / "sweeps" / "victim").exists()

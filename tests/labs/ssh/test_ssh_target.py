@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -472,11 +474,12 @@ def laptop(site: Site, tmp_path: Path) -> Iterator[list[str]]:
         ["ip", "-n", name, "link", "set", inside, "up"],
         ["ip", "-n", name, "link", "set", "lo", "up"],
     ]
+    scratch = None
     try:
         for step in steps:
             subprocess.run(step, check=True, capture_output=True)
-        scratch = tmp_path / "laptop-tmp"  # its own ControlMaster sockets: nothing shared with this namespace
-        scratch.mkdir()
+        # its own ControlMaster sockets, nothing shared with this namespace (short: a socket path has 108 bytes)
+        scratch = Path(tempfile.mkdtemp(prefix="ctl", dir="/tmp"))
         yield ["ip", "netns", "exec", name, "env", f"TMPDIR={scratch}"]
     finally:
         pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split()
@@ -485,6 +488,8 @@ def laptop(site: Site, tmp_path: Path) -> Iterator[list[str]]:
                 os.kill(int(pid), signal.SIGKILL)
         subprocess.run(["ip", "link", "delete", outside], capture_output=True)
         subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def test_a_detached_sweep_goes_on_without_the_laptop(site, tmp_path):
@@ -511,6 +516,8 @@ def test_a_detached_sweep_goes_on_without_the_laptop(site, tmp_path):
         while len(running_trials(site)) < 2:  # a trial runs on each worker, held there
             assert time.monotonic() < deadline, "the detached sweep's trials never started"
             time.sleep(1)
+    holds = [site.on(w, "ls /var/lib/lab/trials").stdout.split() for w in site.workers]
+    assert all("hold-detached" in held for held in holds), f"the sweep holds its workers awake: {holds}"
     # the laptop is gone: its process, its network namespace, its address
     assert subprocess.run(["ping", "-c", "1", "-W", "1", f"{site.pool.net}.250"], capture_output=True).returncode
     assert site.on(site.tracker, "systemctl is-active lab-sweep@detached.service").stdout.strip() == "active"
@@ -523,10 +530,99 @@ def test_a_detached_sweep_goes_on_without_the_laptop(site, tmp_path):
     )
     assert final["status"] == "finished" and final["completed"] == 4, final
     assert {s["name"].split("/")[0] for s in final["slots"]} == {"worker-1", "worker-2"}
+    assert set(final["workers"]) == {"worker-1", "worker-2"}, "watch shows each worker (no GPU here: no gpus)"
+    holds = [site.on(w, "ls /var/lib/lab/trials").stdout.split() for w in site.workers]
+    assert not any("hold-detached" in held for held in holds), f"an ended sweep gives its holds back: {holds}"
     trial_log = site.lab("sweep", "logs", "detached")
     assert "trial 3 complete" in trial_log.stdout or "complete" in trial_log.stdout, trial_log.stdout
     listed = {s["name"]: s for s in json_of(site.lab("sweeps", "--json"))}
     assert listed["detached"]["status"] == "finished" and listed["detached"]["complete"] == 4
+
+
+def checkpointed_notebook(folder: Path) -> Path:
+    """Eight slow steps, a checkpoint after each (its running total); a retry resumes from the newest one."""
+    import nbformat
+
+    folder.mkdir(parents=True)
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [
+        nbformat.v4.new_code_cell(
+            "x = 0.5\nsteps = 8\npause = 2.0\ntrial_number = 0\nseed = 0", metadata={"tags": ["parameters"]}
+        ),
+        nbformat.v4.new_code_cell(
+            "import time\nimport mlflow\nfrom toolkit import checkpoints\n"
+            "found = checkpoints.load_latest()\n"
+            "state, start = (found[0], found[1] + 1) if found else ({'total': 0.0}, 0)\n"
+            "with mlflow.start_run():\n"
+            "    mlflow.set_tag('resumed_at', str(start))\n"
+            "    for step in range(start, steps):\n"
+            "        time.sleep(pause)\n"
+            "        state = {'total': state['total'] + x}\n"
+            "        checkpoints.save(state, step)\n"
+            "        checkpoints.flush()\n"
+            "        print(f'saved step {step}', flush=True)\n"
+            "    mlflow.log_metric('total', state['total'])\n"
+            "    mlflow.log_metric('val_loss', (x - 0.3) ** 2)"
+        ),
+    ]
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = folder / "ckpt.ipynb"
+    nbformat.write(notebook, path)
+    return path
+
+
+def tracker_file(site: Site, path: str) -> str:
+    return site.on(site.tracker, f"cat {path}").stdout
+
+
+def test_a_worker_powered_off_mid_trial_resumes_from_its_checkpoint_and_rejoins(site, tmp_path):
+    notebook = checkpointed_notebook(tmp_path / "ckpt")
+    space = tmp_path / "space.yml"
+    space.write_text(
+        "objective: {metric: val_loss, direction: minimize}\n"
+        "params:\n  x: {type: float, low: 0.0, high: 1.0}\n"
+        "sampler: {name: random, seed: 11}\n"
+    )
+    json_of(site.lab("dispatch", str(notebook), "--space", str(space), "--trials", "6", "--study", "ckpt", "--json"))
+    folder = "/srv/lab/sweeps/ckpt"
+    worker_2 = site.workers[1]
+    deadline = time.monotonic() + 300
+    victim = None
+    while victim is None:  # the trial on worker-2, once it checkpointed step 3
+        assert time.monotonic() < deadline, tracker_file(site, f"{folder}/dispatch.log")
+        state = json.loads(tracker_file(site, f"{folder}/state.json") or "{}")
+        for slot in state.get("slots", []):
+            if slot["name"].startswith("worker-2/") and slot.get("trial") is not None:
+                log = tracker_file(site, f"{folder}/trials/trial-{slot['trial']}.log")
+                victim = slot["trial"] if "saved step 3" in log else None
+        time.sleep(1)
+    site.on(worker_2, "systemctl --no-block poweroff", timeout=20)
+    assert site.pool.wait_stopped(worker_2, timeout=120)
+    time.sleep(5)
+    site.pool.up(3)  # it boots again while trials are left: its slot takes trials again
+    watched = site.lab("sweep", "watch", "ckpt", "--json", timeout=900)
+    assert watched.returncode == 0, watched.stderr[-3000:]
+    final = json.loads(
+        watched.stdout[watched.stdout.rindex("\n{") + 1 :] if "\n{" in watched.stdout else watched.stdout
+    )
+    log = tracker_file(site, f"{folder}/dispatch.log")
+    assert final["status"] == "finished" and final["completed"] == 6, (final, log)
+
+    result = json.loads(tracker_file(site, f"{folder}/result.json"))
+    moved = next(t for t in result["trials"] if t["number"] == victim)
+    assert moved["attempts"] == 2 and moved["slot"].startswith("worker-1/") and moved["resumed_from"], moved
+    script = (
+        "import mlflow, json; r = mlflow.MlflowClient().get_run('" + moved["run_id"] + "'); "
+        "print(json.dumps({'tags': r.data.tags, 'metrics': r.data.metrics, 'x': r.data.params['x']}))"
+    )
+    ran = site.on(site.workers[0], f'set -a; . /etc/lab/lab.env; /opt/lab/venv/bin/python -c "{script}"', timeout=120)
+    run = json.loads(ran.stdout)
+    assert run["tags"]["lab.resumes"] == moved["resumed_from"]
+    assert int(run["tags"]["resumed_at"]) >= 4, "the retry started after the checkpointed steps, not from zero"
+    assert run["metrics"]["total"] == pytest.approx(8 * float(run["x"])), "with the state the checkpoint held"
+    lines = log.splitlines()
+    retried = next(i for i, line in enumerate(lines) if f"trial {victim} started" in line and "(attempt 2)" in line)
+    assert any("started on worker-2/" in line for line in lines[retried:]), "worker-2 rejoined the sweep: " + log
 
 
 def running_trials(site: Site) -> list[str]:
