@@ -474,13 +474,17 @@ class HostPool:
         raise HostError(f"no user {USER} in {root}/etc/passwd")
 
     def _install_login(self, root: Path) -> None:
-        """The harness key for root and ci, and their pip cache folders (bind targets), in a rootfs."""
+        """The harness key for root and ci, and their pip cache folders (bind targets), in a rootfs. A host booted
+        again keeps the keys it was given since (as a machine's disk does): the harness key is added when missing."""
         uid, gid = self._user_ids(root)
         public = Path(f"{self.key}.pub").read_text()
         for home, owner in ((root / "root", (0, 0)), (root / "home" / USER, (uid, gid))):
             ssh_dir = home / ".ssh"
             ssh_dir.mkdir(mode=0o700, exist_ok=True)
-            (ssh_dir / "authorized_keys").write_text(public)
+            keys = ssh_dir / "authorized_keys"
+            kept = keys.read_text() if keys.is_file() else ""
+            if public.strip() not in kept.splitlines():
+                keys.write_text(kept + ("" if not kept or kept.endswith("\n") else "\n") + public)
             (ssh_dir / "authorized_keys").chmod(0o600)
             (home / ".cache" / "pip").mkdir(parents=True, exist_ok=True)
             for path in (ssh_dir, ssh_dir / "authorized_keys", home / ".cache", home / ".cache" / "pip"):

@@ -250,8 +250,15 @@ class Events:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.seen: dict[int, tuple[str, int]] = {}
+        self.lost: set[str] = set()
 
     def __call__(self, sweep: Any) -> None:
+        lost = set(sweep.lost_slots)
+        for name in sorted(lost - self.lost):
+            log_line(self.folder, f"slot {name} lost: its host does not answer (its trial runs again elsewhere)")
+        for name in sorted(self.lost - lost):
+            log_line(self.folder, f"slot {name} is back: its host answers again")
+        self.lost = lost
         progress = sweep.progress
         for result in list(progress.results if progress else []):
             key = (result.state, result.attempts)
