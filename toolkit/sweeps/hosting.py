@@ -39,7 +39,10 @@ class SweepHost:
     def submit(self, name: str, data: bytes) -> None:
         result = subprocess.run(self.command("receive", "--name", name), input=data, capture_output=True, check=False)
         if result.returncode != 0:
-            raise LabError(f"the sweep could not be handed {self.where}: {_said(result.stderr)}")
+            said = _said(result.stderr)
+            if "No module named" in said or "No such file" in said:
+                raise LabError(f"{self.where} cannot take detached sweeps yet ({said})", hint="run `lab up` first")
+            raise LabError(f"the sweep could not be handed {self.where}: {said}")
 
     def start(self, name: str) -> None:
         raise NotImplementedError
