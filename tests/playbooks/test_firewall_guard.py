@@ -40,6 +40,7 @@ def rules(tmp_path: Path) -> Path:
             lab_tracker_mlflow_clients=["10.1.0.12", "10.1.0.13"],
             lab_tracker_mlflow_port=PORT,
             lab_tracker_optuna_port=5001,
+            lab_tracker_dashboard_port=8080,
         )
     )
     return path

@@ -647,8 +647,6 @@ def _down(lab: GcpLab, request: DownRequest, ui: Ui) -> Report:
     home = paths.stack_home(settings.stack)
     if home.is_dir():  # this machine's `lab dispatch`, stopped as Ctrl-C stops it, before its workers go
         sweeps.interrupt_running(home, say)
-    with contextlib.suppress(LabError):  # the tracker's detached sweeps, the same way (no tracker: none runs)
-        remote_lab.stop_sweeps(lab.on_hosts, say)
 
     caught_up: list[bool] = []
 
@@ -674,6 +672,8 @@ def _down(lab: GcpLab, request: DownRequest, ui: Ui) -> Report:
         gcp_api.stop_instance(settings.project or "", zone, name)
 
     with stack_lock(settings, "down"):
+        with contextlib.suppress(LabError):  # the tracker's detached sweeps, as Ctrl-C stops them, before their workers
+            remote_lab.stop_sweeps(lab.on_hosts, say)
         done = teardown(
             settings,
             lambda: pulumi_engine.AutomationEngine(settings, paths.project_dir()),

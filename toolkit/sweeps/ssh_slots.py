@@ -39,6 +39,10 @@ WORKER_OWNED = ("MLFLOW_TRACKING_URI",)
 # A trial's id names its folder and its marker: an MLflow run id (hex), or the fallback's milliseconds.
 TRIAL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# After an SSH session to a worker was cut, how long before asking whether the worker still answers: a worker
+# shutting down (preempted, powered off) may accept one more connection before its sshd stops.
+SESSION_CUT_GRACE_S = 5.0
+SIGNALLED = 128  # a shell's exit status above this: the command was killed by a signal (128 + its number)
 # What the slot's send script says when ~/.lab-trials cannot be trusted (the line starts with this).
 REFUSED = "lab-trials:"
 FETCH_STALL_S = 60.0  # an executed notebook's fetch fails when no byte of it has come for this long
@@ -133,8 +137,13 @@ class SshSlot:
             if ended:
                 why = "cancelled" if ended == "cancelled" else f"the trial ran longer than --timeout {job.timeout:g} s"
                 return slots.Outcome(ended, seconds, why if ended == "cancelled" else why + " and was stopped")
-            if code == 255 and not self._answers():
-                return slots.Outcome("lost", seconds, f"{self.host.name} stopped answering")
+            if code == 255 or code > SIGNALLED:  # the session was cut, or papermill was killed: not the notebook
+                time.sleep(SESSION_CUT_GRACE_S)  # a worker shutting down may still answer for a moment
+                if not self._answers():
+                    return slots.Outcome("lost", seconds, f"{self.host.name} stopped answering")
+                if code == 255 or not slots.kernel_died(code, log):
+                    why = "the SSH session was cut" if code == 255 else f"papermill was killed (exit {code})"
+                    return slots.Outcome("died", seconds, f"{why} on {self.host.name}: {slots.last_lines(log)}")
             fetch_error = self._fetch(folder, job.output)
             with contextlib.suppress(LabError):
                 remote.run(self.access, self.host, ["rm", "-rf", folder], check=False, timeout=30)

@@ -600,7 +600,7 @@ def test_a_worker_powered_off_mid_trial_resumes_from_its_checkpoint_and_rejoins(
     site.on(worker_2, "systemctl --no-block poweroff", timeout=20)
     powered_off = time.monotonic()
     assert site.pool.wait_stopped(worker_2, timeout=120)
-    time.sleep(5)
+    time.sleep(30)  # down long enough for the sweep to see it gone (a worker back within seconds is just retried)
     site.pool.up(3)  # it boots again while trials are left: its slot takes trials again
     print(f"worker-2 powered off and booted again in {time.monotonic() - powered_off:.1f} s")
     # the tracker's own view of it, as the sweep's slot asks (its key, the pinned host keys, strict)
@@ -624,7 +624,7 @@ def test_a_worker_powered_off_mid_trial_resumes_from_its_checkpoint_and_rejoins(
 
     result = json.loads(tracker_file(site, f"{folder}/result.json"))
     moved = next(t for t in result["trials"] if t["number"] == victim)
-    assert moved["attempts"] == 2 and moved["slot"].startswith("worker-1/") and moved["resumed_from"], moved
+    assert moved["state"] == "COMPLETE" and moved["attempts"] >= 2 and moved["resumed_from"], moved
     script = (
         "import mlflow, json; r = mlflow.MlflowClient().get_run('" + moved["run_id"] + "'); "
         "print(json.dumps({'tags': r.data.tags, 'metrics': r.data.metrics, 'x': r.data.params['x']}))"
@@ -635,9 +635,9 @@ def test_a_worker_powered_off_mid_trial_resumes_from_its_checkpoint_and_rejoins(
     assert int(run["tags"]["resumed_at"]) >= 4, "the retry started after the checkpointed steps, not from zero"
     assert run["metrics"]["total"] == pytest.approx(8 * float(run["x"])), "with the state the checkpoint held"
     lines = log.splitlines()
-    retried = next(i for i, line in enumerate(lines) if f"trial {victim} started" in line and "(attempt 2)" in line)
+    lost = next((i for i, line in enumerate(lines) if "slot worker-2/0 lost" in line), None)
     back = next((i for i, line in enumerate(lines) if "slot worker-2/0 is back" in line), None)
-    assert back is not None and back > retried, "worker-2 rejoined the sweep: " + log
+    assert lost is not None and back is not None and back > lost, "worker-2 went away and rejoined: " + log
     assert any("started on worker-2/" in line for line in lines[back:]), "and took trials again: " + log
 
 
