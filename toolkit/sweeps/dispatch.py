@@ -113,26 +113,34 @@ def git_commit(folder: Path) -> str | None:
 
 
 @contextlib.contextmanager
-def study_lock(storage_path: Path, study: str) -> Iterator[None]:
-    """One dispatcher per study at a time: a second one is refused rather than racing the first. The lock file
-    holds the dispatcher's pid and study, so that `lab down` can stop it as Ctrl-C does (`interrupt_running`)."""
-    lock_path = storage_path.parent / f"{LOCK_PREFIX}{hashlib.sha256(study.encode()).hexdigest()[:16]}.lock"
+def pid_lock(lock_path: Path, what: str, refusal: LabError) -> Iterator[None]:
+    """Held (flock) while the block runs, holding this process's pid and `what` it runs; `refusal` when another
+    process holds it. `held` reads it, `interrupt` stops its holder as Ctrl-C does."""
     with lock_path.open("a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise LabError(
-                f"study {study!r} is already being swept by another `lab dispatch`",
-                hint="wait for it, or use another --study",
-            ) from None
+            raise refusal from None
         handle.truncate(0)
-        handle.write(json.dumps({"pid": os.getpid(), "study": study}) + "\n")
+        handle.write(json.dumps({"pid": os.getpid(), "study": what}) + "\n")
         handle.flush()
         yield
 
 
-def _held(lock_path: Path) -> dict[str, Any] | None:
-    """The dispatcher holding a study's lock ({pid, study}), None when none does."""
+@contextlib.contextmanager
+def study_lock(storage_path: Path, study: str) -> Iterator[None]:
+    """One dispatcher per study at a time on this machine: a second one is refused rather than racing the first;
+    `lab down` stops the holder as Ctrl-C does (`interrupt_running`)."""
+    lock_path = storage_path.parent / f"{LOCK_PREFIX}{hashlib.sha256(study.encode()).hexdigest()[:16]}.lock"
+    refusal = LabError(
+        f"study {study!r} is already being swept by another `lab dispatch`", hint="wait for it, or use another --study"
+    )
+    with pid_lock(lock_path, study, refusal):
+        yield
+
+
+def held(lock_path: Path) -> dict[str, Any] | None:
+    """The process holding a `pid_lock` ({pid, study}), None when none does."""
     try:
         with lock_path.open("r") as handle:
             try:
@@ -145,9 +153,25 @@ def _held(lock_path: Path) -> dict[str, Any] | None:
         return None
     try:
         holder = json.loads(text)
-        return holder if isinstance(holder, dict) and isinstance(holder.get("pid"), int) else None
     except json.JSONDecodeError:
-        return None
+        return {"pid": -1}  # held, by a process that has not written itself down yet
+    return holder if isinstance(holder, dict) and isinstance(holder.get("pid"), int) else {"pid": -1}
+
+
+def interrupt(lock_path: Path, what: str, timeout_s: float, hint: str) -> None:
+    """Stop the holder of a `pid_lock` as Ctrl-C does (SIGINT) and wait until it has let go (its bookkeeping done)."""
+    holder = held(lock_path)
+    if holder is None:
+        return
+    pid = int(holder["pid"])
+    if pid > 0:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGINT)
+    deadline = time.monotonic() + timeout_s
+    while held(lock_path) is not None:
+        if time.monotonic() > deadline:
+            raise LabError(f"{what} (pid {pid}) did not stop within {timeout_s:.0f} s", hint=hint.format(pid=pid))
+        time.sleep(0.2)
 
 
 def interrupt_running(folder: Path, say: Callable[[str], None], timeout_s: float = STOP_TIMEOUT_S) -> list[str]:
@@ -156,21 +180,13 @@ def interrupt_running(folder: Path, say: Callable[[str], None], timeout_s: float
     each to finish that bookkeeping; the studies stopped. Only dispatchers on this machine can be reached."""
     stopped: list[str] = []
     for lock_path in sorted(folder.glob(f"{LOCK_PREFIX}*.lock")):
-        holder = _held(lock_path)
+        holder = held(lock_path)
         if holder is None:
             continue
-        pid, study = int(holder["pid"]), str(holder.get("study", "?"))
-        say(f"stopping the sweep of study {study!r} (`lab dispatch`, pid {pid}) as Ctrl-C does")
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGINT)
-        deadline = time.monotonic() + timeout_s
-        while _held(lock_path) is not None:
-            if time.monotonic() > deadline:
-                raise LabError(
-                    f"the sweep of study {study!r} (pid {pid}) did not stop within {timeout_s:.0f} s",
-                    hint=f"stop it (kill -INT {pid}), then run `lab down` again",
-                )
-            time.sleep(0.2)
+        study = str(holder.get("study", "?"))
+        say(f"stopping the sweep of study {study!r} (`lab dispatch`, pid {holder['pid']}) as Ctrl-C does")
+        hint = "stop it (kill -INT {pid}), then run `lab down` again"
+        interrupt(lock_path, f"the sweep of study {study!r}", timeout_s, hint)
         stopped.append(study)
     return stopped
 

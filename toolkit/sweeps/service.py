@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import fcntl
 import io
 import json
 import os
@@ -154,32 +153,20 @@ def receive(root: Path, name: str, data: bytes) -> Path:
 
 
 # -- the running sweep's lock, state and log ------------------------------------------------------------------
-@contextlib.contextmanager
-def run_lock(folder: Path) -> Iterator[None]:
-    """Held by the process that runs the sweep; it holds that process's pid (for `lab sweep stop`)."""
-    with (folder / "run.lock").open("a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LabError(f"sweep {folder.name!r} is already running", hint="`lab sweep watch` it") from None
-        handle.truncate(0)
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        yield
+def run_lock(folder: Path) -> contextlib.AbstractContextManager[None]:
+    """Held by the process that runs the sweep (for `running` and `lab sweep stop`)."""
+    from toolkit.sweeps import dispatch
+
+    refusal = LabError(f"sweep {folder.name!r} is already running", hint="`lab sweep watch` it")
+    return dispatch.pid_lock(folder / "run.lock", folder.name, refusal)
 
 
 def running(folder: Path) -> int | None:
-    """The pid of the process running the sweep in `folder`, None when none does."""
-    try:
-        with (folder / "run.lock").open("r") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                text = handle.read().strip()
-                return int(text) if text.isdigit() else -1
-            return None
-    except OSError:
-        return None
+    """The pid of the process running the sweep in `folder` (-1 while it starts), None when none does."""
+    from toolkit.sweeps import dispatch
+
+    holder = dispatch.held(folder / "run.lock")
+    return None if holder is None else int(holder["pid"])
 
 
 def write_state(folder: Path, state: dict[str, Any]) -> None:
@@ -428,19 +415,14 @@ def _over(folder: Path, trial: int | None) -> bool:
 
 def stop(root: Path, name: str, say: Callable[[str], None], timeout_s: float = STOP_TIMEOUT_S) -> bool:
     """Stop the sweep's process as Ctrl-C does and wait for it to record its trials; False when it was not running."""
+    from toolkit.sweeps import dispatch
+
     folder = folder_of(root, name)
     pid = running(folder)
     if pid is None:
         return False
-    if pid > 0:
-        say(f"stopping sweep {name!r} (pid {pid}) as Ctrl-C does")
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGINT)
-    deadline = time.monotonic() + timeout_s
-    while running(folder) is not None:
-        if time.monotonic() > deadline:
-            raise LabError(f"sweep {name!r} did not stop within {timeout_s:.0f} s", hint=f"kill -INT {pid}")
-        time.sleep(0.2)
+    say(f"stopping sweep {name!r} (pid {pid}) as Ctrl-C does")
+    dispatch.interrupt(folder / "run.lock", f"sweep {name!r}", timeout_s, "kill -INT {pid}")
     return True
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -67,3 +69,40 @@ def tracker(state: Path, current_mlflow_db: Path) -> Path:
     folder.mkdir(parents=True)
     shutil.copy(current_mlflow_db, folder / "mlflow.db")
     return folder
+
+
+@pytest.fixture
+def lab_up(lab, ports, isolated, state):
+    """A local lab up (MLflow on a free port, no Jupyter) for the test: its URL; down after, and a detached sweep a
+    failed test left running is killed."""
+    ran = lab("up", "--local", "--no-jupyter", "--port", ports["mlflow"])
+    assert ran.code == 0, ran.err
+    yield f"http://127.0.0.1:{ports['mlflow']}"
+    lab("down", "--local", "--force", timeout=300)
+    from toolkit.sweeps import dispatch
+
+    for lock in state.glob("sweeps/*/run.lock"):
+        holder = dispatch.held(lock)
+        if holder and holder["pid"] > 0:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(holder["pid"], signal.SIGKILL)
+
+
+def probe_space(tmp_path: Path, **fixed) -> Path:
+    """A space file for tests/data/notebooks/probe.ipynb: x in [0, 1], the `fixed` parameters, a seeded sampler."""
+    path = tmp_path / "probe.yml"
+    fixed_text = ", ".join(f"{k}: {json.dumps(v)}" for k, v in fixed.items())
+    path.write_text(
+        "objective: {metric: val_loss, direction: minimize}\n"
+        "params:\n  x: {type: float, low: 0.0, high: 1.0}\n"
+        f"fixed: {{{fixed_text}}}\n"
+        "sampler: {name: random, seed: 7}\n"
+    )
+    return path
+
+
+def study_of(state: Path, name: str) -> Any:
+    """The local lab's study `name`, read from its optuna.db."""
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{state / 'tracker' / 'optuna.db'}")

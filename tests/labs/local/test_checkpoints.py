@@ -281,14 +281,6 @@ def test_step_must_be_a_natural_number(client):
 
 
 # -- the end-to-end test ------------------------------------------------------------------------
-@pytest.fixture
-def lab_up(lab, ports):
-    ran = lab("up", "--local", "--no-jupyter", "--port", ports["mlflow"])
-    assert ran.code == 0, ran.err
-    yield f"http://127.0.0.1:{ports['mlflow']}"
-    lab("down", "--local", "--force")
-
-
 def test_a_kernel_killed_after_a_checkpoint_is_retried_from_that_step(lab, lab_up, tmp_path):
     space = tmp_path / "resume.yml"
     space.write_text(

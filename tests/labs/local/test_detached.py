@@ -3,10 +3,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
 import time
 from pathlib import Path
 
@@ -14,36 +11,12 @@ import nbformat
 import pytest
 
 from tests.conftest import ROOT
+from tests.labs.local.conftest import probe_space, study_of
 
 mlflow = pytest.importorskip("mlflow")
 optuna = pytest.importorskip("optuna")
 
 PROBE = ROOT / "tests" / "data" / "notebooks" / "probe.ipynb"
-
-
-@pytest.fixture
-def lab_up(lab, ports, isolated, state):
-    ran = lab("up", "--local", "--no-jupyter", "--port", ports["mlflow"])
-    assert ran.code == 0, ran.err
-    yield f"http://127.0.0.1:{ports['mlflow']}"
-    lab("down", "--local", "--force", timeout=300)
-    for lock in state.glob("sweeps/*/run.lock"):  # a sweep a failed test left running
-        text = lock.read_text().strip()
-        if text.isdigit():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(int(text), signal.SIGKILL)
-
-
-def space_file(tmp_path: Path, **fixed) -> Path:
-    path = tmp_path / "space.yml"
-    fixed_text = ", ".join(f"{k}: {json.dumps(v)}" for k, v in fixed.items())
-    path.write_text(
-        "objective: {metric: val_loss, direction: minimize}\n"
-        "params:\n  x: {type: float, low: 0.0, high: 1.0}\n"
-        f"fixed: {{{fixed_text}}}\n"
-        "sampler: {name: random, seed: 7}\n"
-    )
-    return path
 
 
 def talking_notebook(folder: Path) -> Path:
@@ -83,13 +56,9 @@ def wait_running(state: Path, name: str, trials: int, timeout: float = 180) -> d
         time.sleep(0.3)
 
 
-def study_of(state: Path, name: str):
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{state / 'tracker' / 'optuna.db'}")
-
-
 def test_a_detached_sweep_outlives_its_command(lab, lab_up, state, tmp_path):
     notebook = talking_notebook(tmp_path / "exp")
-    space = space_file(tmp_path)
+    space = probe_space(tmp_path)
     started = time.monotonic()
     ran = lab(
         "dispatch", str(notebook), "--space", str(space), "-n", "3", "-j", "2", "--study", "det", "--detach",
@@ -125,7 +94,7 @@ def test_a_detached_sweep_outlives_its_command(lab, lab_up, state, tmp_path):
 def test_stop_interrupts_the_running_trials_and_the_same_dispatch_resumes(lab, lab_up, state, tmp_path):
     hold = tmp_path / "hold"
     hold.write_text("")
-    space = space_file(tmp_path, hold=str(hold))
+    space = probe_space(tmp_path, hold=str(hold))
     argv = [
         "dispatch",
         str(PROBE),
@@ -173,7 +142,7 @@ def test_stop_interrupts_the_running_trials_and_the_same_dispatch_resumes(lab, l
 def test_down_stops_a_detached_sweep_first(lab, lab_up, state, tmp_path):
     hold = tmp_path / "hold"
     hold.write_text("")
-    space = space_file(tmp_path, hold=str(hold))
+    space = probe_space(tmp_path, hold=str(hold))
     argv = ["dispatch", str(PROBE), "--space", str(space), "-n", "2", "-j", "2", "--study", "late", "--detach"]
     assert (ran := lab(*argv, "--local")).code == 0, ran.err
     wait_running(state, "late", 2)
@@ -191,7 +160,7 @@ def test_what_a_detached_sweep_refuses(lab, tmp_path):
     notebook.write_bytes(PROBE.read_bytes())
     with (folder / "weights.bin").open("wb") as handle:  # sparse: 70 MB on paper, nothing on disk
         handle.truncate(70 * 2**20)
-    space = space_file(tmp_path)
+    space = probe_space(tmp_path)
     big = lab("dispatch", str(notebook), "--space", str(space), "--detach", "--local")
     assert big.code == 1
     assert "holds 70.0 MB, more than the 64 MB" in big.err and "weights.bin (70.0 MB)" in big.err, big.err
@@ -214,7 +183,7 @@ def test_one_dispatcher_per_study_on_any_machine(tmp_path):
         (tmp_path / folder).mkdir(exist_ok=True)
         spec = engine.SweepSpec(
             notebook=PROBE,
-            space=spaces.load(space_file(tmp_path)),
+            space=spaces.load(probe_space(tmp_path)),
             study="shared",
             trials=1,
             timeout=None,
@@ -246,7 +215,7 @@ def test_the_summary_starts_on_a_line_of_its_own(lab_up, tmp_path):
 
     from tests.conftest import LAB
 
-    space = space_file(tmp_path)
+    space = probe_space(tmp_path)
     argv = [str(LAB), "dispatch", str(PROBE), "--space", str(space), "-n", "1", "--study", "lines", "--local"]
     argv += ["--output", str(tmp_path / "out" / "{trial}.ipynb")]
     merged = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600, check=False)

@@ -12,36 +12,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import LAB, ROOT, sigint_default
+from tests.labs.local.conftest import probe_space, study_of
 
 mlflow = pytest.importorskip("mlflow")
 optuna = pytest.importorskip("optuna")
 
 PROBE = ROOT / "tests" / "data" / "notebooks" / "probe.ipynb"
 QUICKSTART = ROOT / "experiments" / "quickstart"
-
-
-@pytest.fixture
-def lab_up(lab, ports, isolated):
-    ran = lab("up", "--local", "--no-jupyter", "--port", ports["mlflow"])
-    assert ran.code == 0, ran.err
-    yield f"http://127.0.0.1:{ports['mlflow']}"
-    lab("down", "--local", "--force")
-
-
-def probe_space(tmp_path: Path, **fixed) -> Path:
-    path = tmp_path / "probe.yml"
-    fixed_text = ", ".join(f"{k}: {json.dumps(v)}" for k, v in fixed.items())
-    path.write_text(
-        "objective: {metric: val_loss, direction: minimize}\n"
-        "params:\n  x: {type: float, low: 0.0, high: 1.0}\n"
-        f"fixed: {{{fixed_text}}}\n"
-        "sampler: {name: random, seed: 7}\n"
-    )
-    return path
-
-
-def study_of(state: Path, name: str):
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{state / 'tracker' / 'optuna.db'}")
 
 
 def dispatch(lab, tmp_path, *args):

@@ -240,15 +240,8 @@ def test_close_stops_the_runner_and_its_warm_kernel(notebook, tmp_path):
     assert slot.runner is None
 
 
-@pytest.fixture
-def tracker(lab, ports, isolated):
-    ran = lab("up", "--local", "--no-jupyter", "--port", ports["mlflow"])
-    assert ran.code == 0, ran.err
-    yield f"http://127.0.0.1:{ports['mlflow']}"
-    lab("down", "--local", "--force")
-
-
-def test_mlflow_start_run_in_a_warm_kernel_logs_into_the_trials_run(slot, notebook, tmp_path, tracker):
+def test_mlflow_start_run_in_a_warm_kernel_logs_into_the_trials_run(slot, notebook, tmp_path, lab_up):
+    tracker = lab_up
     client = mlflow.MlflowClient(tracker)
     experiment = client.create_experiment("warm")
     for number in range(2):  # the first kernel is started for its trial, the second one ahead of it
