@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl
 from toolkit.config import machines
 
 TARGETS = ("gcp", "ssh", "local")
+BUDGET_PERIODS = ("up", "month")
 MLFLOW_PORT = 5000
 # lab:allowedSshCidrs: a range (or ranges together) wider than this is refused; wider than NARROW is a warning.
 WIDEST_SSH_PREFIX = 8
@@ -37,7 +38,7 @@ class Key:
     """One configuration key of a stack file."""
 
     name: str
-    kind: str  # "string", "integer", "boolean" or "list"
+    kind: str  # "string", "integer", "number", "boolean" or "list"
     doc: str
     default: Any = None
     derived: str | None = None  # how the default is derived, when it is not a constant
@@ -138,6 +139,15 @@ KEYS: tuple[Key, ...] = (
         default=30,
         minimum=0,
     ),
+    Key("lab:budgetUsd", "number", "spend allowed per budget period (USD); the tracker's guard stops the lab there"),
+    Key(
+        "lab:budgetPeriod",
+        "string",
+        "what lab:budgetUsd covers: up (since the last `lab up`) or month (the calendar month, UTC)",
+        default="up",
+        choices=BUDGET_PERIODS,
+    ),
+    Key("lab:maxHours", "number", "the longest the lab's workers may run without a new `lab up` (hours)"),
 )
 
 KEYS_BY_NAME: dict[str, Key] = {key.name: key for key in KEYS}
@@ -218,6 +228,9 @@ class Settings:
     state_backend: str | None
     secrets_provider: str
     idle_minutes: int
+    budget_usd: float | None = None
+    budget_period: str = "up"
+    max_hours: float | None = None
 
     @property
     def name_prefix(self) -> str:
@@ -284,6 +297,12 @@ def _coerce(key: Key, value: Any) -> tuple[Any, str | None]:
         if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
             return int(value), None
         return None, f"expected a whole number, got {_show(value)}"
+    if key.kind == "number":
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value), None
+        if isinstance(value, str) and re.fullmatch(r"\s*-?\d+(\.\d*)?\s*", value):
+            return float(value), None
+        return None, f"expected a number, got {_show(value)}"
     if key.kind == "boolean":
         if isinstance(value, bool):
             return value, None
@@ -440,6 +459,7 @@ def _check_values(values: dict[str, Any], sources: dict[str, str]) -> list[Probl
         if mismatch:
             problems.append(Problem("lab:workerMachineType", mismatch))
 
+    problems.extend(_budget_problems(value))
     problems.extend(_cidr_problems(value("lab:allowedSshCidrs") or ()))
     problems.extend(_host_problems(value("lab:trackerHost"), value("lab:workerHosts") or ()))
 
@@ -469,6 +489,18 @@ def _check_values(values: dict[str, Any], sources: dict[str, str]) -> list[Probl
     user = value("lab:sshUser")
     if isinstance(user, str) and (not _UNIX_USER.match(user) or user == "root"):
         problems.append(Problem("lab:sshUser", f"{user!r} is not a usable login name (lowercase, not root)"))
+    return problems
+
+
+def _budget_problems(value: Any) -> list[Problem]:
+    problems = []
+    for name in ("lab:budgetUsd", "lab:maxHours"):
+        found = value(name)
+        if isinstance(found, float) and found <= 0:
+            problems.append(Problem(name, f"must be more than 0, got {found:g}; leave it out for no limit"))
+    period = value("lab:budgetPeriod")
+    if isinstance(period, str) and period not in BUDGET_PERIODS:
+        problems.append(Problem("lab:budgetPeriod", f"{period!r} is not a budget period; choose up or month"))
     return problems
 
 
