@@ -262,7 +262,7 @@ class FolderStore(Store):
             text = path.read_bytes()
         except FileNotFoundError:
             raise unknown(name, version, self.where) from None
-        return _checked(Manifest.load(text, where=f"the manifest {path}"), name, version, str(path))
+        return checked(Manifest.load(text, where=f"the manifest {path}"), name, version, str(path))
 
     def put_manifest(self, manifest: Manifest) -> None:
         path = self.root / manifest.name / VERSIONS / f"{manifest.version}.json"
@@ -277,7 +277,7 @@ class FolderStore(Store):
         def put(item: tuple[FileEntry, Path]) -> None:
             entry, local = item
             with local.open("rb") as source, _atomic_file(folder / entry.sha256) as target:
-                copy_checked(source, target, entry, local, progress)
+                copychecked(source, target, entry, local, progress)
 
         with ThreadPoolExecutor(max_workers=self.upload_threads) as pool:
             list(pool.map(put, blobs))
@@ -305,13 +305,13 @@ class FolderStore(Store):
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _checked(manifest: Manifest, name: str, version: str, where: str) -> Manifest:
+def checked(manifest: Manifest, name: str, version: str, where: str) -> Manifest:
     if (manifest.name, manifest.version) != (name, version):
         raise LabError(f"{where} is that of {manifest.ref}, not {name}@{version}", hint="push that version again")
     return manifest
 
 
-def copy_checked(
+def copychecked(
     source: IO[bytes], target: IO[bytes], entry: FileEntry, local: Path, progress: Progress | None = None
 ) -> None:
     """Copy a file's bytes and check them against its manifest entry on the way (sha256 and size)."""
