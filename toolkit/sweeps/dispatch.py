@@ -27,7 +27,8 @@ from typing import Any
 
 from toolkit import proc
 from toolkit.errors import LabError
-from toolkit.sweeps import slots
+from toolkit.hosts import ssh as remote
+from toolkit.sweeps import prepare, slots
 from toolkit.sweeps.space import Space
 
 REJOIN_WAIT_S = 3600.0  # how long a slot whose host went away waits for it to answer again, while trials are left
@@ -92,6 +93,7 @@ class SweepSpec:
     max_retries: int = MAX_RETRIES
     grpc_port: int | None = None  # a remote tracker's Optuna storage proxy, through a tunnel on this port
     logs: Path | None = None  # a folder for each trial's output while it runs (detached sweeps keep them)
+    steps: tuple[prepare.Step, ...] = ()  # what each host needs before its first trial (datasets, environment)
 
 
 def output_path(pattern: str, *, study: str, trial: int, run_id: str, notebook: Path) -> Path:
@@ -220,6 +222,8 @@ class Sweep:
         self.started = time.monotonic()  # when the sweep began running (the summary's clock starts here)
         self.closed = threading.Event()
         self.lease: dict[str, Any] | None = None
+        self.prepared: dict[str, prepare.Prepared] = {}  # host -> what its preparation hands its trials
+        self.host_locks: dict[str, threading.Lock] = {}  # one preparation per host at a time
 
     # -- setup ---------------------------------------------------------------------------------
     def open(self) -> Progress:
@@ -264,6 +268,8 @@ class Sweep:
                 f"cannot reach the tracker at {self.spec.tracking_uri}: {type(exc).__name__}",
                 hint="is the lab up? `lab status --local`",
             ) from None
+        for step in self.spec.steps:
+            step.check()  # before any trial: a missing dataset, a bad requirements file
         self.progress = Progress(planned=max(self.spec.trials - len(done), 0), already=len(done))
         with contextlib.suppress(ValueError):
             self.progress.best = self.study.best_value
@@ -396,15 +402,17 @@ class Sweep:
     def _slot_loop(self, slot: slots.Slot) -> None:
         try:
             while True:
-                usable = True
-                while usable and (picked := self._next(slot)) is not None:
-                    usable = self._run_trial(slot, *picked)  # False: the slot's host is gone, its trial requeued
-                while usable and self._waiting_for_others():
+                prepared = self._prepared(slot)
+                usable = prepared is not None  # None: the host did not answer while being prepared
+                while usable and prepared and (picked := self._next(slot)) is not None:
+                    usable = self._run_trial(slot, *picked, prepared)  # False: the host is gone, its trial requeued
+                while usable and prepared and self._waiting_for_others():
                     time.sleep(0.2)  # another slot may still hand back a trial for this one to run
                     if (picked := self._next(slot)) is not None:
-                        usable = self._run_trial(slot, *picked)
+                        usable = self._run_trial(slot, *picked, prepared)
                 if usable or not self._rejoin(slot):
                     break
+                self.prepared.pop(prepare.host_of(slot).name, None)  # a host back from the dead is checked again
         except BaseException as exc:  # a bug here must not vanish with the thread
             self.errors.append(exc)
             self.cancel.set()
@@ -416,6 +424,25 @@ class Sweep:
                 if self.active == 0:
                     self._abandon_requeued()
                     self.all_done.set()
+
+    def _prepared(self, slot: slots.Slot) -> prepare.Prepared | None:
+        """What the slot's host hands its trials, prepared once per host (the host's other slots wait for it);
+        None when the host stopped answering. A step's LabError ends the sweep, naming what is wrong."""
+        if not self.spec.steps or self.cancel.is_set():
+            return prepare.Prepared()
+        host = prepare.host_of(slot)
+        with self.lock:
+            host_lock = self.host_locks.setdefault(host.name, threading.Lock())
+        self.notes[slot.name] = "preparing its host: " + ", ".join(step.name for step in self.spec.steps)
+        try:
+            with host_lock:
+                if host.name not in self.prepared:
+                    self.prepared[host.name] = prepare.on_host(self.spec.steps, host)
+                return self.prepared[host.name]
+        except remote.Unreachable:
+            return None
+        finally:
+            self.notes.pop(slot.name, None)
 
     def _rejoin(self, slot: slots.Slot) -> bool:
         """A slot whose host went away (powered off, preempted) waits for it to answer again while the sweep has
@@ -460,7 +487,9 @@ class Sweep:
             self.finishing.append(self.finisher.submit(self._finish, trial, result, outcome, Path(result.output)))
         self.requeued.clear()
 
-    def _run_trial(self, slot: slots.Slot, trial: Any, result: TrialResult) -> bool:
+    def _run_trial(
+        self, slot: slots.Slot, trial: Any, result: TrialResult, prepared: prepare.Prepared | None = None
+    ) -> bool:
         """Run one trial on a slot (retrying a dead process there); False when the slot's host is gone."""
         spec, space = self.spec, self.spec.space
         parameters = {
@@ -474,7 +503,8 @@ class Sweep:
             result.attempts += 1
             if result.run_id:
                 result.resume_run_id = result.run_id  # this attempt repeats that one: it resumes from its checkpoints
-            run_id = self._start_run(trial.number, result, parameters)
+            prepared = prepared or prepare.Prepared()
+            run_id = self._start_run(trial.number, result, parameters, prepared.tags)
             result.run_id = run_id
             with self.lock, contextlib.suppress(Exception):
                 trial.set_user_attr(RUN_ID_ATTR, run_id)  # a dispatcher killed now leaves its retry this run
@@ -488,12 +518,14 @@ class Sweep:
                 parameters=parameters,
                 timeout=spec.timeout,
                 env={
+                    **prepared.env,
                     "MLFLOW_TRACKING_URI": spec.tracking_uri,
                     "MLFLOW_RUN_ID": run_id,
                     "MLFLOW_EXPERIMENT_ID": self.experiment_id,
                     **({RESUME_ENV: result.resume_run_id} if result.resume_run_id else {}),
                 },
                 log=self._trial_log(trial.number),
+                kernel=prepared.kernel,
             )
             result.log = str(job.log or "")
             result.slot_start = result.slot_start or time.monotonic()
@@ -548,10 +580,13 @@ class Sweep:
             with contextlib.suppress(Exception):
                 self.client.log_artifact(run_id, str(output))
 
-    def _start_run(self, number: int, result: TrialResult, parameters: dict[str, Any]) -> str:
+    def _start_run(
+        self, number: int, result: TrialResult, parameters: dict[str, Any], extra_tags: dict[str, str] | None = None
+    ) -> str:
         from mlflow.entities import Param
 
         tags = {
+            **(extra_tags or {}),
             "lab.study": self.spec.study,
             "lab.trial": str(number),
             "lab.slot": result.slot,

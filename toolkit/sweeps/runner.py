@@ -355,7 +355,8 @@ class Runner:
 
         try:
             notebook = nbformat.read(job["notebook"], as_version=4)
-            spec = KernelSpec(papermill_engines.nb_kernel_name(engine_name=None, nb=notebook), job["cwd"])
+            name = job.get("kernel") or papermill_engines.nb_kernel_name(engine_name=None, nb=notebook)
+            spec = KernelSpec(name, job["cwd"])
         except Exception as exc:  # an unreadable notebook fails its trial
             self.say(event="done", kind="failed", error=f"cannot read the notebook: {exc}")
             return

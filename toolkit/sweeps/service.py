@@ -264,7 +264,7 @@ class Events:
 def run(root: Path, name: str, place: Callable[[dict[str, Any], contextlib.ExitStack], Any] | None = None) -> int:
     """Run the sweep in its folder to its end (or until SIGINT/SIGTERM: running trials interrupted and queued)."""
     from toolkit.sweeps import dispatch as engine
-    from toolkit.sweeps import space
+    from toolkit.sweeps import prepare, space
 
     folder = folder_of(root, name)
     doc = json.loads((folder / "sweep.json").read_text())
@@ -279,9 +279,10 @@ def run(root: Path, name: str, place: Callable[[dict[str, Any], contextlib.ExitS
         sweep = None
         try:
             where = (place or place_of)({**doc["place"], "root": str(root)}, exits)
+            searched = space.load(folder / "space.yml")
             spec = engine.SweepSpec(
                 notebook=folder / "bundle" / doc["notebook"],
-                space=space.load(folder / "space.yml"),
+                space=searched,
                 study=name,
                 trials=int(doc["trials"]),
                 timeout=doc.get("timeout"),
@@ -290,6 +291,7 @@ def run(root: Path, name: str, place: Callable[[dict[str, Any], contextlib.ExitS
                 storage_path=where.storage_path,
                 grpc_port=where.grpc_port,
                 logs=folder / "trials",
+                steps=prepare.steps_for(searched, folder / "bundle", where),
             )
             with engine.study_lock(spec.storage_path, name):
                 sweep = engine.Sweep(spec, where.slots)

@@ -52,6 +52,7 @@ class Job:
     env: dict[str, str]
     timeout: float | None = None
     log: Path | None = None  # where the trial's output goes while it runs (`lab sweep logs`); appended to
+    kernel: str | None = None  # the kernelspec to run it with (an experiment's environment); None: the notebook's
 
 
 @dataclass(frozen=True)
@@ -192,6 +193,7 @@ def runner_job(job: Job) -> dict[str, Any]:
         "env": dict(job.env),
         "log": str(job.log.resolve()) if job.log else None,
         "cwd": str(notebook.parent),
+        "kernel": job.kernel,
     }
 
 
@@ -286,6 +288,7 @@ class LocalSlot:
                 str(job.notebook.parent),
                 "--no-progress-bar",
                 *(["--log-output"] if job.log else []),
+                *(["-k", job.kernel] if job.kernel else []),
             ]
             env = environment.for_kernels(self.env, job.env)  # not the caller's secrets
             started = time.monotonic()

@@ -73,6 +73,7 @@ def run_script(
     markers_dir: str = MARKERS_DIR,
     papermill: str = PAPERMILL,
     log_output: bool = False,
+    kernel: str | None = None,
 ) -> str:
     """The worker's side of running a trial: the worker's environment, the trial's on top, a marker holding
     the shell's PID while papermill runs in the trial's folder."""
@@ -93,6 +94,7 @@ def run_script(
             ".",
             "--no-progress-bar",
             *(["--log-output"] if log_output else []),
+            *(["-k", kernel] if kernel else []),
         ]
     )
     return (
@@ -184,7 +186,7 @@ class SshSlot:
 
     def _script(self, job: slots.Job, folder: str, trial_id: str) -> str:
         env = {k: v for k, v in {**self.env, **job.env}.items() if k not in WORKER_OWNED}
-        return run_script(env, folder, trial_id, log_output=job.log is not None)
+        return run_script(env, folder, trial_id, log_output=job.log is not None, kernel=job.kernel)
 
     def _execute(
         self,

@@ -65,7 +65,7 @@ def dispatch(
     from toolkit import labs
     from toolkit.console import Ui
     from toolkit.sweeps import dispatch as engine
-    from toolkit.sweeps import space
+    from toolkit.sweeps import prepare, space
 
     if not notebook.is_file():
         raise LabError(f"no notebook {notebook}", hint="pass the path of an .ipynb file")
@@ -95,6 +95,7 @@ def dispatch(
             tracking_uri=place.tracking_uri,
             storage_path=place.storage_path,
             grpc_port=place.grpc_port,
+            steps=prepare.steps_for(searched, notebook.resolve().parent, place),
         )
         _sweep(spec, place.slots, as_json)
 
