@@ -17,6 +17,7 @@ TOOLKIT = Path(__file__).resolve().parents[1] / "toolkit"
 RANKS = {
     "cli": 6,
     "labs": 5,
+    "data": 5.5,  # the datasets: the store picks a lab's (labs), the sync's sweep step prepares hosts (sweeps)
     "gcp": 4,
     "sweeps": 4,
     "hosts": 3,

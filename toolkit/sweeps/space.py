@@ -8,6 +8,7 @@ params:
   optimizer: {type: categorical, choices: [sgd, adam]}
 fixed: {epochs: 3}                                   # passed to every trial as parameters
 sampler: {name: tpe, seed: 42}                       # tpe (default), random, qmc
+data: [cifar100, stl10@v2]                           # datasets on each host before its first trial
 ```
 
 Every problem is reported at once, each naming its field. Optuna is imported only by `distributions`
@@ -17,6 +18,7 @@ and `sampler`, when a sweep runs.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ SAMPLERS = ("tpe", "random", "qmc")
 DIRECTIONS = ("minimize", "maximize")
 PARAM_TYPES = ("float", "int", "categorical")
 RESERVED = ("trial_number", "seed")  # the dispatcher injects these
+DATA_REF = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}(@[A-Za-z0-9._-]{1,64})?")  # toolkit.data.manifest's NAME[@VERSION]
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class Space:
     fixed: dict[str, Any] = field(default_factory=dict)
     sampler: str = "tpe"
     seed: int | None = None
+    data: tuple[str, ...] = ()  # datasets the trials read (NAME or NAME@VERSION), fetched to each host first
 
     def distributions(self) -> dict[str, Any]:
         """Optuna distributions for `study.ask`."""
@@ -157,8 +161,8 @@ def load(path: Path) -> Space:
     if not isinstance(document, dict):
         raise LabError(f"{path} must be a mapping with objective: and params:")
     problems: list[str] = []
-    for extra in sorted(set(document) - {"objective", "params", "fixed", "sampler"}):
-        problems.append(f"{extra}: unknown field (known: objective, params, fixed, sampler)")
+    for extra in sorted(set(document) - {"objective", "params", "fixed", "sampler", "data"}):
+        problems.append(f"{extra}: unknown field (known: objective, params, fixed, sampler, data)")
 
     objective = document.get("objective")
     metric, direction = None, "minimize"
@@ -205,6 +209,8 @@ def load(path: Path) -> Space:
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
             problems.append(f"sampler.seed: must be a whole number >= 0, got {seed!r}")
 
+    data = _data(document.get("data"), problems)
+
     if problems:
         count = len(problems)
         raise LabError(f"{path} has {count} problem{'s' * (count != 1)}: " + "; ".join(problems))
@@ -216,4 +222,21 @@ def load(path: Path) -> Space:
         fixed=dict(fixed),
         sampler=str(sampler),
         seed=seed,
+        data=data,
     )
+
+
+def _data(raw: Any, problems: list[str]) -> tuple[str, ...]:
+    """`data: [cifar100, stl10@v2]`: dataset names, each with an optional @version, each once."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(item, str) for item in raw):
+        problems.append("data: must be a list of dataset names such as [cifar100, stl10@v2]")
+        return ()
+    for item in raw:
+        if not DATA_REF.fullmatch(item):
+            problems.append(f"data: {item!r} is not NAME or NAME@VERSION (lowercase name; letters, digits, . _ -)")
+    names = [item.partition("@")[0] for item in raw]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"data: {name} is listed more than once")
+    return tuple(raw)
