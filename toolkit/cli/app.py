@@ -49,6 +49,10 @@ COMMANDS: dict[str, str | tuple[str, dict[str, str]]] = {
         "Look at one sweep: watch it, read its logs, stop it, show its best trials.",
         {"watch": "sweep_watch:watch", "logs": "sweep_logs:logs", "stop": "sweep_stop:stop", "show": "sweep_show:show"},
     ),
+    "data": (
+        "Keep datasets in the lab's store (the bucket, else the tracker or LAB_HOME): push, list, remove.",
+        {"push": "data_push:push", "ls": "data_ls:ls", "rm": "data_rm:rm"},
+    ),
     "cost": "cost:cost",
     "schedule": (
         "Schedule `lab down --yes` for a stack with cron (meant for the gcp target), list and remove it.",

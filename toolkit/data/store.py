@@ -367,3 +367,10 @@ def local_store() -> FolderStore:
     from toolkit.config import paths
 
     return FolderStore(paths.lab_home() / FOLDER)
+
+
+def open_store(stack_name: str, *, local: bool = False, target: str | None = None) -> Store:
+    """The dataset store of a stack's lab (--local / --target as every command takes them)."""
+    from toolkit import labs
+
+    return store_for(labs.open_lab(stack_name, local=local, target=target))
