@@ -915,7 +915,20 @@ def _lab_sweep_place(lab: LocalLab, parallel: int | None, gpus: list[str] | None
         raise LabError("the local lab is not up", hint="start it with `lab up --local`")
     slot_list = slots.local_slots(parallel or 1, gpus, lab.settings.runs_per_gpu)
     slots.price_slots(slot_list, lambda _: prices.host_hourly(prices.LOCAL_HOST), lambda _: prices.LOCAL_HOST)
-    return SweepPlace(slot_list, tracker.url, lab.tracker_dir / "optuna.db")
+    return SweepPlace(
+        slot_list, tracker.url, lab.tracker_dir / "optuna.db", data_store=data_store(lab), data_root=data_root()
+    )
+
+
+def data_store(lab: LocalLab) -> str:
+    """The dataset store (toolkit.data.fetch's address): the bucket's datasets/ when the stack names a bucket,
+    else $LAB_HOME/datasets (toolkit.data.store's choice)."""
+    return f"gs://{lab.bucket}/datasets" if lab.bucket else str(paths.lab_home() / "datasets")
+
+
+def data_root() -> Path:
+    """LAB_DATA of the local lab's trials: the datasets' copies they read."""
+    return paths.lab_home() / "data"
 
 
 def _detached_place(lab: LocalLab, parallel: int | None, gpus: list[str] | None) -> dict[str, Any]:
@@ -933,6 +946,8 @@ def _detached_place(lab: LocalLab, parallel: int | None, gpus: list[str] | None)
         "tracking_uri": tracker.url,
         "storage": str(lab.tracker_dir / "optuna.db"),
         "usd_per_hour": prices.host_hourly(prices.LOCAL_HOST),
+        "data_store": data_store(lab),
+        "data_root": str(data_root()),
     }
 
 

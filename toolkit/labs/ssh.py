@@ -1112,7 +1112,23 @@ def sweep_place(
     if parallel:
         slot_list = slot_list[:parallel]
     slots.price_slots(slot_list, price, lambda slot: slot.host.name)
-    return SweepPlace(slot_list, f"http://127.0.0.1:{mlflow_port}", lab.root / "sweeps", optuna_port)
+    store = facts.get("datasets_store")  # as the workers reach it: the bucket's datasets/, or the tracker's server
+    here = store
+    if store and str(store).startswith("http://"):  # the tracker's dataset server: through a tunnel from here
+        here_port = remote.free_port()
+        address = facts.get("mlflow_bind", "127.0.0.1")
+        tunnel = remote.forward(lab.access, lab.tracker, here_port, address, int(facts["datasets_port"]))
+        exits.callback(tunnel.wait, 10)
+        exits.callback(tunnel.terminate)
+        here = f"http://127.0.0.1:{here_port}"
+    return SweepPlace(
+        slot_list,
+        f"http://127.0.0.1:{mlflow_port}",
+        lab.root / "sweeps",
+        optuna_port,
+        data_store=store,
+        data_store_here=here,
+    )
 
 
 def detached_place(

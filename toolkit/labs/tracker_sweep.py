@@ -66,6 +66,7 @@ def tracker_place(doc: dict[str, Any], path: Path = FACTS) -> Any:
         Path(doc["root"]) / "sweeps" / "optuna",  # the study locks, beside the sweeps' folders
         int(known.get("optuna_port", 5001)),
         reviver=reviver(doc.get("gcp")),
+        data_store=known.get("datasets_store"),  # the bucket's datasets/, else this tracker's dataset server
     )
 
 

@@ -345,7 +345,14 @@ def place_of(place: dict[str, Any], exits: contextlib.ExitStack) -> Any:
         slot_list = slots.local_slots(int(place["parallel"]), place.get("gpus"), int(place["runs_per_gpu"]))
         price = place.get("usd_per_hour")
         slots.price_slots(slot_list, lambda _: price, lambda _: "local")
-        return SweepPlace(slot_list, place["tracking_uri"], Path(place["storage"]))
+        data_root = place.get("data_root")
+        return SweepPlace(
+            slot_list,
+            place["tracking_uri"],
+            Path(place["storage"]),
+            data_store=place.get("data_store"),
+            data_root=Path(data_root) if data_root else None,
+        )
     raise LabError(f"a sweep cannot run on {place['kind']!r}")
 
 
