@@ -103,6 +103,12 @@ KEYS: tuple[Key, ...] = (
     Key("lab:bucketName", "string", "artifact bucket name (globally unique)", derived="<gcp:project>-lab-<stack>"),
     Key("lab:bucketLocation", "string", "artifact bucket location", derived="gcp:region"),
     Key(
+        "lab:datasets",
+        "list",
+        "datasets every worker gets at configure time: NAME or NAME@VERSION (the newest when none is named)",
+        default=(),
+    ),
+    Key(
         "lab:destroyData",
         "boolean",
         "let `pulumi destroy` delete the bucket and its data (normally it is retained)",
@@ -173,6 +179,8 @@ _BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
 _HOST = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$")
 _KMS_KEY = re.compile(r"^gcpkms://projects/[^/]+/locations/[^/]+/keyRings/[^/]+/cryptoKeys/[^/]+$")
 _UNIX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+# A dataset as lab:datasets and a space file's data: name it: NAME[@VERSION] (toolkit.data.manifest's patterns).
+DATASET_REF = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}(@[A-Za-z0-9._-]{1,64})?")
 
 
 @dataclass(frozen=True)
@@ -231,6 +239,7 @@ class Settings:
     budget_usd: float | None = None
     budget_period: str = "up"
     max_hours: float | None = None
+    datasets: tuple[str, ...] = ()
 
     @property
     def name_prefix(self) -> str:
@@ -486,6 +495,9 @@ def _check_values(values: dict[str, Any], sources: dict[str, str]) -> list[Probl
                 " gcpkms://projects/P/locations/global/keyRings/R/cryptoKeys/K",
             )
         )
+    for ref in value("lab:datasets") or ():
+        if not isinstance(ref, str) or not DATASET_REF.fullmatch(ref):
+            problems.append(Problem("lab:datasets", f"{ref!r} is not NAME or NAME@VERSION, e.g. cifar100 or stl10@v2"))
     user = value("lab:sshUser")
     if isinstance(user, str) and (not _UNIX_USER.match(user) or user == "root"):
         problems.append(Problem("lab:sshUser", f"{user!r} is not a usable login name (lowercase, not root)"))

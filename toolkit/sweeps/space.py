@@ -18,18 +18,17 @@ and `sampler`, when a sweep runs.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from toolkit.config.schema import DATASET_REF
 from toolkit.errors import LabError
 
 SAMPLERS = ("tpe", "random", "qmc")
 DIRECTIONS = ("minimize", "maximize")
 PARAM_TYPES = ("float", "int", "categorical")
 RESERVED = ("trial_number", "seed")  # the dispatcher injects these
-DATA_REF = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}(@[A-Za-z0-9._-]{1,64})?")  # toolkit.data.manifest's NAME[@VERSION]
 
 
 @dataclass(frozen=True)
@@ -234,7 +233,7 @@ def _data(raw: Any, problems: list[str]) -> tuple[str, ...]:
         problems.append("data: must be a list of dataset names such as [cifar100, stl10@v2]")
         return ()
     for item in raw:
-        if not DATA_REF.fullmatch(item):
+        if not DATASET_REF.fullmatch(item):
             problems.append(f"data: {item!r} is not NAME or NAME@VERSION (lowercase name; letters, digits, . _ -)")
     names = [item.partition("@")[0] for item in raw]
     for name in sorted({n for n in names if names.count(n) > 1}):
