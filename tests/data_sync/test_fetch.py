@@ -260,3 +260,13 @@ def test_a_host_that_lacks_the_dataset_fails_its_preparation_in_one_line(store, 
     step.check()  # the dispatcher cannot reach the store: the host checks it
     with pytest.raises(LabError, match=r"^datasets on local: dataset ghost is not in the store"):
         step.on_host(prepare.LocalHost(python=sys.executable))
+
+
+def test_the_stacks_datasets_key():
+    from toolkit.config import schema
+
+    resolved = schema.resolve({"lab:datasets": ["cifar100", "stl10@v2"]}, stack="dev", target="local")
+    assert resolved.settings is not None and resolved.settings.datasets == ("cifar100", "stl10@v2")
+    assert schema.resolve({}, stack="dev", target="local").settings.datasets == ()
+    bad = schema.resolve({"lab:datasets": ["CIFAR"]}, stack="dev", target="local")
+    assert [p.key for p in bad.problems] == ["lab:datasets"]
