@@ -18,6 +18,7 @@ RANKS = {
     "cli": 6,
     "labs": 5,
     "data": 5.5,  # the datasets: the store picks a lab's (labs), the sync's sweep step prepares hosts (sweeps)
+    "envs": 4.5,  # experiments' environments: the sweep's step prepares hosts (sweeps); labs name the stack's
     "gcp": 4,
     "sweeps": 4,
     "hosts": 3,

@@ -154,6 +154,12 @@ KEYS: tuple[Key, ...] = (
         choices=BUDGET_PERIODS,
     ),
     Key("lab:maxHours", "number", "the longest the lab's workers may run without a new `lab up` (hours)"),
+    Key(
+        "lab:requirements",
+        "string",
+        "the experiments' environment of sweeps whose notebook's folder names none: a requirements.txt, or a"
+        " pyproject.toml with its uv.lock (a path, relative to the stack file's folder)",
+    ),
 )
 
 KEYS_BY_NAME: dict[str, Key] = {key.name: key for key in KEYS}
@@ -240,6 +246,7 @@ class Settings:
     budget_period: str = "up"
     max_hours: float | None = None
     datasets: tuple[str, ...] = ()
+    requirements: str | None = None
 
     @property
     def name_prefix(self) -> str:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from toolkit import environment
 from toolkit.config import paths, schema, stack
 from toolkit.console import age
+from toolkit.envs.spec import stack_requirements
 from toolkit.errors import EXIT_BACKUP_FAILED, LabError
 from toolkit.labs.base import (
     DownRequest,
@@ -916,7 +917,12 @@ def _lab_sweep_place(lab: LocalLab, parallel: int | None, gpus: list[str] | None
     slot_list = slots.local_slots(parallel or 1, gpus, lab.settings.runs_per_gpu)
     slots.price_slots(slot_list, lambda _: prices.host_hourly(prices.LOCAL_HOST), lambda _: prices.LOCAL_HOST)
     return SweepPlace(
-        slot_list, tracker.url, lab.tracker_dir / "optuna.db", data_store=data_store(lab), data_root=data_root()
+        slot_list,
+        tracker.url,
+        lab.tracker_dir / "optuna.db",
+        data_store=data_store(lab),
+        data_root=data_root(),
+        requirements=stack_requirements(lab.settings.requirements),
     )
 
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from toolkit.config import paths, schema, stack, stack_init
 from toolkit.console import age
+from toolkit.envs.spec import stack_requirements
 from toolkit.errors import EXIT_BACKUP_FAILED, LabError
 from toolkit.hosts import configure
 from toolkit.hosts import ssh as remote
@@ -441,6 +442,7 @@ def extravars(lab: SshLab, restore_from: Path | None) -> dict[str, Any]:
         "lab_idle_minutes": lab.settings.idle_minutes,
         "lab_restore_from": str(restore_from) if restore_from else "",
         "lab_replica": lab.settings.replica or "",  # empty: the role's default (the bucket's, else on the tracker)
+        "lab_datasets": list(lab.settings.datasets),  # fetched onto every worker at configure time
     }
 
 
@@ -1128,6 +1130,7 @@ def sweep_place(
         optuna_port,
         data_store=store,
         data_store_here=here,
+        requirements=stack_requirements(lab.settings.requirements),
     )
 
 

@@ -18,3 +18,4 @@ class SweepPlace:
     data_store: str | None = None
     data_store_here: str | None = None  # the same store as this process reaches it (None: as the hosts do)
     data_root: Path | None = None  # LAB_DATA of trials run on this machine (the local lab's $LAB_HOME/data)
+    requirements: Path | None = None  # the stack's lab:requirements (toolkit.envs): a sweep's default environment

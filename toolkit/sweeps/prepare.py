@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from toolkit.sweeps.space import Space
 
 # "module:function" entries; each function(space, folder, place) -> Step | None (None: nothing to prepare).
-STEP_FACTORIES: list[str] = ["toolkit.data.sweep:step"]
+STEP_FACTORIES: list[str] = ["toolkit.data.sweep:step", "toolkit.envs.sweep:step"]
 PREPARE_TIMEOUT_S = 3600.0  # the longest one command of a step may take on a host (a big dataset, an install)
 
 

@@ -1,0 +1,277 @@
+"""Install (or find) an experiment's environment on this host: `python -m toolkit.envs.install --spec SPEC`.
+
+Runs with the lab's Python, as the user trials run as. The environment is a venv in ROOT/<hash> made with uv from
+the spec (a requirements.txt: `uv pip install -r`; a pyproject.toml with its uv.lock: `uv sync --frozen`), plus
+what a trial's kernel needs (ipykernel, mlflow-skinny at the lab's version, the lab's toolkit on its path), with a
+Jupyter kernel `lab-env-<hash12>` in the user's Jupyter folder. A venv already there and verified is not installed
+again; installs of one environment are serialized by a lock. Prints one JSON line: hash, kernel, python, path,
+installed (false when it was there), seconds; or `{"error": ...}` (one line: what, and uv's reason) with exit 1.
+
+ROOT: --root, else the worker's `envs_dir` (/etc/lab/worker.json), else $LAB_HOME/envs. uv's cache: --cache,
+else the worker's `envs_cache`, else uv's own (UV_CACHE_DIR or ~/.cache/uv); kept across `up`s either way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import importlib.metadata
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from toolkit import proc
+from toolkit.envs import spec as envspec
+from toolkit.errors import LabError
+
+WORKER_JSON = Path("/etc/lab/worker.json")
+MARKER = "lab-env.json"
+INSTALL_TIMEOUT_S = 3600.0
+# The modules a trial's kernel imports from the environment (checked before an environment is reused).
+KERNEL_MODULES = ("ipykernel", "mlflow")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_BOX = re.compile("^[\\s\u00d7╰─▶│├┬┴╭╮╯•|]+")
+
+
+@dataclass(frozen=True)
+class Installed:
+    digest: str
+    kernel: str
+    python: str
+    path: Path
+    installed: bool
+    seconds: float
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "hash": self.digest,
+                "kernel": self.kernel,
+                "python": self.python,
+                "path": str(self.path),
+                "installed": self.installed,
+                "seconds": round(self.seconds, 2),
+            }
+        )
+
+
+def kernel_packages() -> list[str]:
+    """What a trial's kernel needs besides the user's requirements: ipykernel, and MLflow's client at the lab's
+    version (the notebook contract's logging)."""
+    return ["ipykernel", f"mlflow-skinny=={lab_mlflow_version()}"]
+
+
+def lab_mlflow_version() -> str:
+    for name in ("mlflow-skinny", "mlflow"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            return importlib.metadata.version(name)
+    raise LabError("the lab's Python has no MLflow", hint="configure the host with `lab up` first")
+
+
+def python_version() -> str:
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def base_python() -> str:
+    """The interpreter the lab's venv was made from: environments are made from the same one."""
+    return getattr(sys, "_base_executable", None) or sys.executable
+
+
+def uv_binary() -> str:
+    try:
+        from uv import find_uv_bin
+
+        return find_uv_bin()
+    except (ImportError, FileNotFoundError):
+        pass
+    beside = Path(sys.executable).with_name("uv")
+    found = str(beside) if beside.is_file() else shutil.which("uv")
+    if not found:
+        raise LabError("uv is not installed in the lab's Python", hint="configure the host again with `lab up`")
+    return found
+
+
+def defaults() -> tuple[Path, Path | None]:
+    """ROOT and uv's cache when not given: the worker's (worker.json), else $LAB_HOME/envs and uv's own cache."""
+    if WORKER_JSON.is_file():
+        worker = json.loads(WORKER_JSON.read_text())
+        if worker.get("envs_dir"):
+            cache = worker.get("envs_cache")
+            return Path(worker["envs_dir"]), Path(cache) if cache else None
+    from toolkit.config import paths
+
+    return paths.lab_home() / "envs", None
+
+
+def uv_env(cache: Path | None) -> dict[str, str]:
+    env = {**os.environ, "NO_COLOR": "1", "UV_NO_PROGRESS": "1", "UV_PYTHON_DOWNLOADS": "never"}
+    env.setdefault("UV_SYSTEM_CERTS", "1")  # the host's CA store, as Debian's pip uses it
+    env.pop("VIRTUAL_ENV", None)
+    env.pop("UV_PROJECT_ENVIRONMENT", None)
+    if cache is not None:
+        env["UV_CACHE_DIR"] = str(cache)
+    return env
+
+
+def reason(output: str) -> str:
+    """uv's error as one line: its message lines without the drawing characters, joined."""
+    lines = []
+    for raw in _ANSI.sub("", output).splitlines():
+        line = _BOX.sub("", raw).strip().removeprefix("error: ").removeprefix("cause: ").removeprefix("Caused by: ")
+        if line and not line.startswith(("Using ", "Resolved ", "Prepared ", "Installed ", "Audited ", "warning:")):
+            lines.append(line)
+    text = ": ".join(line.rstrip(":") for line in lines) or "uv gave no reason"
+    return text if len(text) <= 600 else text[:597] + "..."
+
+
+def ensure(spec: envspec.Spec, root: Path, cache: Path | None) -> Installed:
+    """The environment of `spec` on this host: found when there and verified, else installed."""
+    started = time.monotonic()
+    extra = kernel_packages()
+    digest = envspec.env_hash(spec, python_version(), extra)
+    folder = root / digest
+    root.mkdir(parents=True, exist_ok=True)
+    with _locked(root / f".{digest}.lock"):
+        installed = not _verified(folder, digest)
+        if installed:
+            _install(spec, folder, extra, cache)
+        _finish(folder, digest)
+    return Installed(
+        digest, envspec.kernel_name(digest), python_version(), folder, installed, time.monotonic() - started
+    )
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def venv_python(folder: Path) -> Path:
+    return folder / "venv" / "bin" / "python"
+
+
+def _verified(folder: Path, digest: str) -> bool:
+    """Whether the environment is there, complete (its marker is written last) and imports the kernel's modules."""
+    marker = folder / MARKER
+    if not marker.is_file() or not venv_python(folder).exists():
+        return False
+    with contextlib.suppress(ValueError, OSError):
+        if json.loads(marker.read_text()).get("hash") != digest:
+            return False
+    probe = "import importlib.util, sys; sys.exit(any(importlib.util.find_spec(m) is None for m in sys.argv[1:]))"
+    ran = proc.run([venv_python(folder), "-c", probe, *KERNEL_MODULES], check=False, timeout=60)
+    return ran.returncode == 0
+
+
+def _install(spec: envspec.Spec, folder: Path, extra: list[str], cache: Path | None) -> None:
+    if folder.exists():
+        shutil.rmtree(folder)  # a broken or half-made environment
+    source = folder / "spec"
+    source.mkdir(parents=True)
+    for name, text in spec.files.items():
+        (source / name).write_text(text, encoding="utf-8")
+    uv, env, python = uv_binary(), uv_env(cache), venv_python(folder)
+    _uv(spec, [uv, "venv", "--quiet", "--python", base_python(), folder / "venv"], env)
+    if spec.kind == envspec.KIND_REQUIREMENTS:
+        _uv(spec, [uv, "pip", "install", "--python", python, "-r", source / envspec.REQUIREMENTS, *extra], env)
+        return
+    env = {**env, "UV_PROJECT_ENVIRONMENT": str(folder / "venv")}
+    _uv(spec, [uv, "sync", "--frozen", "--no-install-project", "--project", source, "--python", python], env)
+    present = {d.metadata["Name"].lower() for d in importlib.metadata.distributions(path=[_site_packages(folder)])}
+    missing = [p for p in extra if not _provided(p, present)]
+    if missing:
+        _uv(spec, [uv, "pip", "install", "--python", python, *missing], env)
+
+
+def _provided(requirement: str, present: set[str]) -> bool:
+    """Whether the lock already brings what `requirement` gives the kernel (its own MLflow counts as MLflow's)."""
+    name = re.split(r"[=<>!~\[ ]", requirement, maxsplit=1)[0].lower()
+    if name == "mlflow-skinny":
+        return bool({"mlflow", "mlflow-skinny"} & present)
+    return name in present
+
+
+def _uv(spec: envspec.Spec, argv: Sequence[str | Path], env: dict[str, str]) -> None:
+    ran = proc.run(argv, check=False, timeout=INSTALL_TIMEOUT_S, env=env)
+    if ran.returncode != 0:
+        raise LabError(
+            f"cannot install the sweep's environment ({spec.label}): {reason(ran.stderr or ran.stdout)}",
+            hint=f"fix {spec.source} and dispatch again",
+        )
+
+
+def _site_packages(folder: Path) -> str:
+    ran = proc.run([venv_python(folder), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], timeout=60)
+    return ran.stdout.strip()
+
+
+def _finish(folder: Path, digest: str) -> None:
+    """What is cheap to write every time: the lab's toolkit on the venv's path, the kernel, then the marker."""
+    lib = folder / "lab-lib"  # the lab's toolkit alone (not what sits beside it: a checkout, the lab's venv)
+    lib.mkdir(exist_ok=True)
+    link, toolkit_dir = lib / "toolkit", Path(__file__).resolve().parents[1]
+    if not link.is_symlink() or link.readlink() != toolkit_dir:
+        link.unlink(missing_ok=True)
+        link.symlink_to(toolkit_dir, target_is_directory=True)
+    _write(Path(_site_packages(folder)) / "lab-toolkit.pth", f"{lib}\n")
+    kernels = Path(_jupyter_data_dir()) / "kernels" / envspec.kernel_name(digest)
+    kernels.mkdir(parents=True, exist_ok=True)
+    kernel = {
+        "argv": [str(venv_python(folder)), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": f"Python (lab env {digest[:12]})",
+        "language": "python",
+        "metadata": {"lab": {"env": digest}},
+    }
+    _write(kernels / "kernel.json", json.dumps(kernel, indent=1) + "\n")
+    _write(folder / MARKER, json.dumps({"hash": digest, "python": python_version(), "made": time.time()}) + "\n")
+
+
+def _jupyter_data_dir() -> str:
+    try:
+        from jupyter_core.paths import jupyter_data_dir
+
+        return jupyter_data_dir()
+    except ImportError:
+        base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+        return os.environ.get("JUPYTER_DATA_DIR") or str(Path(base) / "jupyter")
+
+
+def _write(path: Path, text: str) -> None:
+    if path.is_file() and path.read_text() == text:
+        return
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    partial.replace(path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m toolkit.envs.install", description=__doc__.splitlines()[0])
+    parser.add_argument("--spec", required=True, help="the environment's files (toolkit.envs.spec.encode)")
+    parser.add_argument("--source", default="the sweep", help="where the files came from (for messages)")
+    parser.add_argument("--root", type=Path, help="the folder of the environments")
+    parser.add_argument("--cache", type=Path, help="uv's cache")
+    args = parser.parse_args(argv)
+    root, cache = defaults()
+    try:
+        done = ensure(envspec.decode(args.spec, args.source), args.root or root, args.cache or cache)
+    except LabError as error:
+        print(json.dumps({"error": error.message, "hint": error.hint}))
+        return 1
+    print(done.to_json())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
