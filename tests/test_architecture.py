@@ -17,6 +17,7 @@ TOOLKIT = Path(__file__).resolve().parents[1] / "toolkit"
 RANKS = {
     "cli": 6,
     "labs": 5,
+    "budget": 5.7,  # the budget guard stops a lab (labs) and its sweeps (sweeps), priced by cost
     "data": 5.5,  # the datasets: the store picks a lab's (labs), the sync's sweep step prepares hosts (sweeps)
     "envs": 4.5,  # experiments' environments: the sweep's step prepares hosts (sweeps); labs name the stack's
     "gcp": 4,

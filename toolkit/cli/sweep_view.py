@@ -53,6 +53,8 @@ def table(state: dict[str, Any]) -> Table:
         for name, worker in sorted((state.get("workers") or {}).items())
         if worker.get("gpus") or worker.get("note")
     ]
+    if state.get("budget"):
+        notes.append(str(state["budget"]))
     if state.get("warning"):
         notes.append(f"warning: {state['warning']}")
     if state.get("error"):

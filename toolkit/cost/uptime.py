@@ -34,10 +34,19 @@ def _path(stack: str) -> Path:
 
 
 def periods(stack: str) -> list[Period]:
+    return read(_path(stack))
+
+
+def read(path: Path) -> list[Period]:
+    """The periods in an uptime file (a stack's, or the copy `lab up` hands the tracker's budget guard)."""
     try:
-        raw = json.loads(_path(stack).read_text(encoding="utf-8"))
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return []
+    return parse(raw)
+
+
+def parse(raw: Any) -> list[Period]:
     found = []
     for item in raw.get("periods", []) if isinstance(raw, dict) else []:
         try:
@@ -53,14 +62,15 @@ def periods(stack: str) -> list[Period]:
     return found
 
 
+def document(found: list[Period]) -> dict[str, Any]:
+    return {"periods": [{"up": p.up, "down": p.down, "lines": [line.as_dict() for line in p.lines]} for p in found]}
+
+
 def _write(stack: str, found: list[Period]) -> None:
-    document: dict[str, Any] = {
-        "periods": [{"up": p.up, "down": p.down, "lines": [line.as_dict() for line in p.lines]} for p in found]
-    }
     path = _path(stack)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(FILE + ".partial")
-    partial.write_text(json.dumps(document, indent=1), encoding="utf-8")
+    partial.write_text(json.dumps(document(found), indent=1), encoding="utf-8")
     partial.replace(path)
 
 

@@ -46,6 +46,7 @@ MLFLOW = "mlflow"
 JUPYTER = "jupyter"
 REPLICA = "replica"  # Litestream, replicating the tracker's DBs while MLflow runs
 DASHBOARD = "optuna-dashboard"  # the sweeps' live view, over the lab's optuna.db
+GUARD = "budget-guard"  # stops the lab when lab:budgetUsd or lab:maxHours is reached (toolkit.budget.guard)
 DASHBOARD_READY_TIMEOUT_S = 60.0
 REPLICA_READY_TIMEOUT_S = 30.0
 REPLICA_LOG_TAIL_BYTES = 64 << 10
@@ -569,6 +570,42 @@ def stop_all(lab: LocalLab, say: Say, only: tuple[str, ...] = (JUPYTER, DASHBOAR
     return stopped
 
 
+def _priced_up(lab: LocalLab) -> None:
+    """This machine is up for `lab cost` and the budget from now, at its price (`hosts: {local: USD}`)."""
+    from toolkit.cost import prices, uptime
+
+    line = prices.PriceLine("host", prices.LOCAL_HOST, 1, prices.host_hourly(prices.LOCAL_HOST), "this machine")
+    uptime.record_up(lab.stack, [line])
+
+
+def start_guard(lab: LocalLab, say: Say) -> services.Record | None:
+    """The budget guard, when lab:budgetUsd or lab:maxHours is set (one per lab: a running one is kept)."""
+    if lab.settings.budget_usd is None and lab.settings.max_hours is None:
+        return None
+    record = running(lab, GUARD, say)
+    if record is not None:
+        return record
+    argv = [sys.executable, "-m", "toolkit.budget.guard", "local", "--stack", lab.stack]
+    every = os.environ.get("LAB_BUDGET_GUARD_EVERY_S")
+    if every:
+        argv += ["--every", every]
+    env = {**environment.passed(), "PYTHONUNBUFFERED": "1", "LAB_HOME": str(paths.lab_home())}
+    return services.start(
+        GUARD, argv, run_dir=lab.run_dir, log=lab.logs_dir / "budget-guard.log", port=0, url="", health_url="", env=env
+    )
+
+
+def stop_guard(lab: LocalLab, say: Say) -> list[str]:
+    """Stop the budget guard (not when the guard itself is stopping the lab)."""
+    record = running(lab, GUARD, say)
+    if record is None or record.pid == os.getpid():
+        return []
+    how = services.stop(record)
+    services.forget(lab.run_dir, GUARD)
+    say(f"{GUARD} {how} (pid {record.pid})")
+    return [GUARD]
+
+
 def backup_now(
     lab: LocalLab, *, reason: str, progress: backups.Progress | None = None
 ) -> tuple[backups.Backup, str | None]:
@@ -648,12 +685,16 @@ def _lab_up(lab: LocalLab, request: UpRequest, ui: Ui) -> Report:
         if jupyter is None and not request.no_jupyter:
             jupyter = start_jupyter(lab, request.jupyter_port, say)
     replicating = start_replica(lab, say)
+    _priced_up(lab)
+    guard = start_guard(lab, say)
     lines.append(f"MLflow   {mlflow.url}")
     lines.append(f"Optuna   {dashboard.url}  (optuna-dashboard: the sweeps, live)")
     if jupyter:
         lines.append(f"Jupyter  {jupyter.url}  (token: `cat {lab.token_file}`)")
     lines.append(f"replica  {replicating.url}")
     lines.append(f"state    {lab.root}")
+    if guard is not None:
+        lines.append(f"guard    budget guard (pid {guard.pid}), log {guard.log}")
     document = {
         "stack": lab.stack,
         "target": lab.target,
@@ -850,6 +891,7 @@ def _lab_down(lab: LocalLab, request: DownRequest, ui: Ui) -> Report:
     tracker = running(lab, MLFLOW, say)
     up = [name for name in (JUPYTER, DASHBOARD, MLFLOW, REPLICA) if running(lab, name, say)]
     if not up:
+        stop_guard(lab, say)
         return Report(
             {"stack": lab.stack, "stopped": [], "nothing_to_do": True}, ["nothing to do: the lab is not running"]
         )
@@ -877,6 +919,10 @@ def _lab_down(lab: LocalLab, request: DownRequest, ui: Ui) -> Report:
                 ) from None
             backup_failed(exc, request, ui)
     stopped += stop_all(lab, say)
+    stopped += stop_guard(lab, say)
+    from toolkit.cost import uptime
+
+    uptime.record_down(lab.stack)
     document = {
         "stack": lab.stack,
         "stopped": sorted(stopped),

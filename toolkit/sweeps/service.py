@@ -182,6 +182,8 @@ def read_state(folder: Path) -> dict[str, Any] | None:
     if state.get("status") not in FINAL and state.get("status") != "submitted" and running(folder) is None:
         state["status"] = "failed"  # the process went away without saying how it ended (killed, machine reboot)
         state.setdefault("error", "the sweep's process ended without a word: see `lab sweep logs`")
+    with contextlib.suppress(OSError, json.JSONDecodeError):  # the budget guard's warning (toolkit.budget.guard)
+        state["budget"] = json.loads((folder.parent / "budget.json").read_text()).get("line")
     return state
 
 

@@ -79,11 +79,24 @@ def cost(
         "sweeps": sweeps,
         "sweeps_unreadable": unreadable,
         "prices": prices.source_line(),
+        "budget": _budget(stack_name, chosen),
     }
     if as_json:
         out().print_json(json.dumps(document))
         return
     _show(document, labs.lab_class(chosen).uptime_note)
+
+
+def _budget(stack_name: str, target: str) -> dict[str, Any] | None:
+    """The budget period's spend against lab:budgetUsd and the hours against lab:maxHours (None: neither is set)."""
+    from toolkit.budget import ledger
+    from toolkit.config import stack as stacks
+
+    settings = stacks.load(stack_name, target=target)[1].settings
+    if settings is None or (settings.budget_usd is None and settings.max_hours is None):
+        return None
+    found = ledger.verdict(settings)
+    return {**found.as_dict(), "line": found.line()}
 
 
 def _show(document: dict[str, Any], not_up: str) -> None:
@@ -122,4 +135,6 @@ def _show(document: dict[str, Any], not_up: str) -> None:
             usd = "not priced" if sweep["usd"] is None else f"{sweep['usd']:.4f}"
             table.add_row(sweep["sweep"], str(sweep["trials"]), f"{sweep['trial_hours']:.3f}", usd)
         out().print(table)
+    if document["budget"]:
+        out().print(document["budget"]["line"], markup=False)
     out().print(document["prices"])

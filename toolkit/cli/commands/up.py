@@ -42,14 +42,22 @@ def up(
             "--fallback-on-demand", help="gcp: use standard (on-demand) workers when no zone has spot capacity."
         ),
     ] = False,
+    budget: Annotated[
+        float | None,
+        typer.Option("--budget", min=0.0, help="This budget period's budget in USD (over lab:budgetUsd)."),
+    ] = None,
     as_json: options.Json = False,
 ) -> None:
     """Start the lab: the MLflow tracker (restored from the latest backup when it has no DB yet), the sweeps'
     dashboard (optuna-dashboard) and JupyterLab, each answering before this returns. Local: all on
     127.0.0.1. ssh: the hosts are configured by the playbooks (a second run changes nothing); the dashboard
     listens on the tracker's 127.0.0.1 (`lab tunnel` reaches it). gcp: Pulumi creates (or converges) the VMs
-    after a preview with the cost per hour and a confirmation (--yes skips it), then the same."""
+    after a preview with the cost per hour and a confirmation (--yes skips it), then the same. With lab:budgetUsd
+    it shows the period's spend and what is left, and refuses to start once the budget is spent (--budget USD
+    gives this period a budget); the budget guard starts with the lab."""
     from toolkit import labs
+    from toolkit.budget import ledger
+    from toolkit.budget.spend import Limits
     from toolkit.cli.render import show
     from toolkit.console import Ui
     from toolkit.labs.base import UpRequest
@@ -64,4 +72,12 @@ def up(
         fallback_on_demand=fallback_on_demand,
         dashboard_port=dashboard_port,
     )
-    show(lab.up(request, ui), as_json)
+    kept = None if preview else ledger.before_up(lab.settings, budget)  # refused here when the budget is spent
+    if kept is not None:
+        ledger.after_up(lab.settings, kept)  # before the guard starts with the lab: it reads this period
+    report = lab.up(request, ui)
+    if kept is not None and Limits.of(lab.settings).any:
+        found = ledger.verdict(lab.settings)
+        report.document["budget"] = found.as_dict()
+        report.lines.append(found.line())
+    show(report, as_json)
