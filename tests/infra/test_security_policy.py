@@ -180,6 +180,48 @@ def test_workers_can_read_the_datasets_and_nothing_else_and_never_delete_or_over
     assert condition["title"]
 
 
+# The predefined role's permissions as GCP lists them (https://cloud.google.com/storage/docs/access-control/iam-roles,
+# "Storage Object Viewer (roles/storage.objectViewer)"): reading objects and folders, nothing that writes.
+OBJECT_VIEWER = {
+    "resourcemanager.projects.get",
+    "resourcemanager.projects.list",
+    "storage.folders.get",
+    "storage.folders.list",
+    "storage.managedFolders.get",
+    "storage.managedFolders.list",
+    "storage.objects.get",
+    "storage.objects.list",
+}
+WRITES = {"storage.objects.create", "storage.objects.delete", "storage.objects.update", "storage.objects.setIamPolicy"}
+
+
+def mentions(value: Any, text: str) -> bool:
+    if isinstance(value, dict):
+        return any(mentions(v, text) for v in value.values())
+    if isinstance(value, list):
+        return any(mentions(v, text) for v in value)
+    return isinstance(value, str) and text in value
+
+
+def test_workers_cannot_write_or_delete_the_datasets(run):
+    """`lab data push` writes datasets/ from the laptop; workers only read it (issue 16). Every resource that names
+    the workers' account is the account itself, a firewall rule (network only), a worker VM running as it with a
+    read-only storage scope, or the one bucket grant: a role without a permission that creates, overwrites or
+    deletes an object, under datasets/."""
+    program = run(workers=2)
+    worker = emails(program)["worker"]
+    naming = [r for r in program.resources if mentions(r.inputs, worker)]
+    kinds = sorted({r.type for r in naming if r.type not in (ACCOUNT, FIREWALL)})
+    assert kinds == [INSTANCE, "gcp:storage/bucketIAMMember:BucketIAMMember"], kinds
+    for vm in program.of_type(INSTANCE):
+        if vm.inputs["serviceAccount"]["email"] == worker:
+            assert vm.inputs["serviceAccount"]["scopes"] == ["https://www.googleapis.com/auth/devstorage.read_only"]
+    (grant,) = [r for r in naming if r.type == "gcp:storage/bucketIAMMember:BucketIAMMember"]
+    assert grant.inputs["role"] == "roles/storage.objectViewer"
+    assert not OBJECT_VIEWER & WRITES
+    assert "/objects/datasets/" in grant.inputs["condition"]["expression"]
+
+
 def test_deleted_objects_are_kept_for_a_week(run):
     bucket = run().one(BUCKET)
     assert bucket.inputs["softDeletePolicy"] == {"retentionDurationSeconds": 7 * 24 * 3600}
