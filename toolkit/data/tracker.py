@@ -111,7 +111,8 @@ class TrackerStore(stores.Store):
         folder = f"{self.root}/{name}"
         script = (
             'set -e; mkdir -p "$1/blobs" "$1/.incoming"; d=$(mktemp -d "$1/.incoming/XXXXXXXX"); '
-            'trap \'rm -rf "$d"\' EXIT; tar -x -f - -C "$d" --no-same-owner --no-same-permissions; '
+            'trap \'rm -rf "$d"; rmdir "$1/.incoming" 2>/dev/null || true\' EXIT; '
+            'tar -x -f - -C "$d" --no-same-owner --no-same-permissions; '
             'find "$d" -mindepth 1 -maxdepth 1 -type f -exec mv -f -t "$1/blobs" {} +'
         )
         argv = self.access.ssh(self.host, self._as_owner("sh", "-c", script, "sh", folder))

@@ -12,7 +12,7 @@ from toolkit.console import out
 
 
 def rm(
-    ref: Annotated[str, typer.Argument(metavar="NAME[@VERSION]", help="The dataset, or one of its versions.")],
+    ref: Annotated[str, typer.Argument(metavar="DATASET", help="NAME, or NAME@VERSION for one version.")],
     local: options.Local = False,
     target: options.Target = None,
     stack_name: options.Stack = options.STACK_DEFAULT,
