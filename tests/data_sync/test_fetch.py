@@ -270,3 +270,30 @@ def test_the_stacks_datasets_key():
     assert schema.resolve({}, stack="dev", target="local").settings.datasets == ()
     bad = schema.resolve({"lab:datasets": ["CIFAR"]}, stack="dev", target="local")
     assert [p.key for p in bad.problems] == ["lab:datasets"]
+
+
+def test_a_dataset_in_the_bucket_is_fetched_resumed_and_checked(emulator, tmp_path, monkeypatch):
+    """The bucket's datasets/ through the real google-cloud-storage client against gcp-storage-emulator (it serves
+    GCS's JSON API: objects listed by prefix, media downloads with Range, as GCS documents them)."""
+    from google.cloud import storage
+
+    from toolkit.data.bucket import BucketStore
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator)
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "test-project")
+    storage.Client().create_bucket("lab-data")
+    source = make_dataset(tmp_path / "src")
+    push(BucketStore("lab-data"), source, "toy")
+    root = tmp_path / "data"
+    manifest = BucketStore("lab-data").manifest("toy")
+    partial = root / ".lab" / "partial" / "toy"
+    partial.mkdir(parents=True)
+    big = max(manifest.files, key=lambda e: e.size)
+    (partial / big.sha256).write_bytes((source / big.path).read_bytes()[:1000])  # an interrupted download
+    [synced] = fetch.sync("gs://lab-data/datasets", ["toy"], root)
+    assert tree(synced.path) == tree(source)
+    assert synced.fetched_bytes == manifest.bytes - len("same bytes\n") - 1000  # the partial was finished
+    [again] = fetch.sync("gs://lab-data/datasets", ["toy"], root)
+    assert again.fetched_files == 0
+    with pytest.raises(LabError, match="dataset nope is not in the store gs://lab-data/datasets"):
+        fetch.check("gs://lab-data/datasets", ["nope"])
