@@ -19,6 +19,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from toolkit.errors import LabError
 EVERY_S = 30.0  # fires within a minute of the budget being reached
 TAG = "lab.budget_stop"
 WARNING_FILE = "budget.json"  # in the sweeps' folder: what `lab sweep watch` shows
+Say = Callable[[str], None]
 
 
 class Place:

@@ -163,6 +163,16 @@ class Lab(abc.ABC):
     def detached_place(self, parallel: int | None, gpus: list[str] | None) -> dict[str, Any]:
         """Where a detached sweep's trials run, as its service reads it (`toolkit.sweeps.service.place_of`)."""
 
+    # -- the budget (`toolkit.budget`) ---------------------------------------------------------------------------
+    def budget_workers(self) -> dict[str, Any] | None:
+        """What the tracker's budget guard needs to stop the workers' VMs (gcp: project, instances, zones)."""
+        return None
+
+    def hand_budget(self, document: dict[str, Any]) -> None:
+        """Hand the budget guard what `lab up` set (`toolkit.budget.tracker.handed`). The local guard reads the
+        stack's folder itself, so by default there is nothing to hand."""
+        return
+
     # -- reaching the hosts (remote labs) ----------------------------------------------------------------------
     uptime_note: ClassVar[str] = "the lab did not create these machines"
 

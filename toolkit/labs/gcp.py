@@ -515,6 +515,15 @@ class GcpLab(Lab):
     def down(self, request: DownRequest, ui: Ui) -> Report:
         return _down(self, request, ui)
 
+    def budget_workers(self) -> dict[str, Any] | None:
+        try:
+            return self.detached_place(None, None).get("gcp")
+        except LabError:
+            return None
+
+    def hand_budget(self, document: dict[str, Any]) -> None:
+        self.on_hosts.hand_budget(document)
+
     def sweep_place(
         self, exits: contextlib.ExitStack, parallel: int | None, gpus: list[str] | None, ui: Ui
     ) -> SweepPlace:

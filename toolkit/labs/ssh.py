@@ -108,7 +108,14 @@ class SshLab(Lab):
         )
 
     def up(self, request: UpRequest, ui: Ui) -> Report:
-        return configure_lab(self, ui, {})
+        report = configure_lab(self, ui, {})
+        priced_up(self)
+        return report
+
+    def hand_budget(self, document: dict[str, Any]) -> None:
+        """The tracker's guard reads it from its data folder (`lab-budget-guard.service`)."""
+        path = f"{DATA}/budget.json"
+        remote.run(self.access, self.tracker, ["sudo", "-n", "tee", path], stdin=json.dumps(document), timeout=60)
 
     def status(self, ui: Ui) -> Report:
         return hosts_status(self, ui)
@@ -134,7 +141,11 @@ class SshLab(Lab):
         )
 
     def down(self, request: DownRequest, ui: Ui) -> Report:
-        return stop_lab(self, request, ui)
+        report = stop_lab(self, request, ui)
+        from toolkit.cost import uptime
+
+        uptime.record_down(self.stack)
+        return report
 
     def sweep_place(
         self, exits: contextlib.ExitStack, parallel: int | None, gpus: list[str] | None, ui: Ui
@@ -419,6 +430,16 @@ def agent(lab: SshLab, *args: str, timeout: float = AGENT_TIMEOUT_S) -> str:
             raise LabError(f"the tracker is not configured yet ({reason})", hint="run `lab up` first")
         raise LabError(f"on {lab.tracker.name}: {reason}")
     return result.stdout
+
+
+def priced_up(lab: SshLab) -> None:
+    """The hosts are up for `lab cost` and the budget from now, each at its price (`hosts:` in the price table)."""
+    from toolkit.cost import prices, uptime
+
+    lines = [
+        prices.PriceLine(host.role, host.name, 1, prices.host_hourly(host.name), host.address) for host in lab.hosts
+    ]
+    uptime.record_up(lab.stack, lines)
 
 
 def extravars(lab: SshLab, restore_from: Path | None) -> dict[str, Any]:

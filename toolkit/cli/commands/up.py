@@ -56,10 +56,11 @@ def up(
     it shows the period's spend and what is left, and refuses to start once the budget is spent (--budget USD
     gives this period a budget); the budget guard starts with the lab."""
     from toolkit import labs
-    from toolkit.budget import ledger
+    from toolkit.budget import ledger, tracker
     from toolkit.budget.spend import Limits
     from toolkit.cli.render import show
     from toolkit.console import Ui
+    from toolkit.cost import uptime
     from toolkit.labs.base import UpRequest
 
     ui = Ui(json=as_json, yes=yes)
@@ -76,6 +77,8 @@ def up(
     if kept is not None:
         ledger.after_up(lab.settings, kept)  # before the guard starts with the lab: it reads this period
     report = lab.up(request, ui)
+    if kept is not None and Limits.of(lab.settings).any and not preview:
+        lab.hand_budget(tracker.handed(Limits.of(lab.settings), kept, uptime.periods(lab.stack), lab.budget_workers()))
     if kept is not None and Limits.of(lab.settings).any:
         found = ledger.verdict(lab.settings)
         report.document["budget"] = found.as_dict()

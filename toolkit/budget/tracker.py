@@ -1,0 +1,143 @@
+"""The budget guard on the tracker of an ssh or gcp lab (`lab-budget-guard.service`, as root: `python -m
+toolkit.budget.guard tracker --data /srv/lab`). `lab up` hands it the budget (`<data>/budget.json`: the limits, the
+ledger and the uptime periods, `handed`); it reads the workers from /etc/lab/tracker.json.
+
+When the lab must stop: the detached sweeps stop as `lab sweep stop` stops them (`systemctl stop
+lab-sweep@NAME.service`: SIGINT, running trials interrupted and queued), a verified snapshot is taken (`systemctl
+start lab-backup.service`, the tracker agent's backup), then the workers stop: on gcp their VMs, through the
+Compute API (`toolkit.gcp.api.stop_instance`) with the tracker's own service account, whose role allows
+instances.stop; on ssh the lab's services on each worker (as playbooks/stop.yml stops them), over the tracker's
+own SSH key and the workers' pinned host keys. The tracker itself stays up: it is the lab's memory.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from toolkit.budget import ledger
+from toolkit.budget.guard import Place, Say
+from toolkit.budget.spend import OK, Limits, Verdict, decide
+from toolkit.cost import uptime
+from toolkit.errors import LabError
+
+DATA = Path("/srv/lab")
+FACTS = Path("/etc/lab/tracker.json")
+FILE = "budget.json"
+SWEEP_UNITS = "lab-sweep@*.service"
+BACKUP_UNIT = "lab-backup.service"
+WORKER_UNITS = ("lab-idle.timer", "lab-jupyter.service")  # playbooks/stop.yml's lab_stop_worker_units
+SYSTEMCTL_TIMEOUT_S = 300
+
+
+def handed(limits: Limits, kept: ledger.Ledger, periods: list[uptime.Period], gcp: Any = None) -> dict[str, Any]:
+    """What `lab up` hands the tracker's guard: the limits, the ledger, the uptime, and on gcp the workers' VMs."""
+    return {
+        "ledger": kept.as_dict(),
+        "limits": limits.as_dict(),
+        **uptime.document(periods),
+        "gcp": gcp,
+        "handed": time.time(),
+    }
+
+
+def systemctl(*args: str, timeout: float = SYSTEMCTL_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["systemctl", *args], capture_output=True, text=True, check=False, timeout=timeout)
+
+
+class TrackerPlace(Place):
+    def __init__(self, data: Path, facts: Path = FACTS) -> None:
+        self.sweeps_root = data
+        self.ledger_path = data / FILE
+        self.facts_path = facts
+
+    def _handed(self) -> dict[str, Any]:
+        try:
+            raw = json.loads(self.ledger_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return raw if isinstance(raw, dict) else {}
+
+    def verdict(self) -> Verdict:
+        raw = self._handed()
+        limits = Limits(**raw["limits"]) if raw.get("limits") else Limits(None, "up", None)
+        now = time.time()
+        if raw.get("ledger", {}).get("fired"):  # stopped already: nothing to do until the next `lab up`
+            found = decide(limits, ledger.read(self.ledger_path), uptime.parse(raw), now)
+            return Verdict(OK, found.spend_usd, found.budget_usd, found.since, found.hours, found.max_hours, "")
+        return decide(limits, ledger.read(self.ledger_path), uptime.parse(raw), now)
+
+    def facts(self) -> dict[str, Any]:
+        from toolkit.labs import tracker_sweep
+
+        return tracker_sweep.facts(self.facts_path)
+
+    def tracking_uri(self) -> str | None:
+        return self.facts().get("mlflow_url")
+
+    def stop(self, say: Say) -> list[str]:
+        did = [self.stop_sweeps(say), self.snapshot(say)]
+        gcp = self._handed().get("gcp")
+        did += stop_vms(gcp, say) if gcp and gcp.get("workers") else stop_worker_services(self.facts(), say)
+        return did
+
+    def stop_sweeps(self, say: Say) -> str:
+        listed = systemctl("list-units", "--state=active", "--plain", "--no-legend", SWEEP_UNITS)
+        units = [line.split()[0] for line in listed.stdout.splitlines() if line.strip()]
+        for unit in units:
+            say(f"stopping {unit} as Ctrl-C does (`lab sweep stop`)")
+            stopped = systemctl("stop", unit)
+            if stopped.returncode != 0:
+                say(f"warning: {unit} did not stop: {stopped.stderr.strip()}")
+        return f"sweeps stopped as `lab sweep stop` does: {', '.join(units) or 'none'}"
+
+    def snapshot(self, say: Say) -> str:
+        say(f"taking a verified snapshot ({BACKUP_UNIT})")
+        done = systemctl("start", BACKUP_UNIT)
+        if done.returncode != 0:
+            return f"the snapshot failed ({BACKUP_UNIT}: {done.stderr.strip()}); the replica still holds every write"
+        return f"verified snapshot taken ({BACKUP_UNIT})"
+
+
+def stop_vms(gcp: dict[str, Any], say: Say) -> list[str]:
+    """gcp: stop each worker's VM through the Compute API (instances.stop), with the tracker's service account."""
+    from toolkit.gcp import api
+
+    did = []
+    for worker in gcp["workers"]:
+        name, zone = str(worker["instance"]), str(worker["zone"])
+        say(f"stopping the VM {name} ({zone}) through the Compute API")
+        try:
+            found = api.stop_instance(str(gcp["project"]), zone, name)
+            did.append(f"worker {worker['name']}: VM {name} stopped" if found else f"worker VM {name} does not exist")
+        except LabError as exc:
+            did.append(f"worker {worker['name']}: VM {name} did not stop: {exc.one_line()}")
+    return did
+
+
+def stop_worker_services(facts: dict[str, Any], say: Say) -> list[str]:
+    """ssh: stop the lab's services and trials on each worker, as playbooks/stop.yml does, over the tracker's key."""
+    from toolkit.hosts import ssh as remote
+
+    did = []
+    for worker in facts.get("workers") or []:
+        access = remote.Access(
+            user=str(worker["user"]), key=Path(facts["ssh_key"]), known_hosts=Path(facts["known_hosts"]), strict=True
+        )
+        host = remote.Host(str(worker["name"]), str(worker["address"]), remote.WORKER)
+        say(f"stopping the lab's services and trials on {host.name} ({host.address})")
+        command = ["sudo", "-n", "systemctl", "stop", *WORKER_UNITS]
+        try:
+            stopped = remote.run(access, host, command, check=False, timeout=120)
+            remote.run(access, host, ["pkill", "-INT", "-f", "papermill"], check=False, timeout=60)
+        except LabError as exc:
+            did.append(f"worker {host.name}: not reached: {exc.one_line()}")
+            continue
+        if stopped.returncode == 0:
+            did.append(f"worker {host.name}: {', '.join(WORKER_UNITS)} stopped, trials ended")
+        else:
+            did.append(f"worker {host.name}: services did not stop: {stopped.stderr.strip()[-200:]}")
+    return did
