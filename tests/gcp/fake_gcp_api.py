@@ -110,6 +110,12 @@ class FakeGcp:
     operations: dict[str, dict[str, Any]] = field(default_factory=dict)
     stopping_polls: int = 1  # how many reads a STOPPING VM stays STOPPING
     operation_reads: int = 0  # how many zoneOperations.get reads an operation stays RUNNING
+    # The VMs the caller's IAM condition names (None: all). instances.start/stop need compute.instances.start/stop
+    # on the VM (https://cloud.google.com/compute/docs/reference/rest/v1/instances/stop: "Requires the following IAM
+    # permission on the specified resource instance: compute.instances.stop"); a VM outside the condition answers
+    # 403 with GCE's text, as for compute.instances.get in test_revive.
+    controllable: set[str] | None = None
+    caller: str = "lab-dev-tracker@my-gcp-project.iam.gserviceaccount.com"
     url: str = ""
     _ids: Any = field(default_factory=lambda: itertools.count(1000))
     _ips: Any = field(default_factory=lambda: itertools.count(20))
@@ -187,18 +193,35 @@ class FakeGcp:
             return 200, {"kind": "compute#guestAttributes", "queryPath": path_asked, "queryValue": {"items": items}}
         if method == "POST" and verb == "start" and instance.status == "STOPPING":
             return 400, error_body(400, f"The resource '{resource}' is not ready", "resourceNotReady")
+        if method == "POST" and verb in ("start", "stop") and not self.may_control(name):
+            message = f"Required 'compute.instances.{verb}' permission for '{resource}'"
+            return 403, error_body(403, message, "forbidden")
         if method == "POST" and verb in ("start", "stop"):
             return 200, self.operation(instance, verb)
         return 501, error_body(501, f"the stand-in does not know {method} {path}", "notImplemented")
 
+    def may_control(self, name: str) -> bool:
+        return self.controllable is None or name in self.controllable
+
     def operation(self, instance: FakeInstance, verb: str) -> dict[str, Any]:
+        # The Operation resource instances.start/stop answer, with the fields its reference page documents
+        # (https://cloud.google.com/compute/docs/reference/rest/v1/zoneOperations#Operation): id, name,
+        # operationType, targetLink, targetId, status (PENDING, RUNNING, DONE), progress, user, insertTime,
+        # selfLink, zone.
         name = f"operation-{len(self.operations) + 1}-{verb}"
+        zone_link = f"https://www.googleapis.com/compute/v1/projects/{self.project}/zones/{instance.zone}"
         operation: dict[str, Any] = {
             "kind": "compute#operation",
+            "id": str(next(self._ids) * 104729),
             "name": name,
             "operationType": verb,
             "targetLink": f"projects/{self.project}/zones/{instance.zone}/instances/{instance.name}",
+            "targetId": instance.id,
             "status": "RUNNING",
+            "progress": 0,
+            "user": self.caller,
+            "insertTime": "2026-12-02T01:40:00.000-08:00",
+            "selfLink": f"{zone_link}/operations/{name}",
             "zone": instance.zone,
         }
         if verb == "start" and instance.start_error:
