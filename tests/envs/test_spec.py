@@ -1,0 +1,112 @@
+"""Which requirements a sweep names, and the environment's hash (toolkit.envs.spec), on real files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from toolkit.envs import install, spec
+from toolkit.envs import sweep as env_sweep
+from toolkit.errors import LabError
+from toolkit.sweeps.place import SweepPlace
+
+KERNEL = ["ipykernel", "mlflow-skinny==3.17.2"]
+
+
+def write(folder: Path, requirements: str | None = None) -> Path:
+    """A notebook's folder, with `requirements` as its requirements.txt when given."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if requirements is not None:
+        (folder / "requirements.txt").write_text(requirements)
+    return folder
+
+
+def test_the_hash_follows_the_requirements_the_python_and_the_kernels_packages(tmp_path):
+    a = spec.find(write(tmp_path / "a", requirements="termcolor==2.4.0\n"))
+    b = spec.find(write(tmp_path / "b", requirements="termcolor==2.4.0\n"))
+    c = spec.find(write(tmp_path / "c", requirements="termcolor==2.5.0\n"))
+    assert a is not None and b is not None and c is not None
+    digest = spec.env_hash(a, "3.11", KERNEL)
+    assert len(digest) == 64 and int(digest, 16) >= 0
+    assert spec.env_hash(b, "3.11", KERNEL) == digest  # same text, elsewhere: the same environment
+    assert spec.env_hash(a, "3.11", list(reversed(KERNEL))) == digest
+    assert spec.env_hash(c, "3.11", KERNEL) != digest
+    assert spec.env_hash(a, "3.12", KERNEL) != digest
+    assert spec.env_hash(a, "3.11", ["ipykernel", "mlflow-skinny==3.18.0"]) != digest
+    assert spec.kernel_name(digest) == "lab-env-" + digest[:12]
+
+
+def test_a_lock_wins_over_requirements_and_hashes_both_its_files(tmp_path):
+    folder = write(tmp_path / "p", requirements="termcolor\n")
+    (folder / "pyproject.toml").write_text('[project]\nname = "x"\nversion = "0"\ndependencies = ["termcolor"]\n')
+    (folder / "uv.lock").write_text("version = 1\n")
+    found = spec.find(folder)
+    assert found is not None and found.kind == spec.KIND_LOCK and set(found.files) == {"pyproject.toml", "uv.lock"}
+    before = spec.env_hash(found, "3.11", KERNEL)
+    (folder / "uv.lock").write_text("version = 1\n# changed\n")
+    assert spec.env_hash(spec.find(folder), "3.11", KERNEL) != before  # type: ignore[arg-type]
+
+
+def test_a_pyproject_with_dependencies_and_no_lock_is_refused_and_one_without_is_left_alone(tmp_path):
+    folder = write(tmp_path / "p")
+    (folder / "pyproject.toml").write_text('[project]\nname = "x"\nversion = "0"\ndependencies = ["termcolor"]\n')
+    with pytest.raises(LabError, match=r"has no uv\.lock beside it"):
+        spec.find(folder)
+    (folder / "pyproject.toml").write_text("[tool.ruff]\nline-length = 120\n")
+    assert spec.find(folder) is None
+
+
+def test_the_notebooks_folder_wins_over_the_stack_and_the_stack_serves_the_rest(tmp_path):
+    stack_file = tmp_path / "stack-reqs.txt"
+    stack_file.write_text("termcolor==2.4.0\n")
+    own = write(tmp_path / "own", requirements="termcolor==2.5.0\n")
+    bare = write(tmp_path / "bare")
+    assert spec.find(own, stack_file).files["requirements.txt"] == "termcolor==2.5.0\n"  # type: ignore[union-attr]
+    assert spec.find(bare, stack_file).files["requirements.txt"] == "termcolor==2.4.0\n"  # type: ignore[union-attr]
+    assert spec.find(bare, None) is None
+    with pytest.raises(LabError, match="lab:requirements names"):
+        spec.find(bare, write(tmp_path / "empty"))
+
+
+def test_lines_naming_files_on_this_machine_are_refused(tmp_path):
+    for line in ("-r other.txt", "-e .", "./wheels/x.whl", "--constraint c.txt"):
+        folder = write(tmp_path / str(abs(hash(line))), requirements=f"termcolor\n{line}\n")
+        with pytest.raises(LabError, match=r"requirements.txt:2: .* names a file on this machine"):
+            spec.find(folder)
+    ok = write(
+        tmp_path / "ok", requirements="--extra-index-url https://example.org/simple\ntermcolor  # pinned later\n"
+    )
+    assert spec.find(ok) is not None
+
+
+def test_the_spec_travels_as_one_argument_and_comes_back_the_same(tmp_path):
+    found = spec.find(write(tmp_path / "a", requirements="termcolor==2.4.0\n" * 50))
+    assert found is not None
+    text = spec.encode(found)
+    assert text.isascii() and " " not in text
+    back = spec.decode(text, found.source)
+    assert back.files == found.files and back.kind == found.kind
+
+
+def test_uvs_error_becomes_one_line_with_its_reason():
+    output = (
+        "Using Python 3.11.7 environment at: x\n"
+        "error: No solution found when resolving dependencies\n"
+        "  cause: Because nosuchpkg was not found in the package registry and you require nosuchpkg==1.0, we can"
+        " conclude that your requirements are unsatisfiable.\n"
+    )
+    assert install.reason(output) == (
+        "No solution found when resolving dependencies: Because nosuchpkg was not found in the package registry and"
+        " you require nosuchpkg==1.0, we can conclude that your requirements are unsatisfiable."
+    )
+
+
+def test_a_sweep_without_requirements_gets_no_step_and_one_with_them_does(tmp_path):
+    place = SweepPlace([], "http://127.0.0.1:1", tmp_path / "optuna.db")
+    assert env_sweep.step(None, write(tmp_path / "bare"), place) is None  # type: ignore[arg-type]
+    made = env_sweep.step(None, write(tmp_path / "own", requirements="termcolor\n"), place)  # type: ignore[arg-type]
+    assert made is not None and made.name == "environment"
+    made.check()
+    place.requirements = tmp_path / "own" / "requirements.txt"
+    assert env_sweep.step(None, write(tmp_path / "bare2"), place) is not None  # type: ignore[arg-type]
