@@ -433,12 +433,15 @@ def agent(lab: SshLab, *args: str, timeout: float = AGENT_TIMEOUT_S) -> str:
 
 
 def priced_up(lab: SshLab) -> None:
-    """The hosts are up for `lab cost` and the budget from now, each at its price (`hosts:` in the price table)."""
+    """The hosts are up for `lab cost` and the budget from now, each at its price (`hosts:` in the price table, by
+    the host's name in the lab or its address)."""
     from toolkit.cost import prices, uptime
 
-    lines = [
-        prices.PriceLine(host.role, host.name, 1, prices.host_hourly(host.name), host.address) for host in lab.hosts
-    ]
+    lines = []
+    for host in lab.hosts:
+        price = prices.host_hourly(host.name)
+        price = prices.host_hourly(host.address) if price is None else price
+        lines.append(prices.PriceLine(host.role, host.name, 1, price, host.address))
     uptime.record_up(lab.stack, lines)
 
 

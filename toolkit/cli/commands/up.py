@@ -61,6 +61,7 @@ def up(
     from toolkit.cli.render import show
     from toolkit.console import Ui
     from toolkit.cost import uptime
+    from toolkit.errors import LabError
     from toolkit.labs.base import UpRequest
 
     ui = Ui(json=as_json, yes=yes)
@@ -77,8 +78,13 @@ def up(
     if kept is not None:
         ledger.after_up(lab.settings, kept)  # before the guard starts with the lab: it reads this period
     report = lab.up(request, ui)
-    if kept is not None and Limits.of(lab.settings).any and not preview:
-        lab.hand_budget(tracker.handed(Limits.of(lab.settings), kept, uptime.periods(lab.stack), lab.budget_workers()))
+    if kept is not None:  # also without limits: a guard handed none stops nothing
+        try:
+            lab.hand_budget(
+                tracker.handed(Limits.of(lab.settings), kept, uptime.periods(lab.stack), lab.budget_workers())
+            )
+        except LabError as exc:
+            report.lines.append(f"warning: the budget guard was not handed the budget: {exc.one_line()}")
     if kept is not None and Limits.of(lab.settings).any:
         found = ledger.verdict(lab.settings)
         report.document["budget"] = found.as_dict()
