@@ -174,7 +174,7 @@ class Lab(abc.ABC):
         return
 
     # -- reaching the hosts (remote labs) ----------------------------------------------------------------------
-    uptime_note: ClassVar[str] = "the lab did not create these machines"
+    uptime_note: ClassVar[str] = "the lab is not up"
 
     def forwards(self, mlflow_port: int, jupyter_port: int, dashboard_port: int) -> list[Forward]:
         """The tunnels `lab tunnel` opens (on these local ports)."""
