@@ -196,20 +196,24 @@ def test_the_newest_version_is_taken_and_path_finds_the_one_named(store, tmp_pat
         data.path("stl10")
 
 
-def test_an_unchanged_dataset_of_many_files_syncs_again_in_well_under_a_second(tmp_path):
+def test_an_unchanged_dataset_of_many_files_syncs_again_with_a_stat_per_file(tmp_path):
+    """The second sync of 3,000 unchanged files hashes and fetches nothing: a small part of the first's time (an
+    absolute figure on a machine shared by several test runs would be noise; benchmarks/data_sync.py measures it)."""
     source = tmp_path / "many"
-    for i in range(5000):
+    for i in range(3000):
         (source / f"d{i % 50}").mkdir(parents=True, exist_ok=True)
         (source / f"d{i % 50}" / f"{i}.bin").write_bytes(i.to_bytes(4, "big") * 8)
     store = FolderStore(tmp_path / "store")
     push(store, source, "many")
     root = tmp_path / "data"
+    started = time.monotonic()
     fetch.sync(str(store.root), ["many"], root)
+    first = time.monotonic() - started
     started = time.monotonic()
     [again] = fetch.sync(str(store.root), ["many"], root)
     took = time.monotonic() - started
     assert again.fetched_files == 0
-    assert took < 0.5, f"a second sync of 5,000 unchanged files took {took:.2f} s"
+    assert took < first / 4, f"the second sync took {took:.2f} s, the first {first:.2f} s"
 
 
 def write_space(tmp_path: Path, data_line: str) -> Path:
