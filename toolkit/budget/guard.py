@@ -84,7 +84,8 @@ def publish(root: Path, found: Verdict) -> None:
     if found.state == "ok":
         path.unlink(missing_ok=True)
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.is_dir():  # no sweep yet (and on the tracker the folder is the tracker user's to make)
+        return
     partial = path.with_name(WARNING_FILE + ".partial")
     partial.write_text(json.dumps({"state": found.state, "line": found.line(), "reason": found.reason}))
     partial.replace(path)
