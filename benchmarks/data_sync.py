@@ -92,7 +92,7 @@ def prepare_host(pool: HostPool, host: object) -> float:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
         archive.add(ROOT / "toolkit", arcname="toolkit", filter=lambda t: None if "__pycache__" in t.name else t)
-    target = host.ssh_command(f"mkdir -p {LIB} && tar -x -C {LIB}")  # type: ignore[attr-defined]
+    target = host.ssh_command(f"mkdir -p {LIB} && tar -x -C {LIB}", user="root")  # type: ignore[attr-defined]
     subprocess.run(target, input=buffer.getvalue(), check=True, capture_output=True)
     return time.monotonic() - started
 
