@@ -19,10 +19,17 @@ trial's own variables (MLFLOW_RUN_ID, ...) are known only when it starts: they a
 `os.environ` by a silent execution before the notebook's first cell, so they never appear in the executed
 notebook.
 
+The same runner runs on a worker for an SSH slot, over one SSH session per slot (`toolkit.sweeps.ssh_slots`):
+there the paths are relative to its folder (~/.lab-trials), the trial's log comes back as events, and a marker
+file holds the runner's PID while a trial runs (the worker's idle check counts it as a running trial).
+
 Protocol (each a JSON line):
-- in: a job {"notebook", "output", "parameters" (YAML text), "env", "log" (or null), "cwd"};
-- out: {"event": "started", "kernel_pid", "warm"} when the job's kernel is chosen, then
-  {"event": "done", "kind": "ok"|"failed"|"died", "error"} when it ended.
+- in: a job {"notebook", "output", "parameters" (YAML text), "env", "log" (a file, "-" for events, or null),
+  "cwd" (the trial's folder), optional "kernel" (a kernelspec; default the notebook's), "kernel_cwd" (where
+  kernels start, default "cwd"), "marker" (a file holding the runner's PID while the trial runs)};
+- out: {"event": "started", "kernel_pid", "warm"} when the job's kernel is chosen, {"event": "log", "text"}
+  for each of the trial's log lines when "log" is "-", then {"event": "done", "kind": "ok"|"failed"|"died",
+  "error"} when it ended.
 stdin closing (the slot closed, or its owner died) stops the runner and every kernel it started.
 """
 
@@ -78,9 +85,11 @@ def preload_code(modules: tuple[str, ...] = PRELOAD) -> str:
     )
 
 
-def environ_code(env: dict[str, str]) -> str:
-    """Put the trial's variables in the kernel's environment (and so in what it starts)."""
-    return f"import os as __lab_os\n__lab_os.environ.update({dict(env)!r})\ndel __lab_os\n"
+def environ_code(env: dict[str, str], cwd: str | None = None) -> str:
+    """Put the trial's variables in the kernel's environment (and so in what it starts), and move it to the
+    trial's folder (a warm kernel was started before its trial's folder was known)."""
+    move = f"__lab_os.chdir({cwd!r})\n" if cwd else ""
+    return f"import os as __lab_os\n__lab_os.environ.update({dict(env)!r})\n{move}del __lab_os\n"
 
 
 def kernel_pid(km: Any) -> int | None:
@@ -311,6 +320,7 @@ class Runner:
         self.zygote = Zygote()
         self.warm: tuple[KernelSpec, Future] | None = None
         self.current: Any = None
+        self.marker: Path | None = None  # the running trial's marker file (a runner on a worker)
         self.lock = threading.Lock()
 
     def say(self, **message: Any) -> None:
@@ -337,13 +347,16 @@ class Runner:
                 kill_kernel(km)
         return start_kernel(spec, self.zygote), False
 
-    @staticmethod
-    def stop() -> None:
+    def stop(self) -> None:
         """Kill every process this runner started: the kernels (the one running and the warm one), the
-        fork server, and what they started."""
+        fork server, and what they started; drop the running trial's marker."""
         import psutil
 
         from toolkit.sweeps.slots import kill_tree
+
+        if self.marker is not None:
+            with contextlib.suppress(OSError):
+                self.marker.unlink(missing_ok=True)
 
         for child in psutil.Process().children():
             kill_tree(child.pid)
@@ -356,7 +369,7 @@ class Runner:
         try:
             notebook = nbformat.read(job["notebook"], as_version=4)
             name = job.get("kernel") or papermill_engines.nb_kernel_name(engine_name=None, nb=notebook)
-            spec = KernelSpec(name, job["cwd"])
+            spec = KernelSpec(name, job.get("kernel_cwd") or job["cwd"])
         except Exception as exc:  # an unreadable notebook fails its trial
             self.say(event="done", kind="failed", error=f"cannot read the notebook: {exc}")
             return
@@ -366,6 +379,10 @@ class Runner:
             self.say(event="done", kind="died", error=f"the kernel did not start: {type(exc).__name__}: {exc}")
             return
         self.current = km
+        marker = self.marker = Path(job["marker"]) if job.get("marker") else None
+        if marker is not None:  # the worker's idle check counts a marker holding a live PID as a running trial
+            with contextlib.suppress(OSError):
+                marker.write_text(f"{os.getpid()}\n")
         self.say(event="started", kernel_pid=kernel_pid(km), warm=warm)
         self.prepare(spec)  # the next trial's kernel starts while this one runs
         try:
@@ -373,6 +390,9 @@ class Runner:
         finally:
             end_kernel(km)
             self.current = None
+            if marker is not None:
+                marker.unlink(missing_ok=True)
+                self.marker = None
         self.say(event="done", kind=kind, error=error)
 
     def _execute(self, km: Any, job: dict[str, Any]) -> tuple[str, str]:
@@ -383,7 +403,7 @@ class Runner:
 
         handler = self._log_to(job.get("log"))
         try:
-            run_sync(_execute_silently)(km, environ_code(job["env"]), START_TIMEOUT_S)
+            run_sync(_execute_silently)(km, environ_code(job["env"], str(Path(job["cwd"]).resolve())), START_TIMEOUT_S)
             papermill.execute_notebook(
                 job["notebook"],
                 job["output"],
@@ -408,12 +428,14 @@ class Runner:
                 handler.close()
         return "ok", ""
 
-    @staticmethod
-    def _log_to(path: str | None) -> logging.Handler | None:
-        """The trial's output (as papermill --log-output writes it) appended to its log file."""
+    def _log_to(self, path: str | None) -> logging.Handler | None:
+        """The trial's output (as papermill --log-output writes it) appended to its log file, or with `-` sent
+        back as `log` events (a runner on a worker: the trial's log is kept where the sweep runs)."""
         if not path:
             return None
-        handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+        handler: logging.Handler = (
+            EventLog(self) if path == "-" else logging.FileHandler(path, mode="a", encoding="utf-8")
+        )
         handler.setFormatter(logging.Formatter("%(message)s"))
         handler.setLevel(logging.INFO)
         logger = logging.getLogger("papermill")
@@ -424,11 +446,25 @@ class Runner:
     @staticmethod
     def _said(handler: logging.Handler | None, text: str) -> str:
         """The error in the trial's log (as papermill's traceback would be) and its last lines for the run."""
-        if handler is not None:
+        if isinstance(handler, EventLog):
+            handler.runner.say(event="log", text=text.rstrip() + "\n")
+        elif isinstance(handler, logging.FileHandler):
             handler.stream.write(text.rstrip() + "\n")
             handler.flush()
         lines = [line.rstrip() for line in text.splitlines() if line.strip()]
         return "\n".join(lines[-ERROR_LINES:])
+
+
+class EventLog(logging.Handler):
+    """A trial's log lines as `log` events on the runner's answers."""
+
+    def __init__(self, runner: Runner) -> None:
+        super().__init__()
+        self.runner = runner
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            self.runner.say(event="log", text=self.format(record) + "\n")
 
 
 def main() -> int:

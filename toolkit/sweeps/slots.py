@@ -106,7 +106,8 @@ class RunnerProcess:
     It runs in a session of its own, so Ctrl-C in a terminal reaches the dispatcher only (which stops its
     trials); its stderr (the kernels' own diagnostics) goes to a private temporary file."""
 
-    def __init__(self, argv: list[str], env: dict[str, str] | None) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str] | None, *, local: bool = True) -> None:
+        self.local = local  # False: the runner runs on a worker (argv is its SSH session); its PIDs are the worker's
         self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 -- held while the runner lives; closed by _release
         self.process = subprocess.Popen(
             argv,
@@ -117,6 +118,8 @@ class RunnerProcess:
             start_new_session=True,
         )
         self.answers: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.kernel_pid = 0  # the running trial's kernel, as the runner said (on the runner's machine)
+        self.warm_start = False  # whether the last trial's kernel was the warm one
         threading.Thread(target=self._read, name="runner-answers", daemon=True).start()
 
     def _read(self) -> None:
@@ -207,22 +210,30 @@ def python_notebook(notebook: Path) -> bool:
     return str(language or "python").lower() == "python"
 
 
-def drive(runner: RunnerProcess, job: Job, cancel: threading.Event) -> tuple[Outcome, bool]:
-    """Run one job on a runner and wait for its answer; stop it on cancel or timeout. The outcome, and
-    whether the runner can take another job (False: it was killed or went away)."""
+def drive(
+    runner: RunnerProcess, job: Job, cancel: threading.Event, message: dict[str, Any] | None = None
+) -> tuple[Outcome, bool]:
+    """Run one job on a runner (as `message` when given: a remote runner's paths) and wait for its answer; stop
+    it on cancel or timeout. The outcome, and whether the runner can take another job (False: it was killed or
+    went away). The trial's kernel's PID stays in `runner.kernel_pid`; its log events go to `job.log`."""
     started = time.monotonic()
-    if not runner.send(runner_job(job)):
+    runner.kernel_pid = 0
+    if not runner.send(message or runner_job(job)):
         return Outcome("died", time.monotonic() - started, runner.why_gone()), False
     kernel = 0
     while True:
         answer = runner.answer(POLL_S)
         seconds = time.monotonic() - started
         if answer is None:
-            if kernel:
-                kill_tree(kernel)  # the trial's kernel outlived its runner: it goes too
+            if kernel and runner.local:
+                kill_tree(kernel)  # the trial's kernel outlived its runner: it goes too (a worker's: its slot's job)
             return Outcome("died", seconds, runner.why_gone()), False
         if answer.get("event") == "started":
-            kernel = int(answer.get("kernel_pid") or 0)
+            kernel = runner.kernel_pid = int(answer.get("kernel_pid") or 0)
+            runner.warm_start = bool(answer.get("warm"))
+        if answer.get("event") == "log" and job.log is not None:
+            with job.log.open("a", encoding="utf-8") as log:
+                log.write(str(answer.get("text", "")))
         if answer.get("event") == "done":
             return Outcome(str(answer["kind"]), seconds, str(answer.get("error", ""))), True
         stop = "cancelled" if cancel.is_set() else None

@@ -33,6 +33,7 @@ from toolkit.sweeps import slots
 TRIALS_DIR = ".lab-trials"  # in the login user's home (ssh starts there): private to that user (0700)
 MARKERS_DIR = "/var/lib/lab/trials"
 PAPERMILL = "/opt/lab/venv/bin/papermill"
+PYTHON = "/opt/lab/venv/bin/python"  # the lab's venv on a worker: the slot's runner runs with it
 ENV_FILE = "/etc/lab/lab.env"
 # Variables the worker decides for itself (its own view of the tracker), not the dispatcher.
 WORKER_OWNED = ("MLFLOW_TRACKING_URI",)
@@ -77,10 +78,6 @@ def run_script(
 ) -> str:
     """The worker's side of running a trial: the worker's environment, the trial's on top, a marker holding
     the shell's PID while papermill runs in the trial's folder."""
-    bad = [name for name in env if not ENV_NAME.fullmatch(name)]
-    if bad:
-        raise LabError(f"not a variable name: {bad[0]!r}")
-    exports = " ".join(f"{name}={shlex.quote(value)}" for name, value in env.items())
     source = shlex.quote(env_file)
     marker = shlex.quote(f"{markers_dir}/{trial_id}")
     command = shlex.join(
@@ -98,22 +95,46 @@ def run_script(
         ]
     )
     return (
-        f"set -a; [ -r {source} ] && . {source}; set +a; {'export ' + exports + '; ' if exports else ''}"
+        f"set -a; [ -r {source} ] && . {source}; set +a; {exports(env)}"
         f"cd {shlex.quote(folder)} || exit 97; "
         f"echo $$ > {marker} 2>/dev/null; trap {shlex.quote(f'rm -f {marker}')} EXIT; "
         f"{command} >/dev/null"
     )
 
 
+def exports(env: dict[str, str]) -> str:
+    """`export NAME=value; ` for the variables (names checked: they are put in a shell script)."""
+    bad = [name for name in env if not ENV_NAME.fullmatch(name)]
+    if bad:
+        raise LabError(f"not a variable name: {bad[0]!r}")
+    return f"export {' '.join(f'{name}={shlex.quote(value)}' for name, value in env.items())}; " if env else ""
+
+
+def runner_script(
+    env: dict[str, str], *, env_file: str = ENV_FILE, trials_dir: str = TRIALS_DIR, python: str = PYTHON
+) -> str:
+    """The worker's side of a slot's runner (toolkit.sweeps.runner): the worker's environment and the slot's
+    (CUDA_VISIBLE_DEVICES), in ~/.lab-trials (made and checked by the first trial's send script)."""
+    source = shlex.quote(env_file)
+    return (
+        f"set -a; [ -r {source} ] && . {source}; set +a; {exports(env)}"
+        f"cd {shlex.quote(trials_dir)} || exit 97; exec {shlex.quote(python)} -m toolkit.sweeps.runner"
+    )
+
+
 @dataclass
 class SshSlot:
-    """One slot on a worker, reached over SSH."""
+    """One slot on a worker, reached over SSH. A Python notebook's trials run in the slot's runner on the worker
+    (one SSH session for the slot's life: the next trial's kernel starts while one runs); others, and every trial
+    with `warm=False`, in a papermill process of their own."""
 
     name: str
     access: remote.Access
     host: remote.Host
     env: dict[str, str] = field(default_factory=dict)
     usd_per_hour: float | None = None  # this slot's share of the worker's price (None: not priced)
+    warm: bool = True
+    runner: slots.RunnerProcess | None = field(default=None, init=False, repr=False, compare=False)
 
     def run(self, job: slots.Job, cancel: threading.Event) -> slots.Outcome:
         import yaml
@@ -132,6 +153,8 @@ class SshSlot:
                 self._send(bundle, trial_id)
                 stderr_path = job.log or Path(scratch) / "stderr.txt"
                 stderr_path.parent.mkdir(parents=True, exist_ok=True)
+                if self.warm and slots.python_notebook(job.notebook):
+                    return self._run_warm(job, folder, trial_id, cancel, started)
                 log_start = stderr_path.stat().st_size if stderr_path.exists() else 0
                 ended, code = self._execute(job, folder, trial_id, cancel, started, stderr_path)
                 log = slots.read_from(stderr_path, log_start)
@@ -160,6 +183,64 @@ class SshSlot:
                 "died", seconds, slots.last_lines(log) or f"the kernel died (papermill exited with {code})"
             )
         return slots.Outcome("failed", seconds, slots.last_lines(log) or f"papermill exited with {code}")
+
+    def close(self) -> None:
+        """Stop the slot's runner on the worker, and its warm kernel (the sweep is over)."""
+        runner, self.runner = self.runner, None
+        if runner is not None:
+            runner.close()
+
+    # -- a trial in the slot's runner ------------------------------------------------------------
+    def _run_warm(
+        self, job: slots.Job, folder: str, trial_id: str, cancel: threading.Event, started: float
+    ) -> slots.Outcome:
+        if self.runner is None or not self.runner.alive():
+            script = runner_script({k: v for k, v in self.env.items() if k not in WORKER_OWNED})
+            self.runner = slots.RunnerProcess([*self.access.ssh(self.host), "--", script], None, local=False)
+        runner = self.runner
+        outcome, usable = slots.drive(runner, job, cancel, self._remote_job(job, trial_id))
+        if not usable:
+            self.runner = None
+        seconds = time.monotonic() - started
+        if outcome.kind in ("cancelled", "timeout"):
+            self._kill_kernel(runner.kernel_pid, trial_id)  # the session's end stops the runner; this, for sure
+            return slots.Outcome(outcome.kind, seconds, outcome.error)
+        if not usable:  # the session was cut, or the runner was killed (a worker shutting down kills it first)
+            time.sleep(SESSION_CUT_GRACE_S)
+            if not self._answers():
+                return slots.Outcome("lost", seconds, f"{self.host.name} stopped answering")
+            return slots.Outcome("died", seconds, f"on {self.host.name}: {outcome.error}")
+        fetch_error = self._fetch(folder, job.output)
+        with contextlib.suppress(LabError):
+            remote.run(self.access, self.host, ["rm", "-rf", folder], check=False, timeout=30)
+        if outcome.kind == "ok" and fetch_error:
+            return slots.Outcome("failed", seconds, fetch_error)
+        return slots.Outcome(outcome.kind, seconds, outcome.error)
+
+    def _remote_job(self, job: slots.Job, trial_id: str) -> dict[str, object]:
+        """The job as the worker's runner takes it: paths in ~/.lab-trials, the worker's own tracker address."""
+        import yaml
+
+        env = {k: v for k, v in job.env.items() if k not in WORKER_OWNED}
+        exports(env)  # the names are checked as for a script
+        return {
+            "notebook": f"{trial_id}/notebook.ipynb",
+            "output": f"{trial_id}/output.ipynb",
+            "parameters": yaml.safe_dump(job.parameters),
+            "env": env,
+            "log": "-" if job.log else None,
+            "cwd": trial_id,
+            "kernel_cwd": ".",
+            "kernel": job.kernel,
+            "marker": f"{MARKERS_DIR}/{trial_id}",
+        }
+
+    def _kill_kernel(self, pid: int, trial_id: str) -> None:
+        """Kill a trial's kernel on the worker (its own session: its process group) and drop its marker."""
+        marker = shlex.quote(f"{MARKERS_DIR}/{trial_id}")
+        kill = f"kill -KILL -- -{pid} {pid} 2>/dev/null; " if pid > 0 else ""
+        with contextlib.suppress(LabError):
+            remote.run(self.access, self.host, ["sh", "-c", f"{kill}rm -f {marker}; true"], check=False, timeout=30)
 
     # -- the steps ------------------------------------------------------------------------------
     def _send(self, bundle: Path, trial_id: str) -> None:

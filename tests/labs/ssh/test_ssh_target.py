@@ -283,6 +283,7 @@ def test_a_trials_kernel_on_a_worker_sees_no_token_nor_the_callers_secrets(site,
     slot = ssh_slots.SshSlot("worker-1/0", access, worker, {"CUDA_VISIBLE_DEVICES": "0"})
     job = slots.Job(tmp_path / "env.ipynb", tmp_path / "out.ipynb", {}, {"MLFLOW_RUN_ID": "feedc0de" * 4})
     outcome = slot.run(job, threading.Event())
+    slot.close()
     assert outcome.kind == "ok", outcome.error
     trial_env = json.loads(site.on(site.workers[0], "cat ~ci/trial-env.json && rm ~ci/trial-env.json").stdout)
     for name in ("JUPYTER_TOKEN", "PULUMI_CONFIG_PASSPHRASE", "AWS_SECRET_ACCESS_KEY"):
@@ -290,6 +291,59 @@ def test_a_trials_kernel_on_a_worker_sees_no_token_nor_the_callers_secrets(site,
     assert worker_tokens(site)[0] not in "\n".join(trial_env.values())
     assert trial_env["MLFLOW_RUN_ID"] == "feedc0de" * 4 and trial_env["CUDA_VISIBLE_DEVICES"] == "0"
     assert trial_env["MLFLOW_TRACKING_URI"] == f"http://{site.tracker.ip}:5000"  # the worker's lab.env
+
+
+def test_an_ssh_slot_keeps_its_next_kernel_warm_and_a_stopped_trial_leaves_nothing(site, tmp_path):
+    """The slot's runner on the worker (one SSH session): the first trial's kernel starts cold, the next ones are
+    warm (started while the one before ran), so a trial's first cell runs within a second or two of the slot
+    being free; a trial stopped mid-run (Ctrl-C, --timeout) leaves no kernel and no marker on the worker."""
+    import threading
+
+    import nbformat
+
+    from toolkit.hosts import ssh as remote
+    from toolkit.sweeps import slots, ssh_slots
+
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [
+        nbformat.v4.new_code_cell("sleep_s = 0", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(
+            "import time\nprint('first cell at', time.time())\ntime.sleep(sleep_s)",
+        ),
+    ]
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(notebook, tmp_path / "warm.ipynb")
+    access = remote.Access(user="ci", key=site.pool.key, known_hosts=site.home / "stacks" / "hosts" / "known_hosts")
+    worker = remote.Host("worker-2", site.workers[1].ip, remote.WORKER)
+    slot = ssh_slots.SshSlot("worker-2/0", access, worker)
+    waits, warm = [], []
+    try:
+        for number in range(3):
+            log = tmp_path / f"trial-{number}.log"
+            job = slots.Job(tmp_path / "warm.ipynb", tmp_path / f"out-{number}.ipynb", {}, {}, log=log)
+            asked = time.time()
+            outcome = slot.run(job, threading.Event())
+            assert outcome.kind == "ok", outcome.error
+            first_cell = float(log.read_text().split("first cell at ")[1].split()[0])
+            waits.append(first_cell - asked)
+            warm.append(slot.runner.warm_start)
+        print(f"SSH slot, slot free to first cell: {', '.join(f'{w:.2f}' for w in waits)} s (warm: {warm})")
+        assert warm == [False, True, True]
+        assert max(waits[1:]) < min(waits[0], 5.0), waits  # the worker's clock is this machine's (containers)
+        cancel = threading.Event()
+        job = slots.Job(
+            tmp_path / "warm.ipynb", tmp_path / "out-stop.ipynb", {"sleep_s": 300}, {"MLFLOW_RUN_ID": "5709" * 8}
+        )
+        threading.Timer(8, cancel.set).start()
+        outcome = slot.run(job, cancel)
+        assert outcome.kind == "cancelled"
+    finally:
+        slot.close()
+    left = site.on(
+        site.workers[1],
+        "sleep 2; ls /var/lib/lab/trials; pgrep -a -u ci -f '[i]pykernel|[t]oolkit.sweeps.runner' || true",
+    )
+    assert "5709" * 8 not in left.stdout and "python" not in left.stdout, left.stdout
 
 
 def mlflow_reachable_from_here(site: Site) -> bool:

@@ -152,3 +152,66 @@ def test_what_cannot_be_a_trial_or_a_variable_is_refused():
     with pytest.raises(LabError, match="not a variable name"):
         ssh_slots.run_script({"A; rm -rf ~": "x"}, ".lab-trials/x", "x")
     assert not ssh_slots.TRIAL_ID.fullmatch("../x") and not ssh_slots.TRIAL_ID.fullmatch("a b")
+
+
+def test_the_slots_runner_runs_each_trial_warm_in_its_folder_with_its_marker(tmp_path):
+    """A slot's runner as a worker runs it (the runner script by sh, in a trials folder whose path holds spaces
+    and quotes): the worker's environment file and the slot's variables reach the kernel, the trial's own
+    variables too (but not the dispatcher's tracker address), the kernel works in the trial's folder, the marker
+    holds the runner's PID while the trial runs and is gone after, the log comes back as events, and the second
+    trial's kernel is the warm one."""
+    import threading
+
+    from toolkit.sweeps import slots
+
+    trials = tmp_path / "trials of 'ci'"
+    trials.mkdir()
+    markers = tmp_path / "markers dir"
+    markers.mkdir()
+    env_file = tmp_path / "lab env"
+    env_file.write_text("FROM_ENV_FILE=yes\nMLFLOW_TRACKING_URI=http://tracker-inside:5000\n")
+    script = ssh_slots.runner_script(
+        {"CUDA_VISIBLE_DEVICES": "1"}, env_file=str(env_file), trials_dir=str(trials), python=sys.executable
+    )
+    runner = slots.RunnerProcess(["sh", "-c", script], None, local=False)
+    slot = ssh_slots.SshSlot("worker-1/0", access=None, host=None)  # type: ignore[arg-type] -- only its jobs' shape
+    try:
+        for number, trial in enumerate(["aaaa1111", "bbbb2222"]):
+            folder = trials / trial
+            folder.mkdir()
+            notebook = nbformat.v4.new_notebook()
+            notebook.cells = [
+                nbformat.v4.new_code_cell(
+                    "import json, os\nfrom pathlib import Path\n"
+                    f"marker = Path({str(markers / trial)!r}).read_text().strip()\n"
+                    "Path('seen.json').write_text(json.dumps({'marker': marker, 'cwd': os.getcwd(), "
+                    "'env': dict(os.environ)}))\n"
+                    f"print('hello from trial {number}')"
+                )
+            ]
+            notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+            nbformat.write(notebook, folder / "notebook.ipynb")
+            job = slots.Job(
+                folder / "notebook.ipynb",
+                tmp_path / "out.ipynb",
+                {},
+                {"MLFLOW_RUN_ID": trial, "ODD": "it's a $HOME; `x`", "MLFLOW_TRACKING_URI": "http://laptop:5000"},
+                log=tmp_path / f"{trial}.log",
+            )
+            message = {**slot._remote_job(job, trial), "marker": str(markers / trial)}
+            outcome, usable = slots.drive(runner, job, threading.Event(), message)
+            assert (outcome.kind, usable) == ("ok", True), outcome.error
+            seen = json.loads((folder / "seen.json").read_text())
+            assert seen["cwd"] == str(folder)
+            assert seen["marker"] == str(runner.process.pid)  # sh exec'd the runner: its PID
+            assert not (markers / trial).exists(), "the marker outlived the trial"
+            env = seen["env"]
+            assert env["ODD"] == "it's a $HOME; `x`" and env["FROM_ENV_FILE"] == "yes"
+            assert env["MLFLOW_RUN_ID"] == trial and env["CUDA_VISIBLE_DEVICES"] == "1"
+            assert env["MLFLOW_TRACKING_URI"] == "http://tracker-inside:5000"  # the worker's own view
+            assert (folder / "output.ipynb").is_file()
+            assert f"hello from trial {number}" in (tmp_path / f"{trial}.log").read_text()
+            assert runner.warm_start == (number == 1)
+    finally:
+        runner.close()
+    assert runner.process.returncode == 0
