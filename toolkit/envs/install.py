@@ -142,7 +142,7 @@ def ensure(spec: envspec.Spec, root: Path, cache: Path | None) -> Installed:
         installed = not _verified(folder, digest)
         if installed:
             _install(spec, folder, extra, cache)
-        _finish(folder, digest)
+        _finish(folder, digest, installed)
     return Installed(
         digest, envspec.kernel_name(digest), python_version(), folder, installed, time.monotonic() - started
     )
@@ -217,8 +217,9 @@ def _site_packages(folder: Path) -> str:
     return ran.stdout.strip()
 
 
-def _finish(folder: Path, digest: str) -> None:
-    """What is cheap to write every time: the lab's toolkit on the venv's path, the kernel, then the marker."""
+def _finish(folder: Path, digest: str, installed: bool) -> None:
+    """What is cheap to write every time (the lab's toolkit on the venv's path, the kernel), then the marker of a
+    new install (written last: an environment without it is made again)."""
     lib = folder / "lab-lib"  # the lab's toolkit alone (not what sits beside it: a checkout, the lab's venv)
     lib.mkdir(exist_ok=True)
     link, toolkit_dir = lib / "toolkit", Path(__file__).resolve().parents[1]
@@ -229,13 +230,16 @@ def _finish(folder: Path, digest: str) -> None:
     kernels = Path(_jupyter_data_dir()) / "kernels" / envspec.kernel_name(digest)
     kernels.mkdir(parents=True, exist_ok=True)
     kernel = {
-        "argv": [str(venv_python(folder)), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        # `-m ipykernel`, not `-m ipykernel_launcher`: the slots' runner forks kernels of its own Python from a warm
+        # process, and a venv's python resolves to the same interpreter as the lab's; this one is always started anew
+        "argv": [str(venv_python(folder)), "-m", "ipykernel", "-f", "{connection_file}"],
         "display_name": f"Python (lab env {digest[:12]})",
         "language": "python",
         "metadata": {"lab": {"env": digest}},
     }
     _write(kernels / "kernel.json", json.dumps(kernel, indent=1) + "\n")
-    _write(folder / MARKER, json.dumps({"hash": digest, "python": python_version(), "made": time.time()}) + "\n")
+    if installed:
+        _write(folder / MARKER, json.dumps({"hash": digest, "python": python_version(), "made": time.time()}) + "\n")
 
 
 def _jupyter_data_dir() -> str:

@@ -46,7 +46,7 @@ def dispatch(lab, notebook: Path, study: str, out: Path):
 def test_a_sweep_runs_in_its_environment_which_a_second_sweep_finds(lab, lab_up, state, isolated, tmp_path):
     notebook = probe.notebook(tmp_path / "exp")
     ran = dispatch(lab, notebook, "in-env", tmp_path / "out")
-    assert ran.code == 0, ran.err
+    assert ran.code == 0, ran.err + ran.out
     trials = json.loads(ran.out)["trials"]
     assert len(trials) == 2 and all(t["state"] == "COMPLETE" for t in trials), trials
 
