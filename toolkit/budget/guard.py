@@ -38,6 +38,7 @@ class Place:
 
     sweeps_root: Path  # the folder holding sweeps/
     ledger_path: Path
+    makes_sweeps_folder = False  # the local guard makes sweeps/ for a terminal's sweep (on the tracker it is not its)
 
     def verdict(self) -> Verdict:
         raise NotImplementedError
@@ -78,13 +79,16 @@ def note_sweeps(root: Path, names: list[str], text: str) -> None:
         service.log_line(service.folder_of(root, name), text)
 
 
-def publish(root: Path, found: Verdict) -> None:
-    """What `lab sweep watch` shows of the budget: the warning (or the stop), nothing when all is well."""
+def publish(root: Path, found: Verdict, make: bool = False) -> None:
+    """What `lab sweep watch` and a terminal's `lab dispatch` show of the budget: the warning (or the stop), nothing
+    when all is well. The sweeps' folder is made only when `make` (on the tracker it is the tracker user's)."""
     path = root / "sweeps" / WARNING_FILE
     if found.state == "ok":
         path.unlink(missing_ok=True)
         return
-    if not path.parent.is_dir():  # no sweep yet (and on the tracker the folder is the tracker user's to make)
+    if make:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.is_dir():  # no sweep yet
         return
     partial = path.with_name(WARNING_FILE + ".partial")
     partial.write_text(json.dumps({"state": found.state, "line": found.line(), "reason": found.reason}))
@@ -112,7 +116,7 @@ def tag_runs(tracking_uri: str | None, studies: list[str], reason: str) -> list[
 def check(place: Place, last: str) -> tuple[str, bool]:
     """One look at the budget: warn once per new warning, stop at the limit; (the warning shown, stopped)."""
     found = place.verdict()
-    publish(place.sweeps_root, found)
+    publish(place.sweeps_root, found, place.makes_sweeps_folder)
     if found.state == WARN and found.reason != last:
         say(f"warning: {found.line()}")
         note_sweeps(place.sweeps_root, running_sweeps(place.sweeps_root), f"budget warning: {found.line()}")
@@ -143,6 +147,8 @@ def fire(place: Place, found: Verdict) -> list[str]:
 
 
 class LocalPlace(Place):
+    makes_sweeps_folder = True
+
     def __init__(self, stack: str) -> None:
         from toolkit.labs import local
 

@@ -102,3 +102,61 @@ def fired(path: Path, ledger: Ledger, found: Verdict, did: list[str], now: float
         raw = json.loads(path.read_text(encoding="utf-8"))
     write(path, changed, {k: v for k, v in raw.items() if k != "ledger"} if isinstance(raw, dict) else None)
     return changed
+
+
+# -- the tracker's guard (ssh, gcp): its record taken into this machine's ---------------------------------------
+STOPPED_RESOURCES = ("worker", "worker GPU", "worker address")  # what stops costing when the guard stops workers
+
+
+def fired_of(record: dict[str, Any], mine: Ledger) -> dict[str, Any] | None:
+    """The `fired` record of the tracker's budget record (`toolkit.budget.tracker.handed`, with what its guard did),
+    None when its guard has not fired, or fired in a period before this machine's last `lab up` (a record that
+    `lab up` could not hand over is stale)."""
+    fired_record = (record.get("ledger") or {}).get("fired") if isinstance(record, dict) else None
+    if not isinstance(fired_record, dict) or not isinstance(fired_record.get("at"), int | float):
+        return None
+    handed_from = (record.get("ledger") or {}).get("hours_from")
+    if mine.hours_from is not None and isinstance(handed_from, int | float) and handed_from < mine.hours_from:
+        return None
+    return fired_record
+
+
+def take_fired(stack: str, record: dict[str, Any]) -> dict[str, Any] | None:
+    """Take the tracker guard's `fired` record into this machine's records (`lab status`, `lab cost`, `lab up`): the
+    ledger says the guard stopped the lab (when, why, what it did), and the workers' uptime ends when it stopped
+    them (the tracker, its disks, and the workers' disks go on). Once only: the record taken, or None."""
+    path = path_of(stack)
+    mine = read(path)
+    found = fired_of(record, mine)
+    if found is None:
+        return None
+    if mine.fired and mine.fired.get("at") == found["at"]:
+        return mine.fired  # taken already
+    taken = {**found, "where": "tracker"}
+    raw: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    changed = Ledger(mine.period_from, mine.hours_from, mine.override_usd, mine.override_for, taken)
+    write(path, changed, {k: v for k, v in raw.items() if k != "ledger"} if isinstance(raw, dict) else None)
+    uptime.record_stop(stack, float(found["at"]), lambda line: line.resource not in STOPPED_RESOURCES)
+    return taken
+
+
+def sync(lab: Any) -> dict[str, Any] | None:
+    """Take the lab's remote guard's `fired` record into this machine's records when the stack has a budget or an
+    hour limit (`lab status`, `lab cost`, `lab up`); the record taken, None when there is none to take. A LabError
+    when the tracker cannot be asked."""
+    if not Limits.of(lab.settings).any:
+        return None
+    record = lab.budget_record()
+    return take_fired(lab.stack, record) if record else None
+
+
+def describe_fired(record: dict[str, Any]) -> str:
+    """One line: when and why the guard stopped the lab."""
+    import datetime as dt
+
+    at = record.get("at")
+    when = dt.datetime.fromtimestamp(float(at), dt.UTC).strftime("%Y-%m-%d %H:%M UTC") if at else "?"
+    where = " on the tracker" if record.get("where") == "tracker" else ""
+    return f"the budget guard{where} stopped the lab at {when}: {record.get('reason', '?')}"

@@ -117,11 +117,21 @@ def spent(periods: list[Period], since: float, now: float) -> float:
 
 
 def hours(periods: list[Period], ledger: Ledger, now: float) -> float:
-    """How long the lab has been up since the last `lab up` (0 when it is down)."""
+    """How long the workers have run since the last `lab up` (0 when the lab is down): until now, or until the
+    guard stopped them."""
     current = periods[-1] if periods and periods[-1].down is None else None
     if current is None:
         return 0.0
-    return dataclasses.replace(current, up=max(current.up, ledger.hours_from or 0.0)).hours(now)
+    start = current.up if ledger.hours_from is None else ledger.hours_from
+    stopped = fired_at(ledger)
+    end = now if stopped is None else min(now, stopped)
+    return max(0.0, end - start) / 3600
+
+
+def fired_at(ledger: Ledger) -> float | None:
+    """When the guard stopped the lab (None: it has not, since the last `lab up`)."""
+    at = (ledger.fired or {}).get("at")
+    return float(at) if isinstance(at, int | float) else None
 
 
 def budget_of(limits: Limits, ledger: Ledger, now: float) -> float | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,21 @@ def record_down(stack: str, now: float | None = None) -> None:
     if found and found[-1].down is None:
         found[-1] = Period(found[-1].up, time.time() if now is None else now, found[-1].lines)
         _write(stack, found)
+
+
+def record_stop(stack: str, at: float, keep: Callable[[PriceLine], bool]) -> bool:
+    """Part of the lab stopped at `at` (the budget guard stopped the workers): the open period ends there and the
+    resources `keep` names go on in a new one. False when no period is open or the open one began after `at`."""
+    found = periods(stack)
+    if not found or found[-1].down is not None or found[-1].up > at:
+        return False
+    open_period = found[-1]
+    found[-1] = Period(open_period.up, at, open_period.lines)
+    kept = tuple(line for line in open_period.lines if keep(line))
+    if kept:
+        found.append(Period(at, None, kept))
+    _write(stack, found)
+    return True
 
 
 def current(stack: str) -> Period | None:

@@ -173,6 +173,12 @@ class Lab(abc.ABC):
         stack's folder itself, so by default there is nothing to hand."""
         return
 
+    def budget_record(self) -> dict[str, Any] | None:
+        """The budget guard's record where it runs apart from this machine (ssh, gcp: the tracker's budget.json, what
+        `lab up` handed it and the guard's `fired` record; {} when it has none); a LabError when it cannot be read.
+        None where the guard keeps this machine's records (local)."""
+        return None
+
     # -- reaching the hosts (remote labs) ----------------------------------------------------------------------
     uptime_note: ClassVar[str] = "the lab is not up"
 

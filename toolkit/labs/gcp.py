@@ -524,6 +524,14 @@ class GcpLab(Lab):
     def hand_budget(self, document: dict[str, Any]) -> None:
         self.on_hosts.hand_budget(document)
 
+    def budget_record(self) -> dict[str, Any] | None:
+        """The tracker's record, read over the lab on its VMs: the one this command opened already, else one opened
+        for this reading only (`lab up` opens its own once its VMs run)."""
+        from toolkit.labs import ssh as remote_lab
+
+        on_hosts = self.__dict__.get("on_hosts") or remote_lab.open_lab(self.source, "gcp")
+        return on_hosts.budget_record()
+
     def sweep_place(
         self, exits: contextlib.ExitStack, parallel: int | None, gpus: list[str] | None, ui: Ui
     ) -> SweepPlace:

@@ -62,6 +62,7 @@ UNDONE = "pre-restore"  # a restore's copy of what it replaced: never restored o
 RESTORE_TASK = "Restore the newest of the replica and the backups as the tracker's DBs"
 WORKER_UNITS = ("lab-jupyter.service", "lab-idle.timer")
 AGENT_TIMEOUT_S = 1800
+BUDGET_READ_TIMEOUT_S = 20  # the tracker's budget record: a terminal's sweep reads it every 30 s
 REPLICA_CATCH_UP_TIMEOUT_S = 240  # the agent's wait: toolkit.tracker.replica.CATCH_UP_TIMEOUT_S per DB, and SSH
 TOKEN_FILE_PREFIX = "jupyter_token."  # noqa: S105 -- a file name: secrets/jupyter_token.<worker>
 
@@ -116,6 +117,20 @@ class SshLab(Lab):
         """The tracker's guard reads it from its data folder (`lab-budget-guard.service`)."""
         path = f"{DATA}/budget.json"
         remote.run(self.access, self.tracker, ["sudo", "-n", "tee", path], stdin=json.dumps(document), timeout=60)
+
+    def budget_record(self) -> dict[str, Any] | None:
+        """The tracker's budget record (root's: read through the SSH user's passwordless sudo)."""
+        command = ["sudo", "-n", "cat", f"{DATA}/budget.json"]
+        ran = remote.run(self.access, self.tracker, command, check=False, timeout=BUDGET_READ_TIMEOUT_S)
+        if ran.returncode != 0:
+            if "No such file" in ran.stderr:
+                return {}
+            raise LabError(f"could not read {DATA}/budget.json on {self.tracker.name}: {ran.stderr.strip()[-200:]}")
+        try:
+            record = json.loads(ran.stdout)
+        except ValueError:
+            return {}
+        return record if isinstance(record, dict) else {}
 
     def status(self, ui: Ui) -> Report:
         return hosts_status(self, ui)

@@ -481,9 +481,12 @@ class Sweep:
         return progress is not None and any(r.state == "RUNNING" and r.slot_end == 0.0 for r in progress.results)
 
     def _abandon_requeued(self) -> None:
-        """No slot is left for trials whose host went away: they fail, saying so (called under the lock)."""
+        """No slot is left for trials whose host went away: they fail, saying so; when the sweep was stopped (Ctrl-C,
+        the budget guard) they are interrupted, their parameters queued (called under the lock)."""
         for trial, result in self.requeued:
             outcome = slots.Outcome("lost", 0.0, "no slot was left to run it on (every worker went away)")
+            if self.cancel.is_set():
+                outcome = slots.Outcome("cancelled", 0.0, "the sweep stopped while it waited for a slot")
             self.finishing.append(self.finisher.submit(self._finish, trial, result, outcome, Path(result.output)))
         self.requeued.clear()
 

@@ -65,6 +65,7 @@ def cost(
 
     chosen = labs.target_of(stack_name, local=local, target=options.target_name(target))
     stack = stack_path(stack_name)[0]
+    guard_unread = _take_guard(stack_name, chosen)  # before the periods: the workers' uptime may end earlier
     now = time.time()
     periods = uptime.periods(stack)
     past = sum(p.cost(now) for p in periods if p.down is not None)
@@ -81,10 +82,30 @@ def cost(
         "prices": prices.source_line(),
         "budget": _budget(stack_name, chosen),
     }
+    if guard_unread:
+        document["budget_guard_unread"] = guard_unread
     if as_json:
         out().print_json(json.dumps(document))
         return
     _show(document, labs.lab_class(chosen).uptime_note)
+
+
+def _take_guard(stack_name: str, target: str) -> str | None:
+    """ssh, gcp: what the tracker's budget guard did, taken into this machine's records (the workers' uptime ends
+    when it stopped them); why it could not be asked, if so."""
+    from toolkit import labs
+    from toolkit.budget import ledger
+    from toolkit.budget.spend import Limits
+    from toolkit.config import stack as stacks
+
+    try:
+        settings = stacks.load(stack_name, target=target)[1].settings
+        if settings is None or not Limits.of(settings).any:
+            return None
+        ledger.sync(labs.lab_class(target).open(stack_name))
+    except LabError as exc:
+        return exc.one_line()
+    return None
 
 
 def _budget(stack_name: str, target: str) -> dict[str, Any] | None:
@@ -96,7 +117,9 @@ def _budget(stack_name: str, target: str) -> dict[str, Any] | None:
     if settings is None or (settings.budget_usd is None and settings.max_hours is None):
         return None
     found = ledger.verdict(settings)
-    return {**found.as_dict(), "line": found.line()}
+    fired = ledger.read(ledger.path_of(settings.stack)).fired
+    line = found.line() + (f"\n{ledger.describe_fired(fired)}" if fired else "")
+    return {**found.as_dict(), "line": line, "guard": fired}
 
 
 def _show(document: dict[str, Any], not_up: str) -> None:
@@ -137,4 +160,6 @@ def _show(document: dict[str, Any], not_up: str) -> None:
         out().print(table)
     if document["budget"]:
         out().print(document["budget"]["line"], markup=False)
+    if document.get("budget_guard_unread"):
+        err().print(f"the tracker's budget guard could not be asked: {document['budget_guard_unread']}", markup=False)
     out().print(document["prices"])

@@ -15,8 +15,9 @@ from toolkit.console import err, out
 from toolkit.errors import LabError
 
 if TYPE_CHECKING:
+    from toolkit.budget.watch import Watch
     from toolkit.labs.base import Lab
-    from toolkit.sweeps.dispatch import SweepSpec
+    from toolkit.sweeps.dispatch import Progress, SweepSpec
     from toolkit.sweeps.space import Space
 
 DEFAULT_OUTPUT = "out/{study}/{notebook}-{trial}-{run_id}.ipynb"
@@ -97,7 +98,7 @@ def dispatch(
             grpc_port=place.grpc_port,
             steps=prepare.steps_for(searched, notebook.resolve().parent, place),
         )
-        _sweep(spec, place.slots, as_json)
+        _sweep(spec, place.slots, as_json, _budget_watch(lab))
 
 
 def _detach(
@@ -147,7 +148,24 @@ def _detach(
     out().print(f"  stop it:   lab sweep stop {name}  (the same dispatch resumes it)")
 
 
-def _sweep(spec: SweepSpec, slot_list: list, as_json: bool) -> None:
+def _budget_watch(lab: Lab) -> Watch | None:
+    """What the sweep learns of the budget guard while it runs (None: the stack has no budget and no hour limit)."""
+    from toolkit.budget import watch
+    from toolkit.budget.spend import Limits
+
+    if not Limits.of(lab.settings).any:
+        return None
+    return watch.Watch(lambda: watch.news(lab), lambda line: err().print(line, markup=False, highlight=False))
+
+
+def _stopped_line(progress: Progress) -> str:
+    stopped = progress.count("INTERRUPTED")
+    return f"stopped {stopped} running trial{'s' * (stopped != 1)}, marked them interrupted and queued their parameters"
+
+
+def _sweep(spec: SweepSpec, slot_list: list, as_json: bool, budget: Watch | None = None) -> None:
+    from toolkit.budget import watch as budget_watch
+    from toolkit.budget.spend import STOP
     from toolkit.cli import sweep_view
     from toolkit.sweeps import dispatch as engine
     from toolkit.sweeps import service
@@ -162,8 +180,11 @@ def _sweep(spec: SweepSpec, slot_list: list, as_json: bool) -> None:
             started = time.monotonic()
 
             def view() -> object:
-                return sweep_view.table(service.snapshot(sweep, started, name=spec.study, status="running"))
+                state = service.snapshot(sweep, started, name=spec.study, status="running")
+                return sweep_view.table(budget_watch.merged(state, budget.latest if budget else None))
 
+            if budget is not None and progress.planned:
+                budget.start(lambda _: sweep.cancel.set())  # stops as Ctrl-C does: trials interrupted and queued
             if progress.planned == 0:
                 err().print(f"nothing to do: study {spec.study!r} already has {progress.already} finished trials")
             elif as_json:
@@ -175,15 +196,22 @@ def _sweep(spec: SweepSpec, slot_list: list, as_json: bool) -> None:
                     try:
                         sweep.run(on_change=lambda: live.update(view()))
                     except KeyboardInterrupt:
-                        stopped = progress.count("INTERRUPTED")
-                        err().print(
-                            f"stopped {stopped} running trial{'s' * (stopped != 1)}, marked them interrupted "
-                            "and queued their parameters; run the same command again to resume"
-                        )
+                        guard = budget.look() if budget is not None else None
+                        if guard is not None and guard.state == STOP:  # the local guard's `lab down` stopped it
+                            err().print(f"{guard.line}; {_stopped_line(progress)}", markup=False)
+                        else:
+                            err().print(f"{_stopped_line(progress)}; run the same command again to resume")
                         raise
                 if not err().is_terminal:
                     err().line()  # the live view's last line is not ended where stderr is no terminal
+            if budget is not None and budget.fired:
+                raise LabError(
+                    f"the budget guard stopped the lab: {budget.fired.get('reason', '?')}; {_stopped_line(progress)}",
+                    hint="`lab up --budget USD` gives this period more; then the same command resumes the sweep",
+                )
         finally:
+            if budget is not None:
+                budget.stop()
             sweep.close()
         summary = engine.summary(sweep, time.monotonic() - started)
     best = summary["best"]

@@ -17,12 +17,20 @@ def status(
     from toolkit.budget.spend import Limits
     from toolkit.cli.render import show
     from toolkit.console import Ui
+    from toolkit.errors import LabError
 
     ui = Ui(json=as_json)
     lab = labs.open_lab(stack_name, local=local, target=options.target_name(target), ui=ui)
     report = lab.status(ui)
     if Limits.of(lab.settings).any:
+        try:
+            ledger.sync(lab)  # ssh, gcp: what the tracker's guard did, taken into this machine's records
+        except LabError as exc:
+            report.lines.append(f"the tracker's budget guard could not be asked: {exc.one_line()}")
         found = ledger.verdict(lab.settings)
-        report.document["budget"] = {**found.as_dict(), "guard": ledger.read(ledger.path_of(lab.stack)).fired}
+        fired = ledger.read(ledger.path_of(lab.stack)).fired
+        report.document["budget"] = {**found.as_dict(), "guard": fired}
         report.lines.append(found.line())
+        if fired:
+            report.lines.append(ledger.describe_fired(fired) + "; `lab up --budget USD` starts it again")
     show(report, as_json)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated
 
 import typer
@@ -74,6 +75,9 @@ def up(
         fallback_on_demand=fallback_on_demand,
         dashboard_port=dashboard_port,
     )
+    if not preview:
+        with contextlib.suppress(LabError):  # ssh, gcp: the tracker's guard stopped the lab (a lab down: nothing)
+            ledger.sync(lab)
     kept = None if preview else ledger.before_up(lab.settings, budget)  # refused here when the budget is spent
     if kept is not None:
         ledger.after_up(lab.settings, kept)  # before the guard starts with the lab: it reads this period
