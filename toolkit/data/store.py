@@ -277,7 +277,7 @@ class FolderStore(Store):
         def put(item: tuple[FileEntry, Path]) -> None:
             entry, local = item
             with local.open("rb") as source, _atomic_file(folder / entry.sha256) as target:
-                copychecked(source, target, entry, local, progress)
+                copy_checked(source, target, entry, local, progress)
 
         with ThreadPoolExecutor(max_workers=self.upload_threads) as pool:
             list(pool.map(put, blobs))
@@ -311,7 +311,7 @@ def checked(manifest: Manifest, name: str, version: str, where: str) -> Manifest
     return manifest
 
 
-def copychecked(
+def copy_checked(
     source: IO[bytes], target: IO[bytes], entry: FileEntry, local: Path, progress: Progress | None = None
 ) -> None:
     """Copy a file's bytes and check them against its manifest entry on the way (sha256 and size)."""
