@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from toolkit.cost import uptime
 from toolkit.errors import LabError
 
 POLL_S = 30.0  # the guard itself looks every 30 s; a terminal's sweep learns of it at most this much later
+EVERY_ENV = "LAB_BUDGET_GUARD_EVERY_S"  # tests look more often (the local guard's interval too)
 
 
 @dataclass(frozen=True)
@@ -94,8 +96,9 @@ class Watch:
     """Reads the guard's news every `every` seconds on a thread (the sweep's slots never wait for it); says a new
     warning once; calls `on_fired` once when the guard has stopped the lab."""
 
-    def __init__(self, read: Callable[[], News], say: Callable[[str], None], every: float = POLL_S) -> None:
-        self.read, self.say, self.every = read, say, every
+    def __init__(self, read: Callable[[], News], say: Callable[[str], None], every: float | None = None) -> None:
+        self.read, self.say = read, say
+        self.every = every if every is not None else min(float(os.environ.get(EVERY_ENV) or POLL_S), POLL_S)
         self.latest: News | None = None
         self.fired: dict[str, Any] | None = None
         self.done = threading.Event()

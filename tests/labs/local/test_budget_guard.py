@@ -1,19 +1,22 @@
 """The budget guard on the local lab: this machine priced at $1 a second (`hosts: {local: 3600}`) and a $55 budget.
 The guard (a process of the lab, checking every 5 s here, 30 s by default) warns from 80% in the sweep's log and
 `lab sweep watch`, and once the budget is reached stops the lab: the running sweep as `lab sweep stop` does, a
-verified snapshot, the lab's services. Nothing is lost: the finished run is in MLflow, the interrupted trial is
+verified snapshot, the lab's services; a sweep run in a terminal (`lab dispatch --no-detach`) shows the warning and
+is stopped as Ctrl-C stops it, saying why. Nothing is lost: the finished run is in MLflow, the interrupted trial is
 queued and tagged, a plain `lab up` is refused, and after `lab up --budget` the same dispatch resumes it.
 Real MLflow server, Optuna storage, papermill kernels."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import LAB, ROOT
 from tests.labs.local.conftest import probe_space, study_of
 from toolkit.budget import guard
 from toolkit.budget.spend import WARN_AT
@@ -67,9 +70,29 @@ def test_the_guard_stops_the_lab_at_the_budget_and_nothing_is_lost(lab, priced, 
     ]  # fmt: skip
     for argv in (done_argv, held_argv):
         assert (ran := lab(*argv, "--detach", "--local")).code == 0, ran.err
+    (tmp_path / "c").mkdir()
+    terminal_argv = [
+        "dispatch", str(PROBE), "--space", str(probe_space(tmp_path / "c", hold=str(hold))), "-n", "1",
+        "--study", "terminal", "--local", "--no-detach",
+    ]  # fmt: skip
+    terminal_err = (tmp_path / "terminal.err").open("w")
+    terminal = subprocess.Popen(  # a sweep in a terminal: `lab dispatch` in the foreground
+        [str(LAB), *terminal_argv], stdout=subprocess.DEVNULL, stderr=terminal_err, env={**os.environ, "COLUMNS": "200"}
+    )
 
-    while not (sweep_state(state, "done").get("status") == "finished" and sweep_state(state, "held").get("slots")):
+    def terminal_running() -> bool:
+        try:
+            return [t.state.name for t in study_of(state, "terminal").trials] == ["RUNNING"]
+        except KeyError:  # no such study yet
+            return False
+
+    while not (
+        sweep_state(state, "done").get("status") == "finished"
+        and sweep_state(state, "held").get("slots")
+        and terminal_running()
+    ):
         assert fired(state) is None, "the budget ran out before the sweeps were under way: raise BUDGET_USD"
+        assert terminal.poll() is None, (tmp_path / "terminal.err").read_text()
         time.sleep(0.5)
     client = mlflow.MlflowClient(lab_up)
     held_runs = client.search_runs([client.get_experiment_by_name("held").experiment_id])
@@ -89,6 +112,12 @@ def test_the_guard_stops_the_lab_at_the_budget_and_nothing_is_lost(lab, priced, 
     assert sweep_state(state, "held")["status"] == "stopped"
     study = study_of(state, "held")
     assert [t.state.name for t in study.trials].count("WAITING") == 1, "the interrupted trial is queued"
+    assert terminal.wait(30) == 130, "the terminal's sweep is stopped as Ctrl-C stops it"
+    said = (tmp_path / "terminal.err").read_text()
+    assert "budget warning: budget: $" in said, said  # the 80% warning, and in the live view
+    assert f"(REACHED: the budget of ${BUDGET_USD:.2f} is spent" in said, said
+    assert "stopped 1 running trial, marked them interrupted and queued their parameters" in said, said
+    assert [t.state.name for t in study_of(state, "terminal").trials].count("WAITING") == 1
     status = json.loads(lab("status", "--local", "--json").out)
     assert {c["state"] for c in status["components"].values()} == {"stopped"}, status["components"]
     assert status["budget"]["state"] == "stop" and status["budget"]["guard"]["reason"] == record["reason"]

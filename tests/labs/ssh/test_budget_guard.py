@@ -1,8 +1,11 @@
 """The budget guard on the tracker of an ssh lab (VM-like hosts: a tracker and a worker, configured by the real
-playbooks through one `lab up`): the hosts priced at $1 a second each under `hosts:` (by address), a $30 budget.
+playbooks through one `lab up`): the hosts priced at $1 a second each under `hosts:` (by address), a $90 budget.
 `lab up` hands the tracker's guard (lab-budget-guard.service) the budget; it fires within a minute of the budget
 being reached: a verified snapshot, the worker's lab services stopped over the tracker's own key, what it did in
-its journal and in the budget it was handed; a plain `lab up` is then refused with the override named."""
+its journal and in the budget it was handed. A sweep run in the laptop's terminal (`lab dispatch --no-detach`,
+its trial held on the worker) reads the tracker's record and stops itself as Ctrl-C does, saying why: its trial
+interrupted, its parameters queued. The laptop's `lab status` shows that the guard fired, `lab cost` stops
+counting the worker from then, and a plain `lab up` is refused with the override named."""
 
 from __future__ import annotations
 
@@ -14,12 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LAB
+from tests.conftest import LAB, ROOT
 
 pytestmark = pytest.mark.hosts
 
-BUDGET_USD = 30
+BUDGET_USD = 90  # reached 45 s after `lab up`: time for the terminal's sweep to start a trial
 USD_PER_S = 1.0  # each host
+PROBE = ROOT / "tests" / "data" / "notebooks" / "probe.ipynb"
+HOLD = "/tmp/lab-budget-hold"  # on the worker: the probe's trial runs while it exists
 
 
 class Site:
@@ -29,10 +34,12 @@ class Site:
         self.home = root / "lab-home"
         self.home.mkdir()
 
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "LAB_HOME": str(self.home), "COLUMNS": "200"}
+
     def lab(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
         argv = [str(LAB), args[0], "--stack", str(self.stack), *args[1:]]
-        env = {**os.environ, "LAB_HOME": str(self.home), "COLUMNS": "200"}
-        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+        return subprocess.run(argv, env=self.env(), capture_output=True, text=True, timeout=timeout, check=False)
 
     def on(self, host: object, command: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return self.pool.ssh(host, command, check=False, timeout=timeout)  # type: ignore[attr-defined]
@@ -65,16 +72,59 @@ def site(host_pool, tracker_host, worker_hosts, tmp_path_factory):
     made.lab("down", "--force")
 
 
-def test_the_tracker_guard_stops_the_workers_at_the_budget(site):
+def terminal_sweep(site: Site, tmp_path: Path) -> subprocess.Popen:
+    """`lab dispatch --no-detach` from the laptop, its one trial held on the worker while HOLD exists."""
+    assert site.on(site.worker, f"touch {HOLD} && chmod 666 {HOLD}").returncode == 0
+    space = tmp_path / "space.yml"
+    space.write_text(
+        "objective: {metric: val_loss, direction: minimize}\n"
+        "params:\n  x: {type: float, low: 0.0, high: 1.0}\n"
+        f"fixed: {{hold: {HOLD}}}\n"
+        "sampler: {name: random, seed: 3}\n"
+    )
+    argv = [str(LAB), "dispatch", str(PROBE), "--space", str(space), "-n", "1", "--study", "terminal"]
+    argv += ["--no-detach", "--output", str(tmp_path / "out/{trial}-{run_id}.ipynb"), "--stack", str(site.stack)]
+    env = {**site.env(), "LAB_BUDGET_GUARD_EVERY_S": "5"}  # the laptop reads the tracker's record every 5 s
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def trial_states(site: Site, study: str) -> list[str]:
+    """The study's trials' states, read from the tracker's Optuna DB."""
+    script = (
+        "import sqlite3, sys; db = sqlite3.connect('file:/srv/lab/tracker/optuna.db?mode=ro', uri=True); "
+        "q = 'select t.state from trials t join studies s on t.study_id = s.study_id where s.study_name = ? "
+        "order by t.number'; print(' '.join(r[0] for r in db.execute(q, (sys.argv[1],))))"
+    )
+    return site.on(site.tracker, f'sudo python3 -c "{script}" {study}').stdout.split()
+
+
+def test_the_tracker_guard_stops_the_workers_at_the_budget(site, tmp_path):
     assert site.up["budget"]["budget_usd"] == BUDGET_USD, site.up.get("budget")
     handed = site.handed()
     assert handed["limits"]["budget_usd"] == BUDGET_USD and handed["periods"], handed
     up_at = handed["periods"][-1]["up"]
     reached_at = max(up_at + BUDGET_USD / (2 * USD_PER_S), handed["handed"])
     deadline = reached_at + 120
-    while not (fired := site.handed().get("ledger", {}).get("fired")):
-        assert time.time() < deadline, site.on(site.tracker, "sudo journalctl -u lab-budget-guard -n 50").stdout
-        time.sleep(2)
+    sweep = terminal_sweep(site, tmp_path)
+    try:
+        while not site.on(site.worker, "ls /var/lib/lab/trials").stdout.split():
+            assert not site.handed().get("ledger", {}).get("fired"), "the guard fired first: raise BUDGET_USD"
+            assert sweep.poll() is None, sweep.communicate()[1][-3000:]
+            time.sleep(1)
+        while not (fired := site.handed().get("ledger", {}).get("fired")):
+            assert time.time() < deadline, site.on(site.tracker, "sudo journalctl -u lab-budget-guard -n 50").stdout
+            time.sleep(2)
+        _, said = sweep.communicate(timeout=120)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+            sweep.communicate()
+        site.on(site.worker, f"rm -f {HOLD}")
+    assert sweep.returncode == 1, said[-3000:]
+    assert f"the budget guard stopped the lab: the budget of ${BUDGET_USD:.2f} is spent" in said, said[-3000:]
+    assert "stopped 1 running trial, marked them interrupted and queued their parameters" in said, said[-3000:]
+    assert "lab up --budget USD" in said, said[-3000:]
+    assert trial_states(site, "terminal") == ["FAIL", "WAITING"], "the interrupted trial's parameters are queued"
     assert fired["at"] - reached_at <= 60, f"fired {fired['at'] - reached_at:.1f} s after the budget was reached"
     assert fired["budget"] and f"the budget of ${BUDGET_USD:.2f} is spent" in fired["reason"], fired
     assert "verified snapshot taken (lab-backup.service)" in fired["did"], fired["did"]
@@ -83,9 +133,20 @@ def test_the_tracker_guard_stops_the_workers_at_the_budget(site):
     jupyter = site.on(site.worker, "systemctl is-active lab-jupyter.service").stdout.strip()
     assert jupyter in ("inactive", "failed"), jupyter
     journal = site.on(site.tracker, "sudo journalctl -u lab-budget-guard --no-pager").stdout
-    assert "the budget guard stopped the lab: the budget of $30.00 is spent" in journal, journal[-2000:]
+    assert f"the budget guard stopped the lab: the budget of ${BUDGET_USD:.2f} is spent" in journal, journal[-2000:]
     tracker_units = site.on(site.tracker, "systemctl is-active lab-mlflow.service").stdout.strip()
     assert tracker_units == "active", "the tracker keeps serving: it is the lab's memory"
+
+    status = site.lab("status", "--json")
+    assert status.returncode == 0, status.stderr[-2000:]
+    guard = json.loads(status.stdout)["budget"]["guard"]
+    assert guard["at"] == fired["at"] and guard["reason"] == fired["reason"] and guard["where"] == "tracker", guard
+    assert "the budget guard on the tracker stopped the lab at" in site.lab("status").stdout
+    cost = site.lab("cost", "--json")
+    assert cost.returncode == 0, cost.stderr[-2000:]
+    now = json.loads(cost.stdout)["now"]
+    assert now["up_since"] == fired["at"], "the laptop's uptime ends the worker's period when the guard stopped it"
+    assert [line["item"] for line in now["resources"]] == ["tracker"], now["resources"]
 
     refused = site.lab("up")
     assert refused.returncode == 1, refused.stdout
