@@ -62,6 +62,7 @@ def printed(out: Path) -> list[dict[str, str]]:
         for cell in json.loads(notebook.read_text())["cells"]:
             for output in cell.get("outputs", []):
                 text = "".join(output.get("text", ""))
-                if "env_python=" in text:
-                    found.append(dict(pair.split("=", 1) for pair in text.split()))
+                for line in text.splitlines():
+                    if line.startswith("env_python="):
+                        found.append(dict(pair.split("=", 1) for pair in line.split()))
     return found
