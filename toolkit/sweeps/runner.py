@@ -179,7 +179,11 @@ class Zygote:
             return False
         # jupyter_client runs a kernelspec's bare `python` as this Python
         this = {"python", f"python{sys.version_info[0]}", "python{}.{}".format(*sys.version_info[:2])}
-        return argv[0] in this or os.path.realpath(argv[0]) == os.path.realpath(sys.executable)
+        if argv[0] in this:
+            return True
+        # Another venv's python is a link to the same interpreter, with other packages: same folder, same file.
+        mine, theirs = Path(os.path.abspath(sys.executable)), Path(os.path.abspath(argv[0]))
+        return theirs.parent == mine.parent and os.path.realpath(theirs) == os.path.realpath(mine)
 
     def fork(self, argv: list[str], cwd: str, env: dict[str, str]) -> int:
         """A new kernel process running `argv`'s ipykernel arguments; its pid."""

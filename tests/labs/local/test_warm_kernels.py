@@ -251,3 +251,19 @@ def test_mlflow_start_run_in_a_warm_kernel_logs_into_the_trials_run(slot, notebo
         assert outcome.kind == "ok", outcome.error
         assert client.get_run(run).data.metrics == {"val_loss": 0.25}
     assert len(client.search_runs([experiment])) == 2, "no run was made besides the trials' own"
+
+
+def test_only_this_pythons_own_kernels_are_forked_from_the_warm_state(tmp_path):
+    """Another venv's python is a link to the same interpreter, but its packages are its own (an experiment's
+    environment): its kernels are started as themselves, never forked from the runner's warm process."""
+    import sys
+
+    from toolkit.sweeps.runner import Zygote
+
+    other = tmp_path / "env" / "bin"
+    other.mkdir(parents=True)
+    (other / "python").symlink_to(os.path.realpath(sys.executable))
+    assert Zygote.can_start([sys.executable, "-m", "ipykernel_launcher", "-f", "x.json"])
+    assert Zygote.can_start(["python3", "-m", "ipykernel_launcher", "-f", "x.json"])
+    assert not Zygote.can_start([str(other / "python"), "-m", "ipykernel_launcher", "-f", "x.json"])
+    assert not Zygote.can_start([sys.executable, "-m", "ipykernel", "-f", "x.json"])
