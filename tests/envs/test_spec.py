@@ -110,3 +110,34 @@ def test_a_sweep_without_requirements_gets_no_step_and_one_with_them_does(tmp_pa
     made.check()
     place.requirements = tmp_path / "own" / "requirements.txt"
     assert env_sweep.step(None, write(tmp_path / "bare2"), place) is not None  # type: ignore[arg-type]
+
+
+def test_a_detached_sweep_takes_the_stacks_requirements_when_its_folder_names_none(tmp_path):
+    """The tracker runs a detached sweep from its bundle, without the stack's files: the stack's lab:requirements
+    goes into the bundle beside the notebook, so the sweep's environment is the one it gets in the terminal; a
+    folder with its own requirements keeps them."""
+    import io
+    import tarfile
+    from types import SimpleNamespace
+
+    from toolkit.cli.commands.dispatch import _stack_requirements
+    from toolkit.sweeps import service
+
+    stack_file = tmp_path / "stack-requirements.txt"
+    stack_file.write_text("termcolor==2.4.0\n")
+    lab = SimpleNamespace(settings=SimpleNamespace(requirements=str(stack_file)))
+    bare = write(tmp_path / "bare")
+    (bare / "nb.ipynb").write_text("{}")
+    (tmp_path / "space.yml").write_text("params: {}\n")
+    extra = _stack_requirements(lab, bare / "nb.ipynb")  # type: ignore[arg-type]
+    data = service.pack(bare / "nb.ipynb", tmp_path / "space.yml", {"study": "s"}, extra=extra)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        names = tar.getnames()
+        assert tar.extractfile("bundle/requirements.txt").read() == b"termcolor==2.4.0\n"  # type: ignore[union-attr]
+        tar.extractall(tmp_path / "tracker", filter="data")
+    assert {"bundle/nb.ipynb", "space.yml", "sweep.json"} <= set(names)
+    on_tracker, on_laptop = spec.find(tmp_path / "tracker" / "bundle"), spec.find(bare, stack_file)
+    assert on_tracker is not None and on_laptop is not None
+    assert spec.env_hash(on_tracker, "3.11", KERNEL) == spec.env_hash(on_laptop, "3.11", KERNEL)
+    own = write(tmp_path / "own", requirements="termcolor==2.5.0\n")
+    assert _stack_requirements(lab, own / "nb.ipynb") == {}  # type: ignore[arg-type]

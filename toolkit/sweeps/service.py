@@ -74,6 +74,12 @@ def _files(base: Path) -> Iterator[Path]:
                 yield path
 
 
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), int(time.time()), mode
+    tar.addfile(info, io.BytesIO(data))
+
+
 def measure(notebook: Path, space_file: Path, limit: int = BUNDLE_LIMIT_BYTES) -> list[Path]:
     """The files a sweep takes from the notebook's folder (hidden files, .git, out/, caches left out); refused past
     `limit` bytes in all, naming the biggest."""
@@ -93,19 +99,24 @@ def measure(notebook: Path, space_file: Path, limit: int = BUNDLE_LIMIT_BYTES) -
     return files
 
 
-def pack(notebook: Path, space_file: Path, doc: dict[str, Any], limit: int = BUNDLE_LIMIT_BYTES) -> bytes:
+def pack(
+    notebook: Path,
+    space_file: Path,
+    doc: dict[str, Any],
+    limit: int = BUNDLE_LIMIT_BYTES,
+    extra: dict[str, str] | None = None,
+) -> bytes:
     """The sweep as one gzipped tar: the notebook's folder (`measure`) as bundle/, the space file as space.yml, and
-    `doc` as sweep.json."""
+    `doc` as sweep.json; `extra` (name -> text: the stack's requirements) goes into bundle/ beside the notebook."""
     base = notebook.parent
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
         for path in measure(notebook, space_file, limit):
             tar.add(path, arcname=f"bundle/{path.relative_to(base).as_posix()}", recursive=False)
         tar.add(space_file, arcname="space.yml", recursive=False)
-        data = json.dumps(doc, indent=2).encode()
-        info = tarfile.TarInfo("sweep.json")
-        info.size, info.mtime, info.mode = len(data), int(time.time()), 0o600
-        tar.addfile(info, io.BytesIO(data))
+        for name, text in (extra or {}).items():
+            _add_bytes(tar, f"bundle/{name}", text.encode(), 0o644)
+        _add_bytes(tar, "sweep.json", json.dumps(doc, indent=2).encode(), 0o600)
     return buffer.getvalue()
 
 

@@ -130,7 +130,7 @@ def _detach(
         "from": socket.gethostname(),
         "submitted": time.time(),
     }
-    data = service.pack(notebook.resolve(), space_file, doc)
+    data = service.pack(notebook.resolve(), space_file, doc, extra=_stack_requirements(lab, notebook.resolve()))
     host = lab.sweep_host()
     started = time.monotonic()
     host.submit(name, data)
@@ -146,6 +146,17 @@ def _detach(
     out().print(f"  watch it:  lab sweep watch {name}")
     out().print(f"  its logs:  lab sweep logs {name} [--trial N] --follow")
     out().print(f"  stop it:   lab sweep stop {name}  (the same dispatch resumes it)")
+
+
+def _stack_requirements(lab: Lab, notebook: Path) -> dict[str, str]:
+    """The stack's lab:requirements files, to go with a detached sweep whose notebook's folder names none (the
+    tracker has not the stack's files): the environment is the one the same sweep gets in the terminal."""
+    from toolkit.envs import spec as envspec
+
+    if envspec.find(notebook.parent) is not None:
+        return {}
+    found = envspec.find(notebook.parent, envspec.stack_requirements(lab.settings.requirements))
+    return dict(found.files) if found is not None else {}
 
 
 def _budget_watch(lab: Lab) -> Watch | None:
