@@ -73,7 +73,7 @@ def test_the_guard_stops_the_lab_at_the_budget_and_nothing_is_lost(lab, priced, 
     (tmp_path / "c").mkdir()
     terminal_argv = [
         "dispatch", str(PROBE), "--space", str(probe_space(tmp_path / "c", hold=str(hold))), "-n", "1",
-        "--study", "terminal", "--local", "--no-detach",
+        "--study", "terminal", "--local", "--no-detach", "--output", str(tmp_path / "out/{trial}-{run_id}.ipynb"),
     ]  # fmt: skip
     terminal_err = (tmp_path / "terminal.err").open("w")
     terminal = subprocess.Popen(  # a sweep in a terminal: `lab dispatch` in the foreground
