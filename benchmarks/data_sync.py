@@ -1,8 +1,10 @@
 """A CIFAR-100-sized dataset from the bucket (gcp-storage-emulator) onto a fresh VM-like worker: first and second sync.
 
-Run as root: .venv/bin/python benchmarks/data_sync.py [--files 50000] [--mb 160] [--threads 16]. Two shapes of the
-same ~160 MB: one archive (as cifar-100-python.tar.gz, random bytes: it does not compress), and ~50,000 small files
-(as CIFAR's PNGs, ~3.2 kB each). Each is pushed with `lab data push`'s code (toolkit.data.store.push into the
+Run as root: .venv/bin/python benchmarks/data_sync.py [--files 50000] [--mb 160] [--threads 16]. Two shapes of
+CIFAR-100's ~160 MB: one archive (as cifar-100-python.tar.gz, random bytes: it does not compress), and small files
+of CIFAR's size per image (~3.3 kB; 50,000 of them by default; fewer files make a proportionally smaller dataset).
+Pushing 50,000 objects into gcp-storage-emulator (pure Python) takes it well over 20 minutes on a 2-core machine.
+Each is pushed with `lab data push`'s code (toolkit.data.store.push into the
 bucket's datasets/) to gcp-storage-emulator on this machine's bridge address, then fetched on a fresh VM-like host
 with `python -m toolkit.data.fetch` (its own venv with google-cloud-storage, the toolkit copied over), twice: the
 first sync (everything fetched and checked) and the second (nothing changed: a manifest read and a stat per file).
@@ -123,7 +125,7 @@ def line(label: str, synced: dict) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--files", type=int, default=50_000)
+    parser.add_argument("--files", type=int, default=50_000, help="small files (0: the archive only)")
     parser.add_argument("--mb", type=int, default=160)
     parser.add_argument("--threads", type=int, default=16)
     args = parser.parse_args()
@@ -140,16 +142,15 @@ def main() -> int:
         [host] = pool.up(1)  # brings the bridge up: the emulator listens on its address
         served = emulator(f"{pool.net}.1", port)
         print(f"worker {host.ip} prepared in {prepare_host(pool, host):.1f} s (venv + google-cloud-storage + toolkit)")
-        shapes = {
-            "cifar-archive": make_archive(work / "archive", args.mb),
-            "cifar-files": make_files(work / "files", args.files, args.mb),
-        }
-        for name, source in shapes.items():
-            seconds, size = push(source, name)
-            print(f"pushed {name}: {size / 1e6:.1f} MB in {seconds:.1f} s to the emulator")
-        for name in shapes:
-            print(line(f"{name}: first sync", fetch(pool, host, emulator_url, name, args.threads)))
-            print(line(f"{name}: second sync", fetch(pool, host, emulator_url, name, args.threads)))
+        shapes = {"cifar-archive": lambda: make_archive(work / "archive", args.mb)}
+        if args.files:
+            files_mb = args.mb * args.files // 50_000  # CIFAR's size per file (~3.3 kB), however many files
+            shapes["cifar-files"] = lambda: make_files(work / "files", args.files, files_mb)
+        for name, make in shapes.items():  # each shape measured as soon as it is pushed
+            seconds, size = push(make(), name)
+            print(f"pushed {name}: {size / 1e6:.1f} MB in {seconds:.1f} s to the emulator", flush=True)
+            print(line(f"{name}: first sync", fetch(pool, host, emulator_url, name, args.threads)), flush=True)
+            print(line(f"{name}: second sync", fetch(pool, host, emulator_url, name, args.threads)), flush=True)
     finally:
         if served is not None:
             served.terminate()
