@@ -158,7 +158,8 @@ KEYS: tuple[Key, ...] = (
         "lab:requirements",
         "string",
         "the experiments' environment of sweeps whose notebook's folder names none: a requirements.txt, or a"
-        " pyproject.toml with its uv.lock (a path; a relative one from the project folder, the one holding Pulumi.yaml)",
+        " pyproject.toml with its uv.lock (a path; a relative one from the project folder, the one holding"
+        " Pulumi.yaml)",
     ),
 )
 

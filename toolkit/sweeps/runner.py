@@ -182,7 +182,7 @@ class Zygote:
         if argv[0] in this:
             return True
         # Another venv's python is a link to the same interpreter, with other packages: same folder, same file.
-        mine, theirs = Path(os.path.abspath(sys.executable)), Path(os.path.abspath(argv[0]))
+        mine, theirs = Path(sys.executable).absolute(), Path(argv[0]).absolute()
         return theirs.parent == mine.parent and os.path.realpath(theirs) == os.path.realpath(mine)
 
     def fork(self, argv: list[str], cwd: str, env: dict[str, str]) -> int:
