@@ -118,9 +118,6 @@ def stop_vms(gcp: dict[str, Any], say: Say) -> list[str]:
     return did
 
 
-RUNNER_PATTERN = "[t]oolkit[.]sweeps[.]runner|[i]pykernel"  # brackets: the pattern does not match its own shell
-
-
 def stop_worker_services(facts: dict[str, Any], say: Say) -> list[str]:
     """ssh: stop the lab's services and trials on each worker, as playbooks/stop.yml does, over the tracker's key."""
     from toolkit.hosts import ssh as remote
@@ -136,8 +133,6 @@ def stop_worker_services(facts: dict[str, Any], say: Say) -> list[str]:
         try:
             stopped = remote.run(access, host, command, check=False, timeout=120)
             remote.run(access, host, ["pkill", "-INT", "-f", "papermill"], check=False, timeout=60)
-            # the slots' runners, their fork servers (a forked kernel runs as one) and the kernels they started
-            remote.run(access, host, ["pkill", "-KILL", "-f", RUNNER_PATTERN], check=False, timeout=60)
         except LabError as exc:
             did.append(f"worker {host.name}: not reached: {exc.one_line()}")
             continue
