@@ -28,7 +28,14 @@ def test_a_host_key_is_trusted_on_first_use_and_a_changed_one_refused(host_pool,
     )
     home = tmp_path / "lab-home"
     home.mkdir()
-    env = {**os.environ, "LAB_HOME": str(home), "COLUMNS": "200"}
+    # Its own folder for lab's shared SSH connections (ControlPersist): one an earlier test left open to this host
+    # would be used without a host key exchange, and nothing would be learnt or checked.
+    env = {
+        **os.environ,
+        "LAB_HOME": str(home),
+        "COLUMNS": "200",
+        "TMPDIR": tempfile.mkdtemp(prefix="trust-", dir="/tmp"),
+    }
     known_hosts = home / "stacks" / "trust" / "known_hosts"
 
     def lab_ssh(*command: str) -> subprocess.CompletedProcess[str]:
