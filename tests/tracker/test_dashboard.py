@@ -124,8 +124,13 @@ def test_the_dashboard_reads_the_studies_through_the_proxy_and_never_opens_the_d
     study = optuna.load_study(study_name="on-the-tracker", storage=tracker.client())
     study.optimize(lambda t: t.suggest_float("x", -1, 1) ** 2, n_trials=1)
     assert wait_for(lambda: studies(tracker.url)) == ["on-the-tracker"]
-    with urllib.request.urlopen(f"{tracker.url}/api/studies/1", timeout=10) as answer:
-        assert len(json.load(answer)["trials"]) == 5
+
+    def trials_shown() -> int:
+        with urllib.request.urlopen(f"{tracker.url}/api/studies/1", timeout=10) as answer:
+            return len(json.load(answer)["trials"])
+
+    # the dashboard reads a study's new trials on its own schedule: the fifth shows within seconds
+    assert wait_for(lambda: trials_shown() == 5, timeout=30)
 
 
 def test_the_dashboard_listens_on_the_address_it_is_given_only(tracker):

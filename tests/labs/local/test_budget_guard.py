@@ -79,6 +79,7 @@ def test_the_guard_stops_the_lab_at_the_budget_and_nothing_is_lost(lab, priced, 
     terminal = subprocess.Popen(  # a sweep in a terminal: `lab dispatch` in the foreground
         [str(LAB), *terminal_argv], stdout=subprocess.DEVNULL, stderr=terminal_err, env={**os.environ, "COLUMNS": "200"}
     )
+    terminal_err.close()  # the child has its own copy
 
     def terminal_running() -> bool:
         try:
