@@ -321,7 +321,7 @@ def test_an_ssh_slot_keeps_its_next_kernel_warm_and_a_stopped_trial_leaves_nothi
     nbformat.write(notebook, tmp_path / "warm.ipynb")
     access = remote.Access(user="ci", key=site.pool.key, known_hosts=site.home / "stacks" / "hosts" / "known_hosts")
     worker = remote.Host("worker-2", site.workers[1].ip, remote.WORKER)
-    slot = ssh_slots.SshSlot("worker-2/0", access, worker)
+    slot = ssh_slots.SshSlot("worker-2/0", access, worker, warm=True)
     waits, warm = [], []
     try:
         for number in range(3):
