@@ -24,6 +24,7 @@ from toolkit.data import manifest as manifests
 from toolkit.data import store as stores
 from toolkit.data.manifest import FileEntry, Manifest, Progress
 from toolkit.errors import LabError
+from toolkit.tracker import gcs
 
 PARALLEL_FROM = 64 << 20  # files this large or larger go up in parts
 PART_BYTES = 16 << 20  # the smallest part (a part is at least this, and a file has at most MAX_PARTS of them)
@@ -35,22 +36,6 @@ PART_THREADS = 8  # parts of one file sent at once (also the parts held in memor
 # backlog 5): requests sent at once only overflow its backlog and wait for TCP to retry (500 small files took
 # 6.6 s one at a time, 17.8 s eight at a time, and 5,000 stalled). Against it, one at a time.
 EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
-
-
-def _client() -> Any:
-    try:
-        from google.cloud import storage
-    except ImportError:
-        raise LabError(
-            "the lab has a bucket but google-cloud-storage is not installed",
-            hint="pip install -e '.[local]' (or '.[gcp]')",
-        ) from None
-    try:
-        return storage.Client()
-    except Exception as exc:  # google.auth raises several types for missing credentials
-        raise LabError(
-            f"cannot reach Google Cloud Storage: {exc}", hint="gcloud auth application-default login"
-        ) from None
 
 
 class BucketStore(stores.Store):
@@ -71,7 +56,7 @@ class BucketStore(stores.Store):
     def bucket(self) -> Any:
         with self._lock:
             if self._bucket is None:
-                self._bucket = _client().bucket(self.bucket_name)
+                self._bucket = gcs.storage_client().bucket(self.bucket_name)
             return self._bucket
 
     def _key(self, *parts: str) -> str:

@@ -31,7 +31,7 @@ class DamagedManifest(LabError):
     """A manifest in the bucket that does not read: the backup is skipped, the bucket is still there."""
 
 
-def _client() -> Any:
+def storage_client() -> Any:
     try:
         from google.cloud import storage
     except ImportError:
@@ -64,7 +64,7 @@ def backup_prefix(stack: str, backup_id: str = "") -> str:
 def upload(backup: backups.Backup, bucket_name: str, stack: str) -> str:
     """Upload a backup and check each object's CRC32C against the local file; the manifest goes last,
     so a backup in the bucket without its manifest is an incomplete one. Returns its gs:// URL."""
-    bucket = _client().bucket(bucket_name)
+    bucket = storage_client().bucket(bucket_name)
     prefix = backup_prefix(stack, backup.manifest.id)
     try:
         for name in [*backup.manifest.names, backups.MANIFEST]:
@@ -87,7 +87,7 @@ def complete_ids(bucket_name: str, stack: str) -> list[str]:
     paths here, nor the newest backup."""
     prefix = backup_prefix(stack)
     try:
-        names = [b.name for b in _client().list_blobs(bucket_name, prefix=prefix)]
+        names = [b.name for b in storage_client().list_blobs(bucket_name, prefix=prefix)]
     except Exception as exc:
         raise LabError(f"cannot list gs://{bucket_name}/{prefix}: {exc}") from None
     found = {
@@ -102,7 +102,7 @@ def complete_ids(bucket_name: str, stack: str) -> list[str]:
 
 def manifest_of(bucket_name: str, stack: str, backup_id: str) -> backups.Manifest:
     """The manifest of a backup in the bucket; DamagedManifest when it does not read or is another's."""
-    blob = _client().bucket(bucket_name).blob(backup_prefix(stack, backup_id) + backups.MANIFEST)
+    blob = storage_client().bucket(bucket_name).blob(backup_prefix(stack, backup_id) + backups.MANIFEST)
     try:
         text = blob.download_as_bytes()
     except Exception as exc:
@@ -151,7 +151,7 @@ def download(
 ) -> backups.Backup:
     """Fetch a backup (the newest complete one whose manifest reads, unless named) into the local backups
     folder, flushed to disk, then verified (with `check`: the full integrity check unless told)."""
-    client = _client()
+    client = storage_client()
     ids = complete_ids(bucket_name, stack)
     if backup_id:
         ids = [i for i in ids if i.startswith(backup_id)]
@@ -202,7 +202,7 @@ def delete_bucket(bucket_name: str) -> int:
     number of object versions deleted; a bucket that is already gone is not an error."""
     from google.api_core import exceptions as gexc
 
-    client = _client()
+    client = storage_client()
     deleted = 0
     try:
         for blob in client.list_blobs(bucket_name, versions=True):
