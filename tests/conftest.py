@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.hosts.fixtures import host_pool, tracker_host, worker_hosts  # noqa: F401  (VM-like hosts, any test folder)
+from tests.hosts.fixtures import host_pool, session_pool, tracker_host, worker_hosts  # noqa: F401  (VM-like hosts, any test folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB = Path(sys.executable).with_name("lab")

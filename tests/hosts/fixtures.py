@@ -61,18 +61,26 @@ def running_pool(request: pytest.FixtureRequest, pool: HostPool, n: int) -> Iter
 
 
 @pytest.fixture(scope="session")
-def host_pool(request: pytest.FixtureRequest) -> Iterator[HostPool]:
-    """Three running hosts for the session: c1 (tracker), c2, c3 (workers); ``pool.hosts()`` lists them."""
+def session_pool(request: pytest.FixtureRequest) -> Iterator[HostPool]:
+    """Three hosts started once for the session: c1 (tracker), c2, c3 (workers)."""
     yield from running_pool(request, pool_from_env(), SESSION_HOSTS)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
+def host_pool(session_pool: HostPool) -> HostPool:
+    """The session's three hosts, each running when a module starts: a module that powers a worker off (a power
+    cut, idle self-shutdown) leaves it to boot again for the next one. ``pool.hosts()`` lists them."""
+    session_pool.up(SESSION_HOSTS)
+    return session_pool
+
+
+@pytest.fixture(scope="module")
 def tracker_host(host_pool: HostPool) -> Host:
     """c1 of the session pool."""
     return host_pool.host("c1")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def worker_hosts(host_pool: HostPool) -> list[Host]:
     """c2 and c3 of the session pool."""
     return [host_pool.host(f"c{i}") for i in range(2, SESSION_HOSTS + 1)]
