@@ -534,7 +534,7 @@ class Sweep:
             result.slot_start = result.slot_start or time.monotonic()
             result.slot_end = 0.0
             outcome = slot.run(job, self.cancel)
-            result.slot_end = time.monotonic()
+            ended = time.monotonic()
             result.seconds += outcome.seconds
             self._log_cost(slot, run_id, outcome, result)
             if outcome.kind == "lost" and not self.cancel.is_set():
@@ -543,7 +543,10 @@ class Sweep:
                     f"slot {slot.name} went away ({outcome.error}); the trial runs again on another slot",
                     status="FAILED",
                 )
+                # The trial counts as running until it is handed back, in one step: a slot waiting for others
+                # (`_waiting_for_others`) that saw it neither running nor queued would leave the sweep without it.
                 with self.lock:
+                    result.slot_end = ended
                     self.lost_slots.append(slot.name)
                     if result.attempts <= spec.max_retries:
                         self.requeued.append((trial, result))
@@ -556,7 +559,8 @@ class Sweep:
                     f"the slot's process died ({outcome.error}); retrying with the same parameters",
                     status="FAILED",
                 )
-                continue
+                continue  # still this slot's: its retry may yet find the host gone and hand the trial back
+            result.slot_end = ended
             break
         # The bookkeeping after a trial (its notebook, its objective, telling Optuna) runs beside the
         # slot, which goes straight on to its next trial.

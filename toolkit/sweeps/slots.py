@@ -27,6 +27,9 @@ from toolkit import environment
 
 ERROR_LINES = 12
 POLL_S = 0.05
+# A runner whose process ended is gone once no answer came for this long, even if its output has not ended: a
+# process it left behind (or an SSH connection master) may hold the pipe open for ever.
+GONE_AFTER_EXIT_S = 2.0
 # papermill's exit status when nbclient raised DeadKernelError (the kernel was killed, ran out of memory).
 PAPERMILL_DEAD_KERNEL = 138
 # What papermill prints when the kernel went away, or never came up (a start that timed out on a busy
@@ -119,13 +122,17 @@ class RunnerProcess:
         )
         self.answers: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self.kernel_pid = 0  # the running trial's kernel, as the runner said (on the runner's machine)
+        self.exited_at = 0.0  # when answer() first saw the runner's process ended
         self.warm_start = False  # whether the last trial's kernel was the warm one
         threading.Thread(target=self._read, name="runner-answers", daemon=True).start()
 
     def _read(self) -> None:
-        assert self.process.stdout is not None  # noqa: S101
-        with contextlib.suppress(ValueError, OSError):  # closed here once the runner was killed
-            for line in self.process.stdout:
+        """Answers, until the runner's output ends; this thread owns the output pipe and closes it (closing a
+        pipe another thread is reading would wait for that read, which waits for whatever holds the pipe)."""
+        stdout = self.process.stdout
+        assert stdout is not None  # noqa: S101
+        with contextlib.suppress(ValueError, OSError), stdout:
+            for line in stdout:
                 with contextlib.suppress(json.JSONDecodeError):
                     self.answers.put(json.loads(line))
         self.answers.put(None)  # the runner is gone
@@ -144,11 +151,17 @@ class RunnerProcess:
         return True
 
     def answer(self, timeout: float) -> dict[str, Any] | None:
-        """The runner's next answer; {} when none came within `timeout`, None when it has gone away."""
+        """The runner's next answer; {} when none came within `timeout`, None when it has gone away (its output
+        ended, or its process ended GONE_AFTER_EXIT_S ago and said nothing since)."""
         try:
             return self.answers.get(timeout=timeout)
         except queue.Empty:
+            pass
+        if self.process.poll() is None:
+            self.exited_at = 0.0
             return {}
+        self.exited_at = self.exited_at or time.monotonic()
+        return None if time.monotonic() - self.exited_at >= GONE_AFTER_EXIT_S else {}
 
     def why_gone(self) -> str:
         """What the runner said last, and how it ended."""
@@ -178,7 +191,7 @@ class RunnerProcess:
         self._release()
 
     def _release(self) -> None:
-        for stream in (self.process.stdin, self.process.stdout, self.stderr):
+        for stream in (self.process.stdin, self.stderr):  # stdout: the reader thread closes it
             with contextlib.suppress(OSError):
                 if stream is not None:
                     stream.close()

@@ -133,10 +133,7 @@ class SshSlot:
     host: remote.Host
     env: dict[str, str] = field(default_factory=dict)
     usd_per_hour: float | None = None  # this slot's share of the worker's price (None: not priced)
-    # Off by default for now: in a full host run a trial whose worker was powered off mid-trial was never given back
-    # to another slot (the sweep waited; tests/labs/ssh/test_ssh_target.py, worker powered off). Sweeps use the
-    # papermill-per-trial path until that is found; the warm path is tested with warm=True.
-    warm: bool = False
+    warm: bool = True  # False: a papermill process per trial, kernel start included
     runner: slots.RunnerProcess | None = field(default=None, init=False, repr=False, compare=False)
 
     def run(self, job: slots.Job, cancel: threading.Event) -> slots.Outcome:
@@ -199,7 +196,10 @@ class SshSlot:
     ) -> slots.Outcome:
         if self.runner is None or not self.runner.alive():
             script = runner_script({k: v for k, v in self.env.items() if k not in WORKER_OWNED})
-            self.runner = slots.RunnerProcess([*self.access.ssh(self.host), "--", script], None, local=False)
+            # A connection of its own, not the shared master: the session lives as long as the slot, and its end
+            # (the worker gone, its keep-alives unanswered) must end this ssh and its output with it.
+            own = ("-o", "ControlMaster=no", "-o", "ControlPath=none")
+            self.runner = slots.RunnerProcess([*self.access.ssh(self.host, extra=own), "--", script], None, local=False)
         runner = self.runner
         outcome, usable = slots.drive(runner, job, cancel, self._remote_job(job, trial_id))
         if not usable:

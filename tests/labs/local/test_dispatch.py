@@ -400,6 +400,64 @@ def test_a_trial_whose_slot_went_away_runs_on_another_slot(lab_up, state, tmp_pa
     assert study_of(state, "vanish").trials[moved[0].number].params == moved[0].params
 
 
+def test_a_trial_handed_back_late_still_runs_after_the_other_slots_finished(lab_up, state, tmp_path):
+    """What a worker powered off mid-trial showed on real hosts (tests/labs/ssh/test_ssh_target.py): the other
+    slot had run every other trial and waited; the trial's runner was killed as its host shut down (`died`),
+    its retry found the host gone (`lost`). The trial must stay the slot's until it is handed back, however
+    long the tracker takes to mark the failed attempts, or the waiting slot leaves and it never runs."""
+    import threading
+    import time
+
+    from toolkit.sweeps import dispatch as engine
+    from toolkit.sweeps import slots, space
+
+    def others_finished(sweep: engine.Sweep) -> bool:
+        progress = sweep.progress
+        if progress is None or len(progress.results) < progress.planned:
+            return False
+        return all(r.slot_end > 0 for r in progress.results if r.slot != "going")
+
+    class ShuttingDownSlot(slots.LocalSlot):
+        def __init__(self) -> None:
+            super().__init__(name="going")
+            self.said: list[str] = []
+            self.sweep: engine.Sweep | None = None
+
+        def run(self, job: slots.Job, cancel: threading.Event) -> slots.Outcome:
+            if self.said:
+                self.said.append("lost")
+                return slots.Outcome("lost", 0.1, "the host stopped answering")
+            deadline = time.monotonic() + 120
+            while self.sweep is not None and not others_finished(self.sweep) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self.said.append("died")
+            return slots.Outcome("died", 0.1, "the slot's runner was killed by signal 15")
+
+    class SlowTracker(engine.Sweep):
+        def _fail_run(self, run_id: str, error: str, status: str) -> None:
+            time.sleep(1.0)  # a tracker that takes a second to answer
+            super()._fail_run(run_id, error, status)
+
+    going = ShuttingDownSlot()
+    spec = engine.SweepSpec(
+        notebook=PROBE,
+        space=space.load(probe_space(tmp_path)),
+        study="late",
+        trials=3,
+        timeout=None,
+        output_pattern=str(tmp_path / "out/{trial}-{run_id}.ipynb"),
+        tracking_uri=lab_up,
+        storage_path=state / "tracker" / "optuna.db",
+    )
+    sweep = SlowTracker(spec, [going, slots.LocalSlot(name="steady")])
+    going.sweep = sweep
+    progress = sweep.run()
+    assert going.said == ["died", "lost"]
+    assert [r.state for r in progress.results] == ["COMPLETE"] * 3, [(r.state, r.error) for r in progress.results]
+    moved = [r for r in progress.results if r.attempts == 3]
+    assert len(moved) == 1 and moved[0].slot == "steady"
+
+
 def test_trials_fail_when_every_slot_went_away(lab_up, state, tmp_path):
     import threading
 

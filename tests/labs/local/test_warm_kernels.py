@@ -229,6 +229,31 @@ def test_a_dead_kernel_is_died_a_raise_is_failed_and_a_dead_runner_is_died(slot,
     assert slot.run(job(notebook, tmp_path, 3), threading.Event()).kind == "ok"
 
 
+def test_a_runner_whose_process_ended_is_gone_though_a_process_it_left_holds_its_output(notebook, tmp_path):
+    """An SSH session that ended while something still holds its output pipe (a process it left behind, a
+    connection master): the trial is `died` within seconds and the slot can take another runner, where the
+    pipe's end alone would never come."""
+    import signal
+
+    runner = slots.RunnerProcess(["sh", "-c", "sleep 300 & read job; exit 0"], None, local=False)
+    ended: list[tuple[slots.Outcome, bool]] = []
+    try:
+        driving = threading.Thread(
+            target=lambda: ended.append(slots.drive(runner, job(notebook, tmp_path, 0), threading.Event(), {})),
+            daemon=True,
+        )
+        started = time.monotonic()
+        driving.start()
+        driving.join(timeout=30)
+        assert ended, "drive() still waits for a runner whose process ended"
+        (outcome, usable) = ended[0]
+        assert outcome.kind == "died" and "runner exited with 0" in outcome.error, outcome.error
+        assert not usable
+        assert time.monotonic() - started < slots.GONE_AFTER_EXIT_S + 5
+    finally:
+        os.killpg(runner.process.pid, signal.SIGKILL)  # the sleep, in the runner's session
+
+
 def test_close_stops_the_runner_and_its_warm_kernel(notebook, tmp_path):
     slot = slots.LocalSlot(name="slot-0")
     assert slot.run(job(notebook, tmp_path, 0), threading.Event()).kind == "ok"
