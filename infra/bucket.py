@@ -7,7 +7,15 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_gcp as gcp
 
+from toolkit.data.bucket import PART_SUFFIX
+from toolkit.data.store import FOLDER as DATASETS
+
 NONCURRENT_VERSION_DAYS = 30
+# A dataset upload's parts (toolkit/data/bucket.py: composed into the blob, then deleted; only they end in
+# PART_SUFFIX under the datasets' folder, whatever MLflow's artifacts are called): their noncurrent versions go after
+# a day, not NONCURRENT_VERSION_DAYS; parts a killed upload left live go after PART_LEFTOVER_DAYS.
+PART_NONCURRENT_DAYS = 1
+PART_LEFTOVER_DAYS = 2
 # Soft delete: a deleted or overwritten object stays restorable this long, whoever deleted it
 # (https://cloud.google.com/storage/docs/soft-delete). GCP's default for new buckets; stated so it stays.
 SOFT_DELETE_S = 7 * 24 * 3600
@@ -43,7 +51,22 @@ class ArtifactBucket(pulumi.ComponentResource):
                     condition=gcp.storage.BucketLifecycleRuleConditionArgs(
                         days_since_noncurrent_time=NONCURRENT_VERSION_DAYS, with_state="ARCHIVED"
                     ),
-                )
+                ),
+                gcp.storage.BucketLifecycleRuleArgs(
+                    action=gcp.storage.BucketLifecycleRuleActionArgs(type="Delete"),
+                    condition=gcp.storage.BucketLifecycleRuleConditionArgs(
+                        days_since_noncurrent_time=PART_NONCURRENT_DAYS,
+                        with_state="ARCHIVED",
+                        matches_prefixes=[f"{DATASETS}/"],
+                        matches_suffixes=[PART_SUFFIX],
+                    ),
+                ),
+                gcp.storage.BucketLifecycleRuleArgs(
+                    action=gcp.storage.BucketLifecycleRuleActionArgs(type="Delete"),
+                    condition=gcp.storage.BucketLifecycleRuleConditionArgs(
+                        age=PART_LEFTOVER_DAYS, matches_prefixes=[f"{DATASETS}/"], matches_suffixes=[PART_SUFFIX]
+                    ),
+                ),
             ],
             labels={**args.labels, "role": "artifacts"},
             force_destroy=args.destroy_data,

@@ -371,3 +371,29 @@ def test_world_open_ssh_is_refused(run, cidr):
 def test_missing_ssh_range_is_refused(run):
     with pytest.raises(pulumi.RunError, match=r"lab:allowedSshCidrs: required"):
         run(allowedSshCidrs=None)
+
+
+def test_only_dataset_upload_parts_expire_sooner_and_no_live_object_but_them(run):
+    """Old versions go after 30 days. A dataset upload's parts (deleted once composed; their noncurrent versions
+    and a killed upload's leftovers would be billed for 30 days) go after a day, or two: the rules name the datasets'
+    folder and the parts' suffix, so no MLflow artifact or backup, whatever its name, is ever deleted by them."""
+    from toolkit.data.bucket import PART_SUFFIX, BucketStore
+
+    rules = run().one(BUCKET).inputs["lifecycleRules"]
+    assert all(rule["action"] == {"type": "Delete"} for rule in rules), rules
+    conditions = [rule["condition"] for rule in rules]
+    assert {"daysSinceNoncurrentTime": 30, "withState": "ARCHIVED"} in conditions, conditions
+
+    def deletes(condition: dict, key: str) -> bool:
+        prefixes, suffixes = condition.get("matchesPrefixes"), condition.get("matchesSuffixes")
+        return (not prefixes or key.startswith(tuple(prefixes))) and (not suffixes or key.endswith(tuple(suffixes)))
+
+    store = BucketStore("lab-bucket")
+    part = store._key("images", "parts", "ab" * 32 + ".00003" + PART_SUFFIX)
+    blob = store._key("images", "blobs", "ab" * 32)
+    live = [c for c in conditions if c.get("withState") != "ARCHIVED"]  # these delete current objects too
+    assert live and all(deletes(c, part) for c in live), live
+    for key in (blob, store._key("images", "versions", "v1.json"), "1/0a1b/artifacts/shard.part", "backups/x.part"):
+        assert not any(deletes(c, key) for c in live), f"a rule would delete the live object {key}"
+    sooner = [c for c in conditions if c.get("withState") == "ARCHIVED" and c["daysSinceNoncurrentTime"] < 30]
+    assert sooner and all(deletes(c, part) and not deletes(c, blob) for c in sooner), sooner

@@ -5,8 +5,9 @@ order, and its sha256 checked as it goes; what is sent is checked by the bucket'
 (google-cloud-storage's `checksum="crc32c"`). A file of PARALLEL_FROM bytes or more is sent in parts, several
 at once, then joined with `compose` (GCS "parallel composite uploads":
 https://cloud.google.com/storage/docs/parallel-composite-uploads): the parts are separate objects under
-NAME/parts/ while it runs and are deleted once the blob is whole (in the lab's versioned bucket they stay as
-noncurrent versions until its lifecycle rule expires them). google-cloud-storage is imported here only.
+NAME/parts/, named *PART_SUFFIX, while it runs and are deleted once the blob is whole; in the lab's versioned
+bucket a lifecycle rule for that suffix (infra/bucket.py) removes their noncurrent versions after a day, and parts
+an upload killed mid-way left after two. google-cloud-storage is imported here only.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ PARALLEL_FROM = 64 << 20  # files this large or larger go up in parts
 PART_BYTES = 16 << 20  # the smallest part (a part is at least this, and a file has at most MAX_PARTS of them)
 MAX_PARTS = 1024
 COMPOSE_MAX = 32  # sources one compose request takes (GCS's limit)
+PART_SUFFIX = ".part"  # every part's name ends so, and nothing else's (the bucket's lifecycle rule matches it)
 DELETE_THREADS = 16  # objects deleted at once
 PART_THREADS = 8  # parts of one file sent at once (also the parts held in memory at once)
 # gcp-storage-emulator (STORAGE_EMULATOR_HOST) answers one request at a time (http.server.HTTPServer, listen
@@ -161,7 +163,7 @@ class BucketStore(stores.Store):
                 while data := source.read(part_bytes):
                     digest.update(data)
                     size += len(data)
-                    key = self._key(name, "parts", f"{entry.sha256}.{len(parts):05d}")
+                    key = self._key(name, "parts", f"{entry.sha256}.{len(parts):05d}{PART_SUFFIX}")
                     parts.append(key)
                     slots.acquire()
                     sent.append(pool.submit(send, key, data))
@@ -184,7 +186,7 @@ class BucketStore(stores.Store):
                 level += 1
                 joined = []
                 for i in range(0, len(keys), COMPOSE_MAX):
-                    key = self._key(name, "parts", f"{entry.sha256}.l{level}.{i // COMPOSE_MAX:05d}")
+                    key = self._key(name, "parts", f"{entry.sha256}.l{level}.{i // COMPOSE_MAX:05d}{PART_SUFFIX}")
                     self._join(keys[i : i + COMPOSE_MAX], key)
                     made.append(key)
                     joined.append(key)
