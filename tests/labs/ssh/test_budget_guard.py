@@ -83,7 +83,8 @@ def terminal_sweep(site: Site, tmp_path: Path) -> subprocess.Popen:
         "sampler: {name: random, seed: 3}\n"
     )
     argv = [str(LAB), "dispatch", str(PROBE), "--space", str(space), "-n", "1", "--study", "terminal"]
-    argv += ["--no-detach", "--output", str(tmp_path / "out/{trial}-{run_id}.ipynb"), "--stack", str(site.stack)]
+    argv += ["--no-detach", "--json", "--output", str(tmp_path / "out/{trial}-{run_id}.ipynb")]
+    argv += ["--stack", str(site.stack)]
     env = {**site.env(), "LAB_BUDGET_GUARD_EVERY_S": "5"}  # the laptop reads the tracker's record every 5 s
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
@@ -114,7 +115,7 @@ def test_the_tracker_guard_stops_the_workers_at_the_budget(site, tmp_path):
         while not (fired := site.handed().get("ledger", {}).get("fired")):
             assert time.time() < deadline, site.on(site.tracker, "sudo journalctl -u lab-budget-guard -n 50").stdout
             time.sleep(2)
-        _, said = sweep.communicate(timeout=120)
+        printed, said = sweep.communicate(timeout=120)
     finally:
         if sweep.poll() is None:
             sweep.kill()
@@ -124,6 +125,10 @@ def test_the_tracker_guard_stops_the_workers_at_the_budget(site, tmp_path):
     assert f"the budget guard stopped the lab: the budget of ${BUDGET_USD:.2f} is spent" in said, said[-3000:]
     assert "stopped 1 running trial, marked them interrupted and queued their parameters" in said, said[-3000:]
     assert "lab up --budget USD" in said, said[-3000:]
+    summary = json.loads(printed)  # --json: what ran before the stop, for a script, and why it stopped
+    assert summary["stopped"]["by"] == "budget guard", summary
+    assert f"the budget of ${BUDGET_USD:.2f} is spent" in summary["stopped"]["reason"], summary
+    assert [t["state"] for t in summary["trials"]] == ["INTERRUPTED"], summary["trials"]
     assert trial_states(site, "terminal") == ["FAIL", "WAITING"], "the interrupted trial's parameters are queued"
     assert fired["at"] - reached_at <= 60, f"fired {fired['at'] - reached_at:.1f} s after the budget was reached"
     assert fired["budget"] and f"the budget of ${BUDGET_USD:.2f} is spent" in fired["reason"], fired

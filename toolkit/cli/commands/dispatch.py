@@ -186,6 +186,7 @@ def _sweep(spec: SweepSpec, slot_list: list, as_json: bool, budget: Watch | None
     engine.output_path(output, study=spec.study, trial=0, run_id="x", notebook=notebook)  # fail fast on typos
     with engine.study_lock(spec.storage_path, spec.study):
         sweep = engine.Sweep(spec, slot_list)
+        stopped: LabError | None = None  # the budget guard's stop, raised once the summary is out
         try:
             progress = sweep.open()
             started = time.monotonic()
@@ -216,7 +217,7 @@ def _sweep(spec: SweepSpec, slot_list: list, as_json: bool, budget: Watch | None
                 if not err().is_terminal:
                     err().line()  # the live view's last line is not ended where stderr is no terminal
             if budget is not None and budget.fired:
-                raise LabError(
+                stopped = LabError(
                     f"the budget guard stopped the lab: {budget.fired.get('reason', '?')}; {_stopped_line(progress)}",
                     hint="`lab up --budget USD` gives this period more; then the same command resumes the sweep",
                 )
@@ -225,6 +226,11 @@ def _sweep(spec: SweepSpec, slot_list: list, as_json: bool, budget: Watch | None
                 budget.stop()
             sweep.close()
         summary = engine.summary(sweep, time.monotonic() - started)
+    if stopped is not None:
+        if as_json:  # a script reads what ran before the stop; the exit code and stderr say why it stopped
+            summary["stopped"] = {"by": "budget guard", "reason": str(budget.fired.get("reason", "")) if budget else ""}
+            out().print_json(json.dumps(summary, default=str))
+        raise stopped
     best = summary["best"]
     if as_json:
         out().print_json(json.dumps(summary, default=str))
