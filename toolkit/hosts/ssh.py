@@ -29,6 +29,9 @@ CONTROL_PERSIST_S = 30
 CONNECT_TIMEOUT_S = 10
 ALIVE_INTERVAL_S = 5
 ALIVE_COUNT = 3  # a host that stops answering is noticed within ALIVE_INTERVAL_S * ALIVE_COUNT
+# `extra` options for a session on a connection of its own, not the shared master: its end is its own (a tunnel that
+# closes, a slot's runner session that ends when its worker's keep-alives go unanswered).
+OWN_CONNECTION = ("-o", "ControlMaster=no", "-o", "ControlPath=none")
 
 
 @dataclass(frozen=True)
@@ -256,10 +259,7 @@ def forward(access: Access, host: Host, local_port: int, target: str, target_por
         host,
         extra=[
             "-N",
-            "-o",
-            "ControlMaster=no",
-            "-o",
-            "ControlPath=none",
+            *OWN_CONNECTION,
             "-o",
             "ExitOnForwardFailure=yes",
             "-L",

@@ -196,10 +196,9 @@ class SshSlot:
     ) -> slots.Outcome:
         if self.runner is None or not self.runner.alive():
             script = runner_script({k: v for k, v in self.env.items() if k not in WORKER_OWNED})
-            # A connection of its own, not the shared master: the session lives as long as the slot, and its end
-            # (the worker gone, its keep-alives unanswered) must end this ssh and its output with it.
-            own = ("-o", "ControlMaster=no", "-o", "ControlPath=none")
-            self.runner = slots.RunnerProcess([*self.access.ssh(self.host, extra=own), "--", script], None, local=False)
+            # Its own connection: the session lives as long as the slot, and the worker's end must end it.
+            argv = [*self.access.ssh(self.host, extra=remote.OWN_CONNECTION), "--", script]
+            self.runner = slots.RunnerProcess(argv, None, local=False)
         runner = self.runner
         outcome, usable = slots.drive(runner, job, cancel, self._remote_job(job, trial_id))
         if not usable:

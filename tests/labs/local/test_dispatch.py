@@ -8,6 +8,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -357,6 +358,23 @@ def test_same_seed_same_metrics(lab, lab_up, state, tmp_path):
     assert histories[0] == histories[1] and len(histories[0]) == 3
 
 
+def probe_spec(tracking_uri: str, state: Path, tmp_path: Path, study: str, trials: int) -> Any:
+    """The probe notebook's sweep on the local lab, for the tests that run the engine with slots of their own."""
+    from toolkit.sweeps import dispatch as engine
+    from toolkit.sweeps import space
+
+    return engine.SweepSpec(
+        notebook=PROBE,
+        space=space.load(probe_space(tmp_path)),
+        study=study,
+        trials=trials,
+        timeout=None,
+        output_pattern=str(tmp_path / "out/{trial}-{run_id}.ipynb"),
+        tracking_uri=tracking_uri,
+        storage_path=state / "tracker" / "optuna.db",
+    )
+
+
 def test_a_trial_whose_slot_went_away_runs_on_another_slot(lab_up, state, tmp_path):
     """The sweep's side of a worker that disappears: its slot reports `lost` (as an SSH slot does when
     its host stops answering; that slot is tested on real hosts in tests/labs/ssh), takes no more trials,
@@ -364,7 +382,7 @@ def test_a_trial_whose_slot_went_away_runs_on_another_slot(lab_up, state, tmp_pa
     import threading
 
     from toolkit.sweeps import dispatch as engine
-    from toolkit.sweeps import slots, space
+    from toolkit.sweeps import slots
 
     class VanishingSlot(slots.LocalSlot):
         def __init__(self) -> None:
@@ -376,16 +394,7 @@ def test_a_trial_whose_slot_went_away_runs_on_another_slot(lab_up, state, tmp_pa
             return slots.Outcome("lost", 0.1, "the host stopped answering")
 
     vanishing = VanishingSlot()
-    spec = engine.SweepSpec(
-        notebook=PROBE,
-        space=space.load(probe_space(tmp_path)),
-        study="vanish",
-        trials=3,
-        timeout=None,
-        output_pattern=str(tmp_path / "out/{trial}-{run_id}.ipynb"),
-        tracking_uri=lab_up,
-        storage_path=state / "tracker" / "optuna.db",
-    )
+    spec = probe_spec(lab_up, state, tmp_path, "vanish", 3)
     sweep = engine.Sweep(spec, [vanishing, slots.LocalSlot(name="steady")])
     progress = sweep.run()
     assert vanishing.jobs == 1, "a slot whose host went away takes no more trials"
@@ -409,7 +418,7 @@ def test_a_trial_handed_back_late_still_runs_after_the_other_slots_finished(lab_
     import time
 
     from toolkit.sweeps import dispatch as engine
-    from toolkit.sweeps import slots, space
+    from toolkit.sweeps import slots
 
     def others_finished(sweep: engine.Sweep) -> bool:
         progress = sweep.progress
@@ -439,16 +448,7 @@ def test_a_trial_handed_back_late_still_runs_after_the_other_slots_finished(lab_
             super()._fail_run(run_id, error, status)
 
     going = ShuttingDownSlot()
-    spec = engine.SweepSpec(
-        notebook=PROBE,
-        space=space.load(probe_space(tmp_path)),
-        study="late",
-        trials=3,
-        timeout=None,
-        output_pattern=str(tmp_path / "out/{trial}-{run_id}.ipynb"),
-        tracking_uri=lab_up,
-        storage_path=state / "tracker" / "optuna.db",
-    )
+    spec = probe_spec(lab_up, state, tmp_path, "late", 3)
     sweep = SlowTracker(spec, [going, slots.LocalSlot(name="steady")])
     going.sweep = sweep
     progress = sweep.run()
@@ -462,22 +462,13 @@ def test_trials_fail_when_every_slot_went_away(lab_up, state, tmp_path):
     import threading
 
     from toolkit.sweeps import dispatch as engine
-    from toolkit.sweeps import slots, space
+    from toolkit.sweeps import slots
 
     class GoneSlot(slots.LocalSlot):
         def run(self, job: slots.Job, cancel: threading.Event) -> slots.Outcome:
             return slots.Outcome("lost", 0.1, "the host stopped answering")
 
-    spec = engine.SweepSpec(
-        notebook=PROBE,
-        space=space.load(probe_space(tmp_path)),
-        study="all-gone",
-        trials=2,
-        timeout=None,
-        output_pattern=str(tmp_path / "out/{trial}-{run_id}.ipynb"),
-        tracking_uri=lab_up,
-        storage_path=state / "tracker" / "optuna.db",
-    )
+    spec = probe_spec(lab_up, state, tmp_path, "all-gone", 2)
     sweep = engine.Sweep(spec, [GoneSlot(name="a"), GoneSlot(name="b")])
     progress = sweep.run()
     assert [r.state for r in progress.results] == ["FAIL", "FAIL"]
