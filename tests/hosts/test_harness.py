@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.hosts.fixtures import require_hosts_or_skip
-from tests.hosts.vmhosts import Host, HostPool, pool_from_env
+from tests.hosts.vmhosts import USER, Host, HostPool, pool_from_env
 
 pytestmark = pytest.mark.hosts
 
@@ -137,10 +137,14 @@ def test_poweroff_stops_the_host_and_up_starts_it_again(own: Own) -> None:
     assert not own.pool.is_running(own.host)
     assert not pid_alive(wrapper)
     assert not pid_alive(nspawn)
+    # Its disk, as this machine sees it while the host is off: what is written there, the host finds on boot.
+    (own.pool.root_of(own.host) / "etc/written-while-off").write_text("seen\n")
     own.pool.up(1)
     assert own.pool.is_running(own.host)
     note_pids(own)
     assert own.pool.ssh(own.host, "hostname").stdout.strip() == "c1"
+    assert own.pool.ssh(own.host, "cat", "/etc/written-while-off").stdout == "seen\n"
+    assert own.pool.ssh(own.host, "true", user=USER).returncode == 0, "up() waits until the test user can log in"
 
 
 def test_down_leaves_nothing(own: Own) -> None:

@@ -528,8 +528,15 @@ class HostPool:
             self.wait_ssh(host, timeout=max(1.0, deadline - time.monotonic()))
         for host in hosts:
             self._wait_systemd(host, timeout=max(10.0, deadline - time.monotonic()))
+            self._wait_user_login(host)
         log.info("%d host(s) up on %s in %.1f s", n, self.bridge, time.monotonic() - started)
         return hosts
+
+    def root_of(self, host: Host | str) -> Path:
+        """The host's root folder as this machine sees it (its overlay, mounted while the pool exists, the host
+        on or off): to read or change its disk while it is off, as one would with a machine's disk."""
+        target = self.host(host) if isinstance(host, str) else host
+        return self.run_dir / target.name / "root"
 
     def _network_up(self) -> None:
         forward = Path("/proc/sys/net/ipv4/ip_forward")
@@ -661,6 +668,19 @@ class HostPool:
             raise HostError(f"{host.name}: systemd did not finish starting ({state or done.stderr.strip()})")
         return state
 
+    def _wait_user_login(self, host: Host) -> None:
+        """The test user can log in: a boot leaves /run/nologin (pam_nologin refuses everyone but root) until
+        systemd-user-sessions.service removes it, and a host where that unit failed answers root only. Seen once
+        in CI on a worker booted again; here it is told with the unit's own log and started once more."""
+        if self.ssh(host, "true", user=USER, check=False, timeout=30).returncode == 0:
+            return
+        unit = "systemd-user-sessions.service"
+        why = self.ssh(host, f"systemctl status --no-pager -l {unit}; ls -l /run/nologin /etc/nologin", check=False)
+        log.warning("%s refuses %s logins; %s:\n%s%s", host.name, USER, unit, why.stdout, why.stderr)
+        self.ssh(host, "systemctl", "restart", unit, check=False, timeout=60)
+        if self.ssh(host, "true", user=USER, check=False, timeout=30).returncode != 0:
+            raise HostError(f"{host.name} refuses {USER} logins over ssh:\n{why.stdout}{self.console_tail(host)}")
+
     def reboot(self, host: Host | str, timeout: float = 120) -> None:
         """Reboot the host from inside and wait until it is back (a fresh boot: a file in /run is gone)."""
         target = self.host(host) if isinstance(host, str) else host
@@ -673,6 +693,7 @@ class HostPool:
                 raise HostError(f"{target.name} stopped instead of rebooting:\n{self.console_tail(target)}")
             if self.ssh(target, "test", "!", "-e", marker, check=False, timeout=15).returncode == 0:
                 self._wait_systemd(target, timeout=max(10.0, deadline - time.monotonic()))
+                self._wait_user_login(target)
                 return
             time.sleep(0.5)
         raise HostError(f"{target.name} did not come back from a reboot in {timeout:.0f} s")

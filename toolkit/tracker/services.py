@@ -2,7 +2,10 @@
 
 Each running service has a record `<run_dir>/<name>.json` (pid, the process's start time, port, URL,
 log). The start time guards against a recycled PID: a record whose process is gone, or whose PID now
-belongs to another process, is stale.
+belongs to another process, is stale. On Linux the start is compared as the kernel keeps it (clock ticks
+after boot): a wall-clock start (psutil's create_time, boot time + ticks) moves when NTP or a suspend moves
+the clock, by a whole second at once (/proc/stat's btime is whole seconds), and a live service then looked
+gone (seen in CI: `lab up` reported mlflow "exited while starting" while it started).
 """
 
 from __future__ import annotations
@@ -20,8 +23,12 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from toolkit.errors import LabError
+
+if TYPE_CHECKING:
+    import psutil
 
 STOP_TIMEOUT_S = 15.0
 LOG_TAIL_LINES = 15
@@ -37,6 +44,14 @@ class Record:
     health_url: str
     log: str
     started: str  # ISO 8601, UTC
+    boot_start: float | None = None  # Linux: seconds after boot the process started; None in older records
+
+    def is_process(self, pid_start: tuple[float | None, float]) -> bool:
+        """Whether a process that started at ``pid_start`` (boot_start, create_time) is this record's."""
+        boot_start, create_time = pid_start
+        if self.boot_start is not None and boot_start is not None:
+            return abs(boot_start - self.boot_start) < 0.05  # ticks are 1/100 s; recycled PIDs differ by more
+        return abs(create_time - self.create_time) < 1.0
 
     @property
     def uptime_s(self) -> float:
@@ -64,9 +79,23 @@ def is_running(record: Record) -> bool:
 
     try:
         process = psutil.Process(record.pid)
-        return abs(process.create_time() - record.create_time) < 1.0 and process.status() != psutil.STATUS_ZOMBIE
+        return record.is_process(process_start(process)) and process.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+def process_start(process: psutil.Process) -> tuple[float | None, float]:
+    """When a process started: (seconds after boot, Linux only, else None; psutil's wall-clock create_time)."""
+    import psutil
+
+    boot_start = None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        stat = Path(f"/proc/{process.pid}/stat").read_text()
+        boot_start = int(stat.rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime
+    try:
+        return boot_start, process.create_time()
+    except psutil.Error:
+        return boot_start, 0.0
 
 
 def forget(run_dir: Path, name: str) -> None:
@@ -138,10 +167,12 @@ def start(
             )
         except OSError as exc:
             raise LabError(f"cannot start {name}: {exc.strerror or exc}") from None
+    boot_start, create_time = process_start(psutil.Process(process.pid))
     record = Record(
         name=name,
         pid=process.pid,
-        create_time=psutil.Process(process.pid).create_time(),
+        create_time=create_time,
+        boot_start=boot_start,
         port=port,
         url=url,
         health_url=health_url,
