@@ -10,8 +10,10 @@ is refused.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
+import stat
 import subprocess
 import tempfile
 import time
@@ -94,12 +96,26 @@ class Access:
         return argv
 
 
+# A socket's path must fit sun_path: 104 bytes on macOS and the BSDs, 108 on Linux, its NUL included. ssh makes the
+# master's socket as "<ControlPath>.<16 random characters>" before renaming it (OpenSSH mux.c, muxserver_listen) and
+# refuses a path that does not fit (misc.c, unix_listener: "path too long"); %C is 40 hex characters.
+SUN_PATH_MAX = 104
+CONTROL_SOCKET_TAIL = len("/") + 40 + len(".") + 16
+
+
 def _control_dir() -> Path:
-    """Where ControlMaster sockets live: short (a socket path is at most 108 bytes) and private."""
+    """Where ControlMaster sockets live: private, and short enough for a socket path. A long temporary folder (macOS
+    gives each user one under /var/folders/, ~50 characters) falls back to /tmp."""
     folder = Path(tempfile.gettempdir()) / f"lab-ssh-{os.getuid()}"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    if folder.stat().st_uid != os.getuid():
-        raise LabError(f"{folder} belongs to another user", hint="remove it, or set TMPDIR to a folder of your own")
+    if len(os.fsencode(folder)) + CONTROL_SOCKET_TAIL >= SUN_PATH_MAX:
+        folder = Path("/tmp") / f"lab-ssh-{os.getuid()}"  # noqa: S108 (a folder of our own, checked below)
+    with contextlib.suppress(FileExistsError):  # a file or a link there is told below
+        folder.mkdir(mode=0o700)
+    made = folder.lstat()  # not followed: a link someone else left there is refused, wherever it points
+    if not stat.S_ISDIR(made.st_mode) or made.st_uid != os.getuid():
+        raise LabError(
+            f"{folder} is not a folder of your own", hint="remove it, or set TMPDIR to a short folder of your own"
+        )
     folder.chmod(0o700)
     return folder
 
