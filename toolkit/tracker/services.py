@@ -85,17 +85,13 @@ def is_running(record: Record) -> bool:
 
 
 def process_start(process: psutil.Process) -> tuple[float | None, float]:
-    """When a process started: (seconds after boot, Linux only, else None; psutil's wall-clock create_time)."""
-    import psutil
-
+    """When a process started: (seconds after boot, Linux only, else None; psutil's wall-clock create_time).
+    psutil keeps the first to itself (its own process identity uses it), so it is read from /proc here."""
     boot_start = None
     with contextlib.suppress(OSError, ValueError, IndexError):
         stat = Path(f"/proc/{process.pid}/stat").read_text()
         boot_start = int(stat.rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime
-    try:
-        return boot_start, process.create_time()
-    except psutil.Error:
-        return boot_start, 0.0
+    return boot_start, process.create_time()
 
 
 def forget(run_dir: Path, name: str) -> None:
