@@ -29,7 +29,8 @@ def sigint_default() -> None:
 # The machine's own environment, before `isolated` hides it: only `cloud` tests may look at it.
 MACHINE_ENV = dict(os.environ)
 # CI sets this: it can run everything but the `cloud` tests, so any other skip there is a failure (a broken
-# install would otherwise make whole modules vanish behind `importorskip` while CI stays green).
+# install would otherwise make whole modules, or whole folders behind a conftest's `importorskip`, vanish while CI
+# stays green), and so is any xfail (a test that is known to fail, or passes unexpectedly, is not a passing test).
 STRICT_ENV = "LAB_REQUIRE_TEST_HOSTS"
 
 
@@ -39,23 +40,58 @@ def _strict() -> bool:
 
 def _as_failure(report: pytest.CollectReport | pytest.TestReport, where: str) -> None:
     reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    reason = reason.removeprefix("Skipped: ")  # a folder's skip (its conftest's) comes with the exception's name
     report.outcome = "failed"
     report.longrepr = f"{where} skipped under {STRICT_ENV}=1, where nothing but `cloud` tests may skip: {reason}"
+
+
+def _xfail_as_failure(report: pytest.TestReport, call: pytest.CallInfo) -> None:
+    """An xfail (marked and failing, `pytest.xfail()`, or an XPASS of a non-strict mark) as a failure; a marked
+    test's own failure stays below the line that says why it fails the run."""
+    reason = report.wasxfail or "no reason given"
+    if report.passed:
+        what, details = "passed unexpectedly (XPASS)", ""
+    else:
+        imperative = call.excinfo is not None and call.excinfo.errisinstance(pytest.xfail.Exception)
+        what = "xfailed"
+        details = "" if imperative or report.longrepr is None or isinstance(report.longrepr, tuple) else report.longrepr
+    del report.wasxfail  # a failed report with `wasxfail` would read as an xfail to reporters (junitxml)
+    report.outcome = "failed"
+    report.longrepr = f"{what} under {STRICT_ENV}=1, where no test may xfail: {reason}"
+    if details:
+        report.longrepr += f"\n{details}"
+
+
+def _collector_name(collector: pytest.Collector, report: pytest.CollectReport) -> str:
+    """A skipped collector as its failure names it: a folder (Dir, Package) also by the file whose skip hid all of
+    it, its conftest.py with the line (conftests load while their folder is collected)."""
+    where = collector.nodeid or str(collector.path)
+    if isinstance(collector, pytest.Module) or not isinstance(report.longrepr, tuple):
+        return where
+    raised, line, _ = report.longrepr
+    path = Path(raised)
+    if path.is_relative_to(collector.config.rootpath):
+        path = path.relative_to(collector.config.rootpath)
+    return f"{where} (all of it, by {path}:{line})"
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_make_collect_report(collector: pytest.Collector):
     outcome = yield
     report = outcome.get_result()
-    if _strict() and report.skipped and isinstance(collector, pytest.Module):
-        _as_failure(report, collector.nodeid or str(collector.path))
+    if _strict() and report.skipped:
+        _as_failure(report, _collector_name(collector, report))
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     outcome = yield
     report = outcome.get_result()
-    if _strict() and report.skipped and not hasattr(report, "wasxfail") and item.get_closest_marker("cloud") is None:
+    if not _strict():
+        return
+    if hasattr(report, "wasxfail"):
+        _xfail_as_failure(report, call)
+    elif report.skipped and item.get_closest_marker("cloud") is None:
         _as_failure(report, item.nodeid)
 
 
