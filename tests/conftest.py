@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -95,24 +98,79 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         _as_failure(report, item.nodeid)
 
 
+UNSET_FOR_TESTS = (
+    "LAB_STACK",
+    "LAB_PROJECT_DIR",
+    "LAB_DEBUG",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "PULUMI_CONFIG",
+    "PULUMI_ACCESS_TOKEN",
+)
+
+
+def home_env(home: Path, tmp: Path) -> dict[str, str]:
+    """The variables that make `home` a test's (or a module lab's) whole world: HOME, LAB_HOME, gcloud's folder and
+    a temporary folder of its own."""
+    return {
+        "HOME": str(home),
+        "LAB_HOME": str(home / ".lab"),
+        "CLOUDSDK_CONFIG": str(home / "gcloud"),
+        "TMPDIR": str(tmp),
+    }
+
+
+def short_tmp() -> Path:
+    """A private temporary folder with a short path (/tmp/lt-XXXXXXXX): ssh's ControlMaster sockets and Litestream's
+    socket live there, and a socket path must fit in 108 bytes (pytest's own temporary paths do not)."""
+    return Path(tempfile.mkdtemp(prefix="lt-", dir="/tmp"))
+
+
+def close_ssh_masters(tmp: Path) -> None:
+    """End the ControlMaster connections opened under `tmp` (ControlPersist would keep them for 30 s more)."""
+    for socket_path in tmp.glob("lab-ssh-*/*"):
+        subprocess.run(
+            ["ssh", "-F", "/dev/null", "-o", f"ControlPath={socket_path}", "-O", "exit", "lab-test"],
+            capture_output=True,
+            timeout=10,
+            check=False,
+        )
+
+
+@contextlib.contextmanager
+def own_tmp() -> Iterator[Path]:
+    """A short temporary folder for the length of the block; its SSH masters closed and the folder removed after."""
+    tmp = short_tmp()
+    try:
+        yield tmp
+    finally:
+        close_ssh_masters(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def module_tmp() -> Iterator[Path]:
+    """A module's own short TMPDIR, for what its module-scoped fixtures start (a lab on the test hosts, its SSH
+    connections): nothing of one module is reused by the next. Each test gets its own inside (`isolated`)."""
+    with own_tmp() as tmp, pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TMPDIR", str(tmp))
+        patch.setattr(tempfile, "tempdir", str(tmp))
+        yield tmp
+
+
 @pytest.fixture(autouse=True)
-def isolated(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+def isolated(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Every test's own HOME and LAB_HOME, no stack or credentials from the machine, and its own short TMPDIR, so
+    that no SSH connection (ControlMaster socket) or other socket outlives the test into the next one."""
     home = tmp_path_factory.mktemp("home")
-    monkeypatch.setenv("HOME", str(home))
     (home / ".lab").mkdir()
-    monkeypatch.setenv("LAB_HOME", str(home / ".lab"))
-    monkeypatch.setenv("CLOUDSDK_CONFIG", str(home / "gcloud"))
-    for name in (
-        "LAB_STACK",
-        "LAB_PROJECT_DIR",
-        "LAB_DEBUG",
-        "GOOGLE_APPLICATION_CREDENTIALS",
-        "PULUMI_CONFIG",
-        "PULUMI_ACCESS_TOKEN",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.chdir(ROOT)
-    return home
+    with own_tmp() as tmp:
+        for name, value in home_env(home, tmp).items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp))  # gettempdir() caches what it found first
+        for name in UNSET_FOR_TESTS:
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.chdir(ROOT)
+        yield home
 
 
 @dataclass
@@ -190,3 +248,33 @@ def disk_events(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(backups, "verify", verify)
     return events
+
+
+# Parallel lanes (pytest-xdist, `-n N --dist loadgroup`): a work unit is an `xdist_group`, run by one worker in file
+# order. Every test of the VM-like host pool (one pool, one bridge, one set of hosts for the whole session) is in the
+# `hosts` lane, with the harness's own tests and the tests marked `serial` (timing bounds and the crash tests'
+# durability promise, kept off the host pool's busy neighbours as far as one lane can be); a module whose tests share
+# a module-scoped fixture (one lab for the module) is a unit of its own, so that the fixture starts once; every other
+# test is a unit by itself.
+HOST_LANE = "hosts"
+HOST_FIXTURES = frozenset({"session_pool", "host_pool", "tracker_host", "worker_hosts"})
+HOST_HARNESS = ROOT / "tests" / "hosts"
+
+
+def lane_of(item: pytest.Item) -> str | None:
+    """The xdist group `item` belongs to, or None for a test that may run anywhere."""
+    names = set(getattr(item, "fixturenames", ()))
+    if names & HOST_FIXTURES or item.path.is_relative_to(HOST_HARNESS) or item.get_closest_marker("serial"):
+        return HOST_LANE
+    info = getattr(item, "_fixtureinfo", None)
+    definitions = info.name2fixturedefs.values() if info is not None else ()
+    if any(d.scope in ("module", "package") for defs in definitions for d in defs if d.baseid.startswith("tests")):
+        return item.nodeid.split("::", 1)[0]
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        lane = lane_of(item)
+        if lane is not None:
+            item.add_marker(pytest.mark.xdist_group(lane))

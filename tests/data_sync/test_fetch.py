@@ -196,6 +196,7 @@ def test_the_newest_version_is_taken_and_path_finds_the_one_named(store, tmp_pat
         data.path("stl10")
 
 
+@pytest.mark.serial  # compares two timings: not beside another lane's burst
 def test_an_unchanged_dataset_of_many_files_syncs_again_with_a_stat_per_file(tmp_path):
     """The second sync of 3,000 unchanged files hashes and fetches nothing: a small part of the first's time (an
     absolute figure on a machine shared by several test runs would be noise; benchmarks/data_sync.py measures it)."""

@@ -82,7 +82,8 @@ def test_a_snapshot_waits_a_bounded_time_then_fails_in_one_line(tmp_path):
         started = time.monotonic()
         with pytest.raises(LabError) as raised:
             backups.take(tracker, folder, stack="dev", lock_wait_s=1)
-        assert 1 <= time.monotonic() - started < 10
+        # waited its 1 s, not the default LOCK_WAIT_S (600 s); generous above for a loaded machine
+        assert 1 <= time.monotonic() - started < 60
         assert raised.value.one_line() == (
             f"another snapshot (pid {holder.pid}) is being taken in {folder} and did not finish within 1 s; "
             "try again once it has finished"

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.labs.local.conftest import up_args
+
 mlflow = pytest.importorskip("mlflow")
 
 WRITERS = 4
@@ -16,7 +18,7 @@ BACKUPS = 4
 
 
 def test_every_acknowledged_write_is_in_the_next_backup(lab, ports, state, tmp_path):
-    assert lab("up", "--local", "--no-jupyter", "--port", ports["mlflow"]).code == 0
+    assert lab(*up_args(ports)).code == 0
     uri = f"http://127.0.0.1:{ports['mlflow']}"
     experiment = mlflow.MlflowClient(uri).create_experiment("load")
     acked: list[tuple[str, str, int]] = []  # (run id, metric key or "", step), in acknowledgement order
@@ -73,7 +75,7 @@ def test_every_acknowledged_write_is_in_the_next_backup(lab, ports, state, tmp_p
     # After down (which backs up) and up from that backup, every run is there, artifacts included.
     assert lab("down", "--local").code == 0
     (state / "tracker" / "mlflow.db").unlink()
-    assert lab("up", "--local", "--no-jupyter", "--port", ports["mlflow"]).code == 0
+    assert lab(*up_args(ports)).code == 0
     tracking = mlflow.MlflowClient(uri)
     all_runs = {run_id for run_id, key, _ in acked if not key}
     found = tracking.search_runs([experiment], max_results=5000)

@@ -24,6 +24,9 @@ from toolkit.errors import LabError
 mlflow = pytest.importorskip("mlflow")
 optuna = pytest.importorskip("optuna")
 
+# The tests that need *a* lab share one for the module (tests/labs/local/conftest.py: `shared_lab`).
+pytestmark = pytest.mark.shared_lab
+
 RESUME = ROOT / "tests" / "data" / "notebooks" / "resume.ipynb"
 BIG = 96 << 20  # bytes: an upload that takes a while, even to a server on this machine
 

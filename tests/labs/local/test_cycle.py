@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.labs.local.conftest import up_args
+
 mlflow = pytest.importorskip("mlflow")
 
 
@@ -17,13 +19,13 @@ def client(port: str):
 
 
 def test_up_log_backup_down_up_read(lab, ports, state, tmp_path):
-    ran = lab("up", "--local", "--port", ports["mlflow"], "--jupyter-port", ports["jupyter"])
+    ran = lab(*up_args(ports, jupyter=True))
     assert ran.code == 0, ran.err
     assert f"MLflow   http://127.0.0.1:{ports['mlflow']}" in ran.out
     assert f"Jupyter  http://127.0.0.1:{ports['jupyter']}/lab" in ran.out
 
     # Up again: nothing changes.
-    again = lab("up", "--local", "--port", ports["mlflow"], "--jupyter-port", ports["jupyter"])
+    again = lab(*up_args(ports, jupyter=True))
     assert again.code == 0 and "already up; nothing changed" in again.out
     status = json.loads(lab("status", "--local", "--json").out)
     assert {n: c["state"] for n, c in status["components"].items()} == {
@@ -60,7 +62,7 @@ def test_up_log_backup_down_up_read(lab, ports, state, tmp_path):
 
     # Lose the tracker's DB: the next up restores the newest verified backup (the one `down` took).
     (state / "tracker" / "mlflow.db").unlink()
-    ran = lab("up", "--local", "--no-jupyter", "--port", ports["mlflow"])
+    ran = lab(*up_args(ports))
     assert ran.code == 0, ran.err
     assert "restored backup" in ran.err
     tracking = client(ports["mlflow"])
@@ -74,7 +76,7 @@ def test_up_log_backup_down_up_read(lab, ports, state, tmp_path):
 
 
 def test_jupyter_token_stays_secret(lab, ports, state):
-    ran = lab("up", "--local", "--port", ports["mlflow"], "--jupyter-port", ports["jupyter"])
+    ran = lab(*up_args(ports, jupyter=True))
     assert ran.code == 0, ran.err
     token_file = state / "secrets" / "jupyter_token"
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600

@@ -16,6 +16,9 @@ from tests.labs.local.conftest import probe_space, study_of
 mlflow = pytest.importorskip("mlflow")
 optuna = pytest.importorskip("optuna")
 
+# The tests that need *a* lab share one for the module (tests/labs/local/conftest.py: `shared_lab`).
+pytestmark = pytest.mark.shared_lab
+
 PROBE = ROOT / "tests" / "data" / "notebooks" / "probe.ipynb"
 
 
@@ -68,7 +71,10 @@ def test_a_detached_sweep_outlives_its_command(lab, lab_up, state, tmp_path):
     assert ran.code == 0, ran.err
     handed = json.loads(ran.out)
     assert handed["sweep"] == "det" and handed["where"] == "on this machine"
-    assert took < 15, f"`lab dispatch --detach` took {took:.1f} s to return"
+    # It returned with the sweep still going (its trials take seconds each): it handed the sweep over, it did not
+    # run it. The bound on its time is generous for a loaded machine (benchmarks/ are where its speed is measured).
+    assert state_of(state, "det").get("status") not in ("finished", "failed", "stopped"), state_of(state, "det")
+    assert took < 60, f"`lab dispatch --detach` took {took:.1f} s to return"
     (notebook.parent / "helper.py").write_text("raise ImportError('the sweep must run the copy it was handed')\n")
 
     watched = lab("sweep", "watch", "det", "--local", "--json", timeout=600)  # returns when the sweep ends
@@ -76,8 +82,8 @@ def test_a_detached_sweep_outlives_its_command(lab, lab_up, state, tmp_path):
     final = json.loads(watched.out.strip().split("\n}\n")[-1] if "\n}\n" in watched.out else watched.out)
     assert final["status"] == "finished" and final["completed"] == 3, final
 
-    listed = json.loads(lab("sweeps", "--local", "--json").out)
-    assert [(s["name"], s["status"], s["complete"]) for s in listed] == [("det", "finished", 3)]
+    listed = json.loads(lab("sweeps", "--local", "--json").out)  # the module's lab: other tests' sweeps may be there
+    assert [(s["name"], s["status"], s["complete"]) for s in listed if s["name"] == "det"] == [("det", "finished", 3)]
     trial_log = lab("sweep", "logs", "det", "--trial", "0", "--local")
     assert trial_log.code == 0, trial_log.err
     assert "trial 0 step 2" in trial_log.out, trial_log.out
@@ -139,6 +145,7 @@ def test_stop_interrupts_the_running_trials_and_the_same_dispatch_resumes(lab, l
     assert resumed == {t.user_attrs["mlflow_run_id"] for t in interrupted}, "the retries got LAB_RESUME_RUN_ID"
 
 
+@pytest.mark.own_lab  # `lab down` is what it tests
 def test_down_stops_a_detached_sweep_first(lab, lab_up, state, tmp_path):
     hold = tmp_path / "hold"
     hold.write_text("")

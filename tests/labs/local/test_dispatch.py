@@ -18,6 +18,9 @@ from tests.labs.local.conftest import probe_space, study_of
 mlflow = pytest.importorskip("mlflow")
 optuna = pytest.importorskip("optuna")
 
+# The tests that need *a* lab share one for the module (tests/labs/local/conftest.py: `shared_lab`).
+pytestmark = pytest.mark.shared_lab
+
 PROBE = ROOT / "tests" / "data" / "notebooks" / "probe.ipynb"
 QUICKSTART = ROOT / "experiments" / "quickstart"
 
@@ -186,7 +189,8 @@ def test_timeout_stops_the_kernel_and_fails_the_trial(lab, lab_up, tmp_path):
     trial = json.loads(ran.out)["trials"][0]
     assert trial["state"] == "FAIL"
     assert "longer than --timeout 4 s" in trial["error"]
-    assert 4 <= trial["seconds"] < 15
+    # held until killed: a bound far below the hold's end (none) and generous for a loaded machine
+    assert 4 <= trial["seconds"] < 40
     assert kernels_of(trial["run_id"]) == [], "the kernel outlived its trial"
 
 
@@ -507,8 +511,8 @@ def test_each_trial_gets_its_slots_share_of_the_price(lab, lab_up, state, tmp_pa
 
     ran = lab("cost", "--local", "--json")
     assert ran.code == 0, ran.err
-    (sweep,) = json.loads(ran.out)["sweeps"]
-    assert sweep["sweep"] == "priced" and sweep["trials"] == 2
+    (sweep,) = [s for s in json.loads(ran.out)["sweeps"] if s["sweep"] == "priced"]  # the module's lab has others
+    assert sweep["trials"] == 2
     assert sweep["usd"] == pytest.approx(summary["cost_usd"], rel=1e-3)
 
     # Without a price, no cost is made up.
@@ -547,6 +551,7 @@ def test_a_kernel_that_dies_is_told_from_a_notebook_that_raises(tmp_path):
     assert slots.kernel_died(slots.PAPERMILL_DEAD_KERNEL, "") and not slots.kernel_died(1, raised.error)
 
 
+@pytest.mark.own_lab  # `lab down` is what it tests
 def test_down_stops_a_running_sweep_as_ctrl_c_does_before_anything_stops(lab, lab_up, state, tmp_path):
     """`lab down` while `lab dispatch` runs: the dispatcher is interrupted first (its trials stopped, marked
     interrupted, their parameters queued), while MLflow still takes their last writes; then the snapshot."""

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.labs.local.conftest import up_args
+
 mlflow = pytest.importorskip("mlflow")
 nbformat = pytest.importorskip("nbformat")
 psutil = pytest.importorskip("psutil")
@@ -80,7 +82,10 @@ def test_the_allow_list():
 
 def test_services_and_kernels_get_no_secrets(lab, ports, state, tmp_path):
     secret_env = {**SECRETS, **PASSED}
-    ran = lab("up", "--local", "--port", ports["mlflow"], "--jupyter-port", ports["jupyter"], env=secret_env)
+    ran = lab(
+        *up_args(ports, jupyter=True),
+        env=secret_env,
+    )
     assert ran.code == 0, ran.err
     token_file = state / "secrets" / "jupyter_token"
     token = token_file.read_text().strip()

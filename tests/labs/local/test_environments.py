@@ -17,6 +17,9 @@ import pytest
 from tests.envs import probe
 from tests.labs.local.conftest import study_of
 
+# The tests that need *a* lab share one for the module (tests/labs/local/conftest.py: `shared_lab`).
+pytestmark = pytest.mark.shared_lab
+
 
 @pytest.fixture(autouse=True)
 def uv_cache(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import LAB
-from tests.labs.local.conftest import DATA
+from tests.labs.local.conftest import DATA, up_args
 from toolkit.errors import EXIT_BACKUP_FAILED
 from toolkit.tracker import backups
 
@@ -90,7 +90,7 @@ def test_up_skips_a_damaged_backup_for_an_older_good_one(lab, tracker, state, po
     bad = backup_id(lab)
     flip_bytes(state / "backups" / bad / "mlflow.db")
     (tracker / "mlflow.db").unlink()
-    ran = lab("up", "--local", "--no-jupyter", "--port", ports["mlflow"])
+    ran = lab(*up_args(ports))
     assert ran.code == 0, ran.err
     assert f"skipping backup {bad}" in ran.err
     assert f"restored backup {good}" in ran.err
@@ -204,7 +204,7 @@ def test_stale_pid_is_cleaned_up(lab, state, ports, tracker):
             }
         )
     )
-    ran = lab("up", "--local", "--no-jupyter", "--port", ports["mlflow"])  # a live but recycled PID
+    ran = lab(*up_args(ports))  # a live but recycled PID
     assert ran.code == 0, ran.err
     assert f"cleaned up a stale record (pid {os.getpid()} no longer runs)" in ran.err
     assert lab("down", "--local").code == 0
@@ -214,7 +214,7 @@ def test_port_in_use_names_the_holder(lab, tracker, ports):
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", int(ports["mlflow"])))
         holder.listen()
-        ran = lab("up", "--local", "--no-jupyter", "--port", ports["mlflow"])
+        ran = lab(*up_args(ports))
     assert ran.code == 1
     assert f"error: port {ports['mlflow']} (for mlflow) is in use by " in ran.err
     assert f"(pid {os.getpid()}: " in ran.err
@@ -223,7 +223,7 @@ def test_port_in_use_names_the_holder(lab, tracker, ports):
 
 def test_restore_while_running_needs_stop_and_keeps_the_replaced_db(lab, tracker, state, ports):
     chosen = backup_id(lab)
-    assert lab("up", "--local", "--no-jupyter", "--port", ports["mlflow"]).code == 0
+    assert lab(*up_args(ports)).code == 0
     ran = lab("restore", chosen, "--local")
     assert ran.code == 1
     assert ran.err.strip().splitlines()[-1] == (
@@ -245,7 +245,7 @@ def test_backup_from_an_older_mlflow_is_upgraded_and_kept(lab, state, ports):
     made = backups.take(old, state / "backups", stack="dev", reason="manual")
     assert made.manifest.mlflow.schema_revision == "4465047574b1"
     before = sha(made.path / "mlflow.db")
-    ran = lab("up", "--local", "--no-jupyter", "--port", ports["mlflow"])
+    ran = lab(*up_args(ports))
     assert ran.code == 0, ran.err
     assert f"restored backup {made.manifest.id}" in ran.err
     assert "upgraded the MLflow schema from 4465047574b1 to " in ran.err
@@ -257,7 +257,7 @@ def test_backup_from_an_older_mlflow_is_upgraded_and_kept(lab, state, ports):
 
 
 def test_down_with_a_failing_backup_stops_nothing(lab, tracker, state, ports):
-    assert lab("up", "--local", "--no-jupyter", "--port", ports["mlflow"]).code == 0
+    assert lab(*up_args(ports)).code == 0
     (state / "backups").mkdir(exist_ok=True)
     blocker = state / "backups"
     shutil.rmtree(blocker)

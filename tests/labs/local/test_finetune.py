@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from tests.conftest import ROOT
+from tests.labs.local.conftest import up_args
 
 torch = pytest.importorskip("torch", reason="the fine-tune template needs PyTorch (pip install torch)")
 mlflow = pytest.importorskip("mlflow")
@@ -18,7 +19,7 @@ NOTEBOOK = ROOT / "experiments" / "finetune" / "finetune.ipynb"
 
 
 def test_pretrain_finetune_checkpoint_and_resume(lab, ports, tmp_path):
-    assert lab("up", "--local", "--no-jupyter", "--port", ports["mlflow"]).code == 0
+    assert lab(*up_args(ports)).code == 0
     uri = f"http://127.0.0.1:{ports['mlflow']}"
     space = tmp_path / "tiny.yml"
     space.write_text(

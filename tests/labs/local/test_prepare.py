@@ -19,6 +19,9 @@ from toolkit.errors import LabError
 from toolkit.sweeps import dispatch as engine
 from toolkit.sweeps import prepare, slots, space
 
+# The tests that need *a* lab share one for the module (tests/labs/local/conftest.py: `shared_lab`).
+pytestmark = pytest.mark.shared_lab
+
 NOTEBOOK_CELLS = [
     ("x = 0.5\ntrial_number = 0\nseed = 0", ["parameters"]),
     (

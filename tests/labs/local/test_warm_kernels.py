@@ -26,6 +26,9 @@ BODY = """\
 import json, os, subprocess, sys, time
 from pathlib import Path
 
+# The tests that need *a* lab share one for the module (tests/labs/local/conftest.py: `shared_lab`).
+pytestmark = pytest.mark.shared_lab
+
 seen = {
     "pid": os.getpid(),
     "left_over": globals().get("LEFT_BY_A_TRIAL"),

@@ -30,5 +30,5 @@ def test_a_slow_fetch_that_keeps_moving_is_not_cut_off(tmp_path):
 def test_a_fetch_that_stalls_fails_soon_after_the_limit_and_is_stopped(tmp_path):
     came, seconds, sink = fetch(tmp_path, "printf '{\"cells\":'; exec sleep 60", 2.0)
     assert not came
-    assert 2.0 <= seconds < 6.0, seconds
+    assert 2.0 <= seconds < 30.0, seconds  # cut off after the 2 s stall limit, long before the writer's 60 s
     assert sink.read_text() == '{"cells":'
