@@ -259,6 +259,8 @@ def disk_events(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
 HOST_LANE = "hosts"
 HOST_FIXTURES = frozenset({"session_pool", "host_pool", "tracker_host", "worker_hosts"})
 HOST_HARNESS = ROOT / "tests" / "hosts"
+# A test that asks for one of these is `slow` without saying so: test hosts, or a local lab started for it.
+SLOW_FIXTURES = HOST_FIXTURES | {"lab_up", "module_lab"}
 
 
 def lane_of(item: pytest.Item) -> str | None:
@@ -273,8 +275,16 @@ def lane_of(item: pytest.Item) -> str | None:
     return None
 
 
+# The host lane runs in file order but for this module, first: it resets the hosts to the bare base before its
+# first `up` (a first configure wherever it runs), and first is where that reset costs no second first configure.
+FIRST_IN_HOST_LANE = ROOT / "tests" / "labs" / "ssh" / "test_ssh_target.py"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         lane = lane_of(item)
         if lane is not None:
             item.add_marker(pytest.mark.xdist_group(lane))
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: item.path != FIRST_IN_HOST_LANE)  # stable: the rest keep their order

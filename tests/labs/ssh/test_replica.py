@@ -2,9 +2,9 @@
 configured by `lab up --target ssh` with the playbooks, so Litestream runs as lab-replica.service beside MLflow.
 
 The crash test: runs are logged through MLflow (over an SSH forward, as `lab tunnel` does) while the tracker host
-is powered off hard at a random moment (every process in it SIGKILLed at once: no unit stops, no final backup, no
-last sync), its DB deleted while it is off, and the host booted again. MLflow must not start on an empty DB at
-boot, and `lab up` must bring back the replica's state: no run acknowledged >= 1 s before the crash may be
+is powered off hard mid-stream, after 30 acknowledged runs (every process in it SIGKILLed at once: no unit stops, no
+final backup, no last sync), its DB deleted while it is off, and the host booted again. MLflow must not start on an
+empty DB at boot, and `lab up` must bring back the replica's state: no run acknowledged >= 1 s before the crash may be
 missing. Then `lab restore --at` undoes a run. `lab down` stops MLflow and the Optuna proxy first, lets the replica
 catch up, then takes its backup: one that fails starts them again, and one under writes keeps every run MLflow
 acknowledged, in the backup and in the replica alike.
@@ -19,7 +19,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import random
 import sqlite3
 import subprocess
 import threading
@@ -35,6 +34,7 @@ from tests.hosts.vmhosts import SSH_OPTIONS
 from toolkit.errors import EXIT_BACKUP_FAILED
 
 pytestmark = pytest.mark.hosts
+WRITES_BEFORE_CRASH = 30  # runs acknowledged before the tracker's power is cut (each a run and a metric)
 
 mlflow = pytest.importorskip("mlflow")
 
@@ -205,7 +205,12 @@ def test_a_tracker_powered_off_hard_comes_back_from_the_replica(site):
 
         writer = threading.Thread(target=write, daemon=True)
         writer.start()
-        time.sleep(random.uniform(6.0, 10.0))  # noqa: S311 -- a random moment, not a secret
+        # The crash comes mid-stream: once the writer has had WRITES_BEFORE_CRASH runs acknowledged (a state to
+        # wait for, not a fixed pause; the writer goes on writing until the power is cut).
+        deadline = time.monotonic() + 120
+        while len(confirmed) < WRITES_BEFORE_CRASH:
+            assert writer.is_alive() and time.monotonic() < deadline, f"only {len(confirmed)} writes acknowledged"
+            time.sleep(0.1)
         crashed_at = time.monotonic()
         site.pool.power_off_hard(site.host)  # type: ignore[attr-defined]
         stop.set()
@@ -320,7 +325,10 @@ def test_down_keeps_every_write_mlflow_acknowledged_and_the_replica_catches_up(s
 
         writer = threading.Thread(target=write, daemon=True)
         writer.start()
-        time.sleep(3)
+        deadline = time.monotonic() + 60
+        while len(acknowledged) < 10:  # `down` comes while writes are streaming in
+            assert writer.is_alive() and time.monotonic() < deadline, f"only {len(acknowledged)} writes acknowledged"
+            time.sleep(0.1)
         started = time.monotonic()
         ran = site.lab("down", "--json")
         took = time.monotonic() - started

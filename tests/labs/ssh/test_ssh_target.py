@@ -71,8 +71,14 @@ class Site:
 
 @pytest.fixture(scope="module")
 def site(host_pool, tmp_path_factory) -> Site:
+    """The session's hosts reset to the bare base first (their disks' changes dropped), whatever modules ran on them
+    before: the first `up` here is a first configure wherever this module runs in the order."""
+    host_pool.down()
+    host_pool.up(3)
     root = tmp_path_factory.mktemp("ssh-lab")
     hosts = host_pool.hosts()
+    for host in hosts:
+        assert host_pool.ssh(host, "test ! -e /opt/lab && test ! -e /etc/lab", check=False).returncode == 0, host
     made = Site(host_pool, root / "Pulumi.hosts.yaml", root / "lab-home", hosts[0], hosts[1:3])
     made.home.mkdir()
     made.write_stack()
@@ -137,6 +143,8 @@ def test_first_up_configures_the_tracker_and_workers(site):
     print(f"first `lab up --target ssh` of 1 tracker + 2 workers: {seconds:.1f} s")
     assert document["configure"]["status"] == "successful"
     assert set(document["configure"]["hosts"]) == {"tracker", "worker-1", "worker-2"}
+    # a first configure: every host was bare (the fixture reset them) and had its lab installed
+    assert all(h["changed_tasks"] for h in document["configure"]["hosts"].values()), document["configure"]
     assert document["tracker"]["mlflow_url"] == f"http://{site.tracker.ip}:5000"
 
     # MLflow answers from a worker...
@@ -666,7 +674,13 @@ def test_a_worker_powered_off_mid_trial_resumes_from_its_checkpoint_and_rejoins(
     site.on(worker_2, "systemctl --no-block poweroff", timeout=20)
     powered_off = time.monotonic()
     assert site.pool.wait_stopped(worker_2, timeout=120)
-    time.sleep(30)  # down long enough for the sweep to see it gone (a worker back within seconds is just retried)
+    # Down until the sweep has seen it gone (a worker back within seconds is just retried, not lost).
+    deadline = time.monotonic() + 300
+    while "slot worker-2/0 lost" not in tracker_file(site, f"{folder}/dispatch.log"):
+        assert time.monotonic() < deadline, "the sweep never saw worker-2 go: " + tracker_file(
+            site, f"{folder}/dispatch.log"
+        )
+        time.sleep(1)
     site.pool.up(3)  # it boots again while trials are left: its slot takes trials again
     print(f"worker-2 powered off and booted again in {time.monotonic() - powered_off:.1f} s")
     # the tracker's own view of it, as the sweep's slot asks (its key, the pinned host keys, strict)
