@@ -5,15 +5,23 @@ names (`lab status --local`, `lab backup --local`, `lab sweeps`, `lab sweep show
 How it stays verbatim without a long install:
 - **A fresh copy.** The repository's tracked files (`git ls-files`, as they are in this working tree) are
   copied into a temporary folder: what a fresh clone holds, with no `.venv`, no `out/`, no state.
-- **The install, run as written, made quick.** Before the README's line runs, the copy gets a `.venv` of its
-  own (`python -m venv`, with pip) whose site-packages has one `.pth` line naming this test run's
-  site-packages. The README's commands then run unchanged: `python3 -m venv .venv` sets up that venv
-  again, and `.venv/bin/pip install -e '.[local]'` finds every dependency already installed and installs
-  only `lab` itself, editable from the copy (building it as pip does, with hatchling), in about 20 s
-  instead of minutes. `python3` is this test run's interpreter (first on PATH), as on CI where one
-  `python3` makes the venv; pip's own configuration (its index) is the machine's: the account's
-  `~/.config/pip/pip.conf` or `~/.pip/pip.conf`, if any, is copied into the test's HOME. The test checks
-  that the copy's `lab` runs the copy's code, not this checkout's.
+- **The install, run as written, made quick, and honest.** Before the README's line runs, the copy gets a `.venv`
+  of its own (`python -m venv`, with pip) into which uv installs the copy's `[project] dependencies` and its
+  `local` extra, read from the copy's pyproject.toml (`uv pip install -r pyproject.toml --extra local`): those
+  packages and what they need, nothing else; no `.pth` or path leads into this test run's environment, which the
+  test checks. uv is this test run's (the `local` extra brings it), its cache the account's own (`UV_CACHE_DIR` if
+  set, else `~/.cache/uv` of the account, not the test's fresh HOME), so it outlives the test: warm, the venv is
+  hardlinked from it (copied where the cache is on another filesystem) in seconds; cold (a fresh CI machine), uv
+  downloads the packages from the index (PyPI, or `UV_INDEX_URL`/`UV_DEFAULT_INDEX` if set; uv reads no pip.conf)
+  in well under a minute (its modules are compiled on first import, as in a newcomer's venv, which makes the first
+  `lab` commands slower than in this test run's). It uses the system's certificates (`UV_NATIVE_TLS=1`, as pip's
+  `cert` does). The README's commands then run unchanged: `python3 -m venv .venv` sets up that venv again, and
+  `.venv/bin/pip install -e '.[local]'` finds every dependency already installed and installs only `lab` itself,
+  editable from the copy (building it as pip does, with hatchling), in about 20 s instead of minutes. A dependency
+  missing from the `local` extra is missing in the copy too, and the command that needs it fails. `python3` is
+  this test run's base interpreter (first on PATH), as on CI where one `python3` makes the venv; pip's own
+  configuration (its index) is the machine's: the account's `~/.config/pip/pip.conf` or `~/.pip/pip.conf`, if any,
+  is copied into the test's HOME. The test checks that the copy's `lab` runs the copy's code, not this checkout's.
 - **One command at a time.** The local line is `A && B && C && D`: each command runs verbatim, in order,
   and each must succeed before the next (what `&&` does), so a failure names its command.
 - **The venv active.** The sweep's commands say plain `lab`, after `. .venv/bin/activate`: the test puts the
@@ -105,11 +113,34 @@ def fresh_copy(destination: Path) -> Path:
 
 
 def prepare_venv(clone: Path) -> None:
-    """The copy's own .venv, seeing this test run's installed packages (see the module's docstring)."""
+    """The copy's own .venv holding what its `.[local]` needs, installed by uv (see the module's docstring)."""
     venv.EnvBuilder(with_pip=True, symlinks=True).create(clone / ".venv")  # as `python3 -m venv`
-    site = clone / ".venv" / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
-    installed = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
-    (site / "zz_lab_test_installed_packages.pth").write_text("".join(f"{path}\n" for path in installed))
+    uv = Path(sys.executable).with_name("uv")
+    assert uv.is_file(), f"no uv beside {sys.executable}: the `local` extra brings it"
+    account_cache = Path(pwd.getpwuid(os.getuid()).pw_dir) / ".cache" / "uv"
+    env = {
+        **os.environ,
+        "UV_CACHE_DIR": os.environ.get("UV_CACHE_DIR") or str(account_cache),
+        "UV_LINK_MODE": os.environ.get("UV_LINK_MODE") or "hardlink",
+        "UV_NATIVE_TLS": os.environ.get("UV_NATIVE_TLS") or "1",
+    }
+    python = clone / ".venv" / "bin" / "python"
+    command = [str(uv), "pip", "install", "--python", str(python), "-r", "pyproject.toml", "--extra", "local"]
+    done = subprocess.run(
+        command, cwd=clone, env=env, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S, check=False
+    )
+    assert done.returncode == 0, f"`{shlex.join(command)}` exited {done.returncode}:\n{done.stderr[-6000:]}"
+
+
+def sees_only_its_own_packages(shell: Shell) -> None:
+    """The copy's Python finds nothing of this test run's environment: no path into it, no package only it has."""
+    said = shell.run(".venv/bin/python -c 'import sys; print(*sys.path, sep=chr(10))'")
+    ours = {Path(sysconfig.get_paths()[key]).resolve() for key in ("purelib", "platlib")}
+    entries = [Path(entry).resolve() for entry in said.splitlines() if entry]
+    leaks = [str(entry) for entry in entries if any(entry.is_relative_to(path) for path in ours)]
+    assert not leaks, f"the copy's Python sees this test run's environment: {leaks}"
+    said = shell.run(".venv/bin/python -c 'import importlib.util as u; print(u.find_spec(\"pytest\"))'")
+    assert said.strip() == "None", f"the copy's Python finds pytest, which `.[local]` does not install: {said}"
 
 
 def machines_pip_config(home: Path) -> None:
@@ -202,6 +233,7 @@ def test_the_readmes_local_commands_run_verbatim_in_a_fresh_copy(tmp_path, isola
         assert "http://127.0.0.1:5000" in said and "http://127.0.0.1:8888/lab" in said, shell.tail()
         where = shell.run(".venv/bin/python -c 'import toolkit; print(toolkit.__file__)'")
         assert Path(where.strip()).resolve().is_relative_to(clone.resolve()), f"the copy's lab runs {where}"
+        sees_only_its_own_packages(shell)
 
         # A sweep in three commands, with the venv active: they reach the lab just started.
         up, dispatch, status = sweep
