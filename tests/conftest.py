@@ -270,7 +270,8 @@ def lane_of(item: pytest.Item) -> str | None:
         return HOST_LANE
     info = getattr(item, "_fixtureinfo", None)
     definitions = info.name2fixturedefs.values() if info is not None else ()
-    if any(d.scope in ("module", "package") for defs in definitions for d in defs if d.baseid.startswith("tests")):
+    # a fixture of a conftest or a module (a plugin's has no baseid) that lives as long as its module or package
+    if any(d.scope in ("module", "package") for defs in definitions for d in defs if d.baseid):
         return item.nodeid.split("::", 1)[0]
     return None
 
@@ -280,6 +281,7 @@ def lane_of(item: pytest.Item) -> str | None:
 FIRST_IN_HOST_LANE = ROOT / "tests" / "labs" / "ssh" / "test_ssh_target.py"
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist names each test by its group (`nodeid@group`)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         lane = lane_of(item)
