@@ -11,6 +11,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ import pytest
 
 from tests.conftest import ROOT, free_port
 from tests.tracker.test_gcs import bucket, hostile_emulator  # noqa: F401 -- the emulator as this module's bucket
-from toolkit.tracker import backups, gcs
+from toolkit.tracker import backups, gcs, recovery, replica
 
 OLD_DB = ROOT / "tests" / "data" / "mlflow-2.x.db"
 STACK = "dev"
@@ -74,10 +75,15 @@ def lose_the_dbs(data: Path) -> None:
             (data / "tracker" / f"{name}{suffix}").unlink(missing_ok=True)
 
 
-def replica_txid(url: str) -> int | None:
+def replica_state(url: str) -> dict:
+    """Where the replica stands, as the agent's `status` reads it from Litestream."""
     ran = agent("status", "--data", "/nonexistent", "--replica", url)
     assert ran.returncode == 0, ran.stderr
-    return json.loads(ran.stdout)["replica"]["newest_txid"]
+    return json.loads(ran.stdout)["replica"]
+
+
+def replica_txid(url: str) -> int | None:
+    return replica_state(url)["newest_txid"]
 
 
 def wait_for_replica(url: str, after: int | None) -> int:
@@ -88,6 +94,32 @@ def wait_for_replica(url: str, after: int | None) -> int:
             return txid
         assert time.monotonic() < deadline, f"the replica did not catch up past {after}"
         time.sleep(0.3)
+
+
+def wait_for_marks(url: str, names: list[str], timeout: float = 30) -> dt.datetime:
+    """Until the replica's newest state, restored by Litestream, holds exactly the marks `names` (a new transaction
+    number alone does not say which write reached it: Litestream writes to the DB too); then when Litestream dated
+    its newest file, to the second (`litestream ltx` prints no fraction)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with tempfile.TemporaryDirectory() as folder:
+            out = Path(folder) / "mlflow.db"
+            found = marks(out) if replica.restore(url, "mlflow.db", out, replica.environment(url)) else None
+        if found == names:
+            return dt.datetime.fromisoformat(replica_state(url)["newest_at"])
+        assert time.monotonic() < deadline, f"the replica never held the marks {names} within {timeout} s: {found}"
+        time.sleep(0.25)
+
+
+def wait_past(moment: dt.datetime) -> None:
+    """Until this machine's clock, the one Litestream and the backups are dated by, reads later than `moment`:
+    exactly as long as that takes. `moment` comes from a state already written, so it is at most a second or so
+    ahead."""
+    left = (moment - dt.datetime.now(dt.timezone.utc)).total_seconds()
+    assert left < 5, f"{moment.isoformat()} is {left:.1f} s ahead of this machine's clock"
+    while left >= 0:
+        time.sleep(left)
+        left = (moment - dt.datetime.now(dt.timezone.utc)).total_seconds()
 
 
 @contextlib.contextmanager
@@ -165,7 +197,10 @@ def test_a_backup_newer_than_the_replica_wins_and_a_tracker_with_a_db_is_left_al
         mark(data, "replicated")
         wait_for_replica(url, before)
     mark(data, "after the replica stopped")  # the replica fell behind (its store was unreachable, say)
-    time.sleep(1.2)  # past the second the replica's times are rounded to
+    # The replica's newest file is dated to the second, so the lab counts it as up to a second newer than that: the
+    # backup wins only when taken after that second, and is taken as soon as the clock has passed it.
+    replicated = dt.datetime.fromisoformat(replica_state(url)["newest_at"])
+    wait_past(replicated + recovery.REPLICA_RESOLUTION)
     made = json.loads(agent("backup", "--data", str(data), "--reason", "timer", "--json").stdout)
     untouched = restore_if_empty(data, "--replica", url)
     assert untouched.returncode == 0 and "nothing restored" in untouched.stderr
@@ -253,14 +288,16 @@ def test_replica_snapshot_at_a_moment_between_two_writes(tmp_path, current_db):
     data = a_tracker(tmp_path / "srv", current_db)
     url = f"file://{tmp_path / 'replica'}"
     with replicating(data, url):
-        first = wait_for_replica(url, None)
+        wait_for_replica(url, None)
         mark(data, "A")
-        first = wait_for_replica(url, first)
-        time.sleep(1.5)
-        moment = dt.datetime.now(dt.timezone.utc)
-        time.sleep(1.5)
+        a_dated = wait_for_marks(url, ["A"])
+        # A snapshot `--at T` holds the replica's files dated before T, in whole seconds (the agent passes no
+        # fraction, `litestream ltx` prints none). The first whole second after A's file is the earliest T that
+        # keeps A; B, written once the clock has passed T, is dated after it.
+        moment = a_dated.replace(microsecond=0) + dt.timedelta(seconds=1)
+        wait_past(moment)
         mark(data, "B")  # the mistake to undo
-        wait_for_replica(url, first)
+        wait_for_marks(url, ["A", "B"])  # the replica holds the mistake: the snapshot must leave it out by its time
 
     ran = agent("replica-snapshot", "--data", str(data), "--replica", url, "--at", moment.isoformat())
     assert ran.returncode == 0, ran.stderr

@@ -6,7 +6,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +19,8 @@ from tests.labs.local.crashes import (
     run_names,
     write_until_killed,
 )
+from toolkit.labs.local import replica_env
+from toolkit.tracker import replica
 
 mlflow = pytest.importorskip("mlflow")
 
@@ -33,6 +37,40 @@ def wait_for_replica(lab, txid_after: int | None = None, timeout: float = 30) ->
             return replica
         assert time.monotonic() < deadline, f"the replica did not catch up: {replica}"
         time.sleep(0.5)
+
+
+def replicated_runs(url: str) -> list[str] | None:
+    """The runs in the replica's newest MLflow DB, restored by Litestream as `lab up` restores it (None while the
+    replica holds no DB)."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "mlflow.db"
+        if not replica.restore(url, "mlflow.db", out, replica_env(url)):
+            return None
+        return run_names(out)
+
+
+def wait_for_runs(url: str, runs: list[str], timeout: float = 30) -> dt.datetime:
+    """Until the replica's newest state holds exactly `runs` (a new transaction number alone does not say which
+    write reached it: Litestream writes to the DB too); then when Litestream dated its newest file, to the second
+    (`litestream ltx` prints no fraction)."""
+    deadline = time.monotonic() + timeout
+    while (found := replicated_runs(url)) != runs:
+        assert time.monotonic() < deadline, f"the replica never held the runs {runs} within {timeout} s: {found}"
+        time.sleep(0.25)
+    newest = replica.newest(url, replica_env(url))
+    assert newest is not None, f"the replica holds the runs {runs} but lists no file"
+    return newest.at
+
+
+def wait_past(moment: dt.datetime) -> None:
+    """Until this machine's clock, the one Litestream dates the replica's files by, reads later than `moment`:
+    exactly as long as that takes. `moment` comes from a file already replicated, so it is at most a second or
+    so ahead."""
+    left = (moment - dt.datetime.now(dt.timezone.utc)).total_seconds()
+    assert left < 5, f"{moment.isoformat()} is {left:.1f} s ahead of this machine's clock"
+    while left >= 0:
+        time.sleep(left)
+        left = (moment - dt.datetime.now(dt.timezone.utc)).total_seconds()
 
 
 def test_a_killed_tracker_comes_back_from_the_replica(lab, ports, state):
@@ -68,12 +106,15 @@ def test_restore_at_a_time(lab, ports, state):
     client = mlflow.MlflowClient(tracking_uri=f"http://127.0.0.1:{ports['mlflow']}")
     experiment = client.create_experiment("pit")
     client.create_run(experiment, run_name="A")
-    wait_for_replica(lab)
-    time.sleep(2)
-    moment = dt.datetime.now(dt.timezone.utc)
-    time.sleep(2)
+    url = f"file://{state / 'replica'}"
+    a_dated = wait_for_runs(url, ["A"])
+    # `lab restore --at T` restores the replica's files dated before T, in whole seconds (the lab passes no
+    # fraction, `litestream ltx` prints none). The first whole second after A's file is the earliest T that keeps
+    # A; B, written once the clock has passed T, is dated after it.
+    moment = a_dated.replace(microsecond=0) + dt.timedelta(seconds=1)
+    wait_past(moment)
     client.create_run(experiment, run_name="B")  # the mistake to undo
-    time.sleep(3)
+    wait_for_runs(url, ["A", "B"])  # the replica holds the mistake: the restore must leave it out by its time
     db = state / "tracker" / "mlflow.db"
     assert run_names(db) == ["A", "B"]
 
@@ -146,16 +187,27 @@ def test_a_failing_replica_is_shown_and_never_stops_the_tracker(lab, ports, stat
     assert lab("up", "--local", "--no-jupyter", "--port", ports["mlflow"]).code == 0
     wait_for_replica(lab)
     folder = state / "replica"
-    shutil.rmtree(folder)
-    folder.write_text("in the way")  # the replica cannot be written (as root, a mode would not stop it)
+    deadline = time.monotonic() + 30  # Litestream may make the folder again meanwhile (optuna.db's first state)
+    while True:
+        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            folder.write_text("in the way")  # the replica cannot be written (as root, a mode would not stop it)
+            break
+        except IsADirectoryError:
+            assert time.monotonic() < deadline, f"Litestream kept making {folder} again"
     client = mlflow.MlflowClient(tracking_uri=f"http://127.0.0.1:{ports['mlflow']}")
     experiment = client.create_experiment("meanwhile")
     for n in range(5):
         client.create_run(experiment, run_name=f"r{n}")  # the tracker keeps taking writes
-    time.sleep(3)
-    ran = lab("status", "--local", "--json")
-    assert ran.code == 0
-    replica = json.loads(ran.out)["replica"]
+    deadline = time.monotonic() + 30  # until Litestream itself logged that it could not write there
+    while True:
+        ran = lab("status", "--local", "--json")
+        assert ran.code == 0
+        replica = json.loads(ran.out)["replica"]
+        if replica["last_error"]:
+            break
+        assert time.monotonic() < deadline, f"Litestream logged no error writing to a replica in the way: {replica}"
+        time.sleep(0.5)
     assert replica["running"] and replica["read_error"] and replica["behind_txids"] > 0, replica
     shown = lab("status", "--local").out
     assert "replica: FAILING (" in shown and "transactions not replicated; retrying" in shown

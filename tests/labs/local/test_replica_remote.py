@@ -35,6 +35,7 @@ from tests.labs.local.crashes import (
     run_names,
     write_until_killed,
 )
+from tests.labs.local.test_replica import wait_for_runs, wait_past
 from toolkit.errors import LabError
 from toolkit.tracker import replica
 
@@ -155,14 +156,14 @@ def test_gs_replica_in_the_bucket_brings_back_a_killed_tracker_and_a_past_moment
         survived = run_names(db)
 
         # Point in time, from the same gs replica: A is kept, B (written after the moment) is undone.
-        before = wait_for_replica(lab, stack, env)
+        url = f"gs://{GS_BUCKET}/replica/rep"
         client.create_run(experiment, run_name="A")
-        before = wait_for_replica(lab, stack, env, txid_after=before)
-        time.sleep(2)
-        moment = dt.datetime.now(dt.timezone.utc)
-        time.sleep(2)
+        a_dated = wait_for_runs(url, [*survived, "A"])
+        # The first whole second after A's file: the earliest --at that keeps A (test_replica.test_restore_at_a_time)
+        moment = a_dated.replace(microsecond=0) + dt.timedelta(seconds=1)
+        wait_past(moment)
         client.create_run(experiment, run_name="B")
-        wait_for_replica(lab, stack, env, txid_after=before)
+        wait_for_runs(url, [*survived, "A", "B"])
         ran = lab("restore", "--stack", str(stack), "--at", moment.isoformat(), "--stop", env=env, timeout=180)
         assert ran.code == 0, ran.err
         assert run_names(db) == [*survived, "A"]
