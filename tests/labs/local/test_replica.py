@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.labs.local.conftest import up_args
 from tests.labs.local.crashes import (
     assert_confirmed_runs_survived,
     kill_everything,
@@ -74,7 +75,7 @@ def wait_past(moment: dt.datetime) -> None:
 
 
 def test_a_killed_tracker_comes_back_from_the_replica(lab, ports, state):
-    ran = lab("up", "--local", "--no-jupyter", "--port", ports["mlflow"])
+    ran = lab(*up_args(ports))
     assert ran.code == 0, ran.err
     assert "replicating the tracker's DBs to file://" in ran.err
     status = json.loads(lab("status", "--local", "--json").out)
@@ -86,7 +87,7 @@ def test_a_killed_tracker_comes_back_from_the_replica(lab, ports, state):
     confirmed, killed_at = write_until_killed(client, experiment, 8, lambda: kill_everything(state))
     lose_the_db(state)
 
-    ran = lab("up", "--local", "--no-jupyter", "--port", ports["mlflow"])
+    ran = lab(*up_args(ports))
     assert ran.code == 0, ran.err
     assert "is the newest state" in ran.err
     assert_confirmed_runs_survived(state / "tracker" / "mlflow.db", confirmed, killed_at)
@@ -102,7 +103,7 @@ def test_a_killed_tracker_comes_back_from_the_replica(lab, ports, state):
 
 
 def test_restore_at_a_time(lab, ports, state):
-    assert lab("up", "--local", "--no-jupyter", "--port", ports["mlflow"]).code == 0
+    assert lab(*up_args(ports)).code == 0
     client = mlflow.MlflowClient(tracking_uri=f"http://127.0.0.1:{ports['mlflow']}")
     experiment = client.create_experiment("pit")
     client.create_run(experiment, run_name="A")
@@ -129,13 +130,13 @@ def test_restore_at_a_time(lab, ports, state):
     assert pre_restore and pre_restore[0]["files"][0]["counts"]["runs"] == 2
 
     # The replica follows the restored tracker, not the state it replaced: after another crash, A and C.
-    assert lab("up", "--local", "--no-jupyter", "--port", ports["mlflow"]).code == 0
+    assert lab(*up_args(ports)).code == 0
     before = wait_for_replica(lab)["newest_txid"]
     client.create_run(experiment, run_name="C")
     wait_for_replica(lab, txid_after=before)
     kill_everything(state)
     lose_the_db(state)
-    assert lab("up", "--local", "--no-jupyter", "--port", ports["mlflow"]).code == 0
+    assert lab(*up_args(ports)).code == 0
     assert run_names(db) == ["A", "C"]
     assert lab("down", "--local", "--yes").code == 0
 
@@ -147,7 +148,7 @@ def test_restore_at_refuses_bad_requests(lab, ports, state):
     ran = lab("restore", "--local", "--at", "2026-12-01T09:30:00Z")
     assert ran.code == 1 and "holds no tracker DB" in ran.err
 
-    assert lab("up", "--local", "--no-jupyter", "--port", ports["mlflow"]).code == 0
+    assert lab(*up_args(ports)).code == 0
     wait_for_replica(lab)
     ran = lab("restore", "--local", "--at", "2000-01-01T00:00:00Z", "--stop")
     assert ran.code == 1 and "holds nothing as early as 2000-01-01" in ran.err
@@ -158,7 +159,7 @@ def test_restore_at_refuses_bad_requests(lab, ports, state):
 
 
 def test_down_stops_writes_then_the_replica_catches_up_then_the_snapshot(lab, ports, state):
-    assert lab("up", "--local", "--no-jupyter", "--port", ports["mlflow"]).code == 0
+    assert lab(*up_args(ports)).code == 0
     client = mlflow.MlflowClient(tracking_uri=f"http://127.0.0.1:{ports['mlflow']}")
     experiment = client.create_experiment("down")
     for n in range(20):  # written right before `down`, faster than a sync interval can ship them all
@@ -177,14 +178,14 @@ def test_down_stops_writes_then_the_replica_catches_up_then_the_snapshot(lab, po
     assert len(run_names(state / "backups" / newest / "mlflow.db")) == 20
     lose_the_db(state)
     shutil.rmtree(state / "backups")
-    ran = lab("up", "--local", "--no-jupyter", "--port", ports["mlflow"])
+    ran = lab(*up_args(ports))
     assert ran.code == 0 and "is the newest state" in ran.err, ran.err
     assert len(run_names(state / "tracker" / "mlflow.db")) == 20
     assert lab("down", "--local").code == 0
 
 
 def test_a_failing_replica_is_shown_and_never_stops_the_tracker(lab, ports, state):
-    assert lab("up", "--local", "--no-jupyter", "--port", ports["mlflow"]).code == 0
+    assert lab(*up_args(ports)).code == 0
     wait_for_replica(lab)
     folder = state / "replica"
     deadline = time.monotonic() + 30  # Litestream may make the folder again meanwhile (optuna.db's first state)
@@ -222,5 +223,5 @@ def test_a_failing_replica_is_shown_and_never_stops_the_tracker(lab, ports, stat
     kill_everything(state)
     lose_the_db(state)
     shutil.rmtree(state / "backups")
-    assert lab("up", "--local", "--no-jupyter", "--port", ports["mlflow"]).code == 0
+    assert lab(*up_args(ports)).code == 0
     assert sorted(run_names(state / "tracker" / "mlflow.db")) == [f"r{n}" for n in range(5)]
