@@ -48,6 +48,20 @@ import sqlite3, sys
 with sqlite3.connect(sys.argv[1]) as conn:
     print("\\n".join(row[0] for row in conn.execute({RUNS_QUERY!r}, (sys.argv[2],))))
 """
+# The replica's newest state, restored on the tracker by Litestream as `lab up` restores it, into sys.argv[2]; prints
+# when Litestream dated the replica's newest file (to the second: `litestream ltx` prints no fraction).
+RESTORE_NEWEST = """
+import sys
+from pathlib import Path
+from toolkit.tracker import replica
+out = Path(sys.argv[2])
+for leftover in (out, out.with_name(out.name + "-wal"), out.with_name(out.name + "-shm")):
+    leftover.unlink(missing_ok=True)
+replica.restore(sys.argv[1], "mlflow.db", out, {})
+newest = replica.newest(sys.argv[1], {})
+print(newest.at.isoformat() if newest else "")
+"""
+RESTORED = "/tmp/lab-test-replica.db"
 # The promise (docs/durability.md): a run acknowledged a second before the crash survives it. Litestream on the
 # tracker looks and ships every 250 ms (toolkit.tracker.replica.SYNC_INTERVAL).
 SURVIVES_AFTER_S = 1.0
@@ -84,6 +98,21 @@ class Site:
     def replica(self) -> dict:
         return self.json_of("status")["replica"]
 
+    def wait_for_runs(self, experiment: str, runs: list[str], timeout: float = 60) -> dt.datetime:
+        """Until the replica's newest state holds exactly `runs` in `experiment` (a newer transaction alone does not
+        say which write reached it: Litestream writes to the DB too); then when its newest file was dated."""
+        deadline = time.monotonic() + timeout
+        while True:
+            ran = self.pool.ssh(
+                self.host, "/opt/lab/venv/bin/python", "-", REPLICA, RESTORED, input=RESTORE_NEWEST, check=False
+            )  # type: ignore[attr-defined]
+            assert ran.returncode == 0, ran.stderr[-2000:]
+            found = self.run_names(experiment, db=RESTORED)
+            if found == runs:
+                return dt.datetime.fromisoformat(ran.stdout.strip())
+            assert time.monotonic() < deadline, f"the replica never held the runs {runs} within {timeout} s: {found}"
+            time.sleep(0.5)
+
     def wait_for_replica(self, after: int | None = None, timeout: float = 60) -> int:
         """The replica's newest transaction, once there is one (newer than `after` when given)."""
         deadline = time.monotonic() + timeout
@@ -93,6 +122,16 @@ class Site:
                 return replica["newest_txid"]
             assert time.monotonic() < deadline, f"the replica did not catch up: {replica}"
             time.sleep(1)
+
+
+def wait_past(moment: dt.datetime) -> None:
+    """Until this machine's clock reads later than `moment`: exactly as long as that takes (`moment` comes from a
+    file already replicated, so it is at most a second or so ahead)."""
+    left = (moment - dt.datetime.now(dt.timezone.utc)).total_seconds()
+    assert left < 5, f"{moment.isoformat()} is {left:.1f} s ahead of this machine's clock"
+    while left >= 0:
+        time.sleep(left)
+        left = (moment - dt.datetime.now(dt.timezone.utc)).total_seconds()
 
 
 @pytest.fixture(scope="module")
@@ -252,12 +291,14 @@ def test_restore_at_a_moment_undoes_what_came_after(site):
     with mlflow_client(site) as client:
         experiment = client.create_experiment("pit")  # type: ignore[attr-defined]
         client.create_run(experiment, run_name="A")  # type: ignore[attr-defined]
-        before = site.wait_for_replica()
-        time.sleep(2)
-        moment = dt.datetime.now(dt.timezone.utc)
-        time.sleep(2)
+        a_dated = site.wait_for_runs("pit", ["A"])
+        # `lab restore --at T` restores the replica's files dated before T, in whole seconds. The first whole second
+        # after A's file is the earliest T that keeps A; B, written once the clock (the hosts share this machine's)
+        # has passed T, is dated after it.
+        moment = a_dated.replace(microsecond=0) + dt.timedelta(seconds=1)
+        wait_past(moment)
         client.create_run(experiment, run_name="B")  # type: ignore[attr-defined]  # the mistake to undo
-        site.wait_for_replica(after=before)
+        site.wait_for_runs("pit", ["A", "B"])
     assert site.run_names("pit") == ["A", "B"]
 
     refused = site.lab("restore", "--at", moment.isoformat())
