@@ -29,6 +29,12 @@ def sigint_default() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def sigint_ignore() -> None:
+    """Popen(preexec_fn=sigint_ignore): a `lab` started as a shell's background job or a cron job is, with SIGINT
+    ignored (and what it starts inherits that)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 # The machine's own environment, before `isolated` hides it: only `cloud` tests may look at it.
 MACHINE_ENV = dict(os.environ)
 # CI sets this: it can run everything but the `cloud` tests, so any other skip there is a failure (a broken
@@ -184,10 +190,23 @@ class Ran:
 def lab():
     """Run the installed `lab` console script as a user would, in this test's environment."""
 
-    def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 60) -> Ran:
+    def run(
+        *args: str,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        timeout: float = 60,
+        sigint_ignored: bool = False,
+    ) -> Ran:
         merged = {**os.environ, "COLUMNS": "200", **(env or {})}
         done = subprocess.run(
-            [str(LAB), *args], capture_output=True, text=True, env=merged, cwd=cwd, timeout=timeout, check=False
+            [str(LAB), *args],
+            capture_output=True,
+            text=True,
+            env=merged,
+            cwd=cwd,
+            timeout=timeout,
+            check=False,
+            preexec_fn=sigint_ignore if sigint_ignored else None,
         )
         return Ran(done.returncode, done.stdout, done.stderr)
 

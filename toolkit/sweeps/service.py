@@ -282,6 +282,9 @@ def run(root: Path, name: str, place: Callable[[dict[str, Any], contextlib.ExitS
     folder = folder_of(root, name)
     doc = json.loads((folder / "sweep.json").read_text())
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a stop is Ctrl-C: trials recorded, then out
+    # ... and Ctrl-C is a stop even where it came in ignored: a sweep handed over from a shell's background job or a
+    # cron job inherits SIGINT ignored, and `lab sweep stop` and `lab down` stop a sweep with SIGINT.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     started = time.monotonic()
     status, error = "failed", ""
     with run_lock(folder), contextlib.ExitStack() as exits:

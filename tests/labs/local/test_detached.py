@@ -115,7 +115,8 @@ def test_stop_interrupts_the_running_trials_and_the_same_dispatch_resumes(lab, l
         "--detach",
         "--local",
     ]
-    assert (ran := lab(*argv)).code == 0, ran.err
+    # Handed over from where SIGINT is ignored (a shell's background job, cron): `lab sweep stop` still stops it.
+    assert (ran := lab(*argv, sigint_ignored=True)).code == 0, ran.err
     wait_running(state, "held", 2)
     again = lab(*argv)
     assert again.code == 1 and "sweep 'held' is running" in again.err, again.err
@@ -151,7 +152,7 @@ def test_down_stops_a_detached_sweep_first(lab, lab_up, state, tmp_path):
     hold.write_text("")
     space = probe_space(tmp_path, hold=str(hold))
     argv = ["dispatch", str(PROBE), "--space", str(space), "-n", "2", "-j", "2", "--study", "late", "--detach"]
-    assert (ran := lab(*argv, "--local")).code == 0, ran.err
+    assert (ran := lab(*argv, "--local", sigint_ignored=True)).code == 0, ran.err  # as from cron: still stopped
     wait_running(state, "late", 2)
     down = lab("down", "--local", "--json", timeout=300)
     assert down.code == 0, down.err

@@ -7,12 +7,13 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import LAB, ROOT, sigint_default
+from tests.conftest import LAB, ROOT, sigint_default, sigint_ignore
 from tests.labs.local.conftest import probe_space, study_of
 
 mlflow = pytest.importorskip("mlflow")
@@ -247,11 +248,14 @@ def test_slots_carry_their_gpu(lab, lab_up, tmp_path):
         assert run.data.tags["cuda_visible_devices"] == trial["slot"][3]  # gpu0-0 -> "0", gpu1-1 -> "1"
 
 
-def dispatch_while_trials_run(argv: list[str], out: Path, trials: int) -> subprocess.Popen[str]:
-    """`lab dispatch` in the background (Ctrl-C reaches it), once `trials` of its trials are running (their
-    output notebooks exist) and a second more."""
+def dispatch_while_trials_run(
+    argv: list[str], out: Path, trials: int, sigint: Callable[[], None] = sigint_default
+) -> subprocess.Popen[str]:
+    """`lab dispatch` in the background (Ctrl-C reaches it, unless `sigint` is sigint_ignore: as a shell's background
+    job or cron starts it), once `trials` of its trials are running (their output notebooks exist) and a second
+    more."""
     process = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ, preexec_fn=sigint_default
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ, preexec_fn=sigint
     )
     deadline = time.monotonic() + 120
     while len(list(out.glob("*.ipynb"))) < trials:
@@ -561,7 +565,7 @@ def test_down_stops_a_running_sweep_as_ctrl_c_does_before_anything_stops(lab, la
     argv = [str(LAB), "dispatch", str(PROBE), "--space", str(probe_space(tmp_path, hold=str(hold)))]
     argv += ["--trials", "4", "--parallel", "2", "--study", "overnight", "--local", "--json"]
     argv += ["--output", str(out / "{trial}.ipynb")]
-    process = dispatch_while_trials_run(argv, out, 2)
+    process = dispatch_while_trials_run(argv, out, 2, sigint=sigint_ignore)  # as from cron: `down` still stops it
     try:
         ran = lab("down", "--local", "--json", timeout=300)
         assert ran.code == 0, ran.err

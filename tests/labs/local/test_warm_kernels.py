@@ -19,15 +19,15 @@ from toolkit.sweeps import slots
 
 mlflow = pytest.importorskip("mlflow")
 
+# The tests that need *a* lab share one for the module (tests/labs/local/conftest.py: `shared_lab`).
+pytestmark = pytest.mark.shared_lab
+
 # The notebook reports what it saw to `report` (a JSON file): its process, whether a global of an earlier
 # trial is still there, the trial's variables, whether mlflow was imported before it asked.
 PARAMETERS = 'report = ""\nmode = "ok"\nhold = ""\ntrial_number = 0\nseed = 0'
 BODY = """\
 import json, os, subprocess, sys, time
 from pathlib import Path
-
-# The tests that need *a* lab share one for the module (tests/labs/local/conftest.py: `shared_lab`).
-pytestmark = pytest.mark.shared_lab
 
 seen = {
     "pid": os.getpid(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -184,6 +185,9 @@ def _sweep(spec: SweepSpec, slot_list: list, as_json: bool, budget: Watch | None
     output = spec.output_pattern
     notebook = spec.notebook
     engine.output_path(output, study=spec.study, trial=0, run_id="x", notebook=notebook)  # fail fast on typos
+    # `lab down` stops a terminal's sweep as Ctrl-C does (SIGINT): also one started as a shell's background job or
+    # from cron, which comes in with SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with engine.study_lock(spec.storage_path, spec.study):
         sweep = engine.Sweep(spec, slot_list)
         stopped: LabError | None = None  # the budget guard's stop, raised once the summary is out
