@@ -17,7 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.hosts.fixtures import host_pool, session_pool, tracker_host, worker_hosts  # noqa: F401  (VM-like hosts, any test folder)
+from tests.hosts.fixtures import (  # noqa: F401  (VM-like hosts, any test folder)
+    FIRST_LANE_MODULE,
+    host_pool,
+    second_lane,
+    second_session_pool,
+    session_pool,
+    tracker_host,
+    worker_hosts,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB = Path(sys.executable).with_name("lab")
@@ -154,9 +162,10 @@ def own_tmp() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def module_tmp() -> Iterator[Path]:
+def module_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A module's own short TMPDIR, for what its module-scoped fixtures start (a lab on the test hosts, its SSH
     connections): nothing of one module is reused by the next. Each test gets its own inside (`isolated`)."""
+    tmp_path_factory.getbasetemp()  # pytest's own folder is found once, in the machine's TMPDIR: not in this one
     with own_tmp() as tmp, pytest.MonkeyPatch.context() as patch:
         patch.setenv("TMPDIR", str(tmp))
         patch.setattr(tempfile, "tempdir", str(tmp))
@@ -270,13 +279,14 @@ def disk_events(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
 
 
 # Parallel lanes (pytest-xdist, `-n N --dist loadgroup`): a work unit is an `xdist_group`, run by one worker in file
-# order. Every test of the VM-like host pool (one pool, one bridge, one set of hosts for the whole session) is in the
-# `hosts` lane, with the harness's own tests and the tests marked `serial` (timing bounds and the crash tests'
-# durability promise, kept off the host pool's busy neighbours as far as one lane can be); a module whose tests share
-# a module-scoped fixture (one lab for the module) is a unit of its own, so that the fixture starts once; every other
-# test is a unit by itself.
+# order. The tests of the VM-like host pools are two lanes, each with a pool of its own (tests/hosts/fixtures.py):
+# `hosts` holds the ssh target's module (first: it resets its hosts), the harness's own tests and the tests marked
+# `serial` (timing bounds and the crash tests' durability promise, kept off the busiest lanes); `hosts2` every other
+# module of the host pool. A module whose tests share a module-scoped fixture (one lab for the module) is a unit of
+# its own, so that the fixture starts once; every other test is a unit by itself.
 HOST_LANE = "hosts"
-HOST_FIXTURES = frozenset({"session_pool", "host_pool", "tracker_host", "worker_hosts"})
+SECOND_HOST_LANE = "hosts2"
+HOST_FIXTURES = frozenset({"session_pool", "second_session_pool", "host_pool", "tracker_host", "worker_hosts"})
 HOST_HARNESS = ROOT / "tests" / "hosts"
 # A test that asks for one of these is `slow` without saying so: test hosts, or a local lab started for it.
 SLOW_FIXTURES = HOST_FIXTURES | {"lab_up", "module_lab"}
@@ -286,18 +296,13 @@ def lane_of(item: pytest.Item) -> str | None:
     """The xdist group `item` belongs to, or None for a test that may run anywhere."""
     names = set(getattr(item, "fixturenames", ()))
     if names & HOST_FIXTURES or item.path.is_relative_to(HOST_HARNESS) or item.get_closest_marker("serial"):
-        return HOST_LANE
+        return SECOND_HOST_LANE if names & HOST_FIXTURES and second_lane(item.path) else HOST_LANE
     info = getattr(item, "_fixtureinfo", None)
     definitions = info.name2fixturedefs.values() if info is not None else ()
     # a fixture of a conftest or a module (a plugin's has no baseid) that lives as long as its module or package
     if any(d.scope in ("module", "package") for defs in definitions for d in defs if d.baseid):
         return item.nodeid.split("::", 1)[0]
     return None
-
-
-# The host lane runs in file order but for this module, first: it resets the hosts to the bare base before its
-# first `up` (a first configure wherever it runs), and first is where that reset costs no second first configure.
-FIRST_IN_HOST_LANE = ROOT / "tests" / "labs" / "ssh" / "test_ssh_target.py"
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist names each test by its group (`nodeid@group`)
@@ -308,4 +313,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.xdist_group(lane))
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-    items.sort(key=lambda item: item.path != FIRST_IN_HOST_LANE)  # stable: the rest keep their order
+    # The first host lane runs in file order but for the ssh target's module, first: it resets the hosts to the
+    # bare base before its first `up` (a first configure wherever it runs), and first that reset costs nothing.
+    items.sort(key=lambda item: item.path != FIRST_LANE_MODULE)  # stable: the rest keep their order

@@ -20,6 +20,8 @@ from tests.conftest import LAB, ROOT
 from toolkit.cli import crontab as schedule
 from toolkit.errors import LabError
 
+pytestmark = pytest.mark.slow  # starts labs or services: not in `pytest -m 'not slow'`
+
 FOREIGN = (
     "MAILTO=me\n"
     "5 4 * * * /usr/bin/true # someone else\n"

@@ -14,7 +14,10 @@ The root ``tests/conftest.py`` imports them, so any test module anywhere under t
         inventory = host_pool.inventory({"tracker": [tracker_host], "workers": worker_hosts})
 
 ``host_pool`` (session scope) builds the cached base if needed (~60-80 s the first time), brings up c1 (the tracker),
-c2 and c3 (workers), yields the HostPool and always tears it down at the end, even after a failure or Ctrl-C.
+c2 and c3 (workers), yields the HostPool and always tears it down at the end, even after a failure or Ctrl-C. There
+are two such pools, one per host lane (tests/conftest.py): the ssh target's module and the harness's tests use the
+first (LAB_TEST_HOSTS_*: br-labtest, 10.200.0), every other module the second (second_pool_from_env: br-labtest2,
+10.200.1), so that the two lanes run side by side.
 Where the machine cannot run the hosts (not Linux, not root, tools missing) the tests that use it are skipped with
 the reason; with LAB_REQUIRE_TEST_HOSTS=1 (CI sets it) they fail instead. LAB_TEST_HOSTS_TOP, LAB_TEST_HOSTS_BRIDGE
 and LAB_TEST_HOSTS_NET move the pool (e.g. /var/tmp/lab-test-hosts-dev, br-labdev, 10.202.0) so that people working
@@ -25,13 +28,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.hosts.vmhosts import Host, HostPool, missing_requirements, pool_from_env
+from tests.hosts.vmhosts import Host, HostPool, missing_requirements, pool_from_env, second_pool_from_env
 
 REQUIRE_ENV = "LAB_REQUIRE_TEST_HOSTS"
 SESSION_HOSTS = 3  # c1 = tracker, c2 and c3 = workers
+TESTS = Path(__file__).resolve().parents[1]
+HARNESS = TESTS / "hosts"
+FIRST_LANE_MODULE = TESTS / "labs" / "ssh" / "test_ssh_target.py"  # first in the first host lane
 
 
 def require_hosts_or_skip() -> None:
@@ -66,12 +73,26 @@ def session_pool(request: pytest.FixtureRequest) -> Iterator[HostPool]:
     yield from running_pool(request, pool_from_env(), SESSION_HOSTS)
 
 
+@pytest.fixture(scope="session")
+def second_session_pool(request: pytest.FixtureRequest) -> Iterator[HostPool]:
+    """Three more hosts on a bridge of their own (second_pool_from_env), for the second host lane."""
+    yield from running_pool(request, second_pool_from_env(), SESSION_HOSTS)
+
+
+def second_lane(path: Path) -> bool:
+    """Whether a module's host tests run in the second host lane, on the second pool: every module but the ssh
+    target's (which resets its hosts and runs first in the first lane) and the harness's own (tests/hosts)."""
+    return path != FIRST_LANE_MODULE and not path.is_relative_to(HARNESS)
+
+
 @pytest.fixture(scope="module")
-def host_pool(session_pool: HostPool) -> HostPool:
-    """The session's three hosts, each running when a module starts: a module that powers a worker off (a power
-    cut, idle self-shutdown) leaves it to boot again for the next one. ``pool.hosts()`` lists them."""
-    session_pool.up(SESSION_HOSTS)
-    return session_pool
+def host_pool(request: pytest.FixtureRequest) -> HostPool:
+    """Three hosts of the session, each running when a module starts: a module that powers a worker off (a power
+    cut, idle self-shutdown) leaves it to boot again for the next one. ``pool.hosts()`` lists them. The pool is the
+    lane's: tests/conftest.py runs each lane's modules in one worker, and that worker starts only its lane's pool."""
+    pool: HostPool = request.getfixturevalue("second_session_pool" if second_lane(request.path) else "session_pool")
+    pool.up(SESSION_HOSTS)
+    return pool
 
 
 @pytest.fixture(scope="module")

@@ -76,3 +76,20 @@ def test_pool_from_env_moves_the_pool(monkeypatch: pytest.MonkeyPatch, tmp_path:
     pool = vmhosts.pool_from_env()
     assert (pool.top, pool.bridge, pool.net) == (tmp_path, "br-labdev", "10.202.0")
     assert vmhosts.pool_from_env(bridge="br-labtest9").bridge == "br-labtest9"
+
+
+def test_the_second_pool_sits_beside_the_first(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in ("LAB_TEST_HOSTS_BRIDGE", "LAB_TEST_HOSTS_NET", "LAB_TEST_HOSTS_BRIDGE2", "LAB_TEST_HOSTS_NET2"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LAB_TEST_HOSTS_TOP", str(tmp_path))
+    first, second = vmhosts.pool_from_env(), vmhosts.second_pool_from_env()
+    assert (second.top, second.bridge, second.net) == (tmp_path, "br-labtest2", "10.200.1")
+    assert second.base == first.base and second.key == first.key  # one cached base, one key
+    assert (second.run_dir, second.nft_table) != (first.run_dir, first.nft_table)
+    assert second._host(1).machine != first._host(1).machine
+    monkeypatch.setenv("LAB_TEST_HOSTS_BRIDGE", "br-labdev")
+    monkeypatch.setenv("LAB_TEST_HOSTS_NET", "10.202.0")
+    assert (vmhosts.second_pool_from_env().bridge, vmhosts.second_pool_from_env().net) == ("br-labdev2", "10.202.1")
+    monkeypatch.setenv("LAB_TEST_HOSTS_BRIDGE2", "br-labdevb")
+    monkeypatch.setenv("LAB_TEST_HOSTS_NET2", "10.212.0")
+    assert (vmhosts.second_pool_from_env().bridge, vmhosts.second_pool_from_env().net) == ("br-labdevb", "10.212.0")

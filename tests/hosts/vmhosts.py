@@ -864,6 +864,18 @@ def pool_from_env(**overrides: object) -> HostPool:
     return HostPool(**settings)  # type: ignore[arg-type]
 
 
+def second_pool_from_env() -> HostPool:
+    """The pool beside pool_from_env()'s, for a second lane of host tests: LAB_TEST_HOSTS_BRIDGE2 and _NET2, else
+    that pool's bridge with a 2 after it and the next /24 (br-labtest2, 10.200.1); the same top folder (base, key,
+    pip cache)."""
+    first = pool_from_env()
+    a, b, c = first.net.split(".")
+    return pool_from_env(
+        bridge=os.environ.get("LAB_TEST_HOSTS_BRIDGE2") or f"{first.bridge[:14]}2",
+        net=os.environ.get("LAB_TEST_HOSTS_NET2") or f"{a}.{b}.{(int(c) + 1) % 256}",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.hosts.vmhosts", description=__doc__.split("\n\n")[0])
     parser.add_argument("--top", help=f"top folder (LAB_TEST_HOSTS_TOP, default {DEFAULT_TOP})")

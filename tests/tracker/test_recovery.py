@@ -23,6 +23,8 @@ from tests.conftest import ROOT, free_port
 from tests.tracker.test_gcs import bucket, hostile_emulator  # noqa: F401 -- the emulator as this module's bucket
 from toolkit.tracker import backups, gcs, recovery, replica
 
+pytestmark = pytest.mark.slow  # starts labs or services: not in `pytest -m 'not slow'`
+
 OLD_DB = ROOT / "tests" / "data" / "mlflow-2.x.db"
 STACK = "dev"
 

@@ -13,6 +13,8 @@ from tests.labs.local.conftest import up_args
 
 mlflow = pytest.importorskip("mlflow")
 
+pytestmark = pytest.mark.slow  # starts labs or services: not in `pytest -m 'not slow'`
+
 WRITERS = 4
 BACKUPS = 4
 

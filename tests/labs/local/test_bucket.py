@@ -13,6 +13,8 @@ from toolkit.tracker import backups
 
 storage = pytest.importorskip("google.cloud.storage")
 
+pytestmark = pytest.mark.slow  # starts labs or services: not in `pytest -m 'not slow'`
+
 BUCKET = "lab-test-bucket"
 
 

@@ -13,6 +13,8 @@ from tests.labs.local.conftest import up_args
 
 mlflow = pytest.importorskip("mlflow")
 
+pytestmark = pytest.mark.slow  # starts labs or services: not in `pytest -m 'not slow'`
+
 
 def client(port: str):
     return mlflow.MlflowClient(tracking_uri=f"http://127.0.0.1:{port}")

@@ -21,6 +21,8 @@ from toolkit.tracker import dashboard
 
 optuna = pytest.importorskip("optuna")
 psutil = pytest.importorskip("psutil")
+
+pytestmark = pytest.mark.slow  # starts labs or services: not in `pytest -m 'not slow'`
 pytest.importorskip("optuna_dashboard")
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

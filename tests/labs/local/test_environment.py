@@ -17,6 +17,8 @@ mlflow = pytest.importorskip("mlflow")
 nbformat = pytest.importorskip("nbformat")
 psutil = pytest.importorskip("psutil")
 
+pytestmark = pytest.mark.slow  # starts labs or services: not in `pytest -m 'not slow'`
+
 # What a researcher's shell may hold: none of it may reach MLflow, JupyterLab or a kernel.
 SECRETS = {
     "PULUMI_CONFIG_PASSPHRASE": "secret-xyz",

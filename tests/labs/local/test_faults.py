@@ -21,6 +21,8 @@ from tests.labs.local.conftest import DATA, up_args
 from toolkit.errors import EXIT_BACKUP_FAILED
 from toolkit.tracker import backups
 
+pytestmark = pytest.mark.slow  # starts labs or services: not in `pytest -m 'not slow'`
+
 
 def backup_id(lab) -> str:
     ran = lab("backup", "--local", "--json")

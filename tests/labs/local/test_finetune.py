@@ -15,6 +15,8 @@ from tests.labs.local.conftest import up_args
 torch = pytest.importorskip("torch", reason="the fine-tune template needs PyTorch (pip install torch)")
 mlflow = pytest.importorskip("mlflow")
 
+pytestmark = pytest.mark.slow  # starts labs or services: not in `pytest -m 'not slow'`
+
 NOTEBOOK = ROOT / "experiments" / "finetune" / "finetune.ipynb"
 
 

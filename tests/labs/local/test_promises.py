@@ -20,6 +20,8 @@ import pytest
 from tests.conftest import LAB
 from toolkit.tracker import backups, services
 
+pytestmark = pytest.mark.slow  # starts labs or services: not in `pytest -m 'not slow'`
+
 
 def test_down_kills_a_service_that_ignores_sigterm_after_15_s(lab, state, tracker, monkeypatch):
     """The record is a real process (as `lab up` would start it) that ignores SIGTERM, as a hung server does. The wait

@@ -26,7 +26,7 @@ from toolkit.tracker import replica
 mlflow = pytest.importorskip("mlflow")
 
 
-pytestmark = pytest.mark.usefixtures("no_client_retries")
+pytestmark = [pytest.mark.usefixtures("no_client_retries"), pytest.mark.slow]  # slow: starts labs
 
 
 def wait_for_replica(lab, txid_after: int | None = None, timeout: float = 30) -> dict:

@@ -49,7 +49,7 @@ S3_BUCKET = "lab-replica-s3"
 S3_KEYS = {"AWS_ACCESS_KEY_ID": "lab-test", "AWS_SECRET_ACCESS_KEY": "lab-test-secret"}
 
 
-pytestmark = pytest.mark.usefixtures("no_client_retries")
+pytestmark = [pytest.mark.usefixtures("no_client_retries"), pytest.mark.slow]  # slow: starts labs
 
 
 @pytest.fixture(scope="module")
