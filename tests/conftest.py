@@ -203,7 +203,7 @@ def lab():
         *args: str,
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
-        timeout: float = 60,
+        timeout: float = 180,  # a guard against a hang: a `lab up` on a loaded machine takes a minute
         sigint_ignored: bool = False,
     ) -> Ran:
         merged = {**os.environ, "COLUMNS": "200", **(env or {})}
