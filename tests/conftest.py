@@ -280,12 +280,13 @@ def disk_events(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
 
 # Parallel lanes (pytest-xdist, `-n N --dist loadgroup`): a work unit is an `xdist_group`, run by one worker in file
 # order. The tests of the VM-like host pools are two lanes, each with a pool of its own (tests/hosts/fixtures.py):
-# `hosts` holds the ssh target's module (first: it resets its hosts), the harness's own tests and the tests marked
-# `serial` (timing bounds and the crash tests' durability promise, kept off the busiest lanes); `hosts2` every other
-# module of the host pool. A module whose tests share a module-scoped fixture (one lab for the module) is a unit of
+# `hosts` holds the ssh target's module (first: it resets its hosts) and the harness's own tests; `hosts2` every
+# other module of the host pool. The tests marked `serial` (timing bounds, the crash tests' durability promise) are
+# one lane, one at a time. A module whose tests share a module-scoped fixture (one lab for the module) is a unit of
 # its own, so that the fixture starts once; every other test is a unit by itself.
 HOST_LANE = "hosts"
 SECOND_HOST_LANE = "hosts2"
+SERIAL_LANE = "serial"
 HOST_FIXTURES = frozenset({"session_pool", "second_session_pool", "host_pool", "tracker_host", "worker_hosts"})
 HOST_HARNESS = ROOT / "tests" / "hosts"
 # A test that asks for one of these is `slow` without saying so: test hosts, or a local lab started for it.
@@ -295,8 +296,10 @@ SLOW_FIXTURES = HOST_FIXTURES | {"lab_up", "module_lab"}
 def lane_of(item: pytest.Item) -> str | None:
     """The xdist group `item` belongs to, or None for a test that may run anywhere."""
     names = set(getattr(item, "fixturenames", ()))
-    if names & HOST_FIXTURES or item.path.is_relative_to(HOST_HARNESS) or item.get_closest_marker("serial"):
+    if names & HOST_FIXTURES or item.path.is_relative_to(HOST_HARNESS):
         return SECOND_HOST_LANE if names & HOST_FIXTURES and second_lane(item.path) else HOST_LANE
+    if item.get_closest_marker("serial"):
+        return SERIAL_LANE
     info = getattr(item, "_fixtureinfo", None)
     definitions = info.name2fixturedefs.values() if info is not None else ()
     # a fixture of a conftest or a module (a plugin's has no baseid) that lives as long as its module or package

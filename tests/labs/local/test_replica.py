@@ -74,6 +74,7 @@ def wait_past(moment: dt.datetime) -> None:
         left = (moment - dt.datetime.now(dt.timezone.utc)).total_seconds()
 
 
+@pytest.mark.serial  # the 1 s durability promise (crashes.SURVIVES_AFTER_S), in the serial lane
 def test_a_killed_tracker_comes_back_from_the_replica(lab, ports, state):
     ran = lab(*up_args(ports))
     assert ran.code == 0, ran.err

@@ -120,6 +120,7 @@ def test_a_replica_litestream_cannot_read_is_an_error_not_an_empty_replica(moto_
         replica.position(missing, "mlflow.db", replica.environment(missing, {**caller, **S3_KEYS}))
 
 
+@pytest.mark.serial  # the 1 s durability promise (crashes.SURVIVES_AFTER_S), in the serial lane
 def test_gs_replica_in_the_bucket_brings_back_a_killed_tracker_and_a_past_moment(
     lab, emulator, ports, isolated, monkeypatch
 ):
@@ -171,6 +172,7 @@ def test_gs_replica_in_the_bucket_brings_back_a_killed_tracker_and_a_past_moment
         lab("down", "--stack", str(stack), "--yes", env=env, timeout=180)
 
 
+@pytest.mark.serial  # the 1 s durability promise (crashes.SURVIVES_AFTER_S), in the serial lane
 def test_s3_replica_on_an_s3_compatible_store_brings_back_a_killed_tracker(lab, moto_endpoint, ports, isolated):
     """lab:replica names an S3-compatible store by its endpoint (as for MinIO or R2); the keys come from the
     environment. After a crash that loses the DB, `lab up` restores from it."""
