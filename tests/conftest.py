@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import shutil
 import signal
@@ -220,6 +221,17 @@ def lab():
         return Ran(done.returncode, done.stdout, done.stderr)
 
     return run
+
+
+def wait_past(moment: dt.datetime) -> None:
+    """Until this machine's clock (the one Litestream, the backups and the test hosts date things by) reads later than
+    `moment`: exactly as long as that takes. `moment` comes from a state already written, so it is at most a second
+    or so ahead."""
+    left = (moment - dt.datetime.now(dt.timezone.utc)).total_seconds()
+    assert left < 5, f"{moment.isoformat()} is {left:.1f} s ahead of this machine's clock"
+    while left >= 0:
+        time.sleep(left)
+        left = (moment - dt.datetime.now(dt.timezone.utc)).total_seconds()
 
 
 def free_port() -> int:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, wait_past
 from tests.tracker.test_gcs import bucket, hostile_emulator  # noqa: F401 -- the emulator as this module's bucket
 from toolkit.tracker import backups, gcs, recovery, replica
 
@@ -111,17 +111,6 @@ def wait_for_marks(url: str, names: list[str], timeout: float = 30) -> dt.dateti
             return dt.datetime.fromisoformat(replica_state(url)["newest_at"])
         assert time.monotonic() < deadline, f"the replica never held the marks {names} within {timeout} s: {found}"
         time.sleep(0.25)
-
-
-def wait_past(moment: dt.datetime) -> None:
-    """Until this machine's clock, the one Litestream and the backups are dated by, reads later than `moment`:
-    exactly as long as that takes. `moment` comes from a state already written, so it is at most a second or so
-    ahead."""
-    left = (moment - dt.datetime.now(dt.timezone.utc)).total_seconds()
-    assert left < 5, f"{moment.isoformat()} is {left:.1f} s ahead of this machine's clock"
-    while left >= 0:
-        time.sleep(left)
-        left = (moment - dt.datetime.now(dt.timezone.utc)).total_seconds()
 
 
 @contextlib.contextmanager

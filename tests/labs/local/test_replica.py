@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import wait_past
 from tests.labs.local.conftest import up_args
 from tests.labs.local.crashes import (
     assert_confirmed_runs_survived,
@@ -61,17 +62,6 @@ def wait_for_runs(url: str, runs: list[str], timeout: float = 30) -> dt.datetime
     newest = replica.newest(url, replica_env(url))
     assert newest is not None, f"the replica holds the runs {runs} but lists no file"
     return newest.at
-
-
-def wait_past(moment: dt.datetime) -> None:
-    """Until this machine's clock, the one Litestream dates the replica's files by, reads later than `moment`:
-    exactly as long as that takes. `moment` comes from a file already replicated, so it is at most a second or
-    so ahead."""
-    left = (moment - dt.datetime.now(dt.timezone.utc)).total_seconds()
-    assert left < 5, f"{moment.isoformat()} is {left:.1f} s ahead of this machine's clock"
-    while left >= 0:
-        time.sleep(left)
-        left = (moment - dt.datetime.now(dt.timezone.utc)).total_seconds()
 
 
 @pytest.mark.serial  # the 1 s durability promise (crashes.SURVIVES_AFTER_S), in the serial lane

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, serving
+from tests.conftest import free_port, serving, wait_past
 from tests.labs.local.crashes import (
     assert_confirmed_runs_survived,
     kill_everything,
@@ -35,7 +35,7 @@ from tests.labs.local.crashes import (
     run_names,
     write_until_killed,
 )
-from tests.labs.local.test_replica import wait_for_runs, wait_past
+from tests.labs.local.test_replica import wait_for_runs
 from toolkit.errors import LabError
 from toolkit.tracker import replica
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LAB, free_port
+from tests.conftest import LAB, free_port, wait_past
 from tests.hosts.vmhosts import SSH_OPTIONS
 from toolkit.errors import EXIT_BACKUP_FAILED
 
@@ -122,16 +122,6 @@ class Site:
                 return replica["newest_txid"]
             assert time.monotonic() < deadline, f"the replica did not catch up: {replica}"
             time.sleep(1)
-
-
-def wait_past(moment: dt.datetime) -> None:
-    """Until this machine's clock reads later than `moment`: exactly as long as that takes (`moment` comes from a
-    file already replicated, so it is at most a second or so ahead)."""
-    left = (moment - dt.datetime.now(dt.timezone.utc)).total_seconds()
-    assert left < 5, f"{moment.isoformat()} is {left:.1f} s ahead of this machine's clock"
-    while left >= 0:
-        time.sleep(left)
-        left = (moment - dt.datetime.now(dt.timezone.utc)).total_seconds()
 
 
 @pytest.fixture(scope="module")
