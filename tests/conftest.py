@@ -292,10 +292,10 @@ def disk_events(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
 
 # Parallel lanes (pytest-xdist, `-n N --dist loadgroup`): a work unit is an `xdist_group`, run by one worker in file
 # order. The tests of the VM-like host pools are two lanes, each with a pool of its own (tests/hosts/fixtures.py):
-# `hosts` holds the ssh target's module (first: it resets its hosts) and the harness's own tests; `hosts2` every
-# other module of the host pool. The tests marked `serial` (timing bounds, the crash tests' durability promise) are
-# one lane, one at a time. A module whose tests share a module-scoped fixture (one lab for the module) is a unit of
-# its own, so that the fixture starts once; every other test is a unit by itself.
+# `hosts` holds the ssh target's module (first: it resets its hosts), the remote replica's and the harness's own
+# tests; `hosts2` every other module of the host pool. The tests marked `serial` (timing bounds, the crash tests'
+# durability promise) are one lane, one at a time. Every other module is a unit of its own: its module-scoped
+# fixtures (a shared lab, an emulator, its TMPDIR) start once, and its tests run in order in one worker.
 HOST_LANE = "hosts"
 SECOND_HOST_LANE = "hosts2"
 SERIAL_LANE = "serial"
@@ -305,29 +305,35 @@ HOST_HARNESS = ROOT / "tests" / "hosts"
 SLOW_FIXTURES = HOST_FIXTURES | {"lab_up", "module_lab"}
 
 
-def lane_of(item: pytest.Item) -> str | None:
-    """The xdist group `item` belongs to, or None for a test that may run anywhere."""
+def lane_of(item: pytest.Item) -> str:
+    """The xdist group `item` belongs to."""
     names = set(getattr(item, "fixturenames", ()))
     if names & HOST_FIXTURES or item.path.is_relative_to(HOST_HARNESS):
         return SECOND_HOST_LANE if names & HOST_FIXTURES and second_lane(item.path) else HOST_LANE
     if item.get_closest_marker("serial"):
         return SERIAL_LANE
-    info = getattr(item, "_fixtureinfo", None)
-    definitions = info.name2fixturedefs.values() if info is not None else ()
-    # a fixture of a conftest or a module (a plugin's has no baseid) that lives as long as its module or package
-    if any(d.scope in ("module", "package") for defs in definitions for d in defs if d.baseid):
-        return item.nodeid.split("::", 1)[0]
-    return None
+    return item.nodeid.split("::", 1)[0]
+
+
+def schedule_rank(item: pytest.Item, lane: str, slow_modules: set[Path]) -> int:
+    """Where a test's unit stands in the queue xdist hands out (`--no-loadscope-reorder`: in collection order): the
+    ssh target's module first (it resets its hosts to the bare base, so its first `up` is a first configure wherever
+    it runs, and first that reset costs nothing), then the rest of the two host lanes (the longest, so that they start
+    at once on workers of their own), then the modules with slow tests, then the quick ones, which fill the ends."""
+    if item.path == FIRST_LANE_MODULE:
+        return 0
+    if lane in (HOST_LANE, SECOND_HOST_LANE):
+        return 1
+    return 2 if item.path in slow_modules else 3
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist names each test by its group (`nodeid@group`)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    lanes = {}
     for item in items:
-        lane = lane_of(item)
-        if lane is not None:
-            item.add_marker(pytest.mark.xdist_group(lane))
+        lanes[item] = lane_of(item)
+        item.add_marker(pytest.mark.xdist_group(lanes[item]))
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-    # The first host lane runs in file order but for the ssh target's module, first: it resets the hosts to the
-    # bare base before its first `up` (a first configure wherever it runs), and first that reset costs nothing.
-    items.sort(key=lambda item: item.path != FIRST_LANE_MODULE)  # stable: the rest keep their order
+    slow_modules = {item.path for item in items if item.get_closest_marker("slow") is not None}
+    items.sort(key=lambda item: schedule_rank(item, lanes[item], slow_modules))  # stable: files keep their order
