@@ -44,7 +44,6 @@ class ModuleLab:
 def kill_recorded(lab_home: Path) -> None:
     """SIGKILL every service recorded under `lab_home` (its process group), and the dispatchers holding a sweep's
     lock: the last resort after a test, pass or fail."""
-
     for record in lab_home.glob("stacks/*/run/*.json"):
         try:
             pid = json.loads(record.read_text())["pid"]
