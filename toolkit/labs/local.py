@@ -47,7 +47,7 @@ JUPYTER = "jupyter"
 REPLICA = "replica"  # Litestream, replicating the tracker's DBs while MLflow runs
 DASHBOARD = "optuna-dashboard"  # the sweeps' live view, over the lab's optuna.db
 GUARD = "budget-guard"  # stops the lab when lab:budgetUsd or lab:maxHours is reached (toolkit.budget.guard)
-DASHBOARD_READY_TIMEOUT_S = 60.0
+DASHBOARD_READY_TIMEOUT_S = 120.0  # as MLflow: a laptop busy with other work (or CI) can be slow to start it
 REPLICA_READY_TIMEOUT_S = 30.0
 REPLICA_LOG_TAIL_BYTES = 64 << 10
 DEFAULT_JUPYTER_PORT = 8888
@@ -524,7 +524,9 @@ def _spawn_dashboard(lab: LocalLab, port: int | None, say: Say) -> _Spawned:
 
 def _await_dashboard(lab: LocalLab, spawned: _Spawned, say: Say) -> services.Record:
     try:
-        seconds = services.wait_healthy(spawned.record, DASHBOARD_READY_TIMEOUT_S)
+        seconds = services.wait_healthy(
+            spawned.record, DASHBOARD_READY_TIMEOUT_S, stack_signal=optuna_dashboard.STACK_SIGNAL
+        )
     except LabError:
         holder = services.port_holder(spawned.record.port, HOST) if spawned.by_default else None
         if holder is None:

@@ -12,7 +12,12 @@ Run as `python -m toolkit.tracker.dashboard --storage URL --host 127.0.0.1 --por
 from __future__ import annotations
 
 import argparse
+import contextlib
+import faulthandler
+import io
+import signal
 import sys
+import time
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -25,6 +30,7 @@ SQLITE = "sqlite:///"
 GRPC = "grpc://"
 SQLITE_LOCK_TIMEOUT_S = 60  # as the tracker's Optuna proxy waits for a writer's lock
 HEALTH_PATH = "/api/studies"  # answers 200 only when the storage can be read
+STACK_SIGNAL = signal.SIGUSR1  # writes every thread's stack to the log (services.wait_healthy, when it never answers)
 
 
 def storage_url_of_proxy(host: str, port: int) -> str:
@@ -57,14 +63,22 @@ def main(args: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", default=HOST)
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     options = parser.parse_args(args)
+    with contextlib.suppress(io.UnsupportedOperation, ValueError):  # a stderr that is no file (tests) gets none
+        faulthandler.register(STACK_SIGNAL, all_threads=True)
+    started = time.monotonic()
     try:
         storage = open_storage(options.storage)
     except LabError as exc:
         print(f"error: {exc.one_line()}", file=sys.stderr)
         return 1
+    opened = time.monotonic()
     import optuna_dashboard
 
-    print(f"optuna-dashboard over {options.storage} on http://{options.host}:{options.port}", flush=True)
+    print(
+        f"optuna-dashboard over {options.storage} on http://{options.host}:{options.port}"
+        f" (storage opened in {opened - started:.1f} s, dashboard loaded in {time.monotonic() - opened:.1f} s)",
+        flush=True,
+    )
     optuna_dashboard.run_server(storage, host=options.host, port=options.port)
     return 0
 

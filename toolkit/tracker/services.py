@@ -14,6 +14,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -181,9 +182,11 @@ def start(
     return record
 
 
-def wait_healthy(record: Record, timeout: float) -> float:
+def wait_healthy(record: Record, timeout: float, stack_signal: int | None = None) -> float:
     """Poll the health URL until it answers; seconds it took. A process that dies, or never answers,
-    is stopped and reported with the end of its log."""
+    is stopped and reported with the end of its log. `stack_signal`: the signal on which the service
+    writes its threads' stacks to its log (faulthandler.register); sent when it never answered, so the
+    error can say where it was."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         if not is_running(record):
@@ -193,8 +196,47 @@ def wait_healthy(record: Record, timeout: float) -> float:
         if http_ok(record.health_url):
             return time.monotonic() - started
         time.sleep(0.25)
+    where = _stuck_at(record, stack_signal) if stack_signal is not None else ""
     stop(record)
-    raise LabError(f"{record.name} did not answer {record.health_url} within {timeout:g} s", hint=f"see {record.log}")
+    raise LabError(
+        f"{record.name} did not answer {record.health_url} within {timeout:g} s{where}", hint=f"see {record.log}"
+    )
+
+
+def _stuck_at(record: Record, stack_signal: int) -> str:
+    """Where the service's main thread was: its innermost frame, from the stacks it writes to its log on
+    `stack_signal` (", stuck at FILE:LINE in FUNCTION"), or "" when it wrote none in a second."""
+    log = Path(record.log)
+    try:
+        before = log.stat().st_size
+        os.kill(record.pid, stack_signal)
+    except OSError:
+        return ""
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        frame = innermost_frame(log, before)
+        if frame:
+            return f", stuck at {frame}"
+    return ""
+
+
+def innermost_frame(log: Path, offset: int) -> str:
+    """The main thread's innermost frame in a faulthandler dump written to `log` after `offset`, as
+    "FILE:LINE in FUNCTION"; "" when there is none."""
+    try:
+        with log.open("rb") as handle:
+            handle.seek(offset)
+            text = handle.read().decode(errors="replace")
+    except OSError:
+        return ""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("Current thread") and i + 1 < len(lines):
+            match = re.match(r'\s*File "(.+)", line (\d+) in (\S+)', lines[i + 1])
+            if match:
+                return f"{match[1]}:{match[2]} in {match[3]}"
+    return ""
 
 
 def stop_timeout() -> float:
