@@ -351,3 +351,18 @@ def test_the_ci_identity_keeps_the_state_and_reads_only_the_final_backup(lab_gcs
     assert iam.allowed(CI, Check("storage.buckets.setIamPolicy", bucket))
     assert not iam.allowed(CI, Check("storage.buckets.delete", bucket))
     assert not iam.allowed(CI, Check("storage.buckets.setIamPolicy", STATE_BUCKET))
+
+
+def test_the_docs_give_the_ci_identity_every_grant_and_permission():
+    """docs/gcp.md's table is what toolkit.gcp.ci_identity binds (the printed workflow's commands come from it)."""
+    text = (ROOT / "docs" / "gcp.md").read_text()
+    section = text[text.index("### The CI runner's identity") :]
+    section = section[: section.index("`LAB_CRONTAB_FILE")]
+    for role in (ci_identity.STATE_BUCKET_ROLE, ci_identity.BACKUPS_READER_ROLE):
+        assert f"`{role}`" in section
+    for role_id in (ci_identity.TEARDOWN_ROLE_ID, ci_identity.BUCKET_POLICY_ROLE_ID):
+        assert f"custom `{role_id}`" in section
+    for permission in (*ci_identity.PROJECT_PERMISSIONS, *ci_identity.BUCKET_POLICY_PERMISSIONS):
+        family, _, verb = permission.rpartition(".")  # the table shortens `a.b.get`, `.list` to the verb
+        assert f"`{permission}`" in section or (f"`{family}." in section and f"`.{verb}`" in section), permission
+    assert ci_identity.backups_condition("BUCKET", "STACK").replace("||", "\\|\\|") in section
