@@ -37,13 +37,27 @@ WORKER_CONTROL_PERMISSIONS = (
 INSTANCE_TYPE = "compute.googleapis.com/Instance"
 WORKER_BUCKET_ROLE = "roles/storage.objectViewer"
 DATASETS_PREFIX = "datasets/"
+BUCKET_TYPE = "storage.googleapis.com/Bucket"
+LIST_PREFIX_ATTRIBUTE = "storage.googleapis.com/objectListPrefix"
 
 
 def worker_read_condition(bucket: str) -> str:
-    """IAM Conditions on a bucket name objects as projects/_/buckets/BUCKET/objects/NAME
-    (https://cloud.google.com/iam/docs/conditions-resource-attributes#resource-name; needs uniform
-    bucket-level access, which the bucket has)."""
-    return f'resource.name.startsWith("projects/_/buckets/{bucket}/objects/{DATASETS_PREFIX}")'
+    """The workers' objectViewer holds for the objects under `datasets/` and for lists of that prefix, nothing else.
+
+    IAM Conditions name a bucket's objects projects/_/buckets/BUCKET/objects/NAME and the bucket itself
+    projects/_/buckets/BUCKET, of type storage.googleapis.com/Bucket
+    (https://cloud.google.com/iam/docs/conditions-resource-attributes#resource-name; conditions need uniform
+    bucket-level access, which the bucket has). objects.get is checked against the object, but objects.list
+    against the bucket, whose name no object prefix matches: a list is told apart by its `prefix`, the API
+    attribute storage.googleapis.com/objectListPrefix
+    (https://cloud.google.com/iam/docs/conditions-attribute-reference#api-attributes; "" for every request that is
+    no list, and for a list of the whole bucket). Every fetch lists `datasets/NAME/versions/` first
+    (toolkit.data.fetch.BucketSource), so without the second branch a worker could read no dataset."""
+    return (
+        f'resource.name.startsWith("projects/_/buckets/{bucket}/objects/{DATASETS_PREFIX}") || '
+        f'(resource.type == "{BUCKET_TYPE}" && '
+        f'api.getAttribute("{LIST_PREFIX_ATTRIBUTE}", "").startsWith("{DATASETS_PREFIX}"))'
+    )
 
 
 def worker_control_condition(project: str, zone: str, instances: list[str]) -> str:

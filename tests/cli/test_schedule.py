@@ -225,6 +225,36 @@ def test_print_with_kms_needs_no_passphrase(lab, project, crontab):
     assert crontab.read_text() == FOREIGN
 
 
+def test_print_names_the_least_the_runners_identity_needs(lab, project, crontab):
+    """Breakage 8 (issue 24): the printed workflow says which grants the runner's service account needs, bound where
+    (toolkit.gcp.ci_identity; checked through the GCS-with-IAM stand-in in tests/gcp/test_gcs_iam.py)."""
+    from toolkit.gcp import ci_identity
+
+    ran = lab("schedule", "down", "--at", "0 20 * * 1-5", "--stack", "kms", "--print")
+    assert ran.code == 0, ran.err
+    commands = [line.removeprefix("#   ") for line in ran.out.splitlines() if line.startswith("#   gcloud ")]
+    assert commands[:2] == [
+        "gcloud iam roles create labTeardown --project my-gcp-project --title 'lab teardown' --permissions "
+        + ",".join(ci_identity.PROJECT_PERMISSIONS),
+        "gcloud iam roles create labBucketPolicy --project my-gcp-project --title 'lab bucket policy' --permissions "
+        "storage.buckets.getIamPolicy,storage.buckets.setIamPolicy",
+    ]
+    member = "--member serviceAccount:SA_EMAIL"
+    assert commands[2] == (
+        f"gcloud storage buckets add-iam-policy-binding gs://my-lab-state {member} --role roles/storage.objectUser"
+    )
+    assert commands[3].endswith(
+        "--role roles/storage.objectViewer --condition='^;^title=lab kms backups;expression="
+        + ci_identity.backups_condition(commands[3].split()[4].removeprefix("gs://"), "kms")
+        + "'"
+    )
+    assert commands[5] == (
+        f"gcloud projects add-iam-policy-binding my-gcp-project {member} "
+        "--role projects/my-gcp-project/roles/labTeardown"
+    )
+    assert not any("roles/owner" in c or "roles/editor" in c or "roles/storage.admin" in c for c in commands)
+
+
 def test_no_passphrase_file_means_no_entry(lab, project, crontab, monkeypatch):
     monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE", "s3cret-never-in-crontab")
     ran = lab("schedule", "down", "--at", "0 2 * * *")

@@ -295,6 +295,15 @@ def test_a_dataset_in_the_bucket_is_fetched_resumed_and_checked(emulator, tmp_pa
     partial.mkdir(parents=True)
     big = max(manifest.files, key=lambda e: e.size)
     (partial / big.sha256).write_bytes((source / big.path).read_bytes()[:1000])  # an interrupted download
+    # The fetch as a worker does it: with the workers' conditioned grant (infra/identity.py), through GCS's IAM rules.
+    from infra.identity import WORKER_BUCKET_ROLE, worker_read_condition
+    from tests.gcp.gcs_iam import Binding, BucketPolicy, GcsIam
+    from tests.gcp.iam_conditions import Condition
+
+    worker = "serviceAccount:lab-dev-worker@test-project.iam.gserviceaccount.com"
+    grant = Binding(WORKER_BUCKET_ROLE, (worker,), Condition.parse(worker_read_condition("lab-data")))
+    iam = GcsIam(emulator, [BucketPolicy("lab-data", [grant])])
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", iam.url(worker))
     [synced] = fetch.sync("gs://lab-data/datasets", ["toy"], root)
     assert tree(synced.path) == tree(source)
     assert synced.fetched_bytes == manifest.bytes - len("same bytes\n") - 1000  # the partial was finished
@@ -302,3 +311,5 @@ def test_a_dataset_in_the_bucket_is_fetched_resumed_and_checked(emulator, tmp_pa
     assert again.fetched_files == 0
     with pytest.raises(LabError, match="dataset nope is not in the store gs://lab-data/datasets"):
         fetch.check("gs://lab-data/datasets", ["nope"])
+    iam.close()
+    assert not iam.unknown and [d for d in iam.denied if d[1] != "storage.buckets.get"] == []

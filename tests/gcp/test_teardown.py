@@ -6,10 +6,12 @@ and rewrites are in the diy backend's format, and the flows, locks and CLI are l
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -161,8 +163,34 @@ def without_the_key(outputs):
     raise remote.NoKey(Path("/home/runner/.ssh/id_ed25519"))
 
 
+class LabBucket:
+    """The lab's bucket behind GCS with IAM (tests/gcp/gcs_iam.py): this process is the CI runner (its documented
+    grants, toolkit.gcp.ci_identity) unless `as_tracker()` (the program's objectAdmin for the tracker)."""
+
+    def __init__(self, name: str, iam, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.name, self.iam, self.monkeypatch = name, iam, monkeypatch
+        self.monkeypatch.setenv("STORAGE_EMULATOR_HOST", iam.url(CI))
+
+    @contextlib.contextmanager
+    def as_tracker(self) -> Iterator[None]:
+        self.monkeypatch.setenv("STORAGE_EMULATOR_HOST", self.iam.url(TRACKER))
+        try:
+            yield
+        finally:
+            self.monkeypatch.setenv("STORAGE_EMULATOR_HOST", self.iam.url(CI))
+
+
+TRACKER = "serviceAccount:lab-dev-tracker@my-gcp-project.iam.gserviceaccount.com"
+CI = "serviceAccount:lab-teardown@my-gcp-project.iam.gserviceaccount.com"
+
+
 @pytest.fixture
-def bucket(emulator: str, monkeypatch: pytest.MonkeyPatch) -> str:
+def bucket(emulator: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[LabBucket]:
+    from infra.identity import TRACKER_BUCKET_ROLE
+    from tests.gcp.gcs_iam import Binding, BucketPolicy, GcsIam
+    from tests.gcp.iam_conditions import Condition
+    from toolkit.gcp import ci_identity
+
     storage = pytest.importorskip("google.cloud.storage")
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator)
     client = storage.Client(project="my-gcp-project")
@@ -171,10 +199,25 @@ def bucket(emulator: str, monkeypatch: pytest.MonkeyPatch) -> str:
         client.create_bucket(name)
     for blob in client.list_blobs(name):
         blob.delete()
-    return name
+    grants = ci_identity.grants("my-gcp-project", "state", name, "dev")
+    runner = [
+        Binding(g.role, (CI,), g.condition and Condition.parse(g.condition))
+        for g in grants
+        if g.where == f"gs://{name}"
+    ]
+    custom = {
+        f"projects/my-gcp-project/roles/{ci_identity.BUCKET_POLICY_ROLE_ID}": frozenset(
+            ci_identity.BUCKET_POLICY_PERMISSIONS
+        )
+    }
+    iam = GcsIam(emulator, [BucketPolicy(name, [Binding(TRACKER_BUCKET_ROLE, (TRACKER,)), *runner], custom)])
+    yield LabBucket(name, iam, monkeypatch)
+    iam.close()
+    assert not iam.unknown, iam.unknown
+    assert [d for d in iam.denied if d[1] != "storage.buckets.get"] == []  # see tests/gcp/test_gcs_iam.py refusals
 
 
-def tracker_backup(tmp_path: Path, bucket: str, reason: str) -> str:
+def tracker_backup(tmp_path: Path, bucket: LabBucket, reason: str) -> str:
     """What the tracker's lab-final-backup.service does as it stops: a backup of its DBs, uploaded."""
     import sqlite3
 
@@ -186,7 +229,8 @@ def tracker_backup(tmp_path: Path, bucket: str, reason: str) -> str:
         db.execute("create table if not exists runs (run_uuid text)")
         db.execute("insert into runs values ('run-before-the-stop')")
     made = backups.take(tracker, tmp_path / "tracker-backups", stack="dev", reason=reason)
-    gcs.upload(made, bucket, "dev")
+    with bucket.as_tracker():
+        gcs.upload(made, bucket.name, "dev")
     return made.manifest.id
 
 

@@ -176,7 +176,13 @@ def test_workers_can_read_the_datasets_and_nothing_else_and_never_delete_or_over
     assert grant.inputs["role"] == "roles/storage.objectViewer"
     bucket = program.one(BUCKET).inputs["name"]
     condition = grant.inputs["condition"]
-    assert condition["expression"] == f'resource.name.startsWith("projects/_/buckets/{bucket}/objects/datasets/")'
+    # objects under datasets/, and lists of that prefix (checked against the bucket): what a fetch does, through
+    # GCS's IAM rules, is in tests/gcp/test_gcs_iam.py
+    assert condition["expression"] == (
+        f'resource.name.startsWith("projects/_/buckets/{bucket}/objects/datasets/") || '
+        '(resource.type == "storage.googleapis.com/Bucket" && '
+        'api.getAttribute("storage.googleapis.com/objectListPrefix", "").startsWith("datasets/"))'
+    )
     assert condition["title"]
 
 

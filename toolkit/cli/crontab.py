@@ -395,6 +395,24 @@ def _home_path(path: str) -> str:
     return shlex.quote(path)
 
 
+def _ci_identity_notes(settings: schema.Settings) -> list[str]:
+    """The least the runner's service account needs (toolkit.gcp.ci_identity; docs/gcp.md), as gcloud commands to
+    run once, with SA_EMAIL the account's email."""
+    from toolkit.gcp import ci_identity
+
+    backend = settings.state_backend or ""
+    state_bucket = backend.removeprefix("gs://").split("/", 1)[0] if backend.startswith("gs://") else "STATE_BUCKET"
+    commands = ci_identity.gcloud_commands(
+        settings.project or "PROJECT", state_bucket, settings.bucket_name or "BUCKET", settings.stack, "SA_EMAIL"
+    )
+    lines = [
+        "# The service account (secret GCP_SERVICE_ACCOUNT) needs only these grants: the state bucket's objects, the",
+        "# stack's backups in the artifact bucket, that bucket's policy and one custom role on the project for what",
+        '# `lab down` deletes (docs/gcp.md, "The CI runner\'s identity"). Once, with SA_EMAIL its email:',
+    ]
+    return lines + [f"#   {command}" for command in commands]
+
+
 def workflow(plan: Plan) -> str:
     """A GitHub Actions workflow that runs the same `lab down --yes` on the same schedule, from CI."""
     settings = plan.settings
@@ -417,6 +435,7 @@ def workflow(plan: Plan) -> str:
         notes.append("# The runner needs no SSH to the tracker: `lab down` destroys the workers, stops the tracker")
         notes.append("# through the Compute API, and verifies the backup the tracker takes of itself as it stops in")
         notes.append("# the bucket before destroying the rest; without one, the tracker stays (exit 4).")
+        notes += _ci_identity_notes(settings)
     if settings.target == "ssh":
         notes.append("# The tracker's backup before the teardown goes over SSH: the runner needs the lab's key (secret")
         notes.append("# LAB_SSH_KEY) and an address the tracker lets in (e.g. a self-hosted runner); if the backup")
