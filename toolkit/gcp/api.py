@@ -13,6 +13,11 @@ loopback `http://` address (the tests' stand-in, tests/gcp/fake_gcp_api.py) is c
 AnonymousCredentials, so tests need no Google account. Every other endpoint, including every real one,
 uses application-default credentials.
 
+Time: every duration this module enforces (read timeouts, deadlines, pauses) is in GCP's seconds, multiplied by
+`time_scale()`: 1 against GCP, and LAB_GCP_TIME_SCALE (e.g. 0.01: 120 s of GCP's time is 1.2 s) against the
+tests' stand-in, which keeps GCP's time at the same scale. The scale is honoured only for a loopback endpoint, so
+no setting can shorten a timeout against GCP itself.
+
 References (the shapes parsed here):
 - https://cloud.google.com/compute/docs/reference/rest/v1/instances/get, .../instances/aggregatedList,
   .../instances/start, .../instances/stop, .../instances/getGuestAttributes,
@@ -43,6 +48,7 @@ SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 TIMEOUT_S = 30
 OPERATION_TIMEOUT_S = 600
 KINDS = ("instances", "disks")
+TIME_SCALE_ENV = "LAB_GCP_TIME_SCALE"  # the tests' stand-in only: real seconds per GCP second
 RUNNING = "RUNNING"
 STARTING = ("PROVISIONING", "STAGING")
 STOPPED = ("STOPPING", "TERMINATED", "SUSPENDING", "SUSPENDED")
@@ -67,6 +73,26 @@ class NotAsked(LabError):
 
 def endpoint(variable: str, default: str) -> str:
     return (os.environ.get(variable, "").strip() or default).rstrip("/")
+
+
+def time_scale() -> float:
+    """Real seconds per GCP second: 1, or LAB_GCP_TIME_SCALE when the Compute API is the tests' loopback stand-in
+    (tests/gcp/fake_gcp_api.py keeps GCP's time at the same scale, so every rule holds in proportion)."""
+    raw = os.environ.get(TIME_SCALE_ENV, "").strip()
+    if not raw or not is_local(endpoint("LAB_COMPUTE_API", COMPUTE_API)):
+        return 1.0
+    try:
+        scale = float(raw)
+    except ValueError:
+        scale = 0.0
+    if not 0 < scale <= 1:
+        raise LabError(f"{TIME_SCALE_ENV}={raw!r} is not a number in (0, 1]", hint=f"unset {TIME_SCALE_ENV}")
+    return scale
+
+
+def pause(seconds: float) -> None:
+    """Sleep `seconds` of GCP's time."""
+    time.sleep(seconds * time_scale())
 
 
 def is_local(url: str) -> bool:
@@ -136,7 +162,7 @@ def call(
     """One REST call; GCP's error as ApiError, no answer at all as NotAsked."""
     session = _session(is_local(url))
     try:
-        response = session.request(method, url, params=params, json=body, timeout=timeout)
+        response = session.request(method, url, params=params, json=body, timeout=timeout * time_scale())
     except Exception as exc:  # transport and token-refresh errors come in many types
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
         raise NotAsked(f"{what}: GCP did not answer ({type(exc).__name__}{': ' + first if first else ''})") from None
@@ -320,7 +346,7 @@ def wait(project: str, zone: str, operation: dict[str, Any], what: str, timeout:
     """Wait for a zone operation (zoneOperations.wait answers when it is DONE or after about two minutes, so it
     is asked again until the deadline); its errors raise OperationFailed."""
     base = endpoint("LAB_COMPUTE_API", COMPUTE_API)
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout * time_scale()
     while operation.get("status") != "DONE":
         if time.monotonic() > deadline:
             raise LabError(f"{what} did not finish within {timeout:.0f} s", hint="look at it in the console")
@@ -346,12 +372,12 @@ def start_stopped(
     operation's codes (ZONE_RESOURCE_POOL_EXHAUSTED when a spot VM has no capacity to restart into)."""
     started: list[str] = []
     for name in names:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout * time_scale()
         instance = get_instance(project, zone, name)
         while instance is not None and instance.status in ("STOPPING", "SUSPENDING"):
             if time.monotonic() > deadline:
                 raise LabError(f"{name} is still {instance.status} after {timeout:.0f} s", hint="try again later")
-            time.sleep(2)
+            pause(2)
             instance = get_instance(project, zone, name)
         if instance is None or instance.status not in ("TERMINATED", "SUSPENDED"):
             continue
