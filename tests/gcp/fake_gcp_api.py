@@ -162,6 +162,7 @@ class FakeGcp:
     caller: str = "lab-dev-tracker@my-gcp-project.iam.gserviceaccount.com"
     url: str = ""
     scale: float = TIME_SCALE  # real seconds per GCP second
+    drop_waits: int = 0  # how many zoneOperations.wait requests lose their connection without an answer
     waits: list[tuple[str, str, float]] = field(default_factory=list)  # (operation, status answered, GCP s held)
     _lock: Any = field(default_factory=threading.RLock)
     _epoch: float = field(default_factory=time.monotonic)
@@ -450,6 +451,10 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         body = json.loads(raw) if raw else {}
+        if self.path.endswith("/wait") and self.fake.drop_waits > 0:
+            self.fake.drop_waits -= 1
+            self.close_connection = True  # a connection that drops: no status line, no answer
+            return
         status, answer = self.fake.handle(method, self.path, body)
         data = json.dumps(answer).encode()
         try:

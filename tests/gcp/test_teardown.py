@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.gcp.fake_gcp_api import Step
 from tests.gcp.pulumi_fakes import gcp_settings, path_without_pulumi, write_checkpoint, write_lock
 from toolkit.config import schema
 from toolkit.errors import EXIT_BACKUP_FAILED, EXIT_LEFTOVERS, EXIT_LOCKED, EXIT_UNVERIFIED, LabError
@@ -235,6 +236,40 @@ def test_without_ssh_and_without_a_final_backup_the_tracker_stays(settings, back
     assert caught.value.code == EXIT_BACKUP_FAILED
     assert "no shutdown backup reached gs://my-gcp-project-lab-dev/backups/dev/" in caught.value.one_line()
     assert names_in_state(backend) == ["tracker", "tracker-data"]
+
+
+def test_without_ssh_a_tracker_whose_stop_outlasts_30_s_is_waited_for_and_its_final_backup_kept(
+    settings, backend, bucket, tmp_path, fake_gcp
+):
+    """Issue 24, breakage 2, through the timed Compute stand-in: the tracker's guest takes 80 s of GCP time to stop
+    (the sweep, MLflow, then the final backup uploads), inside its 90-s window but past the client's 30-s read
+    timeout, while zoneOperations.wait holds the request up to its 2-minute deadline. The scheduled no-SSH `lab down`
+    waits the stop out and keeps the backup the tracker took; before the fix it exited 4 (EXIT_BACKUP_FAILED) with the
+    tracker kept (and billing)."""
+    outputs = {**OUTPUTS, "tracker_name": "lab-dev-tracker", "zone": "us-central1-a"}
+    write_checkpoint(backend, "dev", outputs, RESOURCES)
+    taken: list[str] = []
+    fake_gcp.add(
+        "lab-dev-tracker",
+        shutdown=[
+            Step("sweeps stopped", 20.0),
+            Step("MLflow stopped", 10.0),
+            Step("final backup uploaded", 50.0, lambda: taken.append(tracker_backup(tmp_path, bucket, "shutdown"))),
+        ],
+    )
+    calls: list[str] = []
+    said: list[str] = []
+    done = gcp_lab.teardown(
+        settings,
+        lambda: RecordingEngine(backend, calls),
+        backup=unreachable,
+        stop_tracker=lambda o: gcp_lab.stop_tracker_vm(settings, o, say=said.append),
+        say=said.append,
+    )
+    tracker = fake_gcp.instances["lab-dev-tracker"]
+    assert (tracker.status, tracker.cut, tracker.stopped_after_s) == ("TERMINATED", False, 80.0)
+    assert done.backup_by == "tracker" and done.backup.name == taken[0]
+    assert calls == ["destroy workers", "destroy"]
 
 
 def test_nothing_to_destroy_needs_no_engine(settings, backend):

@@ -326,6 +326,18 @@ def teardown(
     )
 
 
+def stop_tracker_vm(settings: schema.Settings, outputs: dict[str, Any], say: Say) -> None:
+    """Without SSH (a scheduled `lab down` from elsewhere): stop the tracker VM through the Compute API and wait
+    until it is off; its shutdown unit backs it up to the bucket on the way (teardown waits for that backup there)."""
+    from toolkit.gcp import api as gcp_api
+
+    name, zone = outputs.get("tracker_name"), outputs.get("zone")
+    if not isinstance(name, str) or not isinstance(zone, str):
+        raise LabError("the Pulumi state names no tracker VM to stop")
+    say(f"stopping {name} through the Compute API")
+    gcp_api.stop_instance(settings.project or "", zone, name)
+
+
 def _unreachable(exc: LabError) -> bool:
     """This machine cannot SSH to the tracker: it is not let in, or it has not the lab's key at all."""
     from toolkit.hosts import ssh as remote
@@ -677,17 +689,6 @@ def _down(lab: GcpLab, request: DownRequest, ui: Ui) -> Report:
         caught_up.append(replica_caught_up)
         return made.path
 
-    def stop_tracker(outputs: dict[str, Any]) -> None:
-        """Without SSH (a scheduled `lab down` from elsewhere): stop the tracker VM through the Compute API;
-        its shutdown unit backs it up to the bucket (teardown waits for that backup there)."""
-        from toolkit.gcp import api as gcp_api
-
-        name, zone = outputs.get("tracker_name"), outputs.get("zone")
-        if not isinstance(name, str) or not isinstance(zone, str):
-            raise LabError("the Pulumi state names no tracker VM to stop")
-        say(f"stopping {name} through the Compute API")
-        gcp_api.stop_instance(settings.project or "", zone, name)
-
     with stack_lock(settings, "down"):
         with contextlib.suppress(LabError):  # the tracker's detached sweeps, as Ctrl-C stops them, before their workers
             remote_lab.stop_sweeps(lab.on_hosts, say)
@@ -696,7 +697,7 @@ def _down(lab: GcpLab, request: DownRequest, ui: Ui) -> Report:
             lambda: pulumi_engine.AutomationEngine(settings, paths.project_dir()),
             backup=backup,
             say=say,
-            stop_tracker=stop_tracker,
+            stop_tracker=functools.partial(stop_tracker_vm, settings, say=say),
             destroy_data=request.destroy_data,
             force=request.force,
         )
