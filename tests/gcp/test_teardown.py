@@ -357,3 +357,21 @@ def test_destroy_data_needs_a_yes_without_a_terminal(lab, env, backend):
     assert ran.code == 1
     assert "pass --yes" in ran.err
     assert (backend / ".pulumi" / "stacks" / "lab" / "dev.json").exists()
+
+
+# -- the next `lab up` starts a stopped tracker ----------------------------------------------------------------
+
+
+def test_up_starts_a_stopped_tracker_and_waits_until_it_runs(settings, fake_gcp):
+    """Issue 24, breakage 4, through the timed Compute stand-in: the tracker a no-SSH `down` stopped (and kept) is
+    TERMINATED with no address; `lab up` starts it (STAGING for 40 s of GCP time) and waits until it is RUNNING with
+    its new address before configuring it. A running tracker is left alone."""
+    outputs = {**OUTPUTS, "tracker_name": "lab-dev-tracker", "zone": "us-central1-a"}
+    fake_gcp.add("lab-dev-tracker", status="TERMINATED", external_ip=None, start_s=40.0, next_ip="203.0.113.50")
+    said: list[str] = []
+    assert gcp_lab.start_stopped_tracker(settings, outputs, said.append) is True
+    tracker = fake_gcp.instances["lab-dev-tracker"]
+    assert (tracker.status, tracker.external_ip) == ("RUNNING", "203.0.113.50")
+    assert any("starting lab-dev-tracker" in line for line in said), said
+    assert gcp_lab.start_stopped_tracker(settings, outputs, said.append) is False, "running: nothing to do"
+    assert [m for m, p in fake_gcp.requests if p.endswith("/start")] == ["POST"]
