@@ -88,6 +88,11 @@ class Tracker(pulumi.ComponentResource):
             ),
             metadata=args.metadata,
             allow_stopping_for_update=True,
+            # Kept running: a tracker stopped (a no-SSH `lab down` whose backup failed, a maintenance stop) is started
+            # again by the next `lab up`. The provider reconciles status only when this is set (its Read copies the
+            # live status into desired_status only then: terraform-provider-google resource_compute_instance.go), and
+            # `lab up` refreshes first, so a TERMINATED tracker is a diff that Update answers with instances.start.
+            desired_status="RUNNING",
             opts=child,
         )
         self.name = self.instance.name

@@ -9,9 +9,15 @@
                          named in `unreachables` and its scope carries warning.code UNREACHABLE)
 - instances.start / stop https://cloud.google.com/compute/docs/reference/rest/v1/instances/start, .../stop
                          (each answers an Operation; https://cloud.google.com/compute/docs/reference/rest/v1/zoneOperations)
-- zoneOperations.wait    https://cloud.google.com/compute/docs/reference/rest/v1/zoneOperations/wait
+- zoneOperations.wait    https://cloud.google.com/compute/docs/reference/rest/v1/zoneOperations/wait ("waits for no
+                         more than the 2 minutes and then returns the current state of the operation, which might be
+                         DONE or still in progress")
 - zoneOperations.get     https://cloud.google.com/compute/docs/reference/rest/v1/zoneOperations/get (an operation
                          stays RUNNING for `operation_reads` reads, then is DONE)
+
+Time, as GCP keeps it (see "Compute with time" below the imports): a stop runs the guest's shutdown and powers
+the VM off at the shutdown window's end whatever the guest is doing; a start takes its time in STAGING; a wait
+answers when the operation is DONE or at its own deadline, with the operation still RUNNING.
 - instances.start on a VM still STOPPING: HTTP 400, reason resourceNotReady, "The resource '<name>' is not ready"
                          (GCE's text for a resource mid-operation, as quoted in tests/data/gcp_errors, see SOURCES.md)
 - instances.getGuestAttributes
@@ -31,10 +37,13 @@ reaches an unmodelled call fails loudly instead of passing on a guess.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import re
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -43,6 +52,31 @@ from urllib.parse import parse_qs, urlparse
 COMPUTE = "/compute/v1"
 SERVICEUSAGE = "/serviceusage/v1"
 RESOURCEMANAGER = "/resourcemanager/v1"
+
+# -- Compute with time ------------------------------------------------------------------------------------------
+# GCP's rules, in GCP's seconds, always enforced; what a guest does in them is the test's scenario.
+# zoneOperations.wait "waits for no more than the 2 minutes and then returns the current state of the operation,
+# which might be DONE or still in progress" (https://cloud.google.com/compute/docs/reference/rest/v1/zoneOperations/wait).
+WAIT_DEADLINE_S = 120.0
+# From the stop request, the guest has this long to shut down before the VM is powered off: "On-demand instances:
+# 90 seconds after you stop or delete an instance; Preemptible instances: 30 seconds after instance preemption
+# begins" (https://cloud.google.com/compute/docs/shutdownscript, "Limitations"); Spot VMs get the preemptible
+# process's 30 s (https://cloud.google.com/compute/docs/instances/spot, "Preemption process").
+SHUTDOWN_WINDOW_S = {"standard": 90.0, "spot": 30.0}
+# The stand-in runs GCP's time at this many real seconds per GCP second, and hands the same factor to the client
+# (LAB_GCP_TIME_SCALE, toolkit.gcp.api.time_scale): both sides scale every duration alike, so every comparison
+# (the client's read timeout against the wait's deadline, a guest's shutdown against the window) holds as on GCP.
+TIME_SCALE = 0.01
+TICK_S = 0.002  # real seconds between the stand-in's looks at its clock
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a guest's shutdown: `seconds` of GCP time, then `done()` (e.g. the final backup's upload)."""
+
+    name: str
+    seconds: float
+    done: Callable[[], None] | None = None
 
 
 def error_body(code: int, message: str, reason: str, status: str = "", details: list | None = None) -> dict:
@@ -77,6 +111,16 @@ class FakeInstance:
     host_keys: dict[str, str] = field(default_factory=dict)  # guest attributes hostkeys/<type>
     start_error: dict | None = None  # an Operation error the next start ends with (e.g. a stockout)
     next_ip: str | None = None  # the ephemeral address a start gives it
+    spot: bool = False  # spot/preemptible: a 30 s shutdown window, else 90 s
+    shutdown: list[Step] = field(default_factory=list)  # what the guest does from the stop signal, in order
+    start_s: float = 0.0  # GCP seconds in STAGING before a start is RUNNING
+    shut_down: list[str] = field(default_factory=list)  # the shutdown steps that finished before the power-off
+    cut: bool = False  # the last stop powered the VM off while its guest was still shutting down
+    stopped_after_s: float | None = None  # GCP seconds from the last stop request to the power-off
+
+    @property
+    def window_s(self) -> float:
+        return SHUTDOWN_WINDOW_S["spot" if self.spot else "standard"]
 
     def as_api(self, project: str) -> dict[str, Any]:
         access = (
@@ -117,6 +161,12 @@ class FakeGcp:
     controllable: set[str] | None = None
     caller: str = "lab-dev-tracker@my-gcp-project.iam.gserviceaccount.com"
     url: str = ""
+    scale: float = TIME_SCALE  # real seconds per GCP second
+    drop_waits: int = 0  # how many zoneOperations.wait requests lose their connection without an answer
+    waits: list[tuple[str, str, float]] = field(default_factory=list)  # (operation, status answered, GCP s held)
+    _lock: Any = field(default_factory=threading.RLock)
+    _epoch: float = field(default_factory=time.monotonic)
+    _timers: list[tuple[float, Callable[[], None]]] = field(default_factory=list)  # (GCP time due, what happens)
     _ids: Any = field(default_factory=lambda: itertools.count(1000))
     _ips: Any = field(default_factory=lambda: itertools.count(20))
 
@@ -134,7 +184,32 @@ class FakeGcp:
             "LAB_COMPUTE_API": self.url + COMPUTE,
             "LAB_SERVICEUSAGE_API": self.url + SERVICEUSAGE,
             "LAB_RESOURCEMANAGER_API": self.url + RESOURCEMANAGER,
+            "LAB_GCP_TIME_SCALE": repr(self.scale),
         }
+
+    # -- GCP's clock ------------------------------------------------------------------------------------------
+
+    def now(self) -> float:
+        """GCP seconds since the stand-in started."""
+        return (time.monotonic() - self._epoch) / self.scale
+
+    def at(self, due: float, what: Callable[[], None]) -> None:
+        """`what` happens at GCP time `due` (at once if that is now or past)."""
+        with self._lock:
+            self._timers.append((due, what))
+        self.tick()
+
+    def tick(self) -> None:
+        """Everything that is due by GCP's clock happens, in time order (the server's ticker calls this, and so
+        does every request before it answers)."""
+        with self._lock:
+            while True:
+                now = self.now()
+                due = sorted((t for t in self._timers if t[0] <= now), key=lambda t: t[0])
+                if not due:
+                    return
+                self._timers.remove(due[0])
+                due[0][1]()
 
     # -- routes -----------------------------------------------------------------------------------------------
 
@@ -160,17 +235,16 @@ class FakeGcp:
             operation = self.operations.get(match.group(3))
             if operation is None:
                 return not_found(f"projects/{self.project}/zones/{match.group(2)}/operations/{match.group(3)}")
-            operation["status"] = "DONE"
-            return 200, operation
+            return 200, self.wait(operation)
         if match := re.fullmatch(r"/projects/([^/]+)/zones/([^/]+)/operations/([^/]+)", path):
             operation = self.operations.get(match.group(3))
             if method != "GET" or operation is None:
                 return not_found(f"projects/{self.project}/zones/{match.group(2)}/operations/{match.group(3)}")
-            if self.operation_reads > 0:
+            self.tick()
+            if operation["status"] == "DONE" and self.operation_reads > 0:
                 self.operation_reads -= 1
-            else:
-                operation["status"] = "DONE"
-            return 200, operation
+                return 200, {**operation, "status": "RUNNING"}
+            return 200, dict(operation)
         match = re.fullmatch(r"/projects/([^/]+)/zones/([^/]+)/instances/([^/]+)(?:/(\w+))?", path)
         if not match:
             return 501, error_body(501, f"the stand-in does not know {method} {path}", "notImplemented")
@@ -179,8 +253,9 @@ class FakeGcp:
         resource = f"projects/{self.project}/zones/{zone}/instances/{name}"
         if instance is None or instance.zone != zone:
             return not_found(resource)
+        self.tick()
         if method == "GET" and verb is None:
-            if instance.status == "STOPPING":
+            if instance.status == "STOPPING" and not self.stopping_on_schedule(instance):
                 self.stopping_polls -= 1
                 if self.stopping_polls < 0:
                     instance.status = "TERMINATED"
@@ -203,6 +278,78 @@ class FakeGcp:
     def may_control(self, name: str) -> bool:
         return self.controllable is None or name in self.controllable
 
+    def wait(self, operation: dict[str, Any]) -> dict[str, Any]:
+        """zoneOperations.wait: hold the request until the operation is DONE or the wait's own deadline passes, then
+        answer the operation as it is (RUNNING at the deadline)."""
+        started = self.now()
+        while operation["status"] != "DONE" and self.now() - started < WAIT_DEADLINE_S:
+            time.sleep(TICK_S)
+            self.tick()
+        self.waits.append((operation["name"], operation["status"], self.now() - started))
+        return dict(operation)
+
+    def stopping_on_schedule(self, instance: FakeInstance) -> bool:
+        """A VM this stand-in is stopping keeps its own time (a VM a test set STOPPING follows `stopping_polls`)."""
+        return any(
+            op["status"] != "DONE" and op["operationType"] == "stop" and op["targetId"] == instance.id
+            for op in self.operations.values()
+        )
+
+    def stop(self, instance: FakeInstance, operation: dict[str, Any]) -> None:
+        """The guest gets the stop signal now; each step of its shutdown finishes in turn, and the VM is powered
+        off when the guest is done or at the window's end, whatever it is doing then."""
+        signal = self.now()
+        if instance.status == "TERMINATED":
+            self.finish(operation)  # stopping a stopped VM: nothing to do
+            return
+        instance.status, instance.shut_down, instance.cut = "STOPPING", [], False
+        elapsed = 0.0
+        for step in instance.shutdown:
+            elapsed += step.seconds
+            if elapsed > instance.window_s:
+                break
+            self.at(signal + elapsed, functools.partial(self.step_done, instance, step))
+        needed = sum(step.seconds for step in instance.shutdown)
+
+        def power_off() -> None:
+            instance.status = "TERMINATED"
+            instance.cut = needed > instance.window_s
+            instance.stopped_after_s = min(needed, instance.window_s)
+            self.finish(operation)
+
+        self.at(signal + min(needed, instance.window_s), power_off)
+
+    @staticmethod
+    def step_done(instance: FakeInstance, step: Step) -> None:
+        instance.shut_down.append(step.name)
+        if step.done:
+            step.done()
+
+    def start(self, instance: FakeInstance, operation: dict[str, Any]) -> None:
+        """PROVISIONING/STAGING for `start_s`, then RUNNING with a new ephemeral address (or the stockout)."""
+        if instance.start_error:
+            operation["error"] = {"errors": [instance.start_error]}
+            operation["httpErrorStatusCode"] = 503
+            operation["httpErrorMessage"] = "SERVICE UNAVAILABLE"
+            instance.start_error = None
+            self.finish(operation)
+            return
+        if instance.status == "RUNNING":
+            self.finish(operation)  # starting a running VM: nothing to do
+            return
+        instance.status = "STAGING"
+
+        def running() -> None:
+            instance.external_ip = instance.next_ip or f"203.0.113.{next(self._ips)}"
+            instance.status = "RUNNING"
+            self.finish(operation)
+
+        self.at(self.now() + instance.start_s, running)
+
+    @staticmethod
+    def finish(operation: dict[str, Any]) -> None:
+        operation["status"], operation["progress"] = "DONE", 100
+
     def operation(self, instance: FakeInstance, verb: str) -> dict[str, Any]:
         # The Operation resource instances.start/stop answer, with the fields its reference page documents
         # (https://cloud.google.com/compute/docs/reference/rest/v1/zoneOperations#Operation): id, name,
@@ -224,19 +371,11 @@ class FakeGcp:
             "selfLink": f"{zone_link}/operations/{name}",
             "zone": instance.zone,
         }
-        if verb == "start" and instance.start_error:
-            operation["error"] = {"errors": [instance.start_error]}
-            operation["httpErrorStatusCode"] = 503
-            operation["httpErrorMessage"] = "SERVICE UNAVAILABLE"
-            instance.start_error = None
-        elif verb == "start":
-            if instance.status != "RUNNING":
-                instance.external_ip = instance.next_ip or f"203.0.113.{next(self._ips)}"
-            instance.status = "RUNNING"
-        else:
-            instance.status = "TERMINATED"
         self.operations[name] = operation
-        return operation
+        answer = dict(operation)  # as GCP answers the POST: the operation as it was asked, RUNNING
+        with self._lock:
+            (self.start if verb == "start" else self.stop)(instance, operation)
+        return answer
 
     def aggregated(self, kind: str, query: dict[str, list[str]]) -> tuple[int, dict]:
         wanted = (query.get("filter") or [""])[0]
@@ -312,13 +451,20 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         body = json.loads(raw) if raw else {}
+        if self.path.endswith("/wait") and self.fake.drop_waits > 0:
+            self.fake.drop_waits -= 1
+            self.close_connection = True  # a connection that drops: no status line, no answer
+            return
         status, answer = self.fake.handle(method, self.path, body)
         data = json.dumps(answer).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=UTF-8")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json; charset=UTF-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client stopped waiting (its read timeout): GCP's answer goes nowhere
 
     def do_GET(self) -> None:
         self._answer("GET")
@@ -338,12 +484,20 @@ class Served:
         handler = type("Handler", (_Handler,), {"fake": self.fake})
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.fake.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.stopped = threading.Event()
+        self.clock = threading.Thread(target=self._tick, daemon=True)  # GCP's time goes on while nobody asks
+
+    def _tick(self) -> None:
+        while not self.stopped.wait(TICK_S):
+            self.fake.tick()
 
     def __enter__(self) -> FakeGcp:
         self.thread.start()
+        self.clock.start()
         return self.fake
 
     def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
         self.server.shutdown()
         self.server.server_close()

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import pytest
 
+from tests.gcp.fake_gcp_api import Step
 from toolkit.budget import tracker
+from toolkit.gcp import api
 
 PROJECT = "my-gcp-project"
 ZONE = "us-central1-a"
@@ -74,3 +76,25 @@ def test_the_tracker_account_may_stop_exactly_the_workers():
     for name in WORKERS:
         assert f'resource.name == "projects/{PROJECT}/zones/{ZONE}/instances/{name}"' in condition
     assert "lab-dev-tracker" not in condition, "the tracker cannot stop itself"
+
+
+def test_a100s_that_take_their_time_to_stop_are_reported_stopped(vms):
+    """Issue 24, breakage 2: an A100 worker's guest takes its time to stop (trials interrupted, checkpoints flushed):
+    60 s for on-demand workers (`up --fallback-on-demand`; their window is 90 s), the spot window's 30 s for spot ones.
+    The stop's zone operation stays RUNNING that long, and zoneOperations.wait holds the request meanwhile; the guard
+    waits it out instead of calling them "did not stop" at its 30-s read timeout."""
+    vms.instances["lab-dev-worker-0"].shutdown = [Step("trials interrupted, checkpoints flushed", 60.0)]
+    vms.instances["lab-dev-worker-1"].spot = True
+    vms.instances["lab-dev-worker-1"].shutdown = [Step("trials interrupted, checkpoints flushed", 45.0)]
+    did = tracker.stop_vms(handed(*WORKERS), print)
+    assert did == ["worker worker-0: VM lab-dev-worker-0 stopped", "worker worker-1: VM lab-dev-worker-1 stopped"]
+    assert vms.instances["lab-dev-worker-0"].stopped_after_s == 60.0
+    assert vms.instances["lab-dev-worker-1"].stopped_after_s == 30.0, "a spot VM is powered off at its window's end"
+
+
+def test_a_worker_gcp_is_still_stopping_at_the_deadline_is_reported_stopping(vms, monkeypatch):
+    """When the guard's own deadline passes with the operation still RUNNING, the VM is stopping, not "did not stop"."""
+    monkeypatch.setattr(api, "OPERATION_TIMEOUT_S", 20.0)
+    vms.instances["lab-dev-worker-0"].shutdown = [Step("trials interrupted, checkpoints flushed", 80.0)]
+    did = tracker.stop_vms(handed("lab-dev-worker-0"), print)
+    assert did == ["worker worker-0: VM lab-dev-worker-0 is stopping (GCP's stop operation is still running)"]

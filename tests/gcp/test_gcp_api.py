@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.gcp.fake_gcp_api import SHUTDOWN_WINDOW_S, WAIT_DEADLINE_S, Step
 from toolkit.errors import LabError
 from toolkit.gcp import api as gcp_api
 from toolkit.gcp import capacity
@@ -145,6 +146,56 @@ def test_stop_instance_waits_for_the_operation(fake_gcp):
     assert fake_gcp.instances["lab-dev-worker-0"].status == "TERMINATED"
     assert any(p.endswith("/wait") for m, p in fake_gcp.requests if m == "POST")
     assert gcp_api.stop_instance("my-gcp-project", "us-central1-a", "gone") is False
+
+
+# -- operations take GCP's time (the stand-in's clock runs at fake_gcp.scale; the client scales alike) -----------
+
+
+def test_the_stand_in_holds_a_wait_to_its_own_deadline_and_answers_running(fake_gcp):
+    """zoneOperations.wait answers at its ~2-minute deadline with the operation still RUNNING; a client that asks
+    again gets DONE when it is (https://cloud.google.com/compute/docs/reference/rest/v1/zoneOperations/wait)."""
+    fake_gcp.add("lab-dev-worker-0", status="TERMINATED", start_s=150.0)  # a start that takes 2.5 minutes
+    assert gcp_api.start_stopped("my-gcp-project", "us-central1-a", ["lab-dev-worker-0"]) == ["lab-dev-worker-0"]
+    assert [status for _, status, _ in fake_gcp.waits] == ["RUNNING", "DONE"]
+    held = fake_gcp.waits[0][2]
+    assert WAIT_DEADLINE_S <= held < WAIT_DEADLINE_S + 15, f"held {held:.0f} s of GCP time"
+    assert fake_gcp.instances["lab-dev-worker-0"].status == "RUNNING"
+
+
+def test_a_stop_powers_the_vm_off_at_the_windows_end_whatever_the_guest_is_doing(fake_gcp):
+    """From the stop request a standard VM's guest has 90 s, a spot VM's 30 s
+    (https://cloud.google.com/compute/docs/shutdownscript, https://cloud.google.com/compute/docs/instances/spot)."""
+    slow = [Step("sweep", 20.0), Step("final backup", 100.0)]
+    fake_gcp.add("standard", shutdown=slow)
+    fake_gcp.add("spot", spot=True, shutdown=[Step("checkpoint", 25.0), Step("upload", 10.0)])
+    fake_gcp.add("quick", shutdown=[Step("everything", 40.0)])
+    for name in ("standard", "spot", "quick"):
+        assert gcp_api.stop_instance("my-gcp-project", "us-central1-a", name) is True
+    standard, spot, quick = (fake_gcp.instances[n] for n in ("standard", "spot", "quick"))
+    assert (standard.status, standard.cut, standard.shut_down) == ("TERMINATED", True, ["sweep"])
+    assert standard.stopped_after_s == SHUTDOWN_WINDOW_S["standard"] == 90.0
+    assert (spot.cut, spot.shut_down, spot.stopped_after_s) == (True, ["checkpoint"], SHUTDOWN_WINDOW_S["spot"])
+    assert (quick.cut, quick.shut_down, quick.stopped_after_s) == (False, ["everything"], 40.0)
+
+
+def test_a_stop_that_outlasts_the_clients_read_timeout_is_waited_for(fake_gcp):
+    """Issue 24, breakage 2: the guest's shutdown (here 80 s, inside the 90-s window) keeps the stop RUNNING longer
+    than the client's 30-s read timeout, and zoneOperations.wait holds the request that long. The wait's read timeout
+    must outlast the wait's own deadline; a wait that is not answered is asked again until the overall deadline."""
+    fake_gcp.add("lab-dev-tracker", shutdown=[Step("mlflow", 10.0), Step("final backup", 70.0)])
+    assert gcp_api.stop_instance("my-gcp-project", "us-central1-a", "lab-dev-tracker") is True
+    tracker = fake_gcp.instances["lab-dev-tracker"]
+    assert (tracker.status, tracker.cut, tracker.shut_down) == ("TERMINATED", False, ["mlflow", "final backup"])
+    assert gcp_api.WAIT_READ_TIMEOUT_S > WAIT_DEADLINE_S, "the read timeout outlasts the server's own deadline"
+
+
+def test_a_wait_that_gcp_does_not_answer_is_asked_again(fake_gcp):
+    """A wait whose connection drops without an answer (NoAnswer) is asked again until the overall deadline: the
+    operation goes on at GCP regardless."""
+    fake_gcp.add("lab-dev-worker-0", shutdown=[Step("guest", 20.0)])
+    fake_gcp.drop_waits = 1
+    assert gcp_api.stop_instance("my-gcp-project", "us-central1-a", "lab-dev-worker-0") is True
+    assert fake_gcp.drop_waits == 0 and fake_gcp.instances["lab-dev-worker-0"].status == "TERMINATED"
 
 
 def test_an_operation_that_never_finishes_times_out(fake_gcp, monkeypatch):

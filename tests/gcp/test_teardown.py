@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.gcp.fake_gcp_api import Step
 from tests.gcp.pulumi_fakes import gcp_settings, path_without_pulumi, write_checkpoint, write_lock
 from toolkit.config import schema
 from toolkit.errors import EXIT_BACKUP_FAILED, EXIT_LEFTOVERS, EXIT_LOCKED, EXIT_UNVERIFIED, LabError
@@ -281,6 +282,40 @@ def test_without_ssh_and_without_a_final_backup_the_tracker_stays(settings, back
     assert names_in_state(backend) == ["tracker", "tracker-data"]
 
 
+def test_without_ssh_a_tracker_whose_stop_outlasts_30_s_is_waited_for_and_its_final_backup_kept(
+    settings, backend, bucket, tmp_path, fake_gcp
+):
+    """Issue 24, breakage 2, through the timed Compute stand-in: the tracker's guest takes 80 s of GCP time to stop
+    (the sweep, MLflow, then the final backup uploads), inside its 90-s window but past the client's 30-s read
+    timeout, while zoneOperations.wait holds the request up to its 2-minute deadline. The scheduled no-SSH `lab down`
+    waits the stop out and keeps the backup the tracker took; before the fix it exited 4 (EXIT_BACKUP_FAILED) with the
+    tracker kept (and billing)."""
+    outputs = {**OUTPUTS, "tracker_name": "lab-dev-tracker", "zone": "us-central1-a"}
+    write_checkpoint(backend, "dev", outputs, RESOURCES)
+    taken: list[str] = []
+    fake_gcp.add(
+        "lab-dev-tracker",
+        shutdown=[
+            Step("sweeps stopped", 20.0),
+            Step("MLflow stopped", 10.0),
+            Step("final backup uploaded", 50.0, lambda: taken.append(tracker_backup(tmp_path, bucket, "shutdown"))),
+        ],
+    )
+    calls: list[str] = []
+    said: list[str] = []
+    done = gcp_lab.teardown(
+        settings,
+        lambda: RecordingEngine(backend, calls),
+        backup=unreachable,
+        stop_tracker=lambda o: gcp_lab.stop_tracker_vm(settings, o, say=said.append),
+        say=said.append,
+    )
+    tracker = fake_gcp.instances["lab-dev-tracker"]
+    assert (tracker.status, tracker.cut, tracker.stopped_after_s) == ("TERMINATED", False, 80.0)
+    assert done.backup_by == "tracker" and done.backup.name == taken[0]
+    assert calls == ["destroy workers", "destroy"]
+
+
 def test_nothing_to_destroy_needs_no_engine(settings, backend):
     def no_engine():
         raise AssertionError("no engine is needed when the state shows nothing")
@@ -366,3 +401,21 @@ def test_destroy_data_needs_a_yes_without_a_terminal(lab, env, backend):
     assert ran.code == 1
     assert "pass --yes" in ran.err
     assert (backend / ".pulumi" / "stacks" / "lab" / "dev.json").exists()
+
+
+# -- the next `lab up` starts a stopped tracker ----------------------------------------------------------------
+
+
+def test_up_starts_a_stopped_tracker_and_waits_until_it_runs(settings, fake_gcp):
+    """Issue 24, breakage 4, through the timed Compute stand-in: the tracker a no-SSH `down` stopped (and kept) is
+    TERMINATED with no address; `lab up` starts it (STAGING for 40 s of GCP time) and waits until it is RUNNING with
+    its new address before configuring it. A running tracker is left alone."""
+    outputs = {**OUTPUTS, "tracker_name": "lab-dev-tracker", "zone": "us-central1-a"}
+    fake_gcp.add("lab-dev-tracker", status="TERMINATED", external_ip=None, start_s=40.0, next_ip="203.0.113.50")
+    said: list[str] = []
+    assert gcp_lab.start_stopped_tracker(settings, outputs, said.append) is True
+    tracker = fake_gcp.instances["lab-dev-tracker"]
+    assert (tracker.status, tracker.external_ip) == ("RUNNING", "203.0.113.50")
+    assert any("starting lab-dev-tracker" in line for line in said), said
+    assert gcp_lab.start_stopped_tracker(settings, outputs, said.append) is False, "running: nothing to do"
+    assert [m for m, p in fake_gcp.requests if p.endswith("/start")] == ["POST"]

@@ -151,3 +151,15 @@ def test_stack_name_shapes_resource_names(dev_config):
     accounts = sorted(a.inputs["accountId"] for a in program.of_type("gcp:serviceaccount/account:Account"))
     assert accounts == ["lab-team-research-2-tracker", "lab-team-research-2-worker"]
     assert all(6 <= len(account) <= 30 for account in accounts)
+
+
+def test_a_stopped_tracker_is_started_again_by_the_next_up(run):
+    """Issue 24, breakage 4: the provider reconciles a VM's status only when desired_status is set (its Read writes
+    the live status into desired_status only then: terraform-provider-google
+    google/services/compute/resource_compute_instance.go, resourceComputeInstanceRead, `if d.Get("desired_status") !=
+    ""`), and `lab up` refreshes first (toolkit/gcp/pulumi_engine.py, refresh=True), so a TERMINATED tracker shows as
+    a diff that Update resolves by starting it. Without it a stopped tracker stayed stopped after `lab up`."""
+    tracker = run().one_named(INSTANCE, "tracker")
+    assert tracker.inputs["desiredStatus"] == "RUNNING"
+    assert tracker.inputs["allowStoppingForUpdate"] is True
+    assert all(vm.inputs["desiredStatus"] == "RUNNING" for vm in workers_of(run(workers=1))), "as the workers"

@@ -103,7 +103,8 @@ class TrackerPlace(Place):
 
 
 def stop_vms(gcp: dict[str, Any], say: Say) -> list[str]:
-    """gcp: stop each worker's VM through the Compute API (instances.stop), with the tracker's service account."""
+    """gcp: stop each worker's VM through the Compute API (instances.stop), with the tracker's service account, and
+    wait for each stop's operation (the guest's shutdown: up to 30 s for a spot VM, 90 s for an on-demand one)."""
     from toolkit.gcp import api
 
     did = []
@@ -113,6 +114,8 @@ def stop_vms(gcp: dict[str, Any], say: Say) -> list[str]:
         try:
             found = api.stop_instance(str(gcp["project"]), zone, name)
             did.append(f"worker {worker['name']}: VM {name} stopped" if found else f"worker VM {name} does not exist")
+        except api.StillRunning:  # GCP took the stop, and its guest is still shutting down: it powers off in time
+            did.append(f"worker {worker['name']}: VM {name} is stopping (GCP's stop operation is still running)")
         except LabError as exc:
             did.append(f"worker {worker['name']}: VM {name} did not stop: {exc.one_line()}")
     return did

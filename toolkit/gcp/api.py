@@ -13,6 +13,11 @@ loopback `http://` address (the tests' stand-in, tests/gcp/fake_gcp_api.py) is c
 AnonymousCredentials, so tests need no Google account. Every other endpoint, including every real one,
 uses application-default credentials.
 
+Time: every duration this module enforces (read timeouts, deadlines, pauses) is in GCP's seconds, multiplied by
+`time_scale()`: 1 against GCP, and LAB_GCP_TIME_SCALE (e.g. 0.01: 120 s of GCP's time is 1.2 s) against the
+tests' stand-in, which keeps GCP's time at the same scale. The scale is honoured only for a loopback endpoint, so
+no setting can shorten a timeout against GCP itself.
+
 References (the shapes parsed here):
 - https://cloud.google.com/compute/docs/reference/rest/v1/instances/get, .../instances/aggregatedList,
   .../instances/start, .../instances/stop, .../instances/getGuestAttributes,
@@ -42,7 +47,13 @@ RESOURCEMANAGER_API = "https://cloudresourcemanager.googleapis.com/v1"
 SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 TIMEOUT_S = 30
 OPERATION_TIMEOUT_S = 600
+# zoneOperations.wait holds the request until the operation is DONE or "the 2 minute deadline", then answers it as it
+# is (https://cloud.google.com/compute/docs/reference/rest/v1/zoneOperations/wait): its read timeout must outlast that.
+WAIT_DEADLINE_S = 120
+WAIT_READ_TIMEOUT_S = WAIT_DEADLINE_S + TIMEOUT_S
+RETRY_PAUSE_S = 5  # before asking again after a wait that was not answered
 KINDS = ("instances", "disks")
+TIME_SCALE_ENV = "LAB_GCP_TIME_SCALE"  # the tests' stand-in only: real seconds per GCP second
 RUNNING = "RUNNING"
 STARTING = ("PROVISIONING", "STAGING")
 STOPPED = ("STOPPING", "TERMINATED", "SUSPENDING", "SUSPENDED")
@@ -65,8 +76,32 @@ class NotAsked(LabError):
     """GCP could not be asked: no credentials, no network, no google-auth."""
 
 
+class NoAnswer(NotAsked):
+    """A request left, and no answer came back (a timeout, a dropped connection): it may yet have been done."""
+
+
 def endpoint(variable: str, default: str) -> str:
     return (os.environ.get(variable, "").strip() or default).rstrip("/")
+
+
+def time_scale() -> float:
+    """Real seconds per GCP second: 1, or LAB_GCP_TIME_SCALE when the Compute API is the tests' loopback stand-in
+    (tests/gcp/fake_gcp_api.py keeps GCP's time at the same scale, so every rule holds in proportion)."""
+    raw = os.environ.get(TIME_SCALE_ENV, "").strip()
+    if not raw or not is_local(endpoint("LAB_COMPUTE_API", COMPUTE_API)):
+        return 1.0
+    try:
+        scale = float(raw)
+    except ValueError:
+        scale = 0.0
+    if not 0 < scale <= 1:
+        raise LabError(f"{TIME_SCALE_ENV}={raw!r} is not a number in (0, 1]", hint=f"unset {TIME_SCALE_ENV}")
+    return scale
+
+
+def pause(seconds: float) -> None:
+    """Sleep `seconds` of GCP's time."""
+    time.sleep(seconds * time_scale())
 
 
 def is_local(url: str) -> bool:
@@ -136,10 +171,10 @@ def call(
     """One REST call; GCP's error as ApiError, no answer at all as NotAsked."""
     session = _session(is_local(url))
     try:
-        response = session.request(method, url, params=params, json=body, timeout=timeout)
+        response = session.request(method, url, params=params, json=body, timeout=timeout * time_scale())
     except Exception as exc:  # transport and token-refresh errors come in many types
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
-        raise NotAsked(f"{what}: GCP did not answer ({type(exc).__name__}{': ' + first if first else ''})") from None
+        raise NoAnswer(f"{what}: GCP did not answer ({type(exc).__name__}{': ' + first if first else ''})") from None
     if response.status_code >= 400:
         raise error_of(what, response)
     return response.json() if response.content else {}
@@ -307,6 +342,10 @@ def host_keys(project: str, zone: str, name: str) -> dict[str, str]:
 # -- operations: start, stop ----------------------------------------------------------------------------------
 
 
+class StillRunning(LabError):
+    """A zone operation was still running when the caller's deadline passed (it goes on at GCP)."""
+
+
 class OperationFailed(LabError):
     """A zone operation ended with errors; `text` is 'CODE: message' per error (what capacity.classify reads)."""
 
@@ -316,19 +355,33 @@ class OperationFailed(LabError):
         super().__init__(f"{what} failed: {self.text}")
 
 
-def wait(project: str, zone: str, operation: dict[str, Any], what: str, timeout: float = OPERATION_TIMEOUT_S) -> None:
-    """Wait for a zone operation (zoneOperations.wait answers when it is DONE or after about two minutes, so it
-    is asked again until the deadline); its errors raise OperationFailed."""
+def wait(project: str, zone: str, operation: dict[str, Any], what: str, timeout: float | None = None) -> dict[str, Any]:
+    """Wait for a zone operation until it is DONE or `timeout` (default OPERATION_TIMEOUT_S) passes, and return it.
+    zoneOperations.wait answers when the operation is DONE or at its own ~2-minute deadline, so it is asked again
+    (each time with a read timeout past that deadline); a wait that got no answer (NoAnswer) is asked again too, as
+    the operation goes on at GCP regardless. Its errors raise OperationFailed; the deadline raises StillRunning."""
     base = endpoint("LAB_COMPUTE_API", COMPUTE_API)
-    deadline = time.monotonic() + timeout
+    timeout = OPERATION_TIMEOUT_S if timeout is None else timeout
+    scale = time_scale()
+    deadline = time.monotonic() + timeout * scale
     while operation.get("status") != "DONE":
-        if time.monotonic() > deadline:
-            raise LabError(f"{what} did not finish within {timeout:.0f} s", hint="look at it in the console")
+        left = (deadline - time.monotonic()) / scale  # GCP seconds
+        if left <= 0:
+            raise StillRunning(f"{what} did not finish within {timeout:.0f} s", hint="look at it in the console")
         name = operation.get("name")
-        operation = call("POST", f"{base}/projects/{project}/zones/{zone}/operations/{name}/wait", what)
+        try:
+            operation = call(
+                "POST",
+                f"{base}/projects/{project}/zones/{zone}/operations/{name}/wait",
+                what,
+                timeout=min(WAIT_READ_TIMEOUT_S, left + 1),  # past the wait's own deadline, not past ours
+            )
+        except NoAnswer:
+            pause(min(RETRY_PAUSE_S, max(left, 0)))
     errors = operation_errors(operation)
     if errors:
         raise OperationFailed(what, errors)
+    return operation
 
 
 def _post_and_wait(project: str, zone: str, name: str, verb: str, what: str) -> None:
@@ -346,12 +399,12 @@ def start_stopped(
     operation's codes (ZONE_RESOURCE_POOL_EXHAUSTED when a spot VM has no capacity to restart into)."""
     started: list[str] = []
     for name in names:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout * time_scale()
         instance = get_instance(project, zone, name)
         while instance is not None and instance.status in ("STOPPING", "SUSPENDING"):
             if time.monotonic() > deadline:
                 raise LabError(f"{name} is still {instance.status} after {timeout:.0f} s", hint="try again later")
-            time.sleep(2)
+            pause(2)
             instance = get_instance(project, zone, name)
         if instance is None or instance.status not in ("TERMINATED", "SUSPENDED"):
             continue

@@ -326,6 +326,34 @@ def teardown(
     )
 
 
+def start_stopped_tracker(settings: schema.Settings, outputs: dict[str, Any], say: Say) -> bool:
+    """`lab up`: a tracker that is stopped (a no-SSH `lab down` that kept it, a maintenance stop) is started, and
+    waited for, before the lab is configured; True when it was. The program's desired_status="RUNNING" asks the same
+    of Pulumi; this covers a tracker stopped while Pulumi ran, and one still STOPPING then."""
+    from toolkit.gcp import api as gcp_api
+
+    name, zone = outputs.get("tracker_name"), outputs.get("zone")
+    if not isinstance(name, str) or not isinstance(zone, str):
+        return False
+    try:
+        return bool(gcp_api.start_stopped(settings.project or "", zone, [name], say))
+    except gcp_api.NotAsked as exc:  # as reading the hosts does: go on with what the outputs say
+        say(f"warning: could not ask GCP whether the tracker runs: {exc.one_line()}")
+        return False
+
+
+def stop_tracker_vm(settings: schema.Settings, outputs: dict[str, Any], say: Say) -> None:
+    """Without SSH (a scheduled `lab down` from elsewhere): stop the tracker VM through the Compute API and wait
+    until it is off; its shutdown unit backs it up to the bucket on the way (teardown waits for that backup there)."""
+    from toolkit.gcp import api as gcp_api
+
+    name, zone = outputs.get("tracker_name"), outputs.get("zone")
+    if not isinstance(name, str) or not isinstance(zone, str):
+        raise LabError("the Pulumi state names no tracker VM to stop")
+    say(f"stopping {name} through the Compute API")
+    gcp_api.stop_instance(settings.project or "", zone, name)
+
+
 def _unreachable(exc: LabError) -> bool:
     """This machine cannot SSH to the tracker: it is not let in, or it has not the lab's key at all."""
     from toolkit.hosts import ssh as remote
@@ -637,6 +665,7 @@ def _provision(lab: GcpLab, request: UpRequest, ui: Ui) -> dict[str, float] | Re
     if done is None:
         return Report(shown.get("document", {}), [])
     record_up(settings, done)
+    start_stopped_tracker(settings, done.outputs, ui.say)
     hosts = lab.on_hosts
     started = time.monotonic()
     remote_lab.forget_changed_host_keys(hosts)
@@ -677,17 +706,6 @@ def _down(lab: GcpLab, request: DownRequest, ui: Ui) -> Report:
         caught_up.append(replica_caught_up)
         return made.path
 
-    def stop_tracker(outputs: dict[str, Any]) -> None:
-        """Without SSH (a scheduled `lab down` from elsewhere): stop the tracker VM through the Compute API;
-        its shutdown unit backs it up to the bucket (teardown waits for that backup there)."""
-        from toolkit.gcp import api as gcp_api
-
-        name, zone = outputs.get("tracker_name"), outputs.get("zone")
-        if not isinstance(name, str) or not isinstance(zone, str):
-            raise LabError("the Pulumi state names no tracker VM to stop")
-        say(f"stopping {name} through the Compute API")
-        gcp_api.stop_instance(settings.project or "", zone, name)
-
     with stack_lock(settings, "down"):
         with contextlib.suppress(LabError):  # the tracker's detached sweeps, as Ctrl-C stops them, before their workers
             remote_lab.stop_sweeps(lab.on_hosts, say)
@@ -696,7 +714,7 @@ def _down(lab: GcpLab, request: DownRequest, ui: Ui) -> Report:
             lambda: pulumi_engine.AutomationEngine(settings, paths.project_dir()),
             backup=backup,
             say=say,
-            stop_tracker=stop_tracker,
+            stop_tracker=functools.partial(stop_tracker_vm, settings, say=say),
             destroy_data=request.destroy_data,
             force=request.force,
         )
