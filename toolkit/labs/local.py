@@ -91,7 +91,9 @@ class LocalLab(Lab):
         return open_lab(stack_name)
 
     @classmethod
-    def prerequisites(cls, public_key_path: str, project: str | None) -> list[Check]:
+    def prerequisites(
+        cls, public_key_path: str, project: str | None, settings: schema.Settings | None = None
+    ) -> list[Check]:
         return _prerequisites(public_key_path, project)
 
     @classmethod

@@ -93,7 +93,9 @@ class SshLab(Lab):
         return open_lab(stack_name, "ssh")
 
     @classmethod
-    def prerequisites(cls, public_key_path: str, project: str | None) -> list[Check]:
+    def prerequisites(
+        cls, public_key_path: str, project: str | None, settings: schema.Settings | None = None
+    ) -> list[Check]:
         from toolkit.labs import prerequisites as checks
 
         return checks.machine() + checks.reaching_hosts(public_key_path)
