@@ -411,6 +411,7 @@ def start_replica(lab: LocalLab, say: Say) -> services.Record:
             replica_url(lab),
             retention_days=lab.settings.backup_days,
             addr=f"{HOST}:{port}",
+            sync_interval=lab.settings.replica_sync_interval,
             socket=replica.socket_path(lab.run_dir),
         )
     )

@@ -483,6 +483,7 @@ def extravars(lab: SshLab, restore_from: Path | None) -> dict[str, Any]:
         "lab_idle_minutes": lab.settings.idle_minutes,
         "lab_restore_from": str(restore_from) if restore_from else "",
         "lab_replica": lab.settings.replica or "",  # empty: the role's default (the bucket's, else on the tracker)
+        "lab_replica_sync_interval": lab.settings.replica_sync_interval,  # lab:replicaSyncInterval
         "lab_datasets": list(lab.settings.datasets),  # fetched onto every worker at configure time
     }
 
