@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_gcp as gcp
 
+from toolkit.config.replica_bucket import BUCKET_PREFIX as REPLICA_PREFIX
+from toolkit.config.replica_bucket import NONCURRENT_DAYS as REPLICA_NONCURRENT_DAYS
 from toolkit.data.bucket import PART_SUFFIX
 from toolkit.data.store import FOLDER as DATASETS
-from toolkit.tracker.replica import BUCKET_PREFIX as REPLICA_PREFIX
-from toolkit.tracker.replica import NONCURRENT_DAYS as REPLICA_NONCURRENT_DAYS
 
 NONCURRENT_VERSION_DAYS = 30
 # A dataset upload's parts (toolkit/data/bucket.py: composed into the blob, then deleted; only they end in

@@ -404,8 +404,9 @@ def test_only_dataset_upload_parts_expire_sooner_and_no_live_object_but_them(run
 
 def test_the_replicas_deleted_files_go_sooner_and_nothing_else_does(run):
     """Litestream deletes LTX files all the time; in a versioned bucket each stays a noncurrent version. Under the
-    replica's folder they go after replica.NONCURRENT_DAYS (then soft delete's week), not the bucket's 30 days; no
+    replica's folder they go after NONCURRENT_DAYS (then soft delete's week), not the bucket's 30 days; no
     live file, backup or artifact is touched by that rule."""
+    from toolkit.config import replica_bucket
     from toolkit.tracker import replica
 
     inputs = run().one(BUCKET).inputs
@@ -418,9 +419,9 @@ def test_the_replicas_deleted_files_go_sooner_and_nothing_else_does(run):
         return not condition.get("matchesSuffixes") and (not prefixes or key.startswith(tuple(prefixes)))
 
     for_replica = [c for c in conditions if deletes(c, ltx)]
-    assert min(c["daysSinceNoncurrentTime"] for c in for_replica) == replica.NONCURRENT_DAYS < 30, for_replica
+    assert min(c["daysSinceNoncurrentTime"] for c in for_replica) == replica_bucket.NONCURRENT_DAYS < 30, for_replica
     assert all(c.get("withState") == "ARCHIVED" for c in for_replica), "only noncurrent versions, never live files"
-    sooner = [c for c in for_replica if c["daysSinceNoncurrentTime"] == replica.NONCURRENT_DAYS]
+    sooner = [c for c in for_replica if c["daysSinceNoncurrentTime"] == replica_bucket.NONCURRENT_DAYS]
     for key in ("backups/dev/2026-12-07T00-00-00Z/manifest.json", "1/0a1b/artifacts/model.pt", "datasets/x/blobs/ab"):
         assert not any(deletes(c, key) for c in sooner), key
-    assert inputs["softDeletePolicy"]["retentionDurationSeconds"] == replica.SOFT_DELETE_DAYS * 24 * 3600
+    assert inputs["softDeletePolicy"]["retentionDurationSeconds"] == replica_bucket.SOFT_DELETE_DAYS * 24 * 3600

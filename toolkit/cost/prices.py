@@ -167,7 +167,7 @@ def replica_lines(settings: schema.Settings, data: dict[str, Any] | None = None)
     """What the replica costs per hour the lab is up, for lab:replicaSyncInterval: its operations (an upload per
     sync per DB being written, a listing, a read and an upload per compaction) and the noncurrent versions of
     what it deletes, kept the replica's lifecycle days plus soft delete's."""
-    from toolkit.tracker import replica
+    from toolkit.config import replica_bucket as replica
 
     data = table() if data is None else data
     prices, fallback = _region(data, settings.region)

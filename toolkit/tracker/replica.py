@@ -25,9 +25,10 @@ from typing import Any
 
 from toolkit import environment as child_env
 from toolkit import proc
+from toolkit.config import replica_bucket
 from toolkit.errors import LabError
 
-DBS = ("mlflow.db", "optuna.db")
+DBS = replica_bucket.DBS
 # How often Litestream looks at each DB's WAL (monitor-interval, its default 1s) and ships what it found
 # (sync-interval). benchmarks/replication.py, 2 loaded cores, 8 crashes each: both at 1s, the worst crash lost
 # writes acknowledged 1.67 s before it (47 of them >= 1 s before); sync 250ms alone, 1.08 s (5); both 250ms,
@@ -35,13 +36,7 @@ DBS = ("mlflow.db", "optuna.db")
 # class A operations): `lab:replicaSyncInterval` trades one against the other (priced by toolkit.cost.prices).
 SYNC_INTERVAL = "250ms"  # lab:replicaSyncInterval's default (toolkit.config.schema)
 MONITOR_INTERVAL_MAX = "1s"  # Litestream's own monitor-interval; a longer sync interval does not slow the WAL check
-# -- what the replica leaves in a versioned bucket (infra/bucket.py's lifecycle rule for it, toolkit.cost.prices) --
-# The replica's folder in the lab's bucket (default_url) and how long the LTX files Litestream deletes (compaction,
-# retention) stay as noncurrent versions: a day, not the bucket's 30 (infra/bucket.py NONCURRENT_VERSION_DAYS);
-# soft delete keeps each a week more after that (infra/bucket.py SOFT_DELETE_S), whoever deleted it.
-BUCKET_PREFIX = "replica/"
-NONCURRENT_DAYS = 1
-SOFT_DELETE_DAYS = 7
+# The replica's folder in the lab's bucket and how long what it deletes is kept: toolkit.config.replica_bucket.
 SNAPSHOT_INTERVAL = "1h"
 RESTORE_TIMEOUT_S = 900
 CATCH_UP_TIMEOUT_S = 60
@@ -81,7 +76,7 @@ def binary() -> str:
 def default_url(stack: str, bucket: str | None, home: Path) -> str:
     """lab:replica when the stack names none: the bucket's replica/<stack>, else a folder under LAB_HOME."""
     if bucket:
-        return f"gs://{bucket}/{BUCKET_PREFIX}{stack}"
+        return f"gs://{bucket}/{replica_bucket.BUCKET_PREFIX}{stack}"
     return f"file://{home / 'stacks' / stack / 'replica'}"
 
 
