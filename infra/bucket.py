@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_gcp as gcp
 
+from toolkit.config.replica_bucket import BUCKET_PREFIX as REPLICA_PREFIX
+from toolkit.config.replica_bucket import NONCURRENT_DAYS as REPLICA_NONCURRENT_DAYS
 from toolkit.data.bucket import PART_SUFFIX
 from toolkit.data.store import FOLDER as DATASETS
 
@@ -19,6 +21,23 @@ PART_LEFTOVER_DAYS = 2
 # Soft delete: a deleted or overwritten object stays restorable this long, whoever deleted it
 # (https://cloud.google.com/storage/docs/soft-delete). GCP's default for new buckets; stated so it stays.
 SOFT_DELETE_S = 7 * 24 * 3600
+
+
+# -- the replica's deleted files (breakage 7 of issue 24) --------------------------------------------------------
+def replica_rule() -> gcp.storage.BucketLifecycleRuleArgs:
+    """Litestream deletes LTX files all the time (compaction, retention); under `replica/` their noncurrent versions
+    go after REPLICA_NONCURRENT_DAYS, not NONCURRENT_VERSION_DAYS (a rule that deletes sooner wins: GCS applies
+    the Delete of any rule whose conditions hold, https://cloud.google.com/storage/docs/lifecycle). The replica's
+    own retention (lab:backupDays) is in its live files; a noncurrent LTX file restores nothing."""
+    return gcp.storage.BucketLifecycleRuleArgs(
+        action=gcp.storage.BucketLifecycleRuleActionArgs(type="Delete"),
+        condition=gcp.storage.BucketLifecycleRuleConditionArgs(
+            days_since_noncurrent_time=REPLICA_NONCURRENT_DAYS, with_state="ARCHIVED", matches_prefixes=[REPLICA_PREFIX]
+        ),
+    )
+
+
+# -- end of the replica's rule ------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -67,6 +86,7 @@ class ArtifactBucket(pulumi.ComponentResource):
                         age=PART_LEFTOVER_DAYS, matches_prefixes=[f"{DATASETS}/"], matches_suffixes=[PART_SUFFIX]
                     ),
                 ),
+                replica_rule(),
             ],
             labels={**args.labels, "role": "artifacts"},
             force_destroy=args.destroy_data,

@@ -1,7 +1,9 @@
-"""`lab doctor --target gcp` asks GCP what it can before the first `lab up`: the compute, iam and storage APIs
-(serviceusage services.batchGet) and the organization policies that stop the lab (Resource Manager
-getEffectiveOrgPolicy for compute.requireOsLogin and compute.vmExternalIpAccess). GCP is the stand-in of
-tests/gcp/fake_gcp_api.py over real HTTP; the stack is the repository's Pulumi.dev.yaml (my-gcp-project)."""
+"""`lab doctor --target gcp` asks GCP what it can before the first `lab up`: every API the program creates
+resources through (compute, iam, storage, cloudresourcemanager: serviceusage services.batchGet), the Compute
+quotas the stack's VMs need (regions.get and projects.get `quotas[]`) and the organization policies that stop the
+lab (Resource Manager getEffectiveOrgPolicy for compute.requireOsLogin and compute.vmExternalIpAccess). GCP is the
+stand-in of tests/gcp/fake_gcp_api.py over real HTTP; the stack is the repository's Pulumi.dev.yaml
+(my-gcp-project, one spot a2-highgpu-1g worker in us-central1)."""
 
 from __future__ import annotations
 
@@ -11,9 +13,14 @@ import pytest
 
 from tests.gcp.fake_gcp_api import FakeGcp, Served
 
-ENABLE = (
-    "gcloud services enable compute.googleapis.com iam.googleapis.com storage.googleapis.com --project my-gcp-project"
+APIS = (
+    "compute.googleapis.com",
+    "iam.googleapis.com",
+    "storage.googleapis.com",
+    "cloudresourcemanager.googleapis.com",
 )
+ENABLE = f"gcloud services enable {' '.join(APIS)} --project my-gcp-project"
+QUOTAS_PAGE = "https://console.cloud.google.com/iam-admin/quotas?project=my-gcp-project"
 
 
 @pytest.fixture
@@ -33,13 +40,52 @@ def test_apis_off_are_named_with_the_command(lab, gcp):
     assert not found["ok"] and found["required"]
     assert "iam.googleapis.com" in found["detail"] and "storage.googleapis.com" in found["detail"]
     assert "compute.googleapis.com" not in found["detail"]
-    assert found["fix"] == ENABLE
+    off = "iam.googleapis.com storage.googleapis.com cloudresourcemanager.googleapis.com"
+    assert found["fix"] == f"gcloud services enable {off} --project my-gcp-project"
     ran = lab("doctor", "--target", "gcp", env=gcp.env())
-    assert ran.code == 1 and ENABLE in ran.out and "GCP APIs" in ran.err
+    assert ran.code == 1 and found["fix"] in ran.out and "GCP APIs" in ran.err
+
+
+def test_the_resource_manager_api_off_is_named_with_what_needs_it_and_the_command(lab, gcp):
+    # gcp.projects.IAMMember (infra/identity.py, the tracker's hold on its workers) is made through Resource
+    # Manager's projects.getIamPolicy/setIamPolicy: with that API off the first `lab up` fails halfway.
+    gcp.services = dict.fromkeys(APIS[:3], "ENABLED")
+    found = doctor(lab, gcp)["GCP APIs"]
+    assert not found["ok"] and found["required"]
+    assert found["detail"].startswith("not enabled in my-gcp-project: cloudresourcemanager.googleapis.com (")
+    assert "gcp.projects.IAMMember" in found["detail"]
+    assert found["fix"] == "gcloud services enable cloudresourcemanager.googleapis.com --project my-gcp-project"
+
+
+def test_a_gpu_quota_of_zero_is_named_with_the_quotas_page(lab, gcp):
+    gcp.services = dict.fromkeys(APIS, "ENABLED")
+    assert doctor(lab, gcp)["GCP quotas"]["ok"], "the stand-in's default project has the quota"
+    gcp.quotas["us-central1"]["PREEMPTIBLE_NVIDIA_A100_GPUS"] = (0.0, 0.0)
+    gcp.quotas["us-central1"]["NVIDIA_A100_GPUS"] = (0.0, 0.0)
+    found = doctor(lab, gcp)["GCP quotas"]
+    assert not found["ok"] and found["required"]
+    assert found["detail"].startswith(
+        "quota PREEMPTIBLE_NVIDIA_A100_GPUS (or NVIDIA_A100_GPUS) in us-central1 is 0 with 0 in use"
+    ), found["detail"]
+    assert (
+        found["fix"] == f"ask for more at {QUOTAS_PAGE} (filter on PREEMPTIBLE_NVIDIA_A100_GPUS), or lower lab:workers"
+    )
+    asked = [path for method, path in gcp.requests if method == "GET" and "/compute/v1/" in path]
+    assert "/compute/v1/projects/my-gcp-project/regions/us-central1" in asked
+    assert "/compute/v1/projects/my-gcp-project" in asked
+
+
+def test_a_new_projects_gpus_all_regions_of_zero_is_named(lab, gcp):
+    gcp.services = dict.fromkeys(APIS, "ENABLED")
+    gcp.quotas["global"]["GPUS_ALL_REGIONS"] = (0.0, 0.0)
+    found = doctor(lab, gcp)["GCP quotas"]
+    assert not found["ok"]
+    assert "quota GPUS_ALL_REGIONS across all regions is 0" in found["detail"]
+    assert "filter on GPUS_ALL_REGIONS" in found["fix"]
 
 
 def test_apis_on_and_no_policy_in_the_way(lab, gcp):
-    gcp.services = dict.fromkeys(("compute.googleapis.com", "iam.googleapis.com", "storage.googleapis.com"), "ENABLED")
+    gcp.services = dict.fromkeys(APIS, "ENABLED")
     found = doctor(lab, gcp)
     assert found["GCP APIs"]["ok"]
     assert found["OS Login policy"]["ok"] and found["external IP policy"]["ok"]
@@ -81,7 +127,8 @@ def test_what_gcp_cannot_answer_is_optional_and_says_why(lab, tmp_path):
         env={"GOOGLE_APPLICATION_CREDENTIALS": str(tmp_path / "none.json")},
     )
     found = {c["name"]: c for c in json.loads(ran.out)["checks"]}
-    for name in ("GCP APIs", "OS Login policy", "external IP policy"):
+    for name in ("GCP APIs", "GCP quotas", "OS Login policy", "external IP policy"):
         assert not found[name]["ok"] and not found[name]["required"], name
         assert found[name]["detail"].startswith("not checked: no Google credentials"), found[name]
     assert found["GCP APIs"]["fix"] == ENABLE
+    assert found["GCP quotas"]["fix"] == QUOTAS_PAGE

@@ -86,6 +86,10 @@ def test_runtime_strings_are_read_like_yaml_values():
         ({"replica": "gs://b/r?endpoint=http://h"}, "a gs:// replica takes no options"),
         ({"replica": "s3://key:hunter2@nas/replica"}, "holds a password; the stack file is no place for one"),
         ({"replica": "sftp://lab@nas/srv/replica"}, "an sftp:// replica is not supported: Litestream signs in"),
+        ({"replicaSyncInterval": "1x"}, "lab:replicaSyncInterval: '1x' is not a sync interval from 100ms to 10m;"),
+        ({"replicaSyncInterval": "10ms"}, "lab:replicaSyncInterval: '10ms' is not a sync interval from 100ms to 10m;"),
+        ({"replicaSyncInterval": "2h"}, "write e.g. 250ms, 1s or 10s"),
+        ({"replicaSyncInterval": 5}, "lab:replicaSyncInterval: expected text"),
     ],
 )
 def test_each_rule_names_the_key(changes, expected):

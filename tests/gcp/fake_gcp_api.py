@@ -28,6 +28,7 @@ answers when the operation is DONE or at its own deadline, with the operation st
 - services.batchGet      https://cloud.google.com/service-usage/docs/reference/rest/v1/services/batchGet
 - projects.getEffectiveOrgPolicy
                          https://cloud.google.com/resource-manager/reference/rest/v1/projects/getEffectiveOrgPolicy
+- regions.get, projects.get (their `quotas[]`): see the "quotas" block below
 
 Errors use GCP's JSON error body ({"error": {"code", "message", "errors": [{"message", "domain", "reason"}],
 "status", "details"}}, https://cloud.google.com/apis/design/errors); the texts are real ones kept in
@@ -160,6 +161,8 @@ class FakeGcp:
     # 403 with GCE's text, as for compute.instances.get in test_revive.
     controllable: set[str] | None = None
     caller: str = "lab-dev-tracker@my-gcp-project.iam.gserviceaccount.com"
+    # scope ("global" or a region) -> {metric: (limit, usage)}; see the "quotas" block below
+    quotas: dict[str, dict[str, tuple[float, float]]] = field(default_factory=lambda: default_quotas())
     url: str = ""
     scale: float = TIME_SCALE  # real seconds per GCP second
     drop_waits: int = 0  # how many zoneOperations.wait requests lose their connection without an answer
@@ -229,6 +232,8 @@ class FakeGcp:
         return 501, error_body(501, f"the stand-in does not know {method} {path}", "notImplemented")
 
     def compute(self, method: str, path: str, query: dict[str, list[str]]) -> tuple[int, dict]:
+        if (answer := self.quota_routes(method, path)) is not None:
+            return answer
         if match := re.fullmatch(r"/projects/([^/]+)/aggregated/(instances|disks)", path):
             return self.aggregated(match.group(2), query)
         if match := re.fullmatch(r"/projects/([^/]+)/zones/([^/]+)/operations/([^/]+)/wait", path):
@@ -442,6 +447,70 @@ class FakeGcp:
         constraint = str(body.get("constraint", ""))
         policy = {"version": 1, "constraint": constraint, **self.org_policies.get(constraint, {})}
         return 200, policy
+
+    # -- quotas: regions.get and projects.get ---------------------------------------------------------------------
+    # https://cloud.google.com/compute/docs/reference/rest/v1/regions/get and .../v1/projects/get: the Region and
+    # Project resources carry `quotas[]` of {metric, limit, usage} (and `owner`, for a project's; limits are
+    # doubles: "limit": 16.0). A region's lists its regional metrics (CPUS, A2_CPUS, NVIDIA_A100_GPUS,
+    # PREEMPTIBLE_NVIDIA_A100_GPUS, PREEMPTIBLE_CPUS, ...), a project's the project-wide ones (GPUS_ALL_REGIONS,
+    # CPUS_ALL_REGIONS, ...); metric names from the Quota.metric enum of the Compute v1 API. A region GCP does not
+    # have, or another project, is answered 404 as GCE answers a missing resource.
+
+    def quota_routes(self, method: str, path: str) -> tuple[int, dict] | None:
+        if method != "GET":
+            return None
+        if match := re.fullmatch(r"/projects/([^/]+)/regions/([^/]+)", path):
+            project, region = match.groups()
+            if project != self.project or region not in self.quotas:
+                return not_found(f"projects/{project}/regions/{region}")
+            return 200, {
+                "kind": "compute#region",
+                "name": region,
+                "status": "UP",
+                "selfLink": f"https://www.googleapis.com/compute/v1/projects/{project}/regions/{region}",
+                "quotas": quota_list(self.quotas[region]),
+            }
+        if match := re.fullmatch(r"/projects/([^/]+)", path):
+            if match.group(1) != self.project:
+                return not_found(f"projects/{match.group(1)}")
+            return 200, {
+                "kind": "compute#project",
+                "name": self.project,
+                "id": "123456789012",
+                "quotas": quota_list(self.quotas.get("global", {}), owner=self.project),
+            }
+        return None
+
+
+def quota_list(metrics: dict[str, tuple[float, float]], owner: str | None = None) -> list[dict[str, Any]]:
+    return [
+        {"metric": metric, "limit": float(limit), "usage": float(usage), **({"owner": owner} if owner else {})}
+        for metric, (limit, usage) in metrics.items()
+    ]
+
+
+def default_quotas() -> dict[str, dict[str, tuple[float, float]]]:
+    """A project that has asked for GPU quota in us-central1 (the kind of limits a granted request gives; a new
+    project has GPUS_ALL_REGIONS 0 and no A100s)."""
+    return {
+        "global": {"GPUS_ALL_REGIONS": (8.0, 0.0), "CPUS_ALL_REGIONS": (200.0, 0.0), "SNAPSHOTS": (5000.0, 0.0)},
+        "us-central1": {
+            "CPUS": (200.0, 0.0),
+            "A2_CPUS": (96.0, 0.0),
+            "PREEMPTIBLE_CPUS": (0.0, 0.0),
+            "NVIDIA_A100_GPUS": (1.0, 0.0),
+            "PREEMPTIBLE_NVIDIA_A100_GPUS": (16.0, 0.0),
+            "NVIDIA_L4_GPUS": (8.0, 0.0),
+            "PREEMPTIBLE_NVIDIA_L4_GPUS": (8.0, 0.0),
+            "NVIDIA_T4_GPUS": (4.0, 0.0),
+            "PREEMPTIBLE_NVIDIA_T4_GPUS": (4.0, 0.0),
+            "IN_USE_ADDRESSES": (8.0, 0.0),
+            "SSD_TOTAL_GB": (2048.0, 0.0),
+        },
+    }
+
+
+# -- end of quotas ----------------------------------------------------------------------------------------------------
 
 
 class _Handler(BaseHTTPRequestHandler):

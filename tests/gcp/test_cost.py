@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.gcp.pulumi_fakes import gcp_settings
+from tests.gcp.pulumi_fakes import GCP_STACK, gcp_settings
 from toolkit.config import schema
 from toolkit.cost import prices, uptime
 
@@ -134,7 +134,7 @@ def test_lab_cost_of_a_gcp_lab_that_is_up(lab, isolated):
     hourly = sum(line.usd_per_hour for line in lines)
     assert document["now"]["usd_per_hour"] == pytest.approx(hourly, rel=1e-4)
     assert document["now"]["usd_so_far"] == pytest.approx(2 * hourly, rel=1e-2)
-    assert {r["resource"] for r in document["now"]["resources"]} >= {"tracker", "worker"}
+    assert {r["resource"] for r in document["now"]["resources"]} >= {"tracker", "worker", "replica operations"}
     assert document["sweeps"] == [] and "not up" in document["sweeps_unreadable"]
     ran = lab("cost", "--target", "gcp")
     assert ran.code == 0, ran.err
@@ -142,3 +142,63 @@ def test_lab_cost_of_a_gcp_lab_that_is_up(lab, isolated):
     uptime.record_down("dev")
     ran = lab("cost", "--target", "gcp")
     assert "nothing priced is up now" in ran.out and "every time it was up (1 period): $" in ran.out
+
+
+# -- the replica in the bucket (Litestream: an upload per sync per DB written, its compactions, the versions it
+# deletes kept as noncurrent ones) ----------------------------------------------------------------------------------
+
+
+def test_the_replicas_operations_are_priced_for_its_sync_interval():
+    # At 250ms, each of the 2 DBs being written uploads 14,400 LTX files an hour and lists about as often, and its 3
+    # compaction levels (30s, 5m, 1h: 133 runs an hour) each list and upload once (Class A) and read (Class B). GCS
+    # Standard in us-central1: $0.005 per 1,000 Class A, $0.0004 per 1,000 Class B (https://cloud.google.com/storage/pricing).
+    lines = by_resource(prices.hourly(settings()))
+    ops = lines["replica operations"]
+    class_a, class_b = 2 * (2 * 14_400 + 2 * 133), 2 * (14_400 + 133)
+    assert ops.usd_per_hour == pytest.approx(class_a * 0.005 / 1000 + class_b * 0.0004 / 1000)
+    assert "sync every 250ms" in ops.item and "58,132 Class A" in ops.item
+    assert ops.usd_per_hour > lines["tracker"].usd_per_hour, "at 250ms the replica costs more than the tracker VM"
+    kept = lines["replica old versions"]
+    assert "kept 8 days" in kept.item and kept.usd_per_hour > 0 and "estimate" in kept.note
+
+
+def test_a_shorter_interval_costs_more_and_a_longer_one_less():
+    def replica_cost(interval: str) -> float:
+        found = by_resource(prices.hourly(settings(**{"lab:replicaSyncInterval": interval})))
+        return found["replica operations"].usd_per_hour + found["replica old versions"].usd_per_hour
+
+    assert replica_cost("100ms") > replica_cost("250ms") > replica_cost("1s") > replica_cost("10s")
+    assert replica_cost("1s") == pytest.approx(
+        (2 * (2 * 3600 + 266) * 0.005 + 2 * (3600 + 133) * 0.0004) / 1000
+        + by_resource(prices.hourly(settings(**{"lab:replicaSyncInterval": "1s"})))["replica old versions"].usd_per_hour
+    )
+
+
+def test_a_replica_outside_the_bucket_is_not_priced_as_gcs():
+    lines = by_resource(prices.hourly(settings(**{"lab:replica": "s3://nas-replica/dev?endpoint=http://nas:9000"})))
+    assert "replica operations" not in lines and "tracker" in lines
+
+
+def test_the_budget_counts_the_replica_and_it_bills_on_after_the_workers_stop(isolated):
+    from toolkit.budget import ledger
+    from toolkit.budget.spend import spent
+
+    lines = prices.hourly(settings())
+    replica_hourly = sum(line.usd_per_hour for line in lines if line.resource.startswith("replica"))
+    uptime.record_up("dev", lines, now=0.0)
+    assert spent(uptime.periods("dev"), 0.0, 3600.0) == pytest.approx(sum(line.usd_per_hour for line in lines))
+    # The guard stops the workers after an hour: the tracker, and with it the replica, go on.
+    uptime.record_stop("dev", 3600.0, lambda line: line.resource not in ledger.STOPPED_RESOURCES)
+    _, after = uptime.periods("dev")
+    assert {"replica operations", "replica old versions"} <= {line.resource for line in after.lines}
+    assert after.cost(7200.0) >= replica_hourly
+
+
+def test_a_bad_sync_interval_is_refused_in_one_line(lab, tmp_path):
+    (tmp_path / "Pulumi.yaml").write_text("name: lab\nruntime: python\n")
+    body = "".join(f"  {k}: {json.dumps(v)}\n" for k, v in {**GCP_STACK, "lab:replicaSyncInterval": "1x"}.items())
+    (tmp_path / "Pulumi.dev.yaml").write_text("config:\n  lab:target: gcp\n" + body)
+    ran = lab("up", "--preview", env={"LAB_PROJECT_DIR": str(tmp_path)})
+    assert ran.code == 1, ran.out
+    (line,) = ran.err.strip().splitlines()
+    assert line.startswith("error: Pulumi.dev.yaml: lab:replicaSyncInterval: '1x' is not a sync interval from 100ms")

@@ -277,3 +277,19 @@ def test_lab_up_shows_the_failing_resource_and_gcps_reason(lab, cli, isolated):
     last = ran.err.strip().splitlines()[-1]
     assert last.startswith("error: Pulumi failed while creating the lab: worker-0: ")
     assert last.endswith("acceleratorTypes/nvidia-tesla-v100' was not found"), last
+
+
+def test_lab_up_without_gpu_quota_refuses_before_the_pulumi_run(lab, cli, isolated, fake_gcp):
+    """A first `lab up` with no A100 quota: one line, and the engine never previewed or created anything."""
+    fake_gcp.quotas["us-central1"]["PREEMPTIBLE_NVIDIA_A100_GPUS"] = (0.0, 0.0)
+    fake_gcp.quotas["us-central1"]["NVIDIA_A100_GPUS"] = (0.0, 0.0)
+    ran = lab("up", "--target", "gcp", "--yes", env={"PATH": path_without_pulumi(), "PULUMI_CONFIG_PASSPHRASE": "x"})
+    assert ran.code == 1, ran.err
+    errors = [line for line in ran.err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "quota PREEMPTIBLE_NVIDIA_A100_GPUS" in errors[0] and "nothing was created" in errors[0]
+    verbs = {a for c in cli.calls() for a in c["argv"] if a in ("preview", "up", "refresh", "import")}
+    assert verbs == set(), cli.calls()
+    from toolkit.gcp import pulumi_state
+
+    state = pulumi_state.read(f"file://{isolated / '.lab' / 'pulumi'}", "dev")
+    assert state is None or not state.cloud_resources

@@ -13,7 +13,10 @@ from toolkit.gcp import diagnose as gcp_errors
 from toolkit.hosts import ssh as remote
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "gcp_errors"
-ENABLE = "gcloud services enable compute.googleapis.com iam.googleapis.com storage.googleapis.com --project my-proj"
+ENABLE = (
+    "gcloud services enable compute.googleapis.com iam.googleapis.com storage.googleapis.com "
+    "cloudresourcemanager.googleapis.com --project my-proj"
+)
 
 
 def text(name: str) -> str:

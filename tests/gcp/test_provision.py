@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.gcp.fake_gcp_api import FakeGcp
 from tests.gcp.pulumi_fakes import gcp_settings, write_checkpoint
 from toolkit.config import schema
 from toolkit.errors import LabError
@@ -31,6 +32,13 @@ def gcs(emulator: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every `lab up` asks GCS whether the lab's bucket was kept by a `lab down` (toolkit.gcp.artifact_bucket): here
     gcp-storage-emulator answers, holding no bucket."""
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator)
+
+
+@pytest.fixture(autouse=True)
+def quotas(fake_gcp: FakeGcp) -> FakeGcp:
+    """`lab up` reads the project's quotas before anything is created (Compute regions.get and projects.get): here
+    the stand-in of tests/gcp/fake_gcp_api.py answers, with a project that has GPU quota in us-central1."""
+    return fake_gcp
 
 
 @pytest.fixture
@@ -156,7 +164,8 @@ class FailsWith(ScriptedEngine):
     [
         (
             "api-disabled-compute.txt",
-            "gcloud services enable compute.googleapis.com iam.googleapis.com storage.googleapis.com",
+            "gcloud services enable compute.googleapis.com iam.googleapis.com storage.googleapis.com "
+            "cloudresourcemanager.googleapis.com",
         ),
         ("org-policy-external-ip.txt", "constraints/compute.vmExternalIpAccess"),
     ],
@@ -167,3 +176,67 @@ def test_a_project_setup_problem_is_named_with_its_fix_and_not_retried_elsewhere
         provision(settings, engine)
     assert expected in caught.value.one_line()
     assert len(engine.ups) == 1, "another zone would not help"
+
+
+# -- the quota pre-flight ------------------------------------------------------------------------------------------
+
+
+def test_not_enough_gpu_quota_refuses_before_anything_is_created(settings, quotas):
+    """Two spot A100 workers and no A100 quota: GCP would create the tracker, its disk and address, then refuse the
+    workers (and the tracker bills on). The pre-flight refuses first, in one line, with the page that fixes it."""
+    quotas.quotas["us-central1"]["PREEMPTIBLE_NVIDIA_A100_GPUS"] = (0.0, 0.0)
+    quotas.quotas["us-central1"]["NVIDIA_A100_GPUS"] = (0.0, 0.0)
+    engine = ScriptedEngine(full=set())
+    with pytest.raises(LabError) as caught:
+        provision(settings, engine)
+    line = caught.value.one_line()
+    assert "\n" not in line
+    assert line.startswith("not enough GCP quota for the stack dev: quota PREEMPTIBLE_NVIDIA_A100_GPUS")
+    assert "needs 2" not in line and "need 2" in line and "nothing was created" in line
+    assert "https://console.cloud.google.com/iam-admin/quotas?project=my-gcp-project" in line
+    assert engine.previews == [] and engine.ups == [], "no Pulumi run at all"
+
+
+def test_workers_already_up_are_not_counted_again(settings, quotas, isolated):
+    """A second `lab up` of a lab whose two workers run (their GPUs in the usage) needs no more quota."""
+    quotas.quotas["us-central1"]["PREEMPTIBLE_NVIDIA_A100_GPUS"] = (2.0, 2.0)
+    instance = "gcp:compute/instance:Instance"
+    resources = [(instance, "tracker"), (instance, "worker-0"), (instance, "worker-1")]
+    write_checkpoint(isolated / ".lab" / "pulumi", "dev", {"worker_zone": "us-central1-a"}, resources)
+    engine = ScriptedEngine(full=set())
+    assert provision(settings, engine).zone == "us-central1-a"
+
+
+def test_a_short_quota_is_only_a_warning_for_a_preview(settings, quotas):
+    quotas.quotas["global"]["GPUS_ALL_REGIONS"] = (1.0, 0.0)
+    engine = ScriptedEngine(full=set())
+    heard: list[str] = []
+    done = gcp_lab.provision(
+        settings,
+        engine,
+        confirm=gcp_lab.confirm_with(True),
+        say=heard.append,
+        show=lambda *shown: None,
+        preview_only=True,
+    )
+    assert done is None and len(engine.previews) == 1
+    assert any("GPUS_ALL_REGIONS" in line and "`lab up` would refuse" in line for line in heard), heard
+
+
+def test_quotas_gcp_cannot_tell_are_said_and_up_goes_on(settings, quotas):
+    quotas.fail = {
+        "/regions/us-central1": (
+            403,
+            {
+                "error": {
+                    "code": 403,
+                    "message": "Required 'compute.regions.get' permission for 'projects/my-gcp-project'",
+                }
+            },
+        )
+    }
+    heard: list[str] = []
+    engine = ScriptedEngine(full=set())
+    gcp_lab.provision(settings, engine, confirm=gcp_lab.confirm_with(True), say=heard.append, show=lambda *a: None)
+    assert len(engine.ups) == 1
+    assert any(line.startswith("warning: the project's quotas could not be read") for line in heard), heard

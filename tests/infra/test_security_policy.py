@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -402,4 +403,31 @@ def test_only_dataset_upload_parts_expire_sooner_and_no_live_object_but_them(run
     for key in (blob, store._key("images", "versions", "v1.json"), "1/0a1b/artifacts/shard.part", "backups/x.part"):
         assert not any(deletes(c, key) for c in live), f"a rule would delete the live object {key}"
     sooner = [c for c in conditions if c.get("withState") == "ARCHIVED" and c["daysSinceNoncurrentTime"] < 30]
-    assert sooner and all(deletes(c, part) and not deletes(c, blob) for c in sooner), sooner
+    assert any(deletes(c, part) for c in sooner), sooner
+    # The other rule that deletes sooner is the replica's (test_the_replicas_deleted_files_go_sooner): no blob either.
+    assert not any(deletes(c, blob) for c in sooner), sooner
+
+
+def test_the_replicas_deleted_files_go_sooner_and_nothing_else_does(run):
+    """Litestream deletes LTX files all the time; in a versioned bucket each stays a noncurrent version. Under the
+    replica's folder they go after NONCURRENT_DAYS (then soft delete's week), not the bucket's 30 days; no
+    live file, backup or artifact is touched by that rule."""
+    from toolkit.config import replica_bucket
+    from toolkit.tracker import replica
+
+    inputs = run().one(BUCKET).inputs
+    conditions = [rule["condition"] for rule in inputs["lifecycleRules"]]
+    ltx = replica.default_url("dev", "lab-bucket", Path("/unused")).removeprefix("gs://lab-bucket/")
+    ltx += "/mlflow.db/ltx/0/0000000000000001-0000000000000001.ltx"
+
+    def deletes(condition: dict, key: str) -> bool:
+        prefixes = condition.get("matchesPrefixes")
+        return not condition.get("matchesSuffixes") and (not prefixes or key.startswith(tuple(prefixes)))
+
+    for_replica = [c for c in conditions if deletes(c, ltx)]
+    assert min(c["daysSinceNoncurrentTime"] for c in for_replica) == replica_bucket.NONCURRENT_DAYS < 30, for_replica
+    assert all(c.get("withState") == "ARCHIVED" for c in for_replica), "only noncurrent versions, never live files"
+    sooner = [c for c in for_replica if c["daysSinceNoncurrentTime"] == replica_bucket.NONCURRENT_DAYS]
+    for key in ("backups/dev/2026-12-07T00-00-00Z/manifest.json", "1/0a1b/artifacts/model.pt", "datasets/x/blobs/ab"):
+        assert not any(deletes(c, key) for c in sooner), key
+    assert inputs["softDeletePolicy"]["retentionDurationSeconds"] == replica_bucket.SOFT_DELETE_DAYS * 24 * 3600

@@ -53,3 +53,14 @@ def test_file_and_unknown():
     assert {"AWS_ACCESS_KEY_ID", "GOOGLE_APPLICATION_CREDENTIALS"} <= set(every)
     assert "SSH_AUTH_SOCK" not in every  # no replica store reads the SSH agent
     assert not {"GITHUB_TOKEN", "PULUMI_CONFIG_PASSPHRASE", "AWS_CA_BUNDLE"} & set(every)
+
+
+def test_the_configured_sync_interval_reaches_litestreams_configuration(tmp_path):
+    """lab:replicaSyncInterval becomes each DB's sync-interval; the WAL is still looked at every second at least."""
+    import json
+
+    def dbs(**kwargs) -> list[dict]:
+        return json.loads(replica.config(tmp_path, "gs://b/replica/dev", retention_days=1, addr="x:1", **kwargs))["dbs"]
+
+    assert {(d["monitor-interval"], d["replica"]["sync-interval"]) for d in dbs()} == {("250ms", "250ms")}
+    assert {(d["monitor-interval"], d["replica"]["sync-interval"]) for d in dbs(sync_interval="10s")} == {("1s", "10s")}

@@ -125,6 +125,13 @@ KEYS: tuple[Key, ...] = (
         derived="gs://<bucket>/replica/<stack>, else $LAB_HOME/stacks/<stack>/replica",
     ),
     Key(
+        "lab:replicaSyncInterval",
+        "string",
+        "how often the replica ships the tracker's DBs' new writes (Litestream's sync-interval, 100ms to 10m): shorter"
+        " loses less on a crash and costs more bucket operations (docs/costs.md)",
+        default="250ms",
+    ),
+    Key(
         "lab:stateBackend",
         "string",
         "where Pulumi keeps the gcp target's state: a folder (file://PATH) or gs://BUCKET, reachable by a scheduled"
@@ -180,6 +187,19 @@ GCP_PASSTHROUGH_KEYS = frozenset(
 )
 
 _PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+# lab:replicaSyncInterval: a Go duration of one unit, as Litestream reads it (time.ParseDuration), in a range that
+# keeps the bucket's operations bounded (at 100ms, 10 uploads a second per DB being written) and the RPO useful.
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m)$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0}
+REPLICA_SYNC_RANGE_S = (0.1, 600.0)
+
+
+def duration_s(text: str) -> float | None:
+    """`250ms`, `1s`, `1.5m` in seconds; None for anything else."""
+    found = _DURATION.match(text.strip()) if isinstance(text, str) else None
+    return float(found.group(1)) * _DURATION_UNITS[found.group(2)] if found else None
+
+
 _REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
 _ZONE = re.compile(r"^([a-z]+-[a-z]+[0-9]+)-[a-z]$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
@@ -248,6 +268,12 @@ class Settings:
     max_hours: float | None = None
     datasets: tuple[str, ...] = ()
     requirements: str | None = None
+    replica_sync_interval: str = "250ms"
+
+    @property
+    def replica_sync_s(self) -> float:
+        """lab:replicaSyncInterval in seconds (validated when the settings were resolved)."""
+        return duration_s(self.replica_sync_interval) or 0.25
 
     @property
     def name_prefix(self) -> str:
@@ -488,6 +514,17 @@ def _check_values(values: dict[str, Any], sources: dict[str, str]) -> list[Probl
                 f"{bucket!r} is not a valid bucket name (3-63 lowercase letters, digits, dashes, dots or underscores)",
             )
         )
+    interval = value("lab:replicaSyncInterval")
+    if isinstance(interval, str):
+        seconds = duration_s(interval)
+        low, high = REPLICA_SYNC_RANGE_S
+        if seconds is None or not low <= seconds <= high:
+            problems.append(
+                Problem(
+                    "lab:replicaSyncInterval",
+                    f"{interval!r} is not a sync interval from 100ms to 10m; write e.g. 250ms, 1s or 10s",
+                )
+            )
     replica = value("lab:replica")
     if isinstance(replica, str):
         problems.extend(_replica_problems(replica))

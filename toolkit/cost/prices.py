@@ -155,8 +155,59 @@ def worker_hourly(settings: schema.Settings, data: dict[str, Any] | None = None)
     return machine
 
 
+# -- the replica in the bucket (toolkit/tracker/replica.py; figures and sources in prices.yaml `replica:`) --------
+
+
+def replica_in_bucket(settings: schema.Settings) -> bool:
+    """The replica is in the lab's GCS bucket: lab:replica's default on gcp, or a gs:// one."""
+    return settings.replica is None or settings.replica.startswith("gs://")
+
+
+def replica_lines(settings: schema.Settings, data: dict[str, Any] | None = None) -> list[PriceLine]:
+    """What the replica costs per hour the lab is up, for lab:replicaSyncInterval: its operations (an upload per
+    sync per DB being written, a listing, a read and an upload per compaction) and the noncurrent versions of
+    what it deletes, kept the replica's lifecycle days plus soft delete's."""
+    from toolkit.config import replica_bucket as replica
+
+    data = table() if data is None else data
+    prices, fallback = _region(data, settings.region)
+    storage = prices.get("storage") or {}
+    model = data.get("replica") or {}
+    dbs = float(model.get("dbs_written", len(replica.DBS)))
+    compactions = float(model.get("compactions_per_hour", 0))
+    syncs = 3600.0 / settings.replica_sync_s
+    lists = float(model.get("lists_per_sync", 0))
+    class_a = dbs * (syncs * (1 + lists) + 2 * compactions)  # uploads and listings, and each compaction's two
+    class_b = dbs * (syncs + compactions)  # the files each compaction reads
+    per_a, per_b = storage.get("class_a_per_1000"), storage.get("class_b_per_1000")
+    ops = None if per_a is None or per_b is None else (class_a * float(per_a) + class_b * float(per_b)) / 1000
+    kept_days = replica.NONCURRENT_DAYS + replica.SOFT_DELETE_DAYS
+    gb_per_hour = dbs * (syncs + compactions) * float(model.get("kib_per_sync", 0)) / 2**20
+    stored_gb = gb_per_hour * kept_days * 24
+    gb_month = storage.get("standard_gb_month")
+    kept = None if gb_month is None else stored_gb * float(gb_month) / HOURS_PER_MONTH
+    every = settings.replica_sync_interval
+    return [
+        PriceLine(
+            "replica operations",
+            f"sync every {every}: {class_a:,.0f} Class A + {class_b:,.0f} Class B per hour, {dbs:g} DBs written",
+            1,
+            ops,
+            fallback,
+        ),
+        PriceLine(
+            "replica old versions",
+            f"~{stored_gb:,.1f} GB of deleted LTX files kept {kept_days} days (noncurrent + soft delete)",
+            1,
+            kept,
+            "estimate: " + (fallback or "the size of each sync is prices.yaml's replica.kib_per_sync"),
+        ),
+    ]
+
+
 def hourly(settings: schema.Settings) -> list[PriceLine]:
-    """Every priced resource of a gcp stack while it is up (the bucket is billed by use and not counted)."""
+    """Every priced resource of a gcp stack while it is up (the bucket's objects are billed by use and not
+    counted; the replica's operations and the versions it leaves are)."""
     data = table()
     region = settings.region
     _, fallback = _region(data, region)
@@ -212,6 +263,8 @@ def hourly(settings: schema.Settings) -> list[PriceLine]:
                 _pick(_region(data, region)[0].get("external_ipv4"), settings.spot),
             )
         )
+    if replica_in_bucket(settings):
+        lines += replica_lines(settings, data)
     return lines
 
 

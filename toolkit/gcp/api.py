@@ -477,3 +477,30 @@ def effective_org_policy(project: str, constraint: str) -> dict[str, Any]:
         f"reading the organization policy {constraint}",
         body={"constraint": constraint},
     )
+
+
+# -- quotas (lab doctor, and `lab up`'s pre-flight: toolkit.gcp.quotas) -----------------------------------------
+# Compute's regions.get and projects.get both answer `quotas[]` of {metric, limit, usage} (the Quota resource:
+# https://cloud.google.com/compute/docs/reference/rest/v1/regions/get,
+# https://cloud.google.com/compute/docs/reference/rest/v1/projects/get): a region's (CPUS, A2_CPUS, NVIDIA_A100_GPUS,
+# PREEMPTIBLE_NVIDIA_A100_GPUS, ...) and the project's across regions (GPUS_ALL_REGIONS, CPUS_ALL_REGIONS, ...).
+
+Quotas = dict[str, tuple[float, float]]  # metric -> (limit, usage)
+
+
+def _quotas(answer: dict[str, Any]) -> Quotas:
+    found: Quotas = {}
+    for entry in answer.get("quotas") or []:
+        if isinstance(entry, dict) and entry.get("metric"):
+            found[str(entry["metric"])] = (float(entry.get("limit") or 0), float(entry.get("usage") or 0))
+    return found
+
+
+def region_quotas(project: str, region: str) -> Quotas:
+    base = endpoint("LAB_COMPUTE_API", COMPUTE_API)
+    return _quotas(call("GET", f"{base}/projects/{project}/regions/{region}", f"reading the quotas of {region}"))
+
+
+def project_quotas(project: str) -> Quotas:
+    base = endpoint("LAB_COMPUTE_API", COMPUTE_API)
+    return _quotas(call("GET", f"{base}/projects/{project}", "reading the project's quotas"))

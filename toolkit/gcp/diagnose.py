@@ -12,9 +12,32 @@ from dataclasses import dataclass
 
 from toolkit.errors import LabError
 
-# The APIs a fresh project must have on before the first `lab up`: VMs and networks, the service accounts,
-# the bucket. (Service Usage itself is on in new projects; it is what `gcloud services enable` uses.)
-REQUIRED_SERVICES = ("compute.googleapis.com", "iam.googleapis.com", "storage.googleapis.com")
+# The APIs a fresh project must have on before the first `lab up`, derived from what infra/ creates: each
+# resource type of the program (its Pulumi type token, or the module part of it) and the API the GCP provider
+# makes it through (pulumi-gcp wraps the Terraform provider google: google_project_iam_member reads and writes the
+# project's IAM policy with Resource Manager's projects.getIamPolicy/setIamPolicy; custom roles and service
+# accounts are IAM's projects.roles and projects.serviceAccounts; buckets and their IAM are the JSON API of
+# storage; VMs, disks, addresses, networks and firewalls are Compute's). tests/infra/test_required_apis.py runs the
+# program and fails when it creates a type this table does not name.
+RESOURCE_SERVICES: dict[str, str] = {
+    "gcp:compute/": "compute.googleapis.com",
+    "gcp:storage/": "storage.googleapis.com",
+    "gcp:serviceaccount/": "iam.googleapis.com",
+    "gcp:projects/iAMCustomRole:IAMCustomRole": "iam.googleapis.com",
+    "gcp:projects/iAMMember:IAMMember": "cloudresourcemanager.googleapis.com",
+}
+# What needs each API, as `lab doctor` says it when the API is off.
+SERVICE_USES: dict[str, str] = {
+    "compute.googleapis.com": "the VMs, disks, network and firewall (and `lab status`/`lab down` read VMs)",
+    "iam.googleapis.com": "the tracker's and workers' service accounts and the worker-control custom role",
+    "storage.googleapis.com": "the artifact bucket, its IAM grants and the Pulumi state bucket",
+    "cloudresourcemanager.googleapis.com": "the tracker's conditioned IAM binding on the project "
+    "(gcp.projects.IAMMember) and `lab doctor`'s organization-policy checks",
+}
+REQUIRED_SERVICES = tuple(SERVICE_USES)
+# `lab doctor` reads the others through Service Usage (services.batchGet); it is on in new projects, and it is
+# what `gcloud services enable` uses. The program itself creates nothing through it.
+SERVICE_USAGE = "serviceusage.googleapis.com"
 OS_LOGIN = "constraints/compute.requireOsLogin"
 EXTERNAL_IP = "constraints/compute.vmExternalIpAccess"
 
@@ -27,8 +50,20 @@ _INSTANCE = re.compile(r"Add instance (?P<instance>projects/\S+/instances/\S+) t
 _QUOTA_PROJECT = re.compile(r"requires a quota project, which is not set by default")
 
 
-def enable_command(project: str) -> str:
-    return f"gcloud services enable {' '.join(REQUIRED_SERVICES)} --project {project or 'PROJECT'}"
+def enable_command(project: str, services: tuple[str, ...] = REQUIRED_SERVICES) -> str:
+    return f"gcloud services enable {' '.join(services)} --project {project or 'PROJECT'}"
+
+
+def service_of(resource_type: str) -> str | None:
+    """The API a resource of the program is created through (RESOURCE_SERVICES), None for one it does not name.
+    Component resources (`lab:infra:...`) and Pulumi's own (`pulumi:...`) need none."""
+    if not resource_type.startswith("gcp:"):
+        return None
+    exact = RESOURCE_SERVICES.get(resource_type)
+    if exact:
+        return exact
+    module = resource_type.split("/", 1)[0] + "/"
+    return RESOURCE_SERVICES.get(module)
 
 
 def os_login_command(project: str) -> str:

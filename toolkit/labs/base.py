@@ -103,8 +103,11 @@ class Lab(abc.ABC):
     # -- what this machine needs, and what `lab init` asks (no stack is opened for these) ----------------------
     @classmethod
     @abc.abstractmethod
-    def prerequisites(cls, public_key_path: str, project: str | None) -> list[Check]:
-        """Every prerequisite of this target on this machine, in the order a user would fix them."""
+    def prerequisites(
+        cls, public_key_path: str, project: str | None, settings: schema.Settings | None = None
+    ) -> list[Check]:
+        """Every prerequisite of this target on this machine, in the order a user would fix them (`settings`: the
+        stack's, when it has valid ones for this target)."""
 
     @classmethod
     def ask_init(cls, ask: Ask, raw: dict[str, Any]) -> None:

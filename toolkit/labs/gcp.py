@@ -149,6 +149,7 @@ def provision(
 
     stages: dict[str, float] = {}
     state = pulumi_state.read(pulumi_state.backend_url(settings), settings.stack)
+    quota_preflight(settings, state, say, refuse=not preview_only)  # before anything that bills
     current = state.outputs.get("worker_zone") if state else None
     memory = capacity.StockoutMemory(paths.stack_home(settings.stack) / STOCKOUT_FILE)
     configured = list(settings.zones) or [settings.zone or ""]
@@ -200,6 +201,35 @@ def provision(
         stages["pulumi up"] = time.monotonic() - started
         return Provisioned(outputs=outputs, zone=zone, on_demand=on_demand, stages=stages)
     raise capacity.no_capacity_message(tried, fallback_on_demand)
+
+
+# -- quota pre-flight (lab up) ---------------------------------------------------------------------------------
+
+
+def quota_preflight(settings: schema.Settings, state: pulumi_state.State | None, say: Say, *, refuse: bool) -> None:
+    """The Compute quotas the VMs not created yet need (toolkit.gcp.quotas), asked before the Pulumi run: a short
+    GPU quota would otherwise fail the workers after the tracker, its disk and address already bill. Refused
+    with one line (a warning for --preview); when GCP cannot be asked, said, and `up` goes on (GCP's own refusal
+    is still named: toolkit.gcp.capacity.Quota)."""
+    from toolkit.gcp import quotas
+
+    instances = state.of_type(INSTANCE_TYPE) if state else []
+    existing = sum(1 for r in instances if r.name.startswith(WORKER_PREFIX))
+    tracker = any(r.name == "tracker" for r in instances)
+    try:
+        report = quotas.read(settings, existing_workers=existing, tracker_exists=tracker)
+    except LabError as exc:
+        say(f"warning: the project's quotas could not be read, so they are not checked before `up`: {exc.one_line()}")
+        return
+    if not report.shortfalls:
+        return
+    short = report.shortfalls[0]
+    more = f" (and {len(report.shortfalls) - 1} more short)" if len(report.shortfalls) > 1 else ""
+    line = f"not enough GCP quota for the stack {settings.stack}: {short.line()}{more}"
+    if not refuse:
+        say(f"warning: {line}; `lab up` would refuse")
+        return
+    raise LabError(f"{line}; nothing was created", hint=short.fix(settings.project))
 
 
 def record_up(settings: schema.Settings, done: Provisioned) -> None:
@@ -445,10 +475,12 @@ class GcpLab(Lab):
         return cls(settings=settings_of(stack_name, warn=ui.say if ui else None), source=stack_name)
 
     @classmethod
-    def prerequisites(cls, public_key_path: str, project: str | None) -> list[Check]:
+    def prerequisites(
+        cls, public_key_path: str, project: str | None, settings: schema.Settings | None = None
+    ) -> list[Check]:
         from toolkit.labs import prerequisites as checks
 
-        return checks.machine() + checks.reaching_hosts(public_key_path) + checks.gcp(project)
+        return checks.machine() + checks.reaching_hosts(public_key_path) + checks.gcp(project, settings)
 
     @classmethod
     def ask_init(cls, ask: Ask, raw: dict[str, Any]) -> None:

@@ -91,7 +91,9 @@ class LocalLab(Lab):
         return open_lab(stack_name)
 
     @classmethod
-    def prerequisites(cls, public_key_path: str, project: str | None) -> list[Check]:
+    def prerequisites(
+        cls, public_key_path: str, project: str | None, settings: schema.Settings | None = None
+    ) -> list[Check]:
         return _prerequisites(public_key_path, project)
 
     @classmethod
@@ -409,6 +411,7 @@ def start_replica(lab: LocalLab, say: Say) -> services.Record:
             replica_url(lab),
             retention_days=lab.settings.backup_days,
             addr=f"{HOST}:{port}",
+            sync_interval=lab.settings.replica_sync_interval,
             socket=replica.socket_path(lab.run_dir),
         )
     )

@@ -12,6 +12,7 @@ import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from toolkit.config.paths import install_command, lab_home, pulumi_cli_root
 from toolkit.errors import LabError
@@ -177,7 +178,8 @@ def _not_checked(name: str, exc: LabError, project: str, fix: str | None) -> Che
 
 
 def gcp_apis(project: str | None) -> Check:
-    """compute, iam and storage APIs enabled in the project (serviceusage services.batchGet)."""
+    """Every API the program creates resources through (toolkit.gcp.diagnose.RESOURCE_SERVICES), enabled in the
+    project (serviceusage services.batchGet); each one that is off is named with what needs it."""
     from toolkit.gcp import api as gcp_api
     from toolkit.gcp import diagnose as gcp_errors
 
@@ -188,11 +190,39 @@ def gcp_apis(project: str | None) -> Check:
     try:
         states = gcp_api.service_states(project, gcp_errors.REQUIRED_SERVICES)
     except LabError as exc:
+        off = gcp_errors.classify(exc.one_line())
+        if isinstance(off, gcp_errors.ApiDisabled) and off.service == gcp_errors.SERVICE_USAGE:
+            detail = f"not enabled in {project}: {gcp_errors.SERVICE_USAGE} (lab doctor reads the others through it)"
+            return Check(name, False, detail, gcp_errors.enable_command(project, (gcp_errors.SERVICE_USAGE,)))
         return _not_checked(name, exc, project, fix)
     off = [service for service, state in states.items() if state != "ENABLED"]
     if off:
-        return Check(name, False, f"not enabled in {project}: {', '.join(off)}", fix)
+        named = "; ".join(f"{service} ({gcp_errors.SERVICE_USES[service]})" for service in off)
+        return Check(name, False, f"not enabled in {project}: {named}", gcp_errors.enable_command(project, tuple(off)))
     return Check(name, True, f"{', '.join(states)} enabled in {project}")
+
+
+def gcp_quotas(settings: Any) -> Check:
+    """The Compute quotas the stack's VMs need (toolkit.gcp.quotas: GPUs of the model in the region, spot's
+    preemptible quota, GPUS_ALL_REGIONS, vCPUs), from Compute regions.get and projects.get."""
+    from toolkit.gcp import quotas
+
+    name = "GCP quotas"
+    project = getattr(settings, "project", None)
+    if settings is None or not project or not getattr(settings, "region", None):
+        return Check(name, False, "not checked: the stack has no valid gcp settings", None, required=False)
+    try:
+        report = quotas.read(settings)
+    except LabError as exc:
+        return _not_checked(name, exc, project, quotas.page(project))
+    if report.shortfalls:
+        first = report.shortfalls[0]
+        detail = "; ".join(s.line() for s in report.shortfalls)
+        return Check(name, False, detail, first.fix(project))
+    detail = "; ".join(report.checked) or "the stack needs no quota checked here"
+    if report.unchecked:
+        detail += "; not checked: " + "; ".join(report.unchecked)
+    return Check(name, True, detail)
 
 
 def gcp_org_policies(project: str | None) -> list[Check]:
@@ -269,9 +299,9 @@ def reaching_hosts(public_key_path: str) -> list[Check]:
     ]
 
 
-def gcp(project: str | None) -> list[Check]:
-    """The gcp target: the Pulumi CLI, credentials and SDKs here, and the project's APIs and policies (asked of
-    GCP itself; google-auth is imported only here, and only for this target)."""
+def gcp(project: str | None, settings: Any = None) -> list[Check]:
+    """The gcp target: the Pulumi CLI, credentials and SDKs here, and the project's APIs, quotas and policies
+    (asked of GCP itself; google-auth is imported only here, and only for this target)."""
     return [
         pulumi_cli(),
         gcp_credentials(),
@@ -282,5 +312,6 @@ def gcp(project: str | None) -> list[Check]:
             required=False,
         ),
         gcp_apis(project),
+        gcp_quotas(settings),
         *gcp_org_policies(project),
     ]

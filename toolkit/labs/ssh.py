@@ -93,7 +93,9 @@ class SshLab(Lab):
         return open_lab(stack_name, "ssh")
 
     @classmethod
-    def prerequisites(cls, public_key_path: str, project: str | None) -> list[Check]:
+    def prerequisites(
+        cls, public_key_path: str, project: str | None, settings: schema.Settings | None = None
+    ) -> list[Check]:
         from toolkit.labs import prerequisites as checks
 
         return checks.machine() + checks.reaching_hosts(public_key_path)
@@ -481,6 +483,7 @@ def extravars(lab: SshLab, restore_from: Path | None) -> dict[str, Any]:
         "lab_idle_minutes": lab.settings.idle_minutes,
         "lab_restore_from": str(restore_from) if restore_from else "",
         "lab_replica": lab.settings.replica or "",  # empty: the role's default (the bucket's, else on the tracker)
+        "lab_replica_sync_interval": lab.settings.replica_sync_interval,  # lab:replicaSyncInterval
         "lab_datasets": list(lab.settings.datasets),  # fetched onto every worker at configure time
     }
 

@@ -154,6 +154,7 @@ def _replicate(args: argparse.Namespace) -> int:
         str(settings["url"]),
         retention_days=int(settings["retention_days"]),
         addr=str(settings["addr"]),
+        sync_interval=str(settings.get("sync_interval") or replica.SYNC_INTERVAL),
         socket=replica_socket(Path(args.config)),
     )
     config_file = Path(args.config)

@@ -25,15 +25,18 @@ from typing import Any
 
 from toolkit import environment as child_env
 from toolkit import proc
+from toolkit.config import replica_bucket
 from toolkit.errors import LabError
 
-DBS = ("mlflow.db", "optuna.db")
+DBS = replica_bucket.DBS
 # How often Litestream looks at each DB's WAL (monitor-interval, its default 1s) and ships what it found
 # (sync-interval). benchmarks/replication.py, 2 loaded cores, 8 crashes each: both at 1s, the worst crash lost
 # writes acknowledged 1.67 s before it (47 of them >= 1 s before); sync 250ms alone, 1.08 s (5); both 250ms,
 # 0.23 s (none), lag p99 0.42 s. The price: up to ~4 uploads a second per DB being written (an object store's
-# class A operations).
-SYNC_INTERVAL = "250ms"
+# class A operations): `lab:replicaSyncInterval` trades one against the other (priced by toolkit.cost.prices).
+SYNC_INTERVAL = "250ms"  # lab:replicaSyncInterval's default (toolkit.config.schema)
+MONITOR_INTERVAL_MAX = "1s"  # Litestream's own monitor-interval; a longer sync interval does not slow the WAL check
+# The replica's folder in the lab's bucket and how long what it deletes is kept: toolkit.config.replica_bucket.
 SNAPSHOT_INTERVAL = "1h"
 RESTORE_TIMEOUT_S = 900
 CATCH_UP_TIMEOUT_S = 60
@@ -73,7 +76,7 @@ def binary() -> str:
 def default_url(stack: str, bucket: str | None, home: Path) -> str:
     """lab:replica when the stack names none: the bucket's replica/<stack>, else a folder under LAB_HOME."""
     if bucket:
-        return f"gs://{bucket}/replica/{stack}"
+        return f"gs://{bucket}/{replica_bucket.BUCKET_PREFIX}{stack}"
     return f"file://{home / 'stacks' / stack / 'replica'}"
 
 
@@ -140,9 +143,18 @@ def environment(url: str | None = None, source: Mapping[str, str] | None = None)
     return env
 
 
-def config(tracker_dir: Path, replica: str, *, retention_days: int, addr: str, socket: Path | None = None) -> str:
+def config(
+    tracker_dir: Path,
+    replica: str,
+    *,
+    retention_days: int,
+    addr: str,
+    socket: Path | None = None,
+    sync_interval: str = SYNC_INTERVAL,
+) -> str:
     """Litestream's configuration for the tracker's DBs (YAML; JSON is YAML too): each DB to its own folder of
-    the replica, looked at and synced every SYNC_INTERVAL, a snapshot every hour kept `retention_days` (at
+    the replica, synced every `sync_interval` (lab:replicaSyncInterval; the WAL looked at as often, at least every
+    second), a snapshot every hour kept `retention_days` (at
     least a day), the metrics endpoint on `addr` (how the lab knows it is up) and, when given, the control socket that
     `catch_up` asks (0600: only this user can force a sync)."""
     retention_h = max(retention_days, 1) * 24
@@ -153,8 +165,8 @@ def config(tracker_dir: Path, replica: str, *, retention_days: int, addr: str, s
             {
                 "path": str(tracker_dir / name),
                 # how often Litestream looks at the DB's WAL for new transactions (its default: 1s)
-                "monitor-interval": SYNC_INTERVAL,
-                "replica": {"url": db_url(replica, name), "sync-interval": SYNC_INTERVAL},
+                "monitor-interval": _monitor_interval(sync_interval),
+                "replica": {"url": db_url(replica, name), "sync-interval": sync_interval},
             }
             for name in DBS
         ],
@@ -162,6 +174,13 @@ def config(tracker_dir: Path, replica: str, *, retention_days: int, addr: str, s
     if socket is not None:
         document["socket"] = {"enabled": True, "path": str(socket), "permissions": 0o600}
     return json.dumps(document, indent=2) + "\n"
+
+
+def _monitor_interval(sync_interval: str) -> str:
+    from toolkit.config import schema
+
+    seconds = schema.duration_s(sync_interval)
+    return sync_interval if seconds is not None and seconds < 1 else MONITOR_INTERVAL_MAX
 
 
 URL_MARK = ".lab-replica-url"  # in the tracker's folder: the replica Litestream's local state belongs to

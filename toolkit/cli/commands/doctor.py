@@ -13,9 +13,9 @@ from toolkit.console import err, out
 from toolkit.errors import LabError
 
 
-def _target_key_project(stack_name: str, target: str | None) -> tuple[str, str, str | None]:
-    """The target to check, the SSH key to look for and the GCP project to ask: from the stack file when there
-    is one."""
+def _target_key_project(stack_name: str, target: str | None) -> tuple[str, str, str | None, schema.Settings | None]:
+    """The target to check, the SSH key to look for, the GCP project to ask and the stack's settings (for the
+    quotas its VMs need): from the stack file when there is one."""
     from toolkit.labs import DEFAULT_TARGET
 
     default_key = schema.KEYS_BY_NAME["lab:sshPublicKeyPath"].default
@@ -23,7 +23,7 @@ def _target_key_project(stack_name: str, target: str | None) -> tuple[str, str, 
         _, resolution = stack.load(stack_name, target=target)
     except LabError:
         # No readable stack file: the embedded default.
-        return target or DEFAULT_TARGET, default_key, None
+        return target or DEFAULT_TARGET, default_key, None, None
     values = resolution.values
     chosen = target or values.get("lab:target") or DEFAULT_TARGET
     key_path = values.get("lab:sshPublicKeyPath")
@@ -32,6 +32,7 @@ def _target_key_project(stack_name: str, target: str | None) -> tuple[str, str, 
         chosen,
         key_path if isinstance(key_path, str) else default_key,
         project if isinstance(project, str) and project else None,
+        resolution.settings if not resolution.problems else None,
     )
 
 
@@ -48,14 +49,14 @@ def doctor(
     ] = False,
 ) -> None:
     """Check the prerequisites of a target (Pulumi CLI, GCP credentials, SSH key, Ansible, disk; for gcp also
-    the project's APIs and the organization policies that would stop the lab)."""
+    the project's APIs, the quotas its VMs need and the organization policies that would stop the lab)."""
     if install_pulumi:
         _install_pulumi()
         return
-    chosen, key_path, project = _target_key_project(stack_name, options.target_name(target))
+    chosen, key_path, project, settings = _target_key_project(stack_name, options.target_name(target))
     from toolkit import labs
 
-    checks = labs.lab_class(chosen).prerequisites(key_path, project)
+    checks = labs.lab_class(chosen).prerequisites(key_path, project, settings)
     missing = [c for c in checks if not c.ok and c.required]
     if as_json:
         document = {"target": chosen, "ok": not missing, "checks": [c.__dict__ for c in checks]}
