@@ -57,7 +57,9 @@ import json, os, sys
 argv = sys.argv[1:]
 with open({log!r}, "a") as log:
     names = ("PULUMI_BACKEND_URL", "LAB_WORKER_ZONE", "LAB_WORKER_ON_DEMAND", "PULUMI_PYTHON_CMD")
-    log.write(json.dumps({{"argv": argv, "env": {{k: os.environ.get(k) for k in names}}}}) + "\n")
+    told = open(argv[argv.index("--file") + 1]).read() if "--file" in argv else None  # an import's file
+    entry = {{"argv": argv, "env": {{k: os.environ.get(k) for k in names}}, "cwd": os.getcwd(), "file": told}}
+    log.write(json.dumps(entry) + "\n")
 behaviour = json.loads(open({behaviour!r}).read() or "{{}}")
 if argv[:1] == ["version"]:
     print(behaviour.get("version", "v3.272.0"))
@@ -98,7 +100,11 @@ if "--event-log" in argv:
     default = [{{"sequence": 0, "timestamp": 0, "summaryEvent": {{"maybeCorrupt": False, "durationSeconds": 0,
                "resourceChanges": {{}}, "PolicyPacks": {{}}}}}}, {{"sequence": 1, "timestamp": 0, "cancelEvent": {{}}}}]
     send(argv[argv.index("--event-log") + 1], behaviour.get("events", {{}}).get(verb, default))
-answer = behaviour.get("answers", {{}}).get(verb)
+# The Automation API runs the CLI in the project's folder: infra/persistent/ for the lab's persistent stack. Answers
+# told for a verb are the lab stack's; "persistent <verb>" ones the persistent stack's.
+persistent = os.getcwd().endswith(os.path.join("infra", "persistent"))
+answers = behaviour.get("answers", {{}})
+answer = answers.get("persistent " + verb) if persistent else answers.get(verb)
 if answer is not None:
     sys.stdout.write(answer.get("stdout", ""))
     sys.stderr.write(answer.get("stderr", ""))
@@ -143,7 +149,8 @@ class FakeCli:
         self.behaviour.write_text(json.dumps(current))
 
     def answer(self, verb: str, *, stdout: str = "", stderr: str = "", code: int = 0) -> None:
-        """What `pulumi <verb>` prints and how it exits."""
+        """What `pulumi <verb>` prints and how it exits, for the lab's stack ("persistent <verb>": for the
+        persistent stack's)."""
         self._update("answers", verb, {"stdout": stdout, "stderr": stderr, "code": code})
 
     def reports_version(self, version: str) -> None:
@@ -284,11 +291,13 @@ def write_checkpoint(
     pending: list[tuple[str, str, str]] = (),  # type: ignore[assignment]
     compression: str | None = None,
     legacy: bool = False,
+    project: str = "lab",
 ) -> Path:
     """A diy backend's checkpoint for `stack` of project lab: the stack resource with `outputs`, the default gcp
     provider, `resources` as (type, name) (components, whose type is lab:..., are not custom), `deleted` as
     (type, name) marked `delete: true` (replaced, still there), and `pending` as (operation type, type, name) in
-    pending_operations. `compression`: None, "gzip" or "zstd" (.json, .json.gz, .json.zst)."""
+    pending_operations. `compression`: None, "gzip" or "zstd" (.json, .json.gz, .json.zst). `project`: lab, or
+    lab-persistent for the lab's persistent stack."""
     stack_urn = urn(stack, "pulumi:pulumi:Stack", f"lab-{stack}")
     provider = f"{PROVIDER_URN.format(stack=stack)}::{PROVIDER_ID}"
 
@@ -326,7 +335,7 @@ def write_checkpoint(
             }
             for operation, kind, name in pending
         ]
-    document = {"version": 3, "checkpoint": {"stack": f"organization/lab/{stack}", "latest": latest}}
+    document = {"version": 3, "checkpoint": {"stack": f"organization/{project}/{stack}", "latest": latest}}
     raw = json.dumps(document).encode()
     suffix = {None: ".json", "gzip": ".json.gz", "zstd": ".json.zst"}[compression]
     if compression == "gzip":
@@ -339,7 +348,7 @@ def write_checkpoint(
         path = backend / ".pulumi" / "stacks" / f"{stack}{suffix}"
     else:
         write_meta(backend)
-        path = backend / ".pulumi" / "stacks" / "lab" / f"{stack}{suffix}"
+        path = backend / ".pulumi" / "stacks" / project / f"{stack}{suffix}"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(raw)
     return path

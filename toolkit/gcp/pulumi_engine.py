@@ -237,13 +237,11 @@ class AutomationEngine:
     """The real engine: `pulumi preview/up/destroy` of the project's program through the Automation API."""
 
     def __init__(self, settings: schema.Settings, project_dir: Path, part: str = LAB) -> None:
-        from toolkit.config import stack
-
         self.settings = settings
         self.project_dir = project_dir
         self.part = part
         self.work_dir = project_dir / PROGRAMS[part]
-        self.stack_file = stack.stack_path(settings.stack)[1]
+        self.stack_file = project_dir / f"Pulumi.{settings.stack}.yaml"  # where Pulumi finds the lab stack's config
         self.backend = pulumi_state.backend_url(settings)
         self.cli = usable_cli()
         pulumi_state.passphrase_ready(settings)
