@@ -396,7 +396,8 @@ class GcpLabels:
     - read for an import: in 7.x-8.x a storage bucket's import fills `labels` (without the attribution label, which
       is not managed in `labels`) and `pulumiLabels` with every label the bucket has (patch 0009, pulumi/pulumi-gcp
       PR #1946); 9.0 dropped that patch (pulumi/pulumi-gcp#1961, #3313: imports fill only the output-only
-      `effectiveLabels`), and 10.x kept upstream's behaviour (GCP 10.0 migration guide names no change to it).
+      `effectiveLabels`); 10.x is taken to read as 9.x does (its migration guide was not found in the sources
+      reachable here; the persistent stack's tests pass whatever an import reads, since nothing is imported).
     """
 
     def __init__(self, major: int = 10, attribution: bool = True) -> None:

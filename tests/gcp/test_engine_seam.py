@@ -266,19 +266,23 @@ def test_lab_up_preview_prints_one_line_per_changing_resource(lab, cli, isolated
     assert "refresh" not in ran.out and "create-replacement" not in ran.out
 
 
-def test_lab_up_shows_the_failing_resource_and_gcps_reason(lab, cli, isolated):
-    """What the user sees when `pulumi up` fails for a reason that is neither a stockout nor a quota."""
+def test_lab_up_shows_the_failing_resource_and_gcps_reason(lab, cli, isolated, project):
+    """What the user sees when `pulumi up` fails for a reason that is neither a stockout nor a quota (after the
+    persistent stack's `up`, which went well)."""
     bucket = ("gcp:storage/bucket:Bucket", "my-gcp-project-lab-dev")  # kept by the persistent stack
     write_checkpoint(isolated / ".lab" / "pulumi", "dev", {}, [bucket], project="lab-persistent")
     write_checkpoint(isolated / ".lab" / "pulumi", "dev", {}, [(INSTANCE, "tracker")])
     cli.events("preview", preview_events([("create", INSTANCE, "worker-0")], {"create": 1}))
     error = gcp_error("not-capacity-accelerator-not-found.txt")
     cli.answer("up", stdout=failed_update(diagnostics("gcp:compute:Instance", "worker-0", error)), code=255)
-    ran = lab("up", "--target", "gcp", "--yes", env={"PATH": path_without_pulumi(), "PULUMI_CONFIG_PASSPHRASE": "x"})
+    env = {"PATH": path_without_pulumi(), "PULUMI_CONFIG_PASSPHRASE": "x", "LAB_PROJECT_DIR": str(project)}
+    ran = lab("up", "--target", "gcp", "--yes", env=env)
     assert ran.code == 1, ran.err
     last = ran.err.strip().splitlines()[-1]
     assert last.startswith("error: Pulumi failed while creating the lab: worker-0: ")
     assert last.endswith("acceleratorTypes/nvidia-tesla-v100' was not found"), last
+    ups = [c["cwd"] for c in cli.calls() if "up" in c["argv"]]
+    assert ups == [str(project / "infra" / "persistent"), str(project)], "the bucket is kept first"
 
 
 # -- the persistent stack --------------------------------------------------------------------------------------
@@ -291,7 +295,7 @@ def project(tmp_path: Path) -> Path:
     (folder / "infra" / "persistent").mkdir(parents=True)
     for name in ("Pulumi.yaml", "infra/persistent/Pulumi.yaml"):
         (folder / name).write_text((ROOT / name).read_text())
-    (folder / "Pulumi.dev.yaml").write_text("encryptionsalt: v1:abc:def\nconfig:\n  gcp:project: my-gcp-project\n")
+    (folder / "Pulumi.dev.yaml").write_text("encryptionsalt: v1:abc:def\n" + (ROOT / "Pulumi.dev.yaml").read_text())
     return folder
 
 
