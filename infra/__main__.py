@@ -1,8 +1,8 @@
-"""The lab on GCP: network, bucket, identity, tracker and workers, and the outputs the toolkit reads."""
+"""The lab on GCP: network, identity, tracker and workers, and the outputs the toolkit reads. Everything here goes at
+`lab down`; the artifact bucket, which must outlive it, is the persistent stack's (infra/persistent/), made first."""
 
 import pulumi
 import stack_config
-from bucket import ArtifactBucket, ArtifactBucketArgs
 from identity import LabIdentity, LabIdentityArgs
 from network import LabNetwork, LabNetworkArgs
 from tracker import Tracker, TrackerArgs
@@ -13,22 +13,12 @@ prefix = settings.name_prefix
 metadata = stack_config.ssh_metadata(settings)
 choices = stack_config.run_choices(settings)
 
-bucket = ArtifactBucket(
-    "artifacts",
-    ArtifactBucketArgs(
-        name=settings.bucket_name,
-        location=settings.bucket_location,
-        labels=settings.labels,
-        destroy_data=settings.destroy_data,
-        adopt=choices.adopt_bucket,
-    ),
-)
 identity = LabIdentity(
     "vms",
     LabIdentityArgs(
         tracker_account_id=settings.tracker_account_id,
         worker_account_id=settings.worker_account_id,
-        bucket=bucket.name,
+        bucket=settings.bucket_name,
         project=settings.project,
         prefix=prefix,
         worker_zone=choices.worker_zone,
@@ -82,8 +72,8 @@ pulumi.export("project", settings.project)
 pulumi.export("region", settings.region)
 pulumi.export("zone", settings.zone)
 pulumi.export("ssh_user", settings.ssh_user)
-pulumi.export("bucket_name", bucket.name)
-pulumi.export("bucket_url", bucket.url)
+pulumi.export("bucket_name", settings.bucket_name)
+pulumi.export("bucket_url", f"gs://{settings.bucket_name}")
 pulumi.export("tracker_service_account", identity.tracker_email)
 pulumi.export("worker_service_account", identity.worker_email)
 pulumi.export("tracker_name", tracker.name)

@@ -1,4 +1,5 @@
-"""The artifact bucket: private, versioned, and kept when the stack is destroyed."""
+"""The artifact bucket: private, versioned, and in the lab's persistent stack (infra/persistent/), which `lab down`
+never destroys."""
 
 from __future__ import annotations
 
@@ -46,13 +47,12 @@ class ArtifactBucketArgs:
     location: str
     labels: dict[str, str]
     destroy_data: bool  # lab:destroyData: only then may a destroy delete the bucket and what it holds
-    adopt: bool = False  # the bucket outlived a `lab down`: take the existing one back instead of creating it
 
 
 class ArtifactBucket(pulumi.ComponentResource):
     """MLflow artifacts and tracker backups. Uniform access, public access prevention enforced,
-    versioning on, old versions expired after a while; retained on destroy unless destroy_data, and
-    adopted again by the next `up`."""
+    versioning on, old versions expired after a while. It lives in the persistent stack, which only
+    `lab down --destroy-data` destroys; even then a destroy leaves it in GCS unless destroy_data."""
 
     def __init__(self, name: str, args: ArtifactBucketArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("lab:infra:ArtifactBucket", name, None, opts)
@@ -90,13 +90,9 @@ class ArtifactBucket(pulumi.ComponentResource):
             ],
             labels={**args.labels, "role": "artifacts"},
             force_destroy=args.destroy_data,
-            # `lab down` leaves the bucket in GCS and drops it from the state; the next `lab up` imports it (the
-            # import matches: the same program made it). See toolkit/gcp/artifact_bucket.py for who decides.
-            opts=pulumi.ResourceOptions(
-                parent=self,
-                retain_on_delete=not args.destroy_data,
-                import_=args.name if args.adopt else None,
-            ),
+            # Never imported: the persistent stack keeps it in its state across `lab down` (see
+            # toolkit/gcp/artifact_bucket.py for why an import cannot be trusted to match).
+            opts=pulumi.ResourceOptions(parent=self, retain_on_delete=not args.destroy_data),
         )
         self.name = self.bucket.name
         self.url = self.bucket.url

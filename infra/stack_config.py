@@ -36,15 +36,12 @@ class RunChoices:
 
     worker_zone: str
     spot: bool
-    adopt_bucket: bool  # the bucket exists, kept by an earlier `lab down`: import it instead of creating it
 
 
 def run_choices(settings: schema.Settings) -> RunChoices:
-    """The zone the workers go to (lab's zone failover), whether spot is waived (--fallback-on-demand), and
-    whether the bucket is adopted (toolkit.gcp.artifact_bucket decides, before the run).
+    """The zone the workers go to (lab's zone failover) and whether spot is waived (--fallback-on-demand).
 
-    They arrive as LAB_WORKER_ZONE, LAB_WORKER_ON_DEMAND and LAB_ADOPT_BUCKET; without them, gcp:zone and
-    lab:spot, and the bucket is created.
+    They arrive as LAB_WORKER_ZONE and LAB_WORKER_ON_DEMAND; without them, gcp:zone and lab:spot.
     """
     zone = os.environ.get("LAB_WORKER_ZONE", "").strip() or settings.zone or ""
     allowed = {settings.zone, *settings.zones}
@@ -53,10 +50,7 @@ def run_choices(settings: schema.Settings) -> RunChoices:
             f"LAB_WORKER_ZONE={zone} is not gcp:zone or one of lab:zones ({', '.join(sorted(allowed))})"
         )
     on_demand = os.environ.get("LAB_WORKER_ON_DEMAND", "").strip() == "1"
-    adopt = os.environ.get("LAB_ADOPT_BUCKET", "").strip()
-    if adopt and adopt != settings.bucket_name:
-        raise pulumi.RunError(f"LAB_ADOPT_BUCKET={adopt} is not this stack's bucket ({settings.bucket_name})")
-    return RunChoices(worker_zone=zone, spot=settings.spot and not on_demand, adopt_bucket=bool(adopt))
+    return RunChoices(worker_zone=zone, spot=settings.spot and not on_demand)
 
 
 def ssh_public_key(settings: schema.Settings) -> str:

@@ -182,3 +182,13 @@ def test_derived_names_fit_gcp_limits():
     assert len(settings.name_prefix) <= 44
     assert settings.labels["lab"] == "a-very-long-stack-name-that-goes-on-and-on-forever"
     assert len(settings.bucket_name) <= 63
+
+
+def test_pulumi_gcps_attribution_label_key_is_known_and_terraforms_is_not():
+    """pulumi-gcp's switch for its goog-pulumi-provisioned label is gcp:addPulumiAttributionLabel (pulumi_gcp/config/
+    vars.py; GCP 8.0 migration guide, "Default label"); Terraform's add_terraform_attribution_label has no pulumi-gcp
+    key, so a stack that sets it sets nothing."""
+    assert problems(**{"gcp:addPulumiAttributionLabel": False}) == []
+    assert problems(**{"gcp:addTerraformAttributionLabel": False}) == [
+        "gcp:addTerraformAttributionLabel: unknown key; did you mean gcp:addPulumiAttributionLabel?"
+    ]

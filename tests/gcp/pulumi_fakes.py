@@ -57,7 +57,9 @@ import json, os, sys
 argv = sys.argv[1:]
 with open({log!r}, "a") as log:
     names = ("PULUMI_BACKEND_URL", "LAB_WORKER_ZONE", "LAB_WORKER_ON_DEMAND", "PULUMI_PYTHON_CMD")
-    log.write(json.dumps({{"argv": argv, "env": {{k: os.environ.get(k) for k in names}}}}) + "\n")
+    told = open(argv[argv.index("--file") + 1]).read() if "--file" in argv else None  # an import's file
+    entry = {{"argv": argv, "env": {{k: os.environ.get(k) for k in names}}, "cwd": os.getcwd(), "file": told}}
+    log.write(json.dumps(entry) + "\n")
 behaviour = json.loads(open({behaviour!r}).read() or "{{}}")
 if argv[:1] == ["version"]:
     print(behaviour.get("version", "v3.272.0"))
@@ -98,7 +100,11 @@ if "--event-log" in argv:
     default = [{{"sequence": 0, "timestamp": 0, "summaryEvent": {{"maybeCorrupt": False, "durationSeconds": 0,
                "resourceChanges": {{}}, "PolicyPacks": {{}}}}}}, {{"sequence": 1, "timestamp": 0, "cancelEvent": {{}}}}]
     send(argv[argv.index("--event-log") + 1], behaviour.get("events", {{}}).get(verb, default))
-answer = behaviour.get("answers", {{}}).get(verb)
+# The Automation API runs the CLI in the project's folder: infra/persistent/ for the lab's persistent stack. Answers
+# told for a verb are the lab stack's; "persistent <verb>" ones the persistent stack's.
+persistent = os.getcwd().endswith(os.path.join("infra", "persistent"))
+answers = behaviour.get("answers", {{}})
+answer = answers.get("persistent " + verb) if persistent else answers.get(verb)
 if answer is not None:
     sys.stdout.write(answer.get("stdout", ""))
     sys.stderr.write(answer.get("stderr", ""))
@@ -143,7 +149,8 @@ class FakeCli:
         self.behaviour.write_text(json.dumps(current))
 
     def answer(self, verb: str, *, stdout: str = "", stderr: str = "", code: int = 0) -> None:
-        """What `pulumi <verb>` prints and how it exits."""
+        """What `pulumi <verb>` prints and how it exits, for the lab's stack ("persistent <verb>": for the
+        persistent stack's)."""
         self._update("answers", verb, {"stdout": stdout, "stderr": stderr, "code": code})
 
     def reports_version(self, version: str) -> None:
@@ -284,11 +291,13 @@ def write_checkpoint(
     pending: list[tuple[str, str, str]] = (),  # type: ignore[assignment]
     compression: str | None = None,
     legacy: bool = False,
+    project: str = "lab",
 ) -> Path:
     """A diy backend's checkpoint for `stack` of project lab: the stack resource with `outputs`, the default gcp
     provider, `resources` as (type, name) (components, whose type is lab:..., are not custom), `deleted` as
     (type, name) marked `delete: true` (replaced, still there), and `pending` as (operation type, type, name) in
-    pending_operations. `compression`: None, "gzip" or "zstd" (.json, .json.gz, .json.zst)."""
+    pending_operations. `compression`: None, "gzip" or "zstd" (.json, .json.gz, .json.zst). `project`: lab, or
+    lab-persistent for the lab's persistent stack."""
     stack_urn = urn(stack, "pulumi:pulumi:Stack", f"lab-{stack}")
     provider = f"{PROVIDER_URN.format(stack=stack)}::{PROVIDER_ID}"
 
@@ -326,7 +335,7 @@ def write_checkpoint(
             }
             for operation, kind, name in pending
         ]
-    document = {"version": 3, "checkpoint": {"stack": f"organization/lab/{stack}", "latest": latest}}
+    document = {"version": 3, "checkpoint": {"stack": f"organization/{project}/{stack}", "latest": latest}}
     raw = json.dumps(document).encode()
     suffix = {None: ".json", "gzip": ".json.gz", "zstd": ".json.zst"}[compression]
     if compression == "gzip":
@@ -339,7 +348,7 @@ def write_checkpoint(
         path = backend / ".pulumi" / "stacks" / f"{stack}{suffix}"
     else:
         write_meta(backend)
-        path = backend / ".pulumi" / "stacks" / "lab" / f"{stack}{suffix}"
+        path = backend / ".pulumi" / "stacks" / project / f"{stack}{suffix}"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(raw)
     return path
@@ -357,3 +366,275 @@ def write_lock(
     content = {"pid": pid, "username": who, "hostname": host, "timestamp": "2026-11-22T03:00:00.123456789Z"}
     path.write_text(json.dumps(content))
     return path
+
+
+# -- Pulumi's imports, strictly: the engine and pulumi-gcp as they take a resource into a state -------------------
+
+# The engine's own words when a program's `import` option meets a resource whose inputs, as the provider reads
+# them, differ from the program's (pulumi/pulumi pkg/resource/deploy/step.go@004205f2 ImportStep.Apply:
+# `fmt.Sprintf("inputs to import do not match the existing resource: %v", s.diffs)`, an error in an update and
+# a warning "...; importing this resource will fail" in a preview). pulumi/pulumi-gcp#3044 shows it for a resource
+# Pulumi made, dropped from the state and imported back: `error: inputs to import do not match the existing
+# resource: [pulumiLabels]`.
+IMPORT_MISMATCH = "inputs to import do not match the existing resource"
+# pulumi-gcp's attribution label (GCP 8.0 migration guide, "Default label": added to every resource it creates,
+# written to pulumiLabels and effectiveLabels, not managed in `labels`; `gcp:addPulumiAttributionLabel: false` opts
+# out; pulumi/pulumi-gcp#3933 renames upstream's goog-terraform-provisioned). Upstream applies it at creation only
+# (terraform-provider-google 6.0 upgrade guide: attribution_label_application_strategy CREATION_ONLY).
+ATTRIBUTION_LABEL = ("goog-pulumi-provisioned", "true")
+BUCKET = "gcp:storage/bucket:Bucket"
+CONFLICT_409 = (
+    "googleapi: Error 409: Your previous request to create the named bucket succeeded and you already own it., conflict"
+)
+
+
+class GcpLabels:
+    """How pulumi-gcp plans and reads a resource's labels, by major version.
+
+    - planned (Check/Diff of the program's inputs): `pulumiLabels` is `labels` plus the provider's default labels,
+      and the attribution label only when the resource is created (CREATION_ONLY, above).
+    - read for an import: in 7.x-8.x a storage bucket's import fills `labels` (without the attribution label, which
+      is not managed in `labels`) and `pulumiLabels` with every label the bucket has (patch 0009, pulumi/pulumi-gcp
+      PR #1946); 9.0 dropped that patch (pulumi/pulumi-gcp#1961, #3313: imports fill only the output-only
+      `effectiveLabels`); 10.x is taken to read as 9.x does (its migration guide was not found in the sources
+      reachable here; the persistent stack's tests pass whatever an import reads, since nothing is imported).
+    """
+
+    def __init__(self, major: int = 10, attribution: bool = True) -> None:
+        self.major, self.attribution = major, attribution
+
+    def planned(self, inputs: dict[str, Any], *, creating: bool) -> dict[str, Any]:
+        labels = dict(inputs.get("labels") or {})
+        pulumi_labels = dict(labels)
+        if creating and self.attribution and self.major >= 8:
+            pulumi_labels[ATTRIBUTION_LABEL[0]] = ATTRIBUTION_LABEL[1]
+        return {**inputs, "labels": labels, "pulumiLabels": pulumi_labels}
+
+    def read(self, recorded: dict[str, Any], cloud_labels: dict[str, str]) -> dict[str, Any]:
+        """The inputs the provider's Read hands the engine for an import: what was recorded at create, the labels
+        as this version reads them."""
+        inputs = {key: value for key, value in recorded.items() if key not in ("labels", "pulumiLabels")}
+        if self.major <= 8:
+            inputs["labels"] = {k: v for k, v in cloud_labels.items() if k != ATTRIBUTION_LABEL[0]}
+            inputs["pulumiLabels"] = dict(cloud_labels)
+        else:
+            inputs["labels"], inputs["pulumiLabels"] = {}, {}
+        return inputs
+
+
+class StrictPulumi:
+    """`lab`'s Engine as the Pulumi engine with pulumi-gcp would answer it, for one project's stack: the real program
+    (infra/, or infra/persistent/ for project lab-persistent) runs under Pulumi's mocks (tests/infra/program.py), with
+    the run's choices in its environment, and its registrations are stepped as the engine steps them
+    (step_generator.go): in the state -> same/update; `import` option -> ImportStep (the resource must exist; its
+    inputs as pulumi-gcp reads them must equal the program's, GcpLabels, else IMPORT_MISMATCH); else create (a bucket
+    whose name GCS already holds: GCS's 409). Resources the program no longer registers are deleted, or only dropped
+    from the state when they were retainOnDelete. `adopt` is `pulumi import --file`: the read inputs go into the state
+    as they are, compared with nothing (ImportStep.Apply's `planned` branch). Buckets are real, in
+    gcp-storage-emulator (labels and objects); the state is the diy backend's checkpoint that lab's reader reads."""
+
+    def __init__(
+        self,
+        backend: Path,
+        gcs: Any,
+        config: dict[str, Any],
+        *,
+        labels: GcpLabels | None = None,
+        project: str = "lab",
+        stack: str = "dev",
+        calls: list[str] | None = None,
+    ) -> None:
+        self.backend, self.gcs, self.config, self.project, self.stack = backend, gcs, config, project, stack
+        self.labels = labels or GcpLabels()
+        self.calls = calls if calls is not None else []
+        self.recorded: dict[str, dict[str, Any]] = {}  # what each bucket was created with, by bucket name
+
+    def persistent(self) -> StrictPulumi:
+        twin = StrictPulumi(
+            self.backend,
+            self.gcs,
+            self.config,
+            labels=self.labels,
+            project="lab-persistent",
+            stack=self.stack,
+            calls=self.calls,
+        )
+        twin.recorded = self.recorded
+        return twin
+
+    # -- the state ----------------------------------------------------------------------------------------------
+    @property
+    def _path(self) -> Path:
+        return self.backend / ".pulumi" / "stacks" / self.project / f"{self.stack}.json"
+
+    def _load(self) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+        if not self._path.exists():
+            return {}, {}
+        latest = json.loads(self._path.read_text())["checkpoint"]["latest"]
+        resources = {r["urn"]: r for r in latest["resources"] if r["type"] != "pulumi:pulumi:Stack"}
+        resources = {urn: r for urn, r in resources.items() if not r["type"].startswith("pulumi:providers:")}
+        stack = next(r for r in latest["resources"] if r["type"] == "pulumi:pulumi:Stack")
+        return resources, stack.get("outputs") or {}
+
+    def _save(self, resources: dict[str, dict[str, Any]], outputs: dict[str, Any]) -> None:
+        write_meta(self.backend)
+        stack_urn = f"urn:pulumi:{self.stack}::{self.project}::pulumi:pulumi:Stack::{self.project}-{self.stack}"
+        provider = f"urn:pulumi:{self.stack}::{self.project}::pulumi:providers:gcp::default::{PROVIDER_ID}"
+        entries = [{"urn": stack_urn, "custom": False, "type": "pulumi:pulumi:Stack", "outputs": outputs}]
+        entries.append(
+            {"urn": provider.rsplit("::", 1)[0], "custom": True, "id": PROVIDER_ID, "type": "pulumi:providers:gcp"}
+        )
+        entries += list(resources.values())
+        latest = {"manifest": {"version": "v3.272.0"}, "resources": entries}
+        document = {
+            "version": 3,
+            "checkpoint": {"stack": f"organization/{self.project}/{self.stack}", "latest": latest},
+        }
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._path.write_text(json.dumps(document))
+
+    def _urn(self, kind: str, name: str, parent: str | None) -> str:
+        qualified = kind
+        if parent and "::pulumi:pulumi:Stack::" not in parent:
+            parent_type = parent.split("::")[2].removeprefix("pulumi:pulumi:Stack$")
+            qualified = f"{parent_type}${kind}"
+        return f"urn:pulumi:{self.stack}::{self.project}::{qualified}::{name}"
+
+    # -- the engine -----------------------------------------------------------------------------------------------
+    def _run(self, choices: Any) -> Any:
+        from tests.infra.program import INFRA, run_program
+
+        program = INFRA / "persistent" if self.project == "lab-persistent" else INFRA
+        saved = {name: os.environ.get(name) for name in ("LAB_WORKER_ZONE", "LAB_WORKER_ON_DEMAND", "LAB_ADOPT_BUCKET")}
+        os.environ.update(choices.env() if choices is not None else {})
+        try:
+            return run_program(self.config, stack=self.stack, program=program, project=self.project)
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+    def _failed(self, kind: str, name: str, error: str) -> Exception:
+        from toolkit.gcp import pulumi_engine
+
+        package, module, name_of_type = kind.split(":")
+        display = f"{package}:{module.split('/')[0]}:{name_of_type}"  # as the display shows types: gcp:storage:Bucket
+        text = failed_update(
+            f"Diagnostics:\n  {display} ({name}):\n    error: {error}\n\n"
+            f"  pulumi:pulumi:Stack ({self.project}-{self.stack}):\n    error: update failed\n",
+            self.stack,
+        )
+        return pulumi_engine.EngineFailed(f"Pulumi failed: {pulumi_engine.engine_reason(text)}", text)
+
+    def preview(self, choices: Any, say: Any) -> Any:
+        from toolkit.gcp import pulumi_engine
+
+        self.calls.append(f"{self.project}: preview")
+        run = self._run(choices)
+        resources, _ = self._load()
+        creates = [r for r in run.resources if self._urn(r.type, r.name, r.options["parent"]) not in resources]
+        steps = [("create", r.type, r.name) for r in creates if not r.type.startswith("lab:")]
+        return pulumi_engine.Plan(counts={"create": len(steps)}, steps=steps)
+
+    def up(self, choices: Any, say: Any) -> dict[str, Any]:
+        self.calls.append(f"{self.project}: up")
+        run = self._run(choices)
+        resources, _ = self._load()
+        registered: dict[str, dict[str, Any]] = {}
+        for r in run.resources:
+            urn = self._urn(r.type, r.name, r.options["parent"])
+            entry = {
+                "urn": urn,
+                "custom": not r.type.startswith("lab:"),
+                "type": r.type,
+                "parent": r.options["parent"],
+                "retainOnDelete": r.options["retain_on_delete"],
+            }
+            if entry["custom"]:
+                entry["provider"] = (
+                    f"urn:pulumi:{self.stack}::{self.project}::pulumi:providers:gcp::default::{PROVIDER_ID}"
+                )
+            old = resources.get(urn)
+            if r.type == BUCKET:
+                entry.update(self._bucket_step(r, old))
+            else:
+                entry.update(id=(old or {}).get("id") or f"{r.name}-id", inputs=r.inputs, outputs=dict(r.inputs))
+            registered[urn] = entry
+            self._save({**resources, **registered}, {})
+        for urn, old in resources.items():
+            if urn not in registered:
+                self._delete(old)
+        self._save(registered, run.outputs)
+        return run.outputs
+
+    def _bucket_step(self, registration: Any, old: dict[str, Any] | None) -> dict[str, Any]:
+        name = registration.inputs["name"]
+        bucket = self.gcs.lookup_bucket(name)
+        import_id = registration.options["import_id"]
+        if old is None and import_id:
+            if bucket is None:
+                raise self._failed(BUCKET, registration.name, f"resource '{import_id}' does not exist")
+            read = self.labels.read(self.recorded.get(name, registration.inputs), dict(bucket.labels or {}))
+            planned = self.labels.planned(registration.inputs, creating=False)
+            differing = sorted(key for key in set(read) | set(planned) if read.get(key) != planned.get(key))
+            if differing:
+                raise self._failed(BUCKET, registration.name, f"{IMPORT_MISMATCH}: [{' '.join(differing)}]")
+            return {"id": name, "inputs": planned, "outputs": {**planned, "effectiveLabels": dict(bucket.labels)}}
+        if old is None:
+            if bucket is not None:
+                raise self._failed(BUCKET, registration.name, f"1 error occurred:\n\t* {CONFLICT_409}")
+            planned = self.labels.planned(registration.inputs, creating=True)
+            bucket = self.gcs.create_bucket(name)
+            bucket.labels = planned["pulumiLabels"]  # the emulator keeps labels from an update only
+            bucket.patch()
+            self.recorded[name] = dict(registration.inputs)
+            return {"id": name, "inputs": planned, "outputs": {**planned, "effectiveLabels": planned["pulumiLabels"]}}
+        if bucket is None:
+            raise self._failed(BUCKET, registration.name, f"googleapi: Error 404: bucket {name} not found")
+        planned = self.labels.planned(registration.inputs, creating=False)
+        bucket.labels = {**(bucket.labels or {}), **planned["pulumiLabels"]}  # an update: labels are not authoritative
+        bucket.patch()
+        return {"id": name, "inputs": planned, "outputs": {**planned, "effectiveLabels": dict(bucket.labels)}}
+
+    def _delete(self, old: dict[str, Any]) -> None:
+        if old["type"] != BUCKET or old.get("retainOnDelete"):
+            return  # a VM, a grant...: gone; a retained resource: only out of the state
+        name = old["id"]
+        if self.gcs.lookup_bucket(name) is not None:
+            if not old["inputs"].get("forceDestroy") and list(self.gcs.list_blobs(name)):
+                raise self._failed(BUCKET, name, f"Error trying to delete bucket {name} containing objects")
+            for blob in self.gcs.list_blobs(name):
+                blob.delete()
+            self.gcs.bucket(name).delete()
+
+    def destroy(self, say: Any, targets: list[str] | None = None) -> None:
+        self.calls.append(f"{self.project}: destroy" + (" workers" if targets else ""))
+        resources, outputs = self._load()
+        for urn in list(resources):
+            if not targets or urn in targets:
+                self._delete(resources.pop(urn))
+        self._save(resources if targets else {}, outputs if targets else {})
+
+    def adopt(self, specs: list[dict[str, Any]], say: Any) -> None:
+        """`pulumi import --file`: each resource read and recorded as it is (import.go parseImportFile names the
+        URNs; step.go's planned ImportStep copies the read inputs)."""
+        self.calls.append(f"{self.project}: import")
+        resources, outputs = self._load()
+        by_name: dict[str, str] = {}
+        for spec in specs:
+            parent = by_name.get(spec.get("parent", ""))
+            urn = self._urn(spec["type"], spec.get("logicalName") or spec["name"], parent)
+            by_name[spec["name"]] = urn
+            entry: dict[str, Any] = {"urn": urn, "custom": not spec.get("component"), "type": spec["type"]}
+            if parent:
+                entry["parent"] = parent
+            if spec["type"] == BUCKET:
+                bucket = self.gcs.lookup_bucket(spec["id"])
+                if bucket is None:
+                    raise self._failed(BUCKET, spec["name"], f"resource '{spec['id']}' does not exist")
+                read = self.labels.read(self.recorded.get(spec["id"], {"name": spec["id"]}), dict(bucket.labels or {}))
+                entry.update(id=spec["id"], inputs=read, outputs={**read, "effectiveLabels": dict(bucket.labels)})
+            resources[urn] = entry
+        self._save(resources, outputs)

@@ -4,6 +4,7 @@ from tests/data/gcp_errors, see tests/gcp/pulumi_fakes.py); the seam turns them 
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from tests.gcp.pulumi_fakes import (
 )
 from toolkit.config import schema
 from toolkit.errors import EXIT_LOCKED, LabError
-from toolkit.gcp import capacity, pulumi_engine
+from toolkit.gcp import artifact_bucket, capacity, pulumi_engine, pulumi_state
 
 ROOT = Path(__file__).resolve().parents[2]
 INSTANCE = "gcp:compute/instance:Instance"
@@ -250,7 +251,7 @@ def test_a_leftover_of_an_earlier_replacement_is_shown_as_its_deletion(cli, sett
 
 
 def test_lab_up_preview_prints_one_line_per_changing_resource(lab, cli, isolated):
-    # The lab is up: its state holds the bucket (so nothing asks GCS whether a kept one is to be taken back).
+    # The lab is up. A preview changes nothing: the persistent stack (and GCS) is not asked.
     bucket = ("gcp:storage/bucket:Bucket", "my-gcp-project-lab-dev")
     write_checkpoint(isolated / ".lab" / "pulumi", "dev", {}, [bucket, (INSTANCE, "tracker"), (INSTANCE, "worker-0")])
     cli.events("preview", preview_events(STEPS, SUMMARY))
@@ -265,18 +266,23 @@ def test_lab_up_preview_prints_one_line_per_changing_resource(lab, cli, isolated
     assert "refresh" not in ran.out and "create-replacement" not in ran.out
 
 
-def test_lab_up_shows_the_failing_resource_and_gcps_reason(lab, cli, isolated):
-    """What the user sees when `pulumi up` fails for a reason that is neither a stockout nor a quota."""
-    bucket = ("gcp:storage/bucket:Bucket", "my-gcp-project-lab-dev")
-    write_checkpoint(isolated / ".lab" / "pulumi", "dev", {}, [bucket, (INSTANCE, "tracker")])
+def test_lab_up_shows_the_failing_resource_and_gcps_reason(lab, cli, isolated, project):
+    """What the user sees when `pulumi up` fails for a reason that is neither a stockout nor a quota (after the
+    persistent stack's `up`, which went well)."""
+    bucket = ("gcp:storage/bucket:Bucket", "my-gcp-project-lab-dev")  # kept by the persistent stack
+    write_checkpoint(isolated / ".lab" / "pulumi", "dev", {}, [bucket], project="lab-persistent")
+    write_checkpoint(isolated / ".lab" / "pulumi", "dev", {}, [(INSTANCE, "tracker")])
     cli.events("preview", preview_events([("create", INSTANCE, "worker-0")], {"create": 1}))
     error = gcp_error("not-capacity-accelerator-not-found.txt")
     cli.answer("up", stdout=failed_update(diagnostics("gcp:compute:Instance", "worker-0", error)), code=255)
-    ran = lab("up", "--target", "gcp", "--yes", env={"PATH": path_without_pulumi(), "PULUMI_CONFIG_PASSPHRASE": "x"})
+    env = {"PATH": path_without_pulumi(), "PULUMI_CONFIG_PASSPHRASE": "x", "LAB_PROJECT_DIR": str(project)}
+    ran = lab("up", "--target", "gcp", "--yes", env=env)
     assert ran.code == 1, ran.err
     last = ran.err.strip().splitlines()[-1]
     assert last.startswith("error: Pulumi failed while creating the lab: worker-0: ")
     assert last.endswith("acceleratorTypes/nvidia-tesla-v100' was not found"), last
+    ups = [c["cwd"] for c in cli.calls() if "up" in c["argv"]]
+    assert ups == [str(project / "infra" / "persistent"), str(project)], "the bucket is kept first"
 
 
 def test_lab_up_without_gpu_quota_refuses_before_the_pulumi_run(lab, cli, isolated, fake_gcp):
@@ -293,3 +299,56 @@ def test_lab_up_without_gpu_quota_refuses_before_the_pulumi_run(lab, cli, isolat
 
     state = pulumi_state.read(f"file://{isolated / '.lab' / 'pulumi'}", "dev")
     assert state is None or not state.cloud_resources
+
+
+# -- the persistent stack --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A project folder as `lab init` leaves it: Pulumi.yaml, the stack file, infra/persistent/Pulumi.yaml."""
+    folder = tmp_path / "project"
+    (folder / "infra" / "persistent").mkdir(parents=True)
+    for name in ("Pulumi.yaml", "infra/persistent/Pulumi.yaml"):
+        (folder / name).write_text((ROOT / name).read_text())
+    (folder / "Pulumi.dev.yaml").write_text("encryptionsalt: v1:abc:def\n" + (ROOT / "Pulumi.dev.yaml").read_text())
+    return folder
+
+
+def test_the_persistent_stack_runs_its_own_program_with_the_lab_stacks_file(cli, settings, project):
+    """Its own Pulumi project (infra/persistent/, project lab-persistent) and a stack of the same name, configured by
+    the lab stack's file: copied beside its Pulumi.yaml, as Pulumi looks for Pulumi.<stack>.yaml there
+    (sdk/go/common/workspace/paths.go DetectProjectStackPath), salt and all."""
+    engine = pulumi_engine.AutomationEngine(settings, project).persistent()
+    engine.up(pulumi_engine.RunChoices(), lambda line: None)
+    engine.destroy(lambda line: None)
+    for verb in ("up", "destroy"):
+        call = next(c for c in cli.calls() if verb in c["argv"])
+        assert call["cwd"] == str(project / "infra" / "persistent"), verb
+        assert call["argv"][call["argv"].index("--stack") + 1] == "dev"
+        assert "--target" not in call["argv"]
+    copy = project / "infra" / "persistent" / "Pulumi.dev.yaml"
+    assert copy.read_text() == (project / "Pulumi.dev.yaml").read_text()
+    name = yaml.safe_load((project / "infra" / "persistent" / "Pulumi.yaml").read_text())["name"]
+    assert name == pulumi_state.PERSISTENT_PROJECT
+
+
+def test_a_kept_bucket_is_taken_in_by_pulumi_import_with_a_file(cli, settings, project):
+    """`pulumi import --file` (import.go importSpec): the ArtifactBucket component as a placeholder and the bucket
+    under it, so the URN is the one infra/persistent/ registers; no code generated, nothing protected."""
+    engine = pulumi_engine.AutomationEngine(settings, project).persistent()
+    engine.adopt(artifact_bucket.import_file("my-gcp-project-lab-dev"), lambda line: None)
+    call = next(c for c in cli.calls() if "import" in c["argv"])
+    assert call["cwd"] == str(project / "infra" / "persistent")
+    assert "--generate-code=false" in call["argv"] and "--protect=false" in call["argv"]
+    told = json.loads(call["file"])["resources"]
+    assert told == [
+        {"type": "lab:infra:ArtifactBucket", "name": "component", "logicalName": "artifacts", "component": True},
+        {
+            "type": "gcp:storage/bucket:Bucket",
+            "name": "bucket",
+            "logicalName": "artifacts",
+            "id": "my-gcp-project-lab-dev",
+            "parent": "component",
+        },
+    ]

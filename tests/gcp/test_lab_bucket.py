@@ -1,16 +1,13 @@
-"""The daily loop up -> down -> up on gcp keeps the bucket and takes it back; a stranger's bucket is refused.
+"""The daily loop up -> down -> up on gcp keeps the bucket and has it again the next morning, under pulumi-gcp 8, 9
+and 10; a stranger's bucket is refused.
 
-What runs for real: lab's provision/teardown flows, the state reader, `toolkit.gcp.artifact_bucket` with the real
-google-cloud-storage client against gcp-storage-emulator (bucket existence and labels), and GCS's 403 body
-where the emulator has none. The engine is a stand-in for Pulumi + GCP, built from their documented behaviour:
-- a destroy leaves a `retainOnDelete` resource in the provider and drops it from the state
-  (https://www.pulumi.com/docs/iac/concepts/options/retainondelete/);
-- creating a bucket whose name exists fails with GCS's 409, and the update fails
-  (https://cloud.google.com/storage/docs/json_api/v1/status-codes#409_Conflict);
-- `import` takes an existing resource into the state and fails when it does not exist
-  (https://www.pulumi.com/docs/iac/concepts/options/import/).
-The program's side (LAB_ADOPT_BUCKET -> the bucket's import option) runs under mocks in
-tests/infra/test_run_choices.py.
+What runs for real: lab's provision/teardown flows, the state reader, `toolkit.gcp.artifact_bucket`, the Pulumi
+programs themselves (infra/ and infra/persistent/, under Pulumi's mocks), and the real google-cloud-storage client
+against gcp-storage-emulator (buckets, labels, objects). The engine is `StrictPulumi` (tests/gcp/pulumi_fakes.py):
+Pulumi's steps as pkg/resource/deploy/step.go takes them, a program's `import` refused exactly as the engine refuses
+one whose inputs differ from what pulumi-gcp reads ("inputs to import do not match the existing resource"), and
+pulumi-gcp's labels per major version (its attribution label since 8, what an import reads in 8 and in 9+), each rule
+cited there.
 """
 
 from __future__ import annotations
@@ -20,25 +17,36 @@ from pathlib import Path
 import pytest
 
 from tests.gcp.gcs_refusals import NOT_YOURS_403
-from tests.gcp.pulumi_fakes import gcp_settings, write_checkpoint
+from tests.gcp.pulumi_fakes import (
+    ATTRIBUTION_LABEL,
+    GCP_STACK,
+    IMPORT_MISMATCH,
+    GcpLabels,
+    StrictPulumi,
+    gcp_settings,
+    write_meta,
+)
+from tests.gcp.pulumi_fakes import (
+    BUCKET as BUCKET_TYPE,
+)
+from tests.infra.program import Registered
 from toolkit.errors import LabError
 from toolkit.gcp import artifact_bucket as lab_bucket
-from toolkit.gcp import pulumi_engine, pulumi_state
+from toolkit.gcp import pulumi_engine
 from toolkit.labs import gcp as gcp_lab
 
 storage = pytest.importorskip("google.cloud.storage")
 
 PROJECT = "my-gcp-project"
 BUCKET = "my-gcp-project-lab-dev"  # the derived lab:bucketName of stack dev
-CONFLICT_409 = (
-    "error: 1 error occurred:\n\t* googleapi: Error 409: Your previous request to create the named bucket "
-    "succeeded and you already own it., conflict\n"
-)
+OURS = {"lab": "dev", "managed-by": "lab"}
+PROVIDERS = [GcpLabels(8), GcpLabels(9), GcpLabels(10)]
 
 
 @pytest.fixture
 def gcs(emulator: str, monkeypatch: pytest.MonkeyPatch) -> storage.Client:
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", "/nonexistent/credentials.json")  # leftovers: not asked
     client = storage.Client(project=PROJECT)
     for bucket in client.list_buckets():  # the emulator lives for the module: each test starts without buckets
         for blob in client.list_blobs(bucket.name):
@@ -52,6 +60,13 @@ def backend(isolated: Path) -> Path:
     return isolated / ".lab" / "pulumi"
 
 
+@pytest.fixture
+def config(tmp_path: Path) -> dict:
+    key = tmp_path / "id_ed25519.pub"
+    key.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGxhYnRlc3RrZXlsYWJ0ZXN0a2V5bGFidGVzdGtleQ lab@test\n")
+    return {**GCP_STACK, "lab:sshPublicKeyPath": str(key)}
+
+
 def make_bucket(client: storage.Client, name: str, labels: dict[str, str]) -> None:
     """A bucket with labels (the emulator keeps labels only from an update, not from the create)."""
     bucket = client.create_bucket(name)
@@ -59,44 +74,9 @@ def make_bucket(client: storage.Client, name: str, labels: dict[str, str]) -> No
     bucket.patch()
 
 
-class PulumiAndGcp:
-    """`up` and `destroy` of the lab's program as the engine and GCP answer them (see the module docstring)."""
-
-    def __init__(self, client: storage.Client, backend: Path) -> None:
-        self.client, self.backend = client, backend
-        self.ups: list[pulumi_engine.RunChoices] = []
-
-    def preview(self, choices, say):
-        return pulumi_engine.Plan(counts={"create": 2}, steps=[("create", "gcp:storage/bucket:Bucket", "artifacts")])
-
-    def up(self, choices, say):
-        self.ups.append(choices)
-        state = pulumi_state.read(f"file://{self.backend}", "dev")
-        managed = lab_bucket.in_state(state, BUCKET)
-        exists = self.client.lookup_bucket(BUCKET) is not None
-        if not managed and choices.adopt_bucket == BUCKET:
-            if not exists:
-                raise pulumi_engine.EngineFailed("Pulumi failed", f"error: resource '{BUCKET}' does not exist")
-        elif not managed:
-            if exists:
-                raise pulumi_engine.EngineFailed("Pulumi failed", CONFLICT_409)
-            make_bucket(self.client, BUCKET, {"lab": "dev", "managed-by": "lab", "role": "artifacts"})
-        outputs = {"tracker_external_ip": "198.51.100.10", "bucket_name": BUCKET, "worker_zone": choices.worker_zone}
-        write_checkpoint(
-            self.backend,
-            "dev",
-            outputs,
-            [("gcp:storage/bucket:Bucket", BUCKET), ("gcp:compute/instance:Instance", "lab-dev-tracker")],
-        )
-        return outputs
-
-    def destroy(self, say):
-        write_checkpoint(self.backend, "dev", {}, [])  # the bucket is retained: gone from the state, kept in GCS
-
-
-def up(engine: PulumiAndGcp) -> gcp_lab.Provisioned:
+def up(engine: StrictPulumi, settings=None) -> gcp_lab.Provisioned:
     done = gcp_lab.provision(
-        gcp_settings(),
+        settings or gcp_settings(),
         engine,
         confirm=gcp_lab.confirm_with(True),
         say=lambda line: None,
@@ -106,89 +86,139 @@ def up(engine: PulumiAndGcp) -> gcp_lab.Provisioned:
     return done
 
 
-def down(engine: PulumiAndGcp, **options) -> gcp_lab.TornDown | None:
+def down(engine: StrictPulumi, **options) -> gcp_lab.TornDown | None:
     return gcp_lab.teardown(gcp_settings(), lambda: engine, backup=lambda outputs: None, say=lambda m: None, **options)
 
 
-def test_up_down_up_takes_the_kept_bucket_back_with_what_it_holds(gcs, backend):
-    engine = PulumiAndGcp(gcs, backend)
+# -- the rule the stand-in enforces --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("labels", "differing"),
+    [
+        (GcpLabels(8), "[pulumiLabels]"),  # pulumi/pulumi-gcp#3044's own words
+        (GcpLabels(9), "[labels pulumiLabels]"),
+        (GcpLabels(10), "[labels pulumiLabels]"),
+        (GcpLabels(8, attribution=False), None),  # gcp:addPulumiAttributionLabel: false, and 8.x's bucket import
+    ],
+    ids=["8", "9", "10", "8-without-attribution"],
+)
+def test_a_bucket_pulumi_made_and_dropped_cannot_be_imported_back(gcs, backend, config, labels, differing):
+    """Retain-then-import, the design this replaces: the same inputs that created the bucket, imported back. The
+    provider added its attribution label at creation; an import plans none, and from 9 reads no `labels` at all."""
+    engine = StrictPulumi(backend, gcs, config, labels=labels)
+    inputs = {"name": BUCKET, "location": "US-CENTRAL1", "labels": {**OURS, "role": "artifacts"}}
+    engine._bucket_step(Registered(BUCKET_TYPE, "artifacts", inputs, {"import_id": None}), None)  # created
+    made = dict(gcs.lookup_bucket(BUCKET).labels)
+    assert (made.get(ATTRIBUTION_LABEL[0]) == ATTRIBUTION_LABEL[1]) == labels.attribution
+    again = Registered(BUCKET_TYPE, "artifacts", inputs, {"import_id": BUCKET})  # dropped, then imported
+    if differing is None:
+        engine._bucket_step(again, None)
+        return
+    with pytest.raises(pulumi_engine.EngineFailed) as caught:
+        engine._bucket_step(again, None)
+    assert pulumi_engine.engine_reason(caught.value.text) == f"artifacts: {IMPORT_MISMATCH}: {differing}"
+
+
+# -- the design: the bucket in the persistent stack ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("labels", PROVIDERS, ids=["pulumi-gcp-8", "pulumi-gcp-9", "pulumi-gcp-10"])
+def test_the_next_up_after_a_down_has_the_bucket_back_without_an_import(gcs, backend, config, labels):
+    """Red before the persistent stack: the second `up` imported the retained bucket and the engine refused it."""
+    engine = StrictPulumi(backend, gcs, config, labels=labels)
     up(engine)
-    assert engine.ups[-1].adopt_bucket is None, "the first up creates the bucket"
+    assert gcs.lookup_bucket(BUCKET) is not None, "the first up creates the bucket"
     gcs.bucket(BUCKET).blob("backups/dev/20261201T080000Z/manifest.json").upload_from_string("{}")
     down(engine)
     assert gcs.lookup_bucket(BUCKET) is not None, "down keeps the bucket"
-    up(engine)  # without adoption, GCS answers 409 here and the daily loop breaks
-    assert engine.ups[-1].adopt_bucket == BUCKET
+    assert "lab-persistent: destroy" not in engine.calls, "down never destroys the persistent stack"
+    up(engine)  # the next morning
     assert [b.name for b in gcs.list_blobs(BUCKET)] == ["backups/dev/20261201T080000Z/manifest.json"]
-    up(engine)
-    assert engine.ups[-1].adopt_bucket is None, "once in the state again, the bucket is not imported twice"
+    assert not [call for call in engine.calls if call.endswith("import")], "nothing was imported"
+    assert lab_bucket.in_state(lab_bucket.persistent_state(gcp_settings()), BUCKET)
 
 
-def test_a_same_named_bucket_of_someone_else_is_refused_naming_it(gcs, backend):
-    make_bucket(gcs, BUCKET, {"team": "vision"})
-    engine = PulumiAndGcp(gcs, backend)
-    with pytest.raises(LabError) as caught:
-        up(engine)
-    assert caught.value.one_line() == (
-        f"the bucket gs://{BUCKET} already exists and is not this lab's (its labels: team=vision); bucket names "
-        "are global across GCS: set lab:bucketName to a name of your own in the stack file"
-    )
-    assert engine.ups == [], "nothing ran"
-
-
-def test_another_stacks_bucket_is_not_taken(gcs, backend):
-    make_bucket(gcs, BUCKET, {"lab": "prod", "managed-by": "lab", "role": "artifacts"})
-    with pytest.raises(LabError, match="is not this lab's"):
-        up(PulumiAndGcp(gcs, backend))
-
-
-def test_a_bucket_these_credentials_may_not_read_is_someone_elses(gcs_says, monkeypatch):
-    answers, env = gcs_says
-    answers["GET"] = (403, NOT_YOURS_403)
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", env["STORAGE_EMULATOR_HOST"])
-    with pytest.raises(LabError) as caught:
-        lab_bucket.adoption(gcp_settings(), None)
-    assert caught.value.one_line().startswith(f"the bucket gs://{BUCKET} exists and these credentials may not read it")
-    assert "set lab:bucketName to another name" in caught.value.one_line()
-
-
-def test_destroy_data_after_down_deletes_the_kept_bucket_only_when_it_is_this_labs(gcs, backend):
-    engine = PulumiAndGcp(gcs, backend)
+def test_destroy_data_destroys_the_persistent_stack_and_deletes_the_bucket(gcs, backend, config):
+    engine = StrictPulumi(backend, gcs, config)
     up(engine)
     gcs.bucket(BUCKET).blob("mlflow-artifacts/dev/1/model.pkl").upload_from_string(b"weights")
+    done = down(engine, destroy_data=True)
+    assert done is not None and done.bucket_deleted == BUCKET
+    assert engine.calls[-2:] == ["lab: destroy", "lab-persistent: destroy"]
+    assert gcs.lookup_bucket(BUCKET) is None
+    assert lab_bucket.persistent_state(gcp_settings()).cloud_resources == ()
+
+
+def test_destroy_data_after_a_down_still_deletes_the_kept_bucket_only_when_it_is_this_labs(gcs, backend, config):
+    engine = StrictPulumi(backend, gcs, config)
+    up(engine)
     down(engine)
     assert down(engine) is None, "a lab that is down has nothing to destroy"
     done = down(engine, destroy_data=True)
     assert done is not None and done.bucket_deleted == BUCKET and done.destroyed == 0
-    assert gcs.lookup_bucket(BUCKET) is None
+    assert engine.calls[-1] == "lab-persistent: destroy" and gcs.lookup_bucket(BUCKET) is None
     make_bucket(gcs, BUCKET, {"team": "vision"})
     with pytest.raises(LabError, match="is not this lab's bucket"):
         down(engine, destroy_data=True)
     assert gcs.lookup_bucket(BUCKET) is not None
 
 
-def test_the_adoption_is_asked_again_for_each_zone_tried(gcs, backend):
-    """A run that failed in one zone may already have imported the bucket; the next zone's run must not
-    import it again."""
-    make_bucket(gcs, BUCKET, {"lab": "dev", "managed-by": "lab", "role": "artifacts"})
-    settings = gcp_settings(**{"lab:zones": ["us-central1-a", "us-central1-b"]})
-    stockout = (
-        "error: 1 error occurred:\n\t* Error creating instance: googleapi: Error 503: The zone "
-        "'projects/my-gcp-project/zones/us-central1-a' does not have enough resources available to fulfill the "
-        "request.  Try a different zone, or try again later., resourceExhausted\n"
+@pytest.mark.parametrize("labels", PROVIDERS, ids=["pulumi-gcp-8", "pulumi-gcp-9", "pulumi-gcp-10"])
+def test_a_bucket_an_older_lab_kept_outside_any_state_is_taken_in_without_a_mismatch(gcs, backend, config, labels):
+    """The retain-then-import design left the bucket in GCS and in no state. It goes into the persistent stack by
+    `pulumi import --file`, which compares nothing, and the `up` after it converges its labels by an update."""
+    make_bucket(gcs, BUCKET, {**OURS, "role": "artifacts", ATTRIBUTION_LABEL[0]: ATTRIBUTION_LABEL[1]})
+    gcs.bucket(BUCKET).blob("datasets/cifar10/v1/manifest.json").upload_from_string("{}")
+    engine = StrictPulumi(backend, gcs, config, labels=labels)
+    up(engine)
+    assert engine.calls[:3] == ["lab: preview", "lab-persistent: import", "lab-persistent: up"]
+    assert [b.name for b in gcs.list_blobs(BUCKET)] == ["datasets/cifar10/v1/manifest.json"]
+    up(engine)
+    assert engine.calls.count("lab-persistent: import") == 1, "once in the persistent stack, never imported again"
+
+
+def test_a_lab_stack_that_still_holds_the_bucket_with_destroy_data_is_refused(gcs, backend, config, isolated):
+    """Before the persistent stack, the lab's stack held the bucket; with lab:destroyData it was not retain-on-delete,
+    so the `up` that moves it would delete it."""
+    from tests.gcp.pulumi_fakes import write_checkpoint
+
+    write_checkpoint(backend, "dev", {}, [("gcp:storage/bucket:Bucket", BUCKET)])
+    engine = StrictPulumi(backend, gcs, config)
+    with pytest.raises(LabError, match="set lab:destroyData to false for this one `lab up`"):
+        up(engine, gcp_settings(**{"lab:destroyData": True}))
+    assert engine.calls == ["lab: preview"], "nothing changed"
+
+
+def test_a_legacy_state_backend_is_refused_naming_the_upgrade(gcs, backend, config):
+    write_meta(backend, version=0)
+    with pytest.raises(LabError, match="pulumi state upgrade"):
+        up(StrictPulumi(backend, gcs, config))
+
+
+def test_a_same_named_bucket_of_someone_else_is_refused_naming_it(gcs, backend, config):
+    make_bucket(gcs, BUCKET, {"team": "vision"})
+    engine = StrictPulumi(backend, gcs, config)
+    with pytest.raises(LabError) as caught:
+        up(engine)
+    assert caught.value.one_line() == (
+        f"the bucket gs://{BUCKET} already exists and is not this lab's (its labels: team=vision); bucket names "
+        "are global across GCS: set lab:bucketName to a name of your own in the stack file"
     )
+    assert engine.calls == ["lab: preview"], "nothing changed"
 
-    class ImportsThenRunsOut(PulumiAndGcp):
-        def up(self, choices, say):
-            if choices.worker_zone == "us-central1-a":
-                self.ups.append(choices)
-                write_checkpoint(self.backend, "dev", {}, [("gcp:storage/bucket:Bucket", BUCKET)])
-                raise pulumi_engine.EngineFailed("Pulumi failed", stockout)
-            return super().up(choices, say)
 
-    engine = ImportsThenRunsOut(gcs, backend)
-    gcp_lab.provision(settings, engine, confirm=gcp_lab.confirm_with(True), say=lambda line: None, show=lambda *a: None)
-    assert [(c.worker_zone, c.adopt_bucket) for c in engine.ups] == [
-        ("us-central1-a", BUCKET),
-        ("us-central1-b", None),
-    ]
+def test_another_stacks_bucket_is_not_taken(gcs, backend, config):
+    make_bucket(gcs, BUCKET, {"lab": "prod", "managed-by": "lab", "role": "artifacts"})
+    with pytest.raises(LabError, match="is not this lab's"):
+        up(StrictPulumi(backend, gcs, config))
+
+
+def test_a_bucket_these_credentials_may_not_read_is_someone_elses(gcs_says, monkeypatch, backend, config):
+    answers, env = gcs_says
+    answers["GET"] = (403, NOT_YOURS_403)
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", env["STORAGE_EMULATOR_HOST"])
+    with pytest.raises(LabError) as caught:
+        lab_bucket.keep(gcp_settings(), StrictPulumi(backend, None, config), lambda line: None)
+    assert caught.value.one_line().startswith(f"the bucket gs://{BUCKET} exists and these credentials may not read it")
+    assert "set lab:bucketName to another name" in caught.value.one_line()

@@ -29,8 +29,8 @@ QUOTA = (
 
 @pytest.fixture(autouse=True)
 def gcs(emulator: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every `lab up` asks GCS whether the lab's bucket was kept by a `lab down` (toolkit.gcp.artifact_bucket): here
-    gcp-storage-emulator answers, holding no bucket."""
+    """A first `lab up` asks GCS whether an older lab kept the bucket outside any state (toolkit.gcp.artifact_bucket):
+    here gcp-storage-emulator answers, holding no bucket."""
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator)
 
 
@@ -73,6 +73,21 @@ class ScriptedEngine:
     def destroy(self, say):
         raise AssertionError("up never destroys")
 
+    def persistent(self):
+        return KeptStack(self)
+
+
+class KeptStack:
+    """The persistent stack's engine: its `up` comes once, before the lab's first `up`."""
+
+    def __init__(self, lab) -> None:
+        self.lab = lab
+
+    def up(self, choices, say):
+        assert not self.lab.ups, "the bucket is kept before the lab's stack grants roles on it"
+        self.lab.kept = getattr(self.lab, "kept", 0) + 1
+        return {"bucket_name": "my-gcp-project-lab-dev"}
+
 
 def provision(settings, engine, *, yes=True, preview_only=False, fallback=False, shown=None):
     return gcp_lab.provision(
@@ -90,7 +105,7 @@ def test_preview_only_shows_changes_and_cost_and_creates_nothing(settings):
     engine = ScriptedEngine(full=set())
     shown: list = []
     assert provision(settings, engine, preview_only=True, shown=shown) is None
-    assert engine.ups == []
+    assert engine.ups == [] and not hasattr(engine, "kept"), "a preview changes nothing, the persistent stack neither"
     ((plan, lines, total),) = shown
     assert plan.counts["create"] == 9
     assert total > 0 and total == pytest.approx(sum(line.usd_per_hour for line in lines))
@@ -108,6 +123,7 @@ def test_a_stocked_out_zone_is_skipped_and_remembered(settings):
     done = provision(settings, engine)
     assert [c.worker_zone for c in engine.ups] == ["us-central1-a", "us-central1-b"]
     assert done.zone == "us-central1-b" and done.on_demand is False
+    assert engine.kept == 1, "the persistent stack's up runs once, before the first zone is tried"
     # The next `up` starts where the workers are, and does not try the stocked-out zone first again.
     engine = ScriptedEngine(full=set())
     provision(settings, engine)

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.infra.program import ProgramRun, run_program
+from tests.infra.program import INFRA, ProgramRun, run_program
 from toolkit.config import stack
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +29,9 @@ def dev_config(ssh_key: Path) -> dict[str, Any]:
 
 @pytest.fixture
 def run(dev_config: dict[str, Any]) -> Callable[..., ProgramRun]:
-    """Run the program on the dev stack with some keys changed (None removes a key)."""
+    """Run the lab's two programs on the dev stack with some keys changed (None removes a key): the persistent
+    stack's (infra/persistent/: the bucket), then the lab stack's (infra/), as `lab up` runs them; their resources
+    together, the lab stack's outputs."""
 
     def runner(**changes: Any) -> ProgramRun:
         config = dict(dev_config)
@@ -39,6 +41,8 @@ def run(dev_config: dict[str, Any]) -> Callable[..., ProgramRun]:
                 config.pop(key, None)
             else:
                 config[key] = value
-        return run_program(config)
+        kept = run_program(config, program=INFRA / "persistent", project="lab-persistent")
+        lab = run_program(config)
+        return ProgramRun(resources=kept.resources + lab.resources, outputs=lab.outputs)
 
     return runner

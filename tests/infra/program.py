@@ -97,6 +97,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
             "protect": bool(request.protect),
             "delete_before_replace": bool(request.deleteBeforeReplace),
             "import_id": request.importId or None,
+            "parent": request.parent or None,
         }
         return super().RegisterResource(request)
 
@@ -114,22 +115,23 @@ def pulumi_config(raw: dict[str, Any]) -> dict[str, str]:
     return {key: text(value) for key, value in raw.items() if value is not None}
 
 
-def run_program(config: dict[str, Any], stack: str = "dev") -> ProgramRun:
-    """Run infra/ through its entry point with this stack config; raise what the program raises."""
+def run_program(config: dict[str, Any], stack: str = "dev", program: Path = INFRA, project: str = "lab") -> ProgramRun:
+    """Run a Pulumi program (infra/, or infra/persistent/ of project lab-persistent) through its entry point with
+    this stack config; raise what the program raises."""
     mocks = GcpMocks(project=str(config.get("gcp:project", "test-project")))
     monitor = RecordingMonitor(mocks)
     pulumi_settings.set_root_resource(None)  # type: ignore[arg-type] -- a fresh stack for each run
-    pulumi.runtime.set_mocks(mocks, project="lab", stack=stack, preview=False, monitor=monitor)
+    pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=False, monitor=monitor)
     pulumi.runtime.set_all_config(pulumi_config(config))
     outputs: dict[str, Any] = {}
 
     @pulumi.runtime.test
-    def program() -> pulumi.Output:
-        runpy.run_path(str(INFRA), run_name="__main__")
+    def main() -> pulumi.Output:
+        runpy.run_path(str(program), run_name="__main__")
         root = pulumi_settings.get_root_resource()
         return pulumi.Output.from_input(dict(root.outputs)).apply(outputs.update)
 
-    program()
+    main()
     for resource in mocks.registered:
         resource.options = monitor.options[(resource.type, resource.name)]
     return ProgramRun(resources=mocks.registered, outputs=outputs)

@@ -60,21 +60,17 @@ def test_workers_are_kept_running(run):
             assert vm.inputs["desiredStatus"] == "RUNNING", "a preempted worker is started by the next up"
 
 
-def test_a_kept_bucket_is_imported_with_the_inputs_it_was_made_with(run, monkeypatch):
-    """`lab up` after `lab down`: toolkit.gcp.artifact_bucket found the bucket kept in GCS with this stack's labels and
-    passes LAB_ADOPT_BUCKET. Pulumi's import succeeds only when the program's inputs match the resource as it
-    is (https://www.pulumi.com/docs/iac/concepts/options/import/): the same program made it, so the inputs
-    must be exactly those of a fresh create."""
-    fresh = run().one("gcp:storage/bucket:Bucket")
-    assert fresh.options["import_id"] is None, "a first up creates the bucket"
-    monkeypatch.setenv("LAB_ADOPT_BUCKET", fresh.inputs["name"])
-    adopted = run().one("gcp:storage/bucket:Bucket")
-    assert adopted.options["import_id"] == fresh.inputs["name"]
-    assert adopted.inputs == fresh.inputs
-    assert adopted.options["retain_on_delete"], "and it is kept through the next down too"
+def test_the_bucket_is_the_persistent_stacks_and_never_imported(dev_config):
+    """What `lab down` destroys (the lab's stack) holds no bucket; the persistent stack holds it and nothing else,
+    with no `import` option, whatever the environment says (the retain-then-import design read LAB_ADOPT_BUCKET)."""
+    from tests.infra.program import INFRA, run_program
 
-
-def test_adopting_another_bucket_is_refused(run, monkeypatch):
-    monkeypatch.setenv("LAB_ADOPT_BUCKET", "someone-elses-bucket")
-    with pytest.raises(Exception, match="LAB_ADOPT_BUCKET=someone-elses-bucket is not this stack's bucket"):
-        run()
+    lab = run_program(dev_config)
+    assert lab.of_type("gcp:storage/bucket:Bucket") == []
+    assert lab.outputs["bucket_name"] == "my-gcp-project-lab-dev", "the hosts still learn the bucket's name"
+    kept = run_program(dev_config, program=INFRA / "persistent", project="lab-persistent")
+    assert [r.type for r in kept.resources] == ["lab:infra:ArtifactBucket", "gcp:storage/bucket:Bucket"]
+    bucket = kept.one("gcp:storage/bucket:Bucket")
+    assert bucket.options["import_id"] is None
+    assert bucket.inputs["name"] == lab.outputs["bucket_name"]
+    assert kept.outputs == {"bucket_name": bucket.inputs["name"], "bucket_url": f"gs://{bucket.inputs['name']}"}

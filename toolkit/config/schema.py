@@ -182,7 +182,7 @@ GCP_PASSTHROUGH_KEYS = frozenset(
         "gcp:userProjectOverride",
         "gcp:requestTimeout",
         "gcp:defaultLabels",
-        "gcp:addTerraformAttributionLabel",
+        "gcp:addPulumiAttributionLabel",  # pulumi-gcp (pulumi_gcp/config/vars.py); Terraform's name is not pulumi-gcp's
     }
 )
 

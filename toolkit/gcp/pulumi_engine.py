@@ -7,6 +7,13 @@ lab:stateBackend, the secrets provider from lab:secretsProvider, the CLI from PA
 `lab doctor --install-pulumi`. Run-time choices the stack file does not hold (the zone the workers go to
 after a stockout, on-demand fallback) reach the program as environment variables (`RunChoices`), read in
 one place, `infra/stack_config.py`.
+
+A lab is two stacks of the same name: the lab's (project `lab`, `infra/`: everything `lab down` destroys) and its
+persistent one (project `lab-persistent`, `infra/persistent/`: the artifact bucket, destroyed only by
+`lab down --destroy-data`). `AutomationEngine(..., part=PERSISTENT)` drives the second. Its configuration is the lab
+stack's file itself, copied byte for byte beside infra/persistent/Pulumi.yaml before each run (config, secure values
+and Pulumi's encryptionsalt/secretsprovider/encryptedkey alike, so the same passphrase or KMS key opens both), so the
+stack file stays the one source of truth; every command then finds it as Pulumi finds any stack's file.
 """
 
 from __future__ import annotations
@@ -27,7 +34,9 @@ from toolkit.gcp import pulumi_state
 
 WORKER_ZONE_ENV = "LAB_WORKER_ZONE"
 ON_DEMAND_ENV = "LAB_WORKER_ON_DEMAND"
-ADOPT_BUCKET_ENV = "LAB_ADOPT_BUCKET"
+LAB = "lab"  # the lab's stack: infra/, all of it destroyed by `lab down`
+PERSISTENT = "persistent"  # the persistent stack: infra/persistent/, never destroyed by a plain `lab down`
+PROGRAMS = {LAB: Path(), PERSISTENT: Path("infra") / "persistent"}  # each part's Pulumi project folder
 
 Say = Callable[[str], None]
 
@@ -38,7 +47,6 @@ class RunChoices:
 
     worker_zone: str | None = None
     on_demand: bool = False
-    adopt_bucket: str | None = None  # a bucket this lab kept through `lab down`, taken back into the state
 
     def env(self) -> dict[str, str]:
         found = {}
@@ -46,8 +54,6 @@ class RunChoices:
             found[WORKER_ZONE_ENV] = self.worker_zone
         if self.on_demand:
             found[ON_DEMAND_ENV] = "1"
-        if self.adopt_bucket:
-            found[ADOPT_BUCKET_ENV] = self.adopt_bucket
         return found
 
 
@@ -119,6 +125,16 @@ class Engine(Protocol):
     def up(self, choices: RunChoices, say: Say) -> dict[str, Any]: ...
 
     def destroy(self, say: Say, targets: list[str] | None = None) -> None: ...
+
+    def adopt(self, resources: list[dict[str, Any]], say: Say) -> None:
+        """`pulumi import --file`: take existing resources into the state as they are (import.go's import file:
+        type, name, id, parent, component). Unlike a program's `import` option this never compares inputs
+        (step.go ImportStep.Apply, the `planned` branch), so it cannot fail on labels the provider added."""
+        ...
+
+    def persistent(self) -> Engine:
+        """The engine of this lab's persistent stack (what outlives `lab down`)."""
+        ...
 
 
 def usable_cli() -> Path:
@@ -220,12 +236,18 @@ def engine_reason(text: str) -> str:
 class AutomationEngine:
     """The real engine: `pulumi preview/up/destroy` of the project's program through the Automation API."""
 
-    def __init__(self, settings: schema.Settings, project_dir: Path) -> None:
+    def __init__(self, settings: schema.Settings, project_dir: Path, part: str = LAB) -> None:
         self.settings = settings
         self.project_dir = project_dir
+        self.part = part
+        self.work_dir = project_dir / PROGRAMS[part]
+        self.stack_file = project_dir / f"Pulumi.{settings.stack}.yaml"  # where Pulumi finds the lab stack's config
         self.backend = pulumi_state.backend_url(settings)
         self.cli = usable_cli()
         pulumi_state.passphrase_ready(settings)
+
+    def persistent(self) -> AutomationEngine:
+        return AutomationEngine(self.settings, self.project_dir, PERSISTENT)
 
     def _env(self, choices: RunChoices) -> dict[str, str]:
         env = {
@@ -237,13 +259,26 @@ class AutomationEngine:
             "PULUMI_PYTHON_CMD": sys.executable,
             **choices.env(),
         }
-        for name in (WORKER_ZONE_ENV, ON_DEMAND_ENV, ADOPT_BUCKET_ENV):
+        for name in (WORKER_ZONE_ENV, ON_DEMAND_ENV):
             env.setdefault(name, "")
         return env
+
+    def _config(self) -> None:
+        """The persistent part's stack file: the lab stack's, copied (generated; infra/persistent/.gitignore)."""
+        if self.part == LAB:
+            return
+        copy = self.work_dir / self.stack_file.name
+        try:
+            text = self.stack_file.read_bytes()
+            if not copy.is_file() or copy.read_bytes() != text:
+                copy.write_bytes(text)
+        except OSError as exc:
+            raise LabError(f"cannot copy {self.stack_file} to {copy}: {exc.strerror}") from None
 
     def _open(self, choices: RunChoices) -> Any:
         from pulumi import automation as auto
 
+        self._config()
         if self.backend.startswith("file://"):
             Path(self.backend.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
         provider = None if self.settings.secrets_provider == "passphrase" else self.settings.secrets_provider
@@ -252,13 +287,13 @@ class AutomationEngine:
         except (OSError, subprocess.SubprocessError) as exc:
             raise cli_error(self.cli, f"{self.cli} does not run: {exc}") from None
         options = auto.LocalWorkspaceOptions(
-            work_dir=str(self.project_dir),
+            work_dir=str(self.work_dir),
             env_vars=self._env(choices),
             secrets_provider=provider,
             pulumi_command=command,
         )
         try:
-            return auto.create_or_select_stack(self.settings.stack, work_dir=str(self.project_dir), opts=options)
+            return auto.create_or_select_stack(self.settings.stack, work_dir=str(self.work_dir), opts=options)
         except auto.CommandError as exc:
             raise self._failed("selecting the stack", exc) from None
 
@@ -300,7 +335,8 @@ class AutomationEngine:
         try:
             result = stack.up(on_output=say, refresh=True, color="never", suppress_progress=True)
         except auto.CommandError as exc:
-            raise self._failed("creating the lab", exc) from None
+            doing = "creating the lab" if self.part == LAB else "keeping the lab's bucket"
+            raise self._failed(doing, exc) from None
         return {name: output.value for name, output in result.outputs.items()}
 
     def destroy(self, say: Say, targets: list[str] | None = None) -> None:
@@ -318,4 +354,14 @@ class AutomationEngine:
                 target_dependents=True if targets else None,
             )
         except auto.CommandError as exc:
-            raise self._failed("destroying the workers" if targets else "destroying the lab", exc) from None
+            doing = "destroying the workers" if targets else "destroying the lab"
+            raise self._failed(doing if self.part == LAB else "destroying the lab's persistent stack", exc) from None
+
+    def adopt(self, resources: list[dict[str, Any]], say: Say) -> None:
+        from pulumi import automation as auto
+
+        stack = self._open(RunChoices())
+        try:
+            stack.import_resources(resources=resources, on_output=say, generate_code=False, protect=False)
+        except auto.CommandError as exc:
+            raise self._failed("taking the kept bucket into the persistent stack", exc) from None

@@ -32,6 +32,9 @@ from toolkit.config import paths, schema
 from toolkit.errors import LabError
 
 PROJECT = paths.PROJECT_NAME
+# The Pulumi project of what outlives `lab down` (infra/persistent/: the artifact bucket), one stack per lab stack,
+# of the same name. A project of its own, so its stacks never share a name with lab's in the project layout.
+PERSISTENT_PROJECT = f"{PROJECT}-persistent"
 ORGANIZATION = "organization"  # the diy backend's one organization (store.go ParseReference)
 STACK_TYPE = "pulumi:pulumi:Stack"
 PROVIDER_PREFIX = "pulumi:providers:"
@@ -249,6 +252,11 @@ def _unzstd(raw: bytes, name: str) -> bytes:
         raise LabError(f"the Pulumi state {name} is not valid zstd ({exc})") from None
 
 
+def backend_layout(url: str) -> str:
+    """The layout of the backend at `url` ("project" or "legacy"), see `layout`."""
+    return layout(_Store(url))
+
+
 def layout(store: _Store) -> str:
     """ "project" or "legacy": how the backend lays out stacks, decided as Pulumi decides it (meta.go
     ensurePulumiMeta): meta.yaml's version; without one, legacy if any stack file sits directly in
@@ -269,9 +277,9 @@ def layout(store: _Store) -> str:
     return "legacy" if legacy else "project"
 
 
-def checkpoint_path(store: _Store, stack: str) -> str | None:
+def checkpoint_path(store: _Store, stack: str, project: str = PROJECT) -> str | None:
     """The stack's checkpoint file: of .json, .json.gz and .json.zst, the most recently modified."""
-    folder = f".pulumi/stacks/{PROJECT}" if layout(store) == "project" else ".pulumi/stacks"
+    folder = f".pulumi/stacks/{project}" if layout(store) == "project" else ".pulumi/stacks"
     wanted = {f"{folder}/{stack}{suffix}" for suffix in CHECKPOINT_SUFFIXES}
     found = {path: mtime for path, mtime in store.listed(folder).items() if path in wanted}
     if not found:
@@ -292,14 +300,15 @@ def _resource(entry: dict[str, Any], pending: str | None = None) -> Resource:
     )
 
 
-def read(url: str, stack: str) -> State | None:
-    """The stack's last checkpoint; None when the stack was never created (or was removed).
+def read(url: str, stack: str, project: str = PROJECT) -> State | None:
+    """The stack's last checkpoint (of project `project`: lab's, or PERSISTENT_PROJECT's); None when the stack was
+    never created (or was removed).
 
     Every resource of `checkpoint.latest.resources` is kept, those marked `delete` (replaced, deleted only by
     the next update) included, and every operation of `checkpoint.latest.pending_operations` (an `up` that
     was interrupted: a VM may exist that no resource of the checkpoint names) becomes a Resource too."""
     store = _Store(url)
-    relative = checkpoint_path(store, stack)
+    relative = checkpoint_path(store, stack, project)
     if relative is None:
         return None
     raw = store.read(relative)
@@ -316,17 +325,17 @@ def read(url: str, stack: str) -> State | None:
     return State(resources=tuple(resources), path=relative)
 
 
-def lock_folders(stack: str) -> tuple[str, ...]:
+def lock_folders(stack: str, project: str = PROJECT) -> tuple[str, ...]:
     """Where the diy backend keeps the stack's locks: stackLockDir of its fully qualified name, project-scoped
     (`organization/<project>/<stack>`) or legacy (`<stack>`). Both are looked at: a lock in either stops us."""
-    return (f".pulumi/locks/{ORGANIZATION}/{PROJECT}/{stack}", f".pulumi/locks/{stack}")
+    return (f".pulumi/locks/{ORGANIZATION}/{project}/{stack}", f".pulumi/locks/{stack}")
 
 
-def locks(url: str, stack: str) -> list[Lock]:
+def locks(url: str, stack: str, project: str = PROJECT) -> list[Lock]:
     """The stack's current locks: a running `pulumi up`/`destroy` (here or elsewhere) holds one."""
     store = _Store(url)
     found: list[Lock] = []
-    for folder in lock_folders(stack):
+    for folder in lock_folders(stack, project):
         for relative in store.list(folder):
             if not relative.endswith(".json"):
                 continue

@@ -1,11 +1,11 @@
 """The gcp target: Pulumi makes the hosts exist or go away; everything after "the hosts exist" is the remote
 lab's (`toolkit.labs.ssh`), shared with the ssh target.
 
-`provision` (lab up): preview with the cost per hour, confirm, `up` in the first zone with capacity
-(stockouts remembered per zone, quota errors named), on-demand only when allowed. `teardown` (lab down):
-the stack's lock, a verified backup of the tracker, destroy, the bucket only on request, and a check that
-nothing of the stack is left. Both take the engine as an argument: the real one is
-`toolkit.gcp.pulumi_engine.AutomationEngine`.
+`provision` (lab up): preview with the cost per hour, confirm, the persistent stack's `up` (the bucket), then
+the lab's `up` in the first zone with capacity (stockouts remembered per zone, quota errors named), on-demand
+only when allowed. `teardown` (lab down): the stack's lock, a verified backup of the tracker, destroy of the
+lab's stack (never the persistent one unless --destroy-data), and a check that nothing of the stack is left.
+Both take the engine as an argument: the real one is `toolkit.gcp.pulumi_engine.AutomationEngine`.
 """
 
 from __future__ import annotations
@@ -155,17 +155,8 @@ def provision(
     configured = list(settings.zones) or [settings.zone or ""]
     zones = capacity.zones_to_try(configured, current if isinstance(current, str) else None, memory.recent())
 
-    backend = pulumi_state.backend_url(settings)
-
-    def adopt() -> str | None:
-        """The kept bucket to take back, asked again before each run: a failed run may have taken it already."""
-        return lab_bucket.adoption(settings, pulumi_state.read(backend, settings.stack))
-
-    adopting = adopt()
-    if adopting:
-        say(f"taking back the bucket gs://{adopting} (kept by the last `lab down`, with its artifacts and backups)")
     started = time.monotonic()
-    plan = engine.preview(pulumi_engine.RunChoices(worker_zone=zones[0], adopt_bucket=adopting), say)
+    plan = engine.preview(pulumi_engine.RunChoices(worker_zone=zones[0]), say)
     stages["preview"] = time.monotonic() - started
     lines, total = hourly_lines(settings)
     show(plan, lines, total)
@@ -175,12 +166,17 @@ def provision(
         raise LabError("nothing was changed: the changes were not confirmed", hint="pass --yes to skip the question")
 
     started = time.monotonic()
+    _moved_bucket_is_kept(settings, state)
+    lab_bucket.keep(settings, engine.persistent(), say)  # first: the lab's stack grants roles on the bucket
+    stages["persistent stack"] = time.monotonic() - started
+
+    started = time.monotonic()
     tried: list[str] = []
     attempts = [(zone, False) for zone in zones]
     if fallback_on_demand and settings.spot:
         attempts += [(zone, True) for zone in zones]
     for zone, on_demand in attempts:
-        choices = pulumi_engine.RunChoices(worker_zone=zone, on_demand=on_demand, adopt_bucket=adopt())
+        choices = pulumi_engine.RunChoices(worker_zone=zone, on_demand=on_demand)
         if on_demand and (zone, on_demand) == attempts[len(zones)]:
             say("no zone had spot capacity: trying on-demand workers (--fallback-on-demand)")
         try:
@@ -230,6 +226,18 @@ def quota_preflight(settings: schema.Settings, state: pulumi_state.State | None,
         say(f"warning: {line}; `lab up` would refuse")
         return
     raise LabError(f"{line}; nothing was created", hint=short.fix(settings.project))
+
+
+def _moved_bucket_is_kept(settings: schema.Settings, state: pulumi_state.State | None) -> None:
+    """A lab's stack from before the persistent stack may still hold the bucket. The program no longer declares it
+    there, so the next `up` deletes it from that stack: only from the state while it is retain-on-delete (the old
+    program's choice unless lab:destroyData), from GCS otherwise. The latter is refused."""
+    if settings.destroy_data and lab_bucket.in_state(state, settings.bucket_name or ""):
+        raise LabError(
+            f"the stack {settings.stack} still holds gs://{settings.bucket_name} with lab:destroyData true, so "
+            "this `lab up` would delete it while moving it to the lab's persistent stack",
+            hint="set lab:destroyData to false for this one `lab up` (the bucket then moves, kept)",
+        )
 
 
 def record_up(settings: schema.Settings, done: Provisioned) -> None:
@@ -292,8 +300,8 @@ def teardown(
     backend = pulumi_state.backend_url(settings)
     state = pulumi_state.read(backend, settings.stack)
     if state is None or not state.cloud_resources:
-        # Down already; the bucket outlived that down and is no longer in the state: --destroy-data finds it.
-        deleted = lab_bucket.delete_kept(settings, say) if destroy_data else None
+        # Down already; the bucket outlived that down in the persistent stack: --destroy-data destroys that too.
+        deleted = lab_bucket.delete_kept(settings, lambda: engine_factory().persistent(), say) if destroy_data else None
         return TornDown(destroyed=0, backup=None, bucket_deleted=deleted, leftovers=[]) if deleted else None
     stages: dict[str, float] = {}
     engine = engine_factory()  # fails now, before anything, when there is no CLI to destroy with
@@ -328,16 +336,9 @@ def teardown(
     stages["backup"] = time.monotonic() - started
 
     started = time.monotonic()
-    engine.destroy(say)
+    engine.destroy(say)  # the lab's stack only: the bucket is the persistent stack's
     stages["destroy"] = time.monotonic() - started
-    bucket = state.outputs.get("bucket_name") if isinstance(state.outputs.get("bucket_name"), str) else None
-    deleted = None
-    if destroy_data and bucket:
-        from toolkit.tracker import gcs
-
-        gcs.delete_bucket(bucket)
-        deleted = bucket
-        say(f"deleted the bucket gs://{bucket} and every object version in it (--destroy-data)")
+    deleted = lab_bucket.delete_kept(settings, engine.persistent, say) if destroy_data else None
     after = pulumi_state.read(backend, settings.stack)
     left = [
         f"{r.type.split(':')[-1]} {r.name} (still in the Pulumi state)"
