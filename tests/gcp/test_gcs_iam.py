@@ -45,15 +45,18 @@ KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGxhYnRlc3RrZXlsYWJ0ZXN0a2V5bGFidGVzd
 
 @pytest.fixture(scope="module")
 def program_policy(tmp_path_factory: pytest.TempPathFactory) -> BucketPolicy:
-    """The artifact bucket's policy as the program declares it for the shipped dev stack."""
-    from tests.infra.program import run_program
+    """The artifact bucket's policy as the programs declare it for the shipped dev stack: the bucket is the
+    persistent stack's (infra/persistent/), its bindings the lab stack's (infra/)."""
+    from tests.infra.program import INFRA, ProgramRun, run_program
     from toolkit.config import stack
 
     key = tmp_path_factory.mktemp("key") / "id_ed25519.pub"
     key.write_text(KEY)
     raw = dict(stack.read(str(ROOT / "Pulumi.dev.yaml")).raw)
     raw["lab:sshPublicKeyPath"] = str(key)
-    return policy_from_program(run_program(raw))
+    kept = run_program(raw, program=INFRA / "persistent", project="lab-persistent")
+    lab = run_program(raw)
+    return policy_from_program(ProgramRun(resources=kept.resources + lab.resources, outputs=lab.outputs))
 
 
 def make_bucket(emulator: str, name: str) -> None:
