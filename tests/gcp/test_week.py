@@ -147,6 +147,9 @@ def up(week: Week) -> dict[str, Any]:
     )
     assert done is not None
     assert week.engine.calls[calls:] == ["lab: preview", "lab-persistent: up", "lab: up"], "nothing imported"
+    kept, _ = week.engine.persistent()._load()
+    [bucket] = [r for r in kept.values() if r["type"] == "gcp:storage/bucket:Bucket"]
+    assert bucket["inputs"]["uniformBucketLevelAccess"] is True, "the GCS stand-in models uniform access only"
     assert not [line for line in week.said if "quotas could not be read" in line], week.said
     assert any(path.endswith("/regions/us-central1") for _, path in week.gcp.requests), "the quota pre-flight ran"
     assert gcp_lab.start_stopped_tracker(week.settings, done.outputs, week.said.append) is False, "it runs"
