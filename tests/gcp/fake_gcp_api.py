@@ -69,6 +69,7 @@ SHUTDOWN_WINDOW_S = {"standard": 90.0, "spot": 30.0}
 # (the client's read timeout against the wait's deadline, a guest's shutdown against the window) holds as on GCP.
 TIME_SCALE = 0.01
 TICK_S = 0.002  # real seconds between the stand-in's looks at its clock
+STOPS = ("stop", "compute.instances.preempted")  # the operations that run a guest's shutdown
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,17 @@ class FakeGcp:
             instance.id = str(next(self._ids) * 7919)
         self.instances[name] = instance
         return instance
+
+    def preempt(self, name: str) -> dict[str, Any]:
+        """GCP reclaims a spot VM: a system operation of type compute.instances.preempted ("Detect preemption",
+        https://cloud.google.com/compute/docs/instances/create-use-spot#detect-preemption), the guest's shutdown
+        cut at the spot window's end (30 s), then TERMINATED (instanceTerminationAction STOP keeps the VM)."""
+        instance = self.instances[name]
+        if not instance.spot:
+            raise ValueError(f"{name} is not a spot VM: GCP preempts only spot and preemptible VMs")
+        answer = self.operation(instance, "compute.instances.preempted")
+        self.operations[answer["name"]]["user"] = "system"
+        return answer
 
     def env(self) -> dict[str, str]:
         return {
@@ -296,7 +308,7 @@ class FakeGcp:
     def stopping_on_schedule(self, instance: FakeInstance) -> bool:
         """A VM this stand-in is stopping keeps its own time (a VM a test set STOPPING follows `stopping_polls`)."""
         return any(
-            op["status"] != "DONE" and op["operationType"] == "stop" and op["targetId"] == instance.id
+            op["status"] != "DONE" and op["operationType"] in STOPS and op["targetId"] == instance.id
             for op in self.operations.values()
         )
 

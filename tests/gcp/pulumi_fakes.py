@@ -23,12 +23,14 @@ Each stand-in follows Pulumi's source (github.com/pulumi/pulumi, file@commit):
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
 import stat
 import sys
-from collections.abc import Iterable
+import uuid
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -383,6 +385,8 @@ IMPORT_MISMATCH = "inputs to import do not match the existing resource"
 # (terraform-provider-google 6.0 upgrade guide: attribution_label_application_strategy CREATION_ONLY).
 ATTRIBUTION_LABEL = ("goog-pulumi-provisioned", "true")
 BUCKET = "gcp:storage/bucket:Bucket"
+BUCKET_MEMBER = "gcp:storage/bucketIAMMember:BucketIAMMember"
+INSTANCE = "gcp:compute/instance:Instance"
 CONFLICT_409 = (
     "googleapi: Error 409: Your previous request to create the named bucket succeeded and you already own it., conflict"
 )
@@ -422,6 +426,15 @@ class GcpLabels:
         return inputs
 
 
+def iam_binding(inputs: dict[str, Any]) -> Any:
+    """A BucketIAMMember's inputs as the binding GCS evaluates (tests/gcp/gcs_iam.py)."""
+    from tests.gcp.gcs_iam import Binding
+    from tests.gcp.iam_conditions import Condition
+
+    condition = inputs.get("condition")
+    return Binding(inputs["role"], (inputs["member"],), Condition.parse(condition["expression"]) if condition else None)
+
+
 class StrictPulumi:
     """`lab`'s Engine as the Pulumi engine with pulumi-gcp would answer it, for one project's stack: the real program
     (infra/, or infra/persistent/ for project lab-persistent) runs under Pulumi's mocks (tests/infra/program.py), with
@@ -431,11 +444,18 @@ class StrictPulumi:
     whose name GCS already holds: GCS's 409). Resources the program no longer registers are deleted, or only dropped
     from the state when they were retainOnDelete. `adopt` is `pulumi import --file`: the read inputs go into the state
     as they are, compared with nothing (ImportStep.Apply's `planned` branch). Buckets are real, in
-    gcp-storage-emulator (labels and objects); the state is the diy backend's checkpoint that lab's reader reads."""
+    gcp-storage-emulator (labels and objects); the state is the diy backend's checkpoint that lab's reader reads.
+
+    `backend`: a folder, or "gs://BUCKET": then the checkpoint and the update's lock file (lock.go: taken before the
+    update, removed after it, failed or not) are written through google-cloud-storage as whoever this process acts as
+    then (STORAGE_EMULATOR_HOST, e.g. a port of tests/gcp/gcs_iam.py: the CI runner's `lab down` writes the state with
+    its own grants). What the engine makes in GCP follows it, when given: `compute` (tests/gcp/fake_gcp_api.py's
+    FakeGcp) gets the VMs it creates and loses the ones it deletes; `iam` (gcs_iam.GcsIam) gets the bucket bindings
+    (BucketIAMMember) it creates and loses the ones it deletes, so GCS decides each request on what was applied."""
 
     def __init__(
         self,
-        backend: Path,
+        backend: Path | str,
         gcs: Any,
         config: dict[str, Any],
         *,
@@ -443,9 +463,12 @@ class StrictPulumi:
         project: str = "lab",
         stack: str = "dev",
         calls: list[str] | None = None,
+        compute: Any = None,
+        iam: Any = None,
     ) -> None:
         self.backend, self.gcs, self.config, self.project, self.stack = backend, gcs, config, project, stack
         self.labels = labels or GcpLabels()
+        self.compute, self.iam = compute, iam
         self.calls = calls if calls is not None else []
         self.recorded: dict[str, dict[str, Any]] = {}  # what each bucket was created with, by bucket name
 
@@ -458,26 +481,73 @@ class StrictPulumi:
             project="lab-persistent",
             stack=self.stack,
             calls=self.calls,
+            compute=self.compute,
+            iam=self.iam,
         )
         twin.recorded = self.recorded
         return twin
 
     # -- the state ----------------------------------------------------------------------------------------------
     @property
-    def _path(self) -> Path:
-        return self.backend / ".pulumi" / "stacks" / self.project / f"{self.stack}.json"
+    def _relative(self) -> str:
+        return f".pulumi/stacks/{self.project}/{self.stack}.json"
+
+    def _bucket(self) -> Any:
+        """The state bucket, as whoever this process acts as now (a gs:// backend)."""
+        from google.cloud import storage
+
+        client = storage.Client(project=str(self.config.get("gcp:project", "my-gcp-project")))
+        return client.bucket(str(self.backend).removeprefix("gs://").split("/", 1)[0])
+
+    def _read(self, relative: str) -> str | None:
+        if isinstance(self.backend, Path):
+            path = self.backend / relative
+            return path.read_text() if path.exists() else None
+        from google.api_core import exceptions
+
+        try:
+            return self._bucket().blob(relative).download_as_text()
+        except exceptions.NotFound:
+            return None
+
+    def _write(self, relative: str, text: str) -> None:
+        if isinstance(self.backend, Path):
+            path = self.backend / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        else:
+            self._bucket().blob(relative).upload_from_string(text)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The diy backend's lock for an update (lock.go: `.pulumi/locks/organization/<project>/<stack>/<uuid>.json`,
+        removed when the update ends, however it ends); in a gs:// backend only (a folder's tests read its files)."""
+        if isinstance(self.backend, Path):
+            yield
+            return
+        relative = f".pulumi/locks/organization/{self.project}/{self.stack}/{uuid.uuid4()}.json"
+        content = {"pid": os.getpid(), "username": "lab", "hostname": "test", "timestamp": "2026-12-02T09:00:00Z"}
+        self._write(relative, json.dumps(content))
+        try:
+            yield
+        finally:
+            self._bucket().blob(relative).delete()
 
     def _load(self) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-        if not self._path.exists():
+        text = self._read(self._relative)
+        if text is None:
             return {}, {}
-        latest = json.loads(self._path.read_text())["checkpoint"]["latest"]
+        latest = json.loads(text)["checkpoint"]["latest"]
         resources = {r["urn"]: r for r in latest["resources"] if r["type"] != "pulumi:pulumi:Stack"}
         resources = {urn: r for urn, r in resources.items() if not r["type"].startswith("pulumi:providers:")}
         stack = next(r for r in latest["resources"] if r["type"] == "pulumi:pulumi:Stack")
         return resources, stack.get("outputs") or {}
 
     def _save(self, resources: dict[str, dict[str, Any]], outputs: dict[str, Any]) -> None:
-        write_meta(self.backend)
+        if isinstance(self.backend, Path):
+            write_meta(self.backend)
+        elif self._read(".pulumi/meta.yaml") is None:
+            self._write(".pulumi/meta.yaml", "version: 1\n")
         stack_urn = f"urn:pulumi:{self.stack}::{self.project}::pulumi:pulumi:Stack::{self.project}-{self.stack}"
         provider = f"urn:pulumi:{self.stack}::{self.project}::pulumi:providers:gcp::default::{PROVIDER_ID}"
         entries = [{"urn": stack_urn, "custom": False, "type": "pulumi:pulumi:Stack", "outputs": outputs}]
@@ -490,8 +560,7 @@ class StrictPulumi:
             "version": 3,
             "checkpoint": {"stack": f"organization/{self.project}/{self.stack}", "latest": latest},
         }
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        self._path.write_text(json.dumps(document))
+        self._write(self._relative, json.dumps(document))
 
     def _urn(self, kind: str, name: str, parent: str | None) -> str:
         qualified = kind
@@ -541,6 +610,10 @@ class StrictPulumi:
     def up(self, choices: Any, say: Any) -> dict[str, Any]:
         self.calls.append(f"{self.project}: up")
         run = self._run(choices)
+        with self._locked():
+            return self._update(run)
+
+    def _update(self, run: Any) -> dict[str, Any]:
         resources, _ = self._load()
         registered: dict[str, dict[str, Any]] = {}
         for r in run.resources:
@@ -561,6 +634,8 @@ class StrictPulumi:
                 entry.update(self._bucket_step(r, old))
             else:
                 entry.update(id=(old or {}).get("id") or f"{r.name}-id", inputs=r.inputs, outputs=dict(r.inputs))
+            if old is None:
+                self._made(r.type, r.inputs)
             registered[urn] = entry
             self._save({**resources, **registered}, {})
         for urn, old in resources.items():
@@ -598,7 +673,25 @@ class StrictPulumi:
         bucket.patch()
         return {"id": name, "inputs": planned, "outputs": {**planned, "effectiveLabels": dict(bucket.labels)}}
 
+    def _made(self, kind: str, inputs: dict[str, Any]) -> None:
+        """What a create makes in GCP's other stand-ins: a VM RUNNING in Compute, a binding in the bucket's policy."""
+        if kind == INSTANCE and self.compute is not None:
+            spot = (inputs.get("scheduling") or {}).get("provisioningModel") == "SPOT"
+            self.compute.add(inputs["name"], zone=inputs["zone"], labels=dict(inputs.get("labels") or {}), spot=spot)
+        elif kind == BUCKET_MEMBER and self.iam is not None:
+            self.iam.policies[inputs["bucket"]].bindings.append(iam_binding(inputs))
+
+    def _gone(self, old: dict[str, Any]) -> None:
+        if old.get("retainOnDelete"):
+            return
+        if old["type"] == INSTANCE and self.compute is not None:
+            self.compute.instances.pop(old["inputs"]["name"], None)
+        elif old["type"] == BUCKET_MEMBER and self.iam is not None:
+            policy = self.iam.policies[old["inputs"]["bucket"]]
+            policy.bindings.remove(iam_binding(old["inputs"]))
+
     def _delete(self, old: dict[str, Any]) -> None:
+        self._gone(old)
         if old["type"] != BUCKET or old.get("retainOnDelete"):
             return  # a VM, a grant...: gone; a retained resource: only out of the state
         name = old["id"]
@@ -611,11 +704,12 @@ class StrictPulumi:
 
     def destroy(self, say: Any, targets: list[str] | None = None) -> None:
         self.calls.append(f"{self.project}: destroy" + (" workers" if targets else ""))
-        resources, outputs = self._load()
-        for urn in list(resources):
-            if not targets or urn in targets:
-                self._delete(resources.pop(urn))
-        self._save(resources if targets else {}, outputs if targets else {})
+        with self._locked():
+            resources, outputs = self._load()
+            for urn in list(resources):
+                if not targets or urn in targets:
+                    self._delete(resources.pop(urn))
+            self._save(resources if targets else {}, outputs if targets else {})
 
     def adopt(self, specs: list[dict[str, Any]], say: Any) -> None:
         """`pulumi import --file`: each resource read and recorded as it is (import.go parseImportFile names the
