@@ -29,6 +29,8 @@ answers when the operation is DONE or at its own deadline, with the operation st
 - projects.getEffectiveOrgPolicy
                          https://cloud.google.com/resource-manager/reference/rest/v1/projects/getEffectiveOrgPolicy
 - regions.get, projects.get (their `quotas[]`): see the "quotas" block below
+- IAM: each Compute route needs the permission its page names (COMPUTE_PERMISSIONS); a caller `granted` only some
+  gets GCE's 403 "Required '<permission>' permission for '<resource>'" for the others
 
 Errors use GCP's JSON error body ({"error": {"code", "message", "errors": [{"message", "domain", "reason"}],
 "status", "details"}}, https://cloud.google.com/apis/design/errors); the texts are real ones kept in
@@ -92,6 +94,28 @@ def error_body(code: int, message: str, reason: str, status: str = "", details: 
     if details:
         body["details"] = details
     return {"error": body}
+
+
+# The permission each Compute route needs, as its reference page names it ("IAM Permissions"; e.g.
+# https://cloud.google.com/compute/docs/reference/rest/v1/instances/aggregatedList: compute.instances.list,
+# .../zoneOperations/wait: compute.zoneOperations.get, as globalOperations/wait names compute.globalOperations.get).
+COMPUTE_PERMISSIONS = (
+    ("GET", r"/projects/[^/]+/aggregated/(instances|disks)", "compute.{0}.list"),
+    ("POST", r"/projects/[^/]+/zones/[^/]+/operations/[^/]+/wait", "compute.zoneOperations.get"),
+    ("GET", r"/projects/[^/]+/zones/[^/]+/operations/[^/]+", "compute.zoneOperations.get"),
+    ("GET", r"/projects/[^/]+/zones/[^/]+/instances/[^/]+", "compute.instances.get"),
+    ("GET", r"/projects/[^/]+/zones/[^/]+/instances/[^/]+/(getGuestAttributes)", "compute.instances.{0}"),
+    ("POST", r"/projects/[^/]+/zones/[^/]+/instances/[^/]+/(start|stop|resume)", "compute.instances.{0}"),
+    ("GET", r"/projects/[^/]+/regions/[^/]+", "compute.regions.get"),
+    ("GET", r"/projects/[^/]+", "compute.projects.get"),
+)
+
+
+def compute_permission(method: str, path: str) -> str | None:
+    for verb, pattern, permission in COMPUTE_PERMISSIONS:
+        if method == verb and (match := re.fullmatch(pattern, path)):
+            return permission.format(*match.groups())
+    return None
 
 
 def not_found(resource: str) -> tuple[int, dict]:
@@ -162,6 +186,10 @@ class FakeGcp:
     # 403 with GCE's text, as for compute.instances.get in test_revive.
     controllable: set[str] | None = None
     caller: str = "lab-dev-tracker@my-gcp-project.iam.gserviceaccount.com"
+    # The caller's permissions on the project (None: all, as its owner). A Compute call whose permission is not among
+    # them answers 403 with GCE's text (compute_permission names each route's); `used` keeps those asked for.
+    granted: frozenset[str] | None = None
+    used: set[str] = field(default_factory=set)
     # scope ("global" or a region) -> {metric: (limit, usage)}; see the "quotas" block below
     quotas: dict[str, dict[str, tuple[float, float]]] = field(default_factory=lambda: default_quotas())
     url: str = ""
@@ -244,6 +272,12 @@ class FakeGcp:
         return 501, error_body(501, f"the stand-in does not know {method} {path}", "notImplemented")
 
     def compute(self, method: str, path: str, query: dict[str, list[str]]) -> tuple[int, dict]:
+        permission = compute_permission(method, path)
+        if permission is not None:
+            self.used.add(permission)
+            if self.granted is not None and permission not in self.granted:
+                resource = path.removeprefix("/").removesuffix("/wait")
+                return 403, error_body(403, f"Required '{permission}' permission for '{resource}'", "forbidden")
         if (answer := self.quota_routes(method, path)) is not None:
             return answer
         if match := re.fullmatch(r"/projects/([^/]+)/aggregated/(instances|disks)", path):

@@ -435,6 +435,27 @@ def iam_binding(inputs: dict[str, Any]) -> Any:
     return Binding(inputs["role"], (inputs["member"],), Condition.parse(condition["expression"]) if condition else None)
 
 
+def import_file_problems(specs: list[dict[str, Any]]) -> list[str]:
+    """What `pulumi import --file` says of an import file's resources before it imports anything, in its words
+    (pulumi/pulumi pkg/cmd/pulumi/operations/import.go parseImportFile, v3.150.0 and 1b594989)."""
+    problems: list[str] = []
+    names = {spec.get("name") or spec.get("logicalName") for spec in specs}
+    for spec in specs:
+        name = spec.get("name") or spec.get("logicalName") or ""
+        what = f"resource '{name}'" + (f" of type '{spec['type']}'" if spec.get("type") else "")
+        if not spec.get("type"):
+            problems.append(f"{what} has no type")
+        if not name:
+            problems.append(f"{what} has no name")
+        if not spec.get("component") and not spec.get("id"):
+            problems.append(f"{what} has no ID")
+        if spec.get("component") and spec.get("id"):
+            problems.append(f"{what} has an ID, but is marked as a component")
+        if spec.get("parent") and spec["parent"] not in names:
+            problems.append(f"the parent '{spec['parent']}' for {what} has no entry in 'nameTable'")
+    return problems
+
+
 class StrictPulumi:
     """`lab`'s Engine as the Pulumi engine with pulumi-gcp would answer it, for one project's stack: the real program
     (infra/, or infra/persistent/ for project lab-persistent) runs under Pulumi's mocks (tests/infra/program.py), with
@@ -713,8 +734,18 @@ class StrictPulumi:
 
     def adopt(self, specs: list[dict[str, Any]], say: Any) -> None:
         """`pulumi import --file`: each resource read and recorded as it is (import.go parseImportFile names the
-        URNs; step.go's planned ImportStep copies the read inputs)."""
+        URNs; step.go's planned ImportStep copies the read inputs). The file is refused as parseImportFile refuses
+        it (checked at v3.150.0 and 1b594989): `name` and `logicalName` default to each other; a resource needs an
+        `id` unless it is a `component`, which may not have one; a `parent` names another entry's `name`."""
         self.calls.append(f"{self.project}: import")
+        problems = import_file_problems(specs)
+        if problems:
+            text = f"error: {len(problems)} error{'s' * (len(problems) > 1)} occurred:\n" + "".join(
+                f"\t* {line}\n" for line in problems
+            )
+            from toolkit.gcp import pulumi_engine
+
+            raise pulumi_engine.EngineFailed(f"Pulumi failed: {problems[0]}", text)
         resources, outputs = self._load()
         by_name: dict[str, str] = {}
         for spec in specs:

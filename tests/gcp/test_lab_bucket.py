@@ -222,3 +222,20 @@ def test_a_bucket_these_credentials_may_not_read_is_someone_elses(gcs_says, monk
         lab_bucket.keep(gcp_settings(), StrictPulumi(backend, None, config), lambda line: None)
     assert caught.value.one_line().startswith(f"the bucket gs://{BUCKET} exists and these credentials may not read it")
     assert "set lab:bucketName to another name" in caught.value.one_line()
+
+
+def test_the_import_file_is_one_pulumi_import_accepts():
+    """The component placeholder has no id and the bucket names it as its parent (import.go parseImportFile); the
+    stand-in refuses a file Pulumi refuses, so the adoption above proves the file too."""
+    from tests.gcp.pulumi_fakes import import_file_problems
+
+    specs = lab_bucket.import_file(BUCKET)
+    assert import_file_problems(specs) == []
+    with_id = [{**spec, "id": BUCKET} for spec in specs]
+    assert import_file_problems(with_id) == [
+        "resource 'component' of type 'lab:infra:ArtifactBucket' has an ID, but is marked as a component"
+    ]
+    orphan = [spec for spec in specs if not spec.get("component")]
+    assert import_file_problems(orphan) == [
+        "the parent 'component' for resource 'bucket' of type 'gcp:storage/bucket:Bucket' has no entry in 'nameTable'"
+    ]

@@ -85,7 +85,7 @@ class GcpMocks(pulumi.runtime.Mocks):
 
 
 class RecordingMonitor(pulumi_mocks.MockMonitor):
-    """The mock monitor, also keeping the resource options the engine would see (retain, protect)."""
+    """The mock monitor, also keeping the resource options the engine would see (retain, protect, dependencies)."""
 
     def __init__(self, mocks: GcpMocks) -> None:
         super().__init__(mocks)
@@ -98,6 +98,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
             "delete_before_replace": bool(request.deleteBeforeReplace),
             "import_id": request.importId or None,
             "parent": request.parent or None,
+            "dependencies": tuple(request.dependencies),  # URNs: what the engine deletes this before
         }
         return super().RegisterResource(request)
 

@@ -55,9 +55,11 @@ def ours(labels: dict[str, str] | None, settings: schema.Settings) -> bool:
 
 
 def import_file(name: str) -> list[dict[str, Any]]:
-    """The import file's resources (pkg/cmd/pulumi/operations/import.go importSpec) that put the bucket where
-    infra/persistent/ registers it: under the ArtifactBucket component (a placeholder, `component: true`), both
-    named `artifacts` (logicalName; `name` only tells them apart in the file)."""
+    """The import file's resources (pulumi/pulumi pkg/cmd/pulumi/operations/import.go importSpec, parseImportFile,
+    the same at v3.150.0 and 1b594989) that put the bucket where infra/persistent/ registers it: under the
+    ArtifactBucket component (a placeholder: `component: true` and no id, which parseImportFile requires), both
+    named `artifacts` (`logicalName`, which the URN is made of; `name` only tells them apart in the file and is what
+    `parent` refers to): urn:...::lab:infra:ArtifactBucket$gcp:storage/bucket:Bucket::artifacts."""
     return [
         {"type": COMPONENT_TYPE, "name": "component", "logicalName": LOGICAL_NAME, "component": True},
         {"type": BUCKET_TYPE, "name": "bucket", "logicalName": LOGICAL_NAME, "id": name, "parent": "component"},

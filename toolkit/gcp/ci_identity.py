@@ -4,17 +4,26 @@ Workload Identity Federation): what docs/gcp.md and the workflow `lab schedule d
 What a no-SSH `lab down` on gcp does, and the permission each step needs (each method's reference page):
 - reads and writes the Pulumi state in the state bucket: the diy backend gets, lists, writes (overwriting the
   checkpoint) and deletes objects under `.pulumi/` (its lock files): `roles/storage.objectUser` on that bucket;
-- stops the tracker (instances.stop) and waits for it (zoneOperations.wait: compute.zoneOperations.get);
-- `pulumi destroy` of what the program made, bucket excepted (it is retained): instances (a VM with a data disk
-  that is not auto-deleted is detached first: compute.instances.detachDisk), the data disk, the address, the
-  firewall rules, the subnetwork and the network, each followed by its zone/region/global operation; the two
+- stops the tracker (instances.stop) and waits for it (zoneOperations.wait: compute.zoneOperations.get, as
+  globalOperations.wait's page names compute.globalOperations.get);
+- `pulumi destroy` of the lab's stack (the bucket is the persistent stack's), without --refresh, so only each
+  resource's Delete runs, as pulumi-gcp's (hashicorp/terraform-provider-google, v5.0.0 to 2026-08) calls GCP:
+  the VMs (instances.delete; the boot disk goes with the VM; resourceComputeInstanceDelete detaches nothing), the
+  tracker's data disk (resourceComputeDiskDelete: disks.get, then disks.delete; it detaches the disk from the
+  VMs in its `users` first, instances.get + instances.detachDisk, but the engine deletes the tracker, which
+  depends on the disk, before it, so there are none), the address, the firewall rules, the subnetwork and the
+  network (a DELETE each), every one followed by its zone/region/global operation (operations.get); the two
   service accounts (iam.serviceAccounts.delete), the custom role (iam.roles.delete), the tracker's conditioned
   project binding (projects.getIamPolicy/setIamPolicy) and the bucket's two bindings (the bucket's
-  getIamPolicy/setIamPolicy: a read-modify-write of the bucket's policy);
+  getIamPolicy/setIamPolicy: a read-modify-write of the bucket's policy). tests/gcp/teardown_calls.py cites each
+  Delete function and each method's reference page;
 - waits for the tracker's final backup in the artifact bucket and downloads it (toolkit.tracker.gcs: objects.list
   with prefix `backups/<stack>/`, objects.get): `roles/storage.objectViewer` on that bucket under an IAM condition
   that names the stack's backups only;
-- asks for anything still labelled with the stack (instances and disks aggregatedList).
+- reads the VMs as they are and asks for anything still labelled with the stack (instances and disks
+  aggregatedList: compute.instances.list, compute.disks.list). Not granted: the VMs' SSH host keys (guest
+  attributes, compute.instances.getGuestAttributes), which a runner that cannot SSH has no use for; lab says it
+  could not read them and goes on.
 
 No predefined role is this small (compute.instanceAdmin.v1 + compute.networkAdmin + compute.securityAdmin +
 iam.serviceAccountAdmin + iam.roleAdmin + resourcemanager.projectIamAdmin would grant creating all of it too),
@@ -33,11 +42,10 @@ BACKUPS_READER_ROLE = "roles/storage.objectViewer"
 TEARDOWN_ROLE_ID = "labTeardown"
 BUCKET_POLICY_ROLE_ID = "labBucketPolicy"
 PROJECT_PERMISSIONS = (
-    "compute.instances.get",
     "compute.instances.list",
     "compute.instances.stop",
     "compute.instances.delete",
-    "compute.instances.detachDisk",
+    "compute.disks.get",
     "compute.disks.delete",
     "compute.disks.list",
     "compute.addresses.delete",

@@ -14,6 +14,15 @@ persistent one (project `lab-persistent`, `infra/persistent/`: the artifact buck
 stack's file itself, copied byte for byte beside infra/persistent/Pulumi.yaml before each run (config, secure values
 and Pulumi's encryptionsalt/secretsprovider/encryptedkey alike, so the same passphrase or KMS key opens both), so the
 stack file stays the one source of truth; every command then finds it as Pulumi finds any stack's file.
+Creating the persistent stack (`pulumi stack init`, which create_or_select_stack runs when `stack select` finds
+none) keeps the copy's secrets settings (pulumi/pulumi@1b594989, also so at v3.150.0): CreateStack reads the
+stack file already beside Pulumi.yaml (pkg/cmd/pulumi/stack/secrets.go createSecretsManagerForNewStack,
+readStackConfiguration -> DetectProjectStack), and the diy backend's default passphrase manager uses its
+`encryptionsalt` when there is one ("If we have a salt, we can just use it": pkg/secrets/passphrase/manager.go
+NewPromptingPassphraseSecretsManager, via pkg/backend/diy/backend.go DefaultSecretManager), as a cloud provider
+keeps its `encryptedkey` while `secretsprovider` is the same (pkg/secrets/cloud/manager.go NewCloudSecretsManager).
+The lab stack's file has its salt by then: `lab up` previews the lab's stack (creating it) before the persistent
+stack's first run.
 """
 
 from __future__ import annotations
@@ -127,9 +136,11 @@ class Engine(Protocol):
     def destroy(self, say: Say, targets: list[str] | None = None) -> None: ...
 
     def adopt(self, resources: list[dict[str, Any]], say: Say) -> None:
-        """`pulumi import --file`: take existing resources into the state as they are (import.go's import file:
-        type, name, id, parent, component). Unlike a program's `import` option this never compares inputs
-        (step.go ImportStep.Apply, the `planned` branch), so it cannot fail on labels the provider added."""
+        """`pulumi import --file`: take existing resources into the state as they are (pkg/cmd/pulumi/operations/
+        import.go importSpec: type, name, logicalName, id, parent, component; parseImportFile: a component needs
+        no id and may have none, `parent` names another entry, the URN is the parent's type and `logicalName`).
+        Unlike a program's `import` option this never compares inputs (step.go ImportStep.Apply, the `planned`
+        branch), so it cannot fail on labels the provider added."""
         ...
 
     def persistent(self) -> Engine:
@@ -361,7 +372,8 @@ class AutomationEngine:
         from pulumi import automation as auto
 
         stack = self._open(RunChoices())
-        try:
+        try:  # Stack.import_resources: in the Python Automation API since 3.127 (pyproject's floor is 3.150); it
+            # writes `resources` as they are into the file it passes with --file (automation/_stack.py@v3.150.0)
             stack.import_resources(resources=resources, on_output=say, generate_code=False, protect=False)
         except auto.CommandError as exc:
             raise self._failed("taking the kept bucket into the persistent stack", exc) from None
