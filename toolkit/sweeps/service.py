@@ -277,7 +277,6 @@ class Events:
 def run(root: Path, name: str, place: Callable[[dict[str, Any], contextlib.ExitStack], Any] | None = None) -> int:
     """Run the sweep in its folder to its end (or until SIGINT/SIGTERM: running trials interrupted and queued)."""
     from toolkit.sweeps import dispatch as engine
-    from toolkit.sweeps import prepare, space
 
     folder = folder_of(root, name)
     doc = json.loads((folder / "sweep.json").read_text())
@@ -295,20 +294,7 @@ def run(root: Path, name: str, place: Callable[[dict[str, Any], contextlib.ExitS
         sweep = None
         try:
             where = (place or place_of)({**doc["place"], "root": str(root)}, exits)
-            searched = space.load(folder / "space.yml")
-            spec = engine.SweepSpec(
-                notebook=folder / "bundle" / doc["notebook"],
-                space=searched,
-                study=name,
-                trials=int(doc["trials"]),
-                timeout=doc.get("timeout"),
-                output_pattern=str(folder / "out" / "{notebook}-{trial}-{run_id}.ipynb"),
-                tracking_uri=where.tracking_uri,
-                storage_path=where.storage_path,
-                grpc_port=where.grpc_port,
-                logs=folder / "trials",
-                steps=prepare.steps_for(searched, folder / "bundle", where),
-            )
+            spec = sweep_spec(folder, doc, where)
             with engine.study_lock(spec.storage_path, name):
                 sweep = engine.Sweep(spec, where.slots)
                 sweep.reviver = where.reviver
@@ -349,6 +335,27 @@ def run(root: Path, name: str, place: Callable[[dict[str, Any], contextlib.ExitS
         write_state(folder, final)
         log_line(folder, f"sweep {name} {status}" + (f": {error}" if error else ""))
     return 0 if status != "failed" else 1
+
+
+def sweep_spec(folder: Path, doc: dict[str, Any], where: Any) -> Any:
+    """The sweep a received bundle describes (its sweep.json `doc`), run at `where` (a SweepPlace)."""
+    from toolkit.sweeps import dispatch as engine
+    from toolkit.sweeps import prepare, space
+
+    searched = space.load(folder / "space.yml")
+    return engine.SweepSpec(
+        notebook=folder / "bundle" / doc["notebook"],
+        space=searched,
+        study=folder.name,
+        trials=int(doc["trials"]),
+        timeout=doc.get("timeout"),
+        output_pattern=str(folder / "out" / "{notebook}-{trial}-{run_id}.ipynb"),
+        tracking_uri=where.tracking_uri,
+        storage_path=where.storage_path,
+        grpc_port=where.grpc_port,
+        logs=folder / "trials",
+        steps=prepare.steps_for(searched, folder / "bundle", where),
+    )
 
 
 def place_of(place: dict[str, Any], exits: contextlib.ExitStack) -> Any:
