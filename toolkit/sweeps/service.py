@@ -107,8 +107,12 @@ def pack(
     extra: dict[str, str] | None = None,
 ) -> bytes:
     """The sweep as one gzipped tar: the notebook's folder (`measure`) as bundle/, the space file as space.yml, and
-    `doc` as sweep.json; `extra` (name -> text: the stack's requirements) goes into bundle/ beside the notebook."""
+    `doc` as sweep.json with the notebook's provenance (its path here, git commit, path in the repository, dirty);
+    `extra` (name -> text: the stack's requirements) goes into bundle/ beside the notebook."""
+    from toolkit.sweeps import provenance
+
     base = notebook.parent
+    doc = {**doc, "provenance": provenance.of(notebook).to_json()}
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
         for path in measure(notebook, space_file, limit):
@@ -341,6 +345,7 @@ def sweep_spec(folder: Path, doc: dict[str, Any], where: Any) -> Any:
     """The sweep a received bundle describes (its sweep.json `doc`), run at `where` (a SweepPlace)."""
     from toolkit.sweeps import dispatch as engine
     from toolkit.sweeps import prepare, space
+    from toolkit.sweeps.provenance import Provenance
 
     searched = space.load(folder / "space.yml")
     return engine.SweepSpec(
@@ -355,6 +360,7 @@ def sweep_spec(folder: Path, doc: dict[str, Any], where: Any) -> Any:
         grpc_port=where.grpc_port,
         logs=folder / "trials",
         steps=prepare.steps_for(searched, folder / "bundle", where),
+        provenance=Provenance.from_json(doc.get("provenance")),  # the user's notebook, not this copy of it
     )
 
 
