@@ -359,7 +359,7 @@ def sweep_spec(folder: Path, doc: dict[str, Any], where: Any) -> Any:
         storage_path=where.storage_path,
         grpc_port=where.grpc_port,
         logs=folder / "trials",
-        steps=prepare.steps_for(searched, folder / "bundle", where),
+        steps=prepare.steps_for(searched, folder / "bundle", where, folder / "bundle" / doc["notebook"]),
         provenance=Provenance.from_json(doc.get("provenance")),  # the user's notebook, not this copy of it
     )
 

@@ -97,7 +97,7 @@ def dispatch(
             tracking_uri=place.tracking_uri,
             storage_path=place.storage_path,
             grpc_port=place.grpc_port,
-            steps=prepare.steps_for(searched, notebook.resolve().parent, place),
+            steps=prepare.steps_for(searched, notebook.resolve().parent, place, notebook.resolve()),
         )
         _sweep(spec, place.slots, as_json, _budget_watch(lab))
 
