@@ -26,12 +26,14 @@ CELLS = [
 ]
 
 
-def notebook(folder: Path, requirements: str = PACKAGE + "\n") -> Path:
-    """A notebook in `folder` with `requirements` as its folder's requirements.txt."""
+def notebook(folder: Path, requirements: str = PACKAGE + "\n", imports: str = "") -> Path:
+    """A notebook in `folder` with `requirements` as its folder's requirements.txt; `imports` (lines of Python)
+    begins its second cell."""
     folder.mkdir(parents=True, exist_ok=True)
+    sources = [(source if number == 0 else imports + source, tags) for number, (source, tags) in enumerate(CELLS)]
     cells = [
         {"cell_type": "code", "metadata": {"tags": tags}, "source": source, "outputs": [], "execution_count": None}
-        for source, tags in CELLS
+        for source, tags in sources
     ]
     doc = {
         "cells": cells,

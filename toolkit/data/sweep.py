@@ -57,7 +57,7 @@ class DataStep:
         )
 
 
-def step(space: Any, folder: Path, place: Any) -> DataStep | None:
+def step(space: Any, folder: Path, place: Any, notebook: Path | None = None) -> DataStep | None:
     """The sweep's dataset step; None when its space file names no data. A sweep that names data where the lab
     has no dataset store is a one-line error."""
     refs = tuple(getattr(space, "data", ()) or ())

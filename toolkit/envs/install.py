@@ -3,9 +3,12 @@
 Runs with the lab's Python, as the user trials run as. The environment is a venv in ROOT/<hash> made with uv from
 the spec (a requirements.txt: `uv pip install -r`; a pyproject.toml with its uv.lock: `uv sync --frozen`), plus
 what a trial's kernel needs (ipykernel, mlflow-skinny at the lab's version, the lab's toolkit on its path), with a
-Jupyter kernel `lab-env-<hash12>` in the user's Jupyter folder. A venv already there and verified is not installed
-again; installs of one environment are serialized by a lock. Prints one JSON line: hash, kernel, python, path,
-installed (false when it was there), seconds; or `{"error": ...}` (one line: what, and uv's reason) with exit 1.
+Jupyter kernel `lab-env-<hash12>` in the user's Jupyter folder. The venv is layered on the lab's kernel: the lab's
+Python's site-packages come after the venv's own on its path, so what the lab's kernel has stays importable and
+what the spec installs wins. A venv already there and verified is not installed again; installs of one environment
+are serialized by a lock. With --imports, the notebook's modules are then imported in the venv (toolkit.envs.imports):
+one it lacks, or one whose import fails, is an error. Prints one JSON line: hash, kernel, python, path, installed
+(false when it was there), seconds; or `{"error": ..., "hint": ...}` (one line: what, and uv's reason) with exit 1.
 
 ROOT: --root, else the worker's `envs_dir` (/etc/lab/worker.json), else $LAB_HOME/envs. uv's cache: --cache,
 else the worker's `envs_cache`, else uv's own (UV_CACHE_DIR or ~/.cache/uv); kept across `up`s either way.
@@ -28,12 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolkit import proc
+from toolkit.envs import imports as notebook_imports
 from toolkit.envs import spec as envspec
 from toolkit.errors import LabError
 
 WORKER_JSON = Path("/etc/lab/worker.json")
 MARKER = "lab-env.json"
 INSTALL_TIMEOUT_S = 3600.0
+IMPORTS_TIMEOUT_S = 600.0  # importing the notebook's modules once (a cold torch on a fresh disk takes a while)
 # The modules a trial's kernel imports from the environment (checked before an environment is reused).
 KERNEL_MODULES = ("ipykernel", "mlflow")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -226,7 +231,10 @@ def _finish(folder: Path, digest: str, installed: bool) -> None:
     if not link.is_symlink() or link.readlink() != toolkit_dir:
         link.unlink(missing_ok=True)
         link.symlink_to(toolkit_dir, target_is_directory=True)
-    _write(Path(_site_packages(folder)) / "lab-toolkit.pth", f"{lib}\n")
+    # The lab's toolkit, then the lab's kernel's packages (with their own .pth files), after the venv's own: one
+    # file, so the order holds (Python reads a .pth's lines in order, after the venv's site-packages).
+    layered = "".join(f"import site; site.addsitedir({path!r})\n" for path in lab_site_dirs())
+    _write(Path(_site_packages(folder)) / "lab-toolkit.pth", f"{lib}\n{layered}")
     kernels = Path(_jupyter_data_dir()) / "kernels" / envspec.kernel_name(digest)
     kernels.mkdir(parents=True, exist_ok=True)
     kernel = {
@@ -240,6 +248,55 @@ def _finish(folder: Path, digest: str, installed: bool) -> None:
     _write(kernels / "kernel.json", json.dumps(kernel, indent=1) + "\n")
     if installed:
         _write(folder / MARKER, json.dumps({"hash": digest, "python": python_version(), "made": time.time()}) + "\n")
+
+
+def lab_site_dirs() -> list[str]:
+    """The lab's Python's site-packages (and those it sees itself, when it is layered too): what an environment
+    sees after its own packages."""
+    import site
+    import sysconfig
+
+    found = [*site.getsitepackages(), sysconfig.get_path("purelib"), sysconfig.get_path("platlib")]
+    return [path for path in dict.fromkeys(found) if Path(path).is_dir()]
+
+
+def check_imports(spec: envspec.Spec, folder: Path, modules: Sequence[str]) -> None:
+    """Import the notebook's top-level `modules` with the environment's Python; LabError (one line: which module,
+    which file to add it to) when one is missing or fails to import."""
+    if not modules:
+        return
+    ran = proc.run(
+        [venv_python(folder), "-c", notebook_imports.PROBE, *modules], check=False, timeout=IMPORTS_TIMEOUT_S
+    )
+    answer: dict = {}
+    for line in reversed(ran.stdout.strip().splitlines()):
+        with contextlib.suppress(ValueError):
+            answer = json.loads(line)
+            break
+    if ran.returncode != 0 or not isinstance(answer, dict) or "missing" not in answer:
+        raise LabError(f"cannot import the notebook's modules in its environment: {reason(ran.stderr or ran.stdout)}")
+    where = _add_to(spec)
+    missing, failed = list(answer["missing"]), dict(answer["failed"])
+    if missing:
+        named = ", ".join(repr(name) for name in missing)
+        raise LabError(
+            f"the notebook imports {named}, which neither {spec.label} nor the lab's kernel provides: no trial was run",
+            hint=f"add the package{'s' * (len(missing) > 1)} that provide{'s' * (len(missing) == 1)} {named} to "
+            f"{where} and dispatch again",
+        )
+    if failed:
+        name, error = next(iter(failed.items()))
+        raise LabError(
+            f"the notebook's `import {name}` fails in its environment ({error}): no trial was run",
+            hint=f"pin versions that fit together in {where} (its packages come before the lab's kernel's)",
+        )
+
+
+def _add_to(spec: envspec.Spec) -> str:
+    """The file a package is added to: the requirements.txt, or the pyproject.toml beside the lock (then locked)."""
+    if spec.kind == envspec.KIND_REQUIREMENTS:
+        return spec.source
+    return f"{Path(spec.source).with_name(envspec.PYPROJECT)} (then `uv lock`)"
 
 
 def _jupyter_data_dir() -> str:
@@ -266,10 +323,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--source", default="the sweep", help="where the files came from (for messages)")
     parser.add_argument("--root", type=Path, help="the folder of the environments")
     parser.add_argument("--cache", type=Path, help="uv's cache")
+    parser.add_argument("--imports", default="", help="the notebook's top-level modules, comma-separated: imported")
     args = parser.parse_args(argv)
     root, cache = defaults()
     try:
-        done = ensure(envspec.decode(args.spec, args.source), args.root or root, args.cache or cache)
+        spec = envspec.decode(args.spec, args.source)
+        done = ensure(spec, args.root or root, args.cache or cache)
+        check_imports(spec, done.path, [name for name in args.imports.split(",") if name])
     except LabError as error:
         print(json.dumps({"error": error.message, "hint": error.hint}))
         return 1

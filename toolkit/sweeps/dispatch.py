@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from toolkit import proc
 from toolkit.errors import LabError
 from toolkit.hosts import ssh as remote
-from toolkit.sweeps import prepare, slots
+from toolkit.sweeps import prepare, provenance, slots
+from toolkit.sweeps.provenance import Provenance
 from toolkit.sweeps.space import Space
 
 REJOIN_WAIT_S = 3600.0  # how long a slot whose host went away waits for it to answer again, while trials are left
@@ -94,6 +94,7 @@ class SweepSpec:
     grpc_port: int | None = None  # a remote tracker's Optuna storage proxy, through a tunnel on this port
     logs: Path | None = None  # a folder for each trial's output while it runs (detached sweeps keep them)
     steps: tuple[prepare.Step, ...] = ()  # what each host needs before its first trial (datasets, environment)
+    provenance: Provenance | None = None  # a detached sweep's, read where it was dispatched (None: read it here)
 
 
 def output_path(pattern: str, *, study: str, trial: int, run_id: str, notebook: Path) -> Path:
@@ -104,14 +105,6 @@ def output_path(pattern: str, *, study: str, trial: int, run_id: str, notebook: 
             f"--output {pattern!r} has an unknown placeholder {exc}",
             hint="use {study}, {trial}, {run_id} and {notebook}",
         ) from None
-
-
-def git_commit(folder: Path) -> str | None:
-    try:
-        result = proc.run(["git", "-C", str(folder), "rev-parse", "HEAD"], check=False, timeout=10)
-    except LabError:
-        return None
-    return result.stdout.strip() if result.returncode == 0 else None
 
 
 @contextlib.contextmanager
@@ -202,7 +195,7 @@ class Sweep:
         self.lock = threading.Lock()
         self.cancel = threading.Event()
         self.notebook_sha = hashlib.sha256(spec.notebook.read_bytes()).hexdigest()
-        self.commit = git_commit(spec.notebook.parent)
+        self.provenance = spec.provenance or provenance.of(spec.notebook)  # the runs' tags: commit, path, dirty
         self.progress: Progress | None = None
         self.study: Any = None
         self.client: Any = None
@@ -598,12 +591,10 @@ class Sweep:
             "lab.trial": str(number),
             "lab.slot": result.slot,
             "lab.attempt": str(result.attempts),
-            "lab.notebook": str(self.spec.notebook),
+            **self.provenance.tags(),  # lab.notebook and its git facts, the same for detached and terminal sweeps
             "lab.notebook_sha256": self.notebook_sha,
             "mlflow.runName": f"{self.spec.study}-{number}",
         }
-        if self.commit:
-            tags["mlflow.source.git.commit"] = self.commit
         if result.resume_run_id:
             tags["lab.resumes"] = result.resume_run_id  # the run this attempt repeats (and resumes from)
         run = self.client.create_run(self.experiment_id, tags=tags)

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from toolkit.sweeps.place import SweepPlace
     from toolkit.sweeps.space import Space
 
-# "module:function" entries; each function(space, folder, place) -> Step | None (None: nothing to prepare).
+# "module:function" entries; each function(space, folder, place, notebook=...) -> Step | None (None: nothing to
+# prepare); `notebook` is passed when the sweep names it.
 STEP_FACTORIES: list[str] = ["toolkit.data.sweep:step", "toolkit.envs.sweep:step"]
 PREPARE_TIMEOUT_S = 3600.0  # the longest one command of a step may take on a host (a big dataset, an install)
 
@@ -110,12 +111,13 @@ def host_of(slot: Any) -> HostCommands:
     return LocalHost()
 
 
-def steps_for(space: Space, folder: Path, place: SweepPlace) -> tuple[Step, ...]:
-    """The steps a sweep needs, in STEP_FACTORIES' order."""
+def steps_for(space: Space, folder: Path, place: SweepPlace, notebook: Path | None = None) -> tuple[Step, ...]:
+    """The steps a sweep of `notebook` (in `folder`) needs, in STEP_FACTORIES' order."""
     steps: list[Step] = []
+    named = {"notebook": notebook} if notebook is not None else {}
     for entry in STEP_FACTORIES:
         module, _, function = entry.partition(":")
-        step = getattr(importlib.import_module(module), function)(space, folder, place)
+        step = getattr(importlib.import_module(module), function)(space, folder, place, **named)
         if step is not None:
             steps.append(step)
     return tuple(steps)

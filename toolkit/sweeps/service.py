@@ -107,8 +107,12 @@ def pack(
     extra: dict[str, str] | None = None,
 ) -> bytes:
     """The sweep as one gzipped tar: the notebook's folder (`measure`) as bundle/, the space file as space.yml, and
-    `doc` as sweep.json; `extra` (name -> text: the stack's requirements) goes into bundle/ beside the notebook."""
+    `doc` as sweep.json with the notebook's provenance (its path here, git commit, path in the repository, dirty);
+    `extra` (name -> text: the stack's requirements) goes into bundle/ beside the notebook."""
+    from toolkit.sweeps import provenance
+
     base = notebook.parent
+    doc = {**doc, "provenance": provenance.of(notebook).to_json()}
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
         for path in measure(notebook, space_file, limit):
@@ -277,7 +281,6 @@ class Events:
 def run(root: Path, name: str, place: Callable[[dict[str, Any], contextlib.ExitStack], Any] | None = None) -> int:
     """Run the sweep in its folder to its end (or until SIGINT/SIGTERM: running trials interrupted and queued)."""
     from toolkit.sweeps import dispatch as engine
-    from toolkit.sweeps import prepare, space
 
     folder = folder_of(root, name)
     doc = json.loads((folder / "sweep.json").read_text())
@@ -295,20 +298,7 @@ def run(root: Path, name: str, place: Callable[[dict[str, Any], contextlib.ExitS
         sweep = None
         try:
             where = (place or place_of)({**doc["place"], "root": str(root)}, exits)
-            searched = space.load(folder / "space.yml")
-            spec = engine.SweepSpec(
-                notebook=folder / "bundle" / doc["notebook"],
-                space=searched,
-                study=name,
-                trials=int(doc["trials"]),
-                timeout=doc.get("timeout"),
-                output_pattern=str(folder / "out" / "{notebook}-{trial}-{run_id}.ipynb"),
-                tracking_uri=where.tracking_uri,
-                storage_path=where.storage_path,
-                grpc_port=where.grpc_port,
-                logs=folder / "trials",
-                steps=prepare.steps_for(searched, folder / "bundle", where),
-            )
+            spec = sweep_spec(folder, doc, where)
             with engine.study_lock(spec.storage_path, name):
                 sweep = engine.Sweep(spec, where.slots)
                 sweep.reviver = where.reviver
@@ -349,6 +339,29 @@ def run(root: Path, name: str, place: Callable[[dict[str, Any], contextlib.ExitS
         write_state(folder, final)
         log_line(folder, f"sweep {name} {status}" + (f": {error}" if error else ""))
     return 0 if status != "failed" else 1
+
+
+def sweep_spec(folder: Path, doc: dict[str, Any], where: Any) -> Any:
+    """The sweep a received bundle describes (its sweep.json `doc`), run at `where` (a SweepPlace)."""
+    from toolkit.sweeps import dispatch as engine
+    from toolkit.sweeps import prepare, space
+    from toolkit.sweeps.provenance import Provenance
+
+    searched = space.load(folder / "space.yml")
+    return engine.SweepSpec(
+        notebook=folder / "bundle" / doc["notebook"],
+        space=searched,
+        study=folder.name,
+        trials=int(doc["trials"]),
+        timeout=doc.get("timeout"),
+        output_pattern=str(folder / "out" / "{notebook}-{trial}-{run_id}.ipynb"),
+        tracking_uri=where.tracking_uri,
+        storage_path=where.storage_path,
+        grpc_port=where.grpc_port,
+        logs=folder / "trials",
+        steps=prepare.steps_for(searched, folder / "bundle", where, folder / "bundle" / doc["notebook"]),
+        provenance=Provenance.from_json(doc.get("provenance")),  # the user's notebook, not this copy of it
+    )
 
 
 def place_of(place: dict[str, Any], exits: contextlib.ExitStack) -> Any:

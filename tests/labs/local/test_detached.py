@@ -59,8 +59,24 @@ def wait_running(state: Path, name: str, trials: int, timeout: float = 180) -> d
         time.sleep(0.3)
 
 
+def committed(folder: Path) -> str:
+    """`folder` made a git repository with everything in it committed; the commit."""
+    import subprocess
+
+    def git(*argv: str) -> str:
+        ident = ["-c", "user.name=Lab Test", "-c", "user.email=lab@example.invalid"]
+        ran = subprocess.run(["git", *ident, "-C", str(folder), *argv], capture_output=True, text=True, check=True)
+        return ran.stdout
+
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-q", "-m", "the experiment")
+    return git("rev-parse", "HEAD").strip()
+
+
 def test_a_detached_sweep_outlives_its_command(lab, lab_up, state, tmp_path):
     notebook = talking_notebook(tmp_path / "exp")
+    commit = committed(notebook.parent)  # its runs name the user's checkout, as a terminal sweep's do
     space = probe_space(tmp_path)
     started = time.monotonic()
     ran = lab(
@@ -93,6 +109,9 @@ def test_a_detached_sweep_outlives_its_command(lab, lab_up, state, tmp_path):
     client = mlflow.MlflowClient(lab_up)
     runs = client.search_runs([client.get_experiment_by_name("det").experiment_id])
     assert sorted(r.info.status for r in runs) == ["FINISHED"] * 3
+    provenance = {"lab.notebook": str(notebook.resolve()), "mlflow.source.git.commit": commit}
+    provenance |= {"lab.git.path": "talk.ipynb", "lab.git.dirty": "false"}  # edited only after it was handed over
+    assert [{k: r.data.tags.get(k) for k in provenance} for r in runs] == [provenance] * 3
     assert all(r.data.metrics["val_loss"] == pytest.approx((r.data.params and float(r.data.params["x"]) - 0.3) ** 2)
                for r in runs)  # fmt: skip
 

@@ -67,10 +67,10 @@ def dispatch(
     from toolkit import labs
     from toolkit.console import Ui
     from toolkit.sweeps import dispatch as engine
+    from toolkit.sweeps import notebook as notebooks
     from toolkit.sweeps import prepare, space
 
-    if not notebook.is_file():
-        raise LabError(f"no notebook {notebook}", hint="pass the path of an .ipynb file")
+    notebooks.check(notebook)  # before anything is asked of the lab: a script, a file that is not a notebook
     searched = space.load(space_file)
     gpu_list = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else None
     ui = Ui(json=as_json)
@@ -97,7 +97,7 @@ def dispatch(
             tracking_uri=place.tracking_uri,
             storage_path=place.storage_path,
             grpc_port=place.grpc_port,
-            steps=prepare.steps_for(searched, notebook.resolve().parent, place),
+            steps=prepare.steps_for(searched, notebook.resolve().parent, place, notebook.resolve()),
         )
         _sweep(spec, place.slots, as_json, _budget_watch(lab))
 
