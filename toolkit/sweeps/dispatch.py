@@ -45,6 +45,7 @@ LEASE_ATTR = "lab.dispatcher"  # on the study: which dispatcher sweeps it, until
 LEASE_S = 30.0  # a dispatcher that was killed frees its study in this time
 LEASE_SETTLE_S = 0.3  # a lease taken is read back after this, so two dispatchers starting at once cannot both hold it
 COST_METRIC = "cost_usd"  # on each trial's run, and as a user attribute of the Optuna trial
+REPEAT_ATTR = "lab_repeat_of"  # a trial skipped for repeating an earlier one's parameters (`sampling`); not counted
 
 
 @dataclass
@@ -224,6 +225,7 @@ class Sweep:
         self.lease: dict[str, Any] | None = None
         self.prepared: dict[str, prepare.Prepared] = {}  # host -> what its preparation hands its trials
         self.host_locks: dict[str, threading.Lock] = {}  # one preparation per host at a time
+        self.exhausted = ""  # why no more trials are asked: a finite space the study has tried all of
 
     # -- setup ---------------------------------------------------------------------------------
     def open(self) -> Progress:
@@ -257,7 +259,7 @@ class Sweep:
         done = [
             t
             for t in self.study.get_trials(deepcopy=False)
-            if t.state.is_finished() and not t.user_attrs.get(INTERRUPTED)
+            if t.state.is_finished() and not t.user_attrs.get(INTERRUPTED) and REPEAT_ATTR not in t.user_attrs
         ]
         self.client = MlflowClient(self.spec.tracking_uri)
         try:
@@ -387,9 +389,18 @@ class Sweep:
                 trial, result = self.requeued.pop(0)
                 result.slot = slot.name
                 return trial, result
-            if len(progress.results) >= progress.planned:
+            if len(progress.results) >= progress.planned or self.exhausted:
                 return None
-            trial = self.study.ask(self.spec.space.distributions())
+            from toolkit.sweeps import sampling
+
+            try:
+                trial = sampling.ask(self.study, self.spec.space)  # never a parameter set the study already has
+            except sampling.Exhausted as exc:
+                self.exhausted = (
+                    f"the search space ({self.spec.space.path.name}) holds {exc.count} parameter sets and study "
+                    f"{self.spec.study!r} has tried them all: no more trials to run"
+                )
+                return None
             result = TrialResult(
                 number=trial.number,
                 params=dict(trial.params),
@@ -469,7 +480,8 @@ class Sweep:
             progress = self.progress
             if progress is None:
                 return False
-            return bool(self.requeued) or len(progress.results) < progress.planned or self._busy_elsewhere()
+            more = len(progress.results) < progress.planned and not self.exhausted
+            return bool(self.requeued) or more or self._busy_elsewhere()
 
     def _waiting_for_others(self) -> bool:
         """Whether a healthy slot should stay around: another slot may still hand back a trial."""
@@ -717,4 +729,5 @@ def summary(sweep: Sweep, wall: float) -> dict[str, Any]:
         "interrupted": progress.count("INTERRUPTED") if progress else 0,
         "best": sweep.best() if sweep.study is not None else None,
         "cost_usd": total_cost(results),
+        "exhausted": sweep.exhausted or None,
     }
