@@ -86,9 +86,8 @@ def test_a_finite_space_stops_once_it_is_exhausted(tmp_path):
     sweep = dispatch(tmp_path, small, "small", 10)
     sets = completed(sweep)
     assert len(sets) == 6 and len({tuple(sorted(p.items())) for p in sets}) == 6
-    assert sweep.exhausted == (
-        "the search space (small.yml) holds 6 parameter sets and study 'small' has tried them all: no more trials to run"
-    )
+    said = "the search space (small.yml) holds 6 parameter sets and study 'small' has tried them all"
+    assert sweep.exhausted == said + ": no more trials to run"
     assert engine.summary(sweep, 0.0)["exhausted"] == sweep.exhausted
     again = dispatch(tmp_path, small, "small", 12)
     assert again.progress.results == [] and again.exhausted, "a study that has tried all stops before asking"

@@ -79,9 +79,11 @@ def make(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
 # -- parameter sets ------------------------------------------------------------------------------------------------
 def key(params: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
     """A parameter set, comparable with another read back from storage."""
-    return tuple(
-        sorted((name, float(f"{value:.{DIGITS}g}") if isinstance(value, float) else value) for name, value in params.items())
-    )
+    return tuple(sorted((name, _rounded(value)) for name, value in params.items()))
+
+
+def _rounded(value: Any) -> Any:
+    return float(f"{value:.{DIGITS}g}") if isinstance(value, float) else value
 
 
 def _values(param: Param) -> list[Any] | None:
@@ -113,11 +115,9 @@ def size(space: Space) -> int | None:
 
 def untried(space: Space, taken: set[tuple[tuple[str, Any], ...]], seed: int) -> dict[str, Any] | None:
     """A parameter set of a finite space not in `taken`, picked with `seed`; None when none is left."""
-    columns = [_values(param) for param in space.params]
+    columns = [_values(param) or [] for param in space.params]
     names = [param.name for param in space.params]
-    left = [
-        combo for combo in itertools.product(*columns) if key(dict(zip(names, combo, strict=True))) not in taken
-    ]  # type: ignore[arg-type]
+    left = [combo for combo in itertools.product(*columns) if key(dict(zip(names, combo, strict=True))) not in taken]
     if not left:
         return None
     return dict(zip(names, left[int(np.random.default_rng(seed).integers(len(left)))], strict=True))
