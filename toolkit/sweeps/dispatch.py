@@ -48,6 +48,9 @@ COST_METRIC = "cost_usd"  # on each trial's run, and as a user attribute of the 
 REPEAT_ATTR = "lab_repeat_of"  # a trial skipped for repeating an earlier one's parameters (`sampling`); not counted
 
 
+STOPPED_BEFORE = slots.Outcome("cancelled", 0.0, "the sweep was stopped before this trial ran")
+
+
 @dataclass
 class TrialResult:
     number: int
@@ -163,13 +166,25 @@ def held(lock_path: Path) -> dict[str, Any] | None:
 
 def interrupt(lock_path: Path, what: str, timeout_s: float, hint: str) -> None:
     """Stop the holder of a `pid_lock` as Ctrl-C does (SIGINT) and wait until it has let go (its bookkeeping done)."""
+    pid = signal_holder(lock_path)
+    if pid is not None:
+        wait_for(lock_path, pid, what, timeout_s, hint)
+
+
+def signal_holder(lock_path: Path) -> int | None:
+    """Send the holder of a `pid_lock` SIGINT (a sweep hands out no trial after it); its pid, None when none held it."""
     holder = held(lock_path)
     if holder is None:
-        return
+        return None
     pid = int(holder["pid"])
     if pid > 0:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGINT)
+    return pid
+
+
+def wait_for(lock_path: Path, pid: int, what: str, timeout_s: float, hint: str) -> None:
+    """Wait until the holder of a `pid_lock` has let go of it."""
     deadline = time.monotonic() + timeout_s
     while held(lock_path) is not None:
         if time.monotonic() > deadline:
@@ -181,17 +196,20 @@ def interrupt_running(folder: Path, say: Callable[[str], None], timeout_s: float
     """Stop every `lab dispatch` sweeping into the study storage in `folder`, as Ctrl-C does (SIGINT: its
     running trials are stopped, marked interrupted and their parameters queued to run again), and wait for
     each to finish that bookkeeping; the studies stopped. Only dispatchers on this machine can be reached."""
-    stopped: list[str] = []
-    for lock_path in sorted(folder.glob(f"{LOCK_PREFIX}*.lock")):
+    signalled: list[tuple[Path, int, str]] = []
+    for lock_path in sorted(folder.glob(f"{LOCK_PREFIX}*.lock")):  # every sweep first: none hands out a trial after
         holder = held(lock_path)
         if holder is None:
             continue
         study = str(holder.get("study", "?"))
         say(f"stopping the sweep of study {study!r} (`lab dispatch`, pid {holder['pid']}) as Ctrl-C does")
-        hint = "stop it (kill -INT {pid}), then run `lab down` again"
-        interrupt(lock_path, f"the sweep of study {study!r}", timeout_s, hint)
-        stopped.append(study)
-    return stopped
+        pid = signal_holder(lock_path)
+        if pid is not None:
+            signalled.append((lock_path, pid, study))
+    hint = "stop it (kill -INT {pid}), then run `lab down` again"
+    for lock_path, pid, study in signalled:  # ... then each one's bookkeeping
+        wait_for(lock_path, pid, f"the sweep of study {study!r}", timeout_s, hint)
+    return [study for _, _, study in signalled]
 
 
 class Sweep:
@@ -515,6 +533,9 @@ class Sweep:
         }
         outcome = slots.Outcome("died", 0.0)
         while result.attempts <= spec.max_retries:
+            if self.cancel.is_set():  # stopped after it was asked for: the stop is a barrier, it does not start
+                outcome, output = STOPPED_BEFORE, Path(result.output)
+                break
             result.attempts += 1
             if result.run_id:
                 result.resume_run_id = result.run_id  # this attempt repeats that one: it resumes from its checkpoints
@@ -545,7 +566,7 @@ class Sweep:
             result.log = str(job.log or "")
             result.slot_start = result.slot_start or time.monotonic()
             result.slot_end = 0.0
-            outcome = slot.run(job, self.cancel)
+            outcome = STOPPED_BEFORE if self.cancel.is_set() else slot.run(job, self.cancel)
             ended = time.monotonic()
             result.seconds += outcome.seconds
             self._log_cost(slot, run_id, outcome, result)
@@ -595,7 +616,7 @@ class Sweep:
             self.client.set_tag(run_id, "lab.usd_per_hour", f"{price:.6f}")
 
     def _store_notebook(self, run_id: str, output: Path) -> None:
-        if output.exists():
+        if run_id and output.is_file():
             with contextlib.suppress(Exception):
                 self.client.log_artifact(run_id, str(output))
 
