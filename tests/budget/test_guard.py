@@ -5,7 +5,10 @@ the budget is fine again. A real sweep folder with its run lock held by this pro
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+
+import pytest
 
 from toolkit.budget import guard
 from toolkit.budget.spend import OK, STOP, WARN, Verdict
@@ -14,18 +17,24 @@ from toolkit.sweeps import service
 
 
 class Files(guard.Place):
-    """A place whose budget the test sets; nothing to stop."""
+    """A place whose budget the test sets; what it is asked to stop, in order."""
 
     def __init__(self, root: Path, found: Verdict) -> None:
         self.sweeps_root, self.ledger_path, self.found, self.stopped = root, root / "budget-ledger.json", found, 0
+        self.asked: list[tuple[str, float]] = []
 
     def verdict(self) -> Verdict:
         return self.found
 
     def tracking_uri(self) -> str | None:
-        return None
+        return "http://127.0.0.1:1"
+
+    def stop_sweeps(self, say) -> str:
+        self.asked.append(("sweeps", time.time()))
+        return "sweeps stopped as `lab sweep stop` does: s1"
 
     def stop(self, say) -> list[str]:
+        self.asked.append(("the rest", time.time()))
         self.stopped += 1
         return ["stopped the workers"]
 
@@ -60,6 +69,32 @@ def test_the_warning_reaches_the_sweeps_log_and_watch_once(tmp_path):
     place.found = verdict(OK, 1.0)  # `lab up --budget` gave the period more
     guard.check(place, last)
     assert "budget" not in (service.read_state(folder) or {})
+
+
+@pytest.fixture(autouse=True)
+def tags(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, float]]:
+    """What the guard tags (the tracker's side is tests/labs/local/test_budget_guard.py): when, and since when."""
+    asked: list[tuple[str, float]] = []
+
+    def tag_runs(tracking_uri, studies, reason, since=0.0) -> list[str]:
+        asked.append(("tag", since))
+        return []
+
+    monkeypatch.setattr(guard, "tag_runs", tag_runs)
+    return asked
+
+
+def test_the_stop_is_a_barrier_the_sweeps_stop_first(tmp_path, tags):
+    """No trial starts after the guard fired: every sweep is stopped before the guard spends seconds tagging runs;
+    the runs tagged are those the stop ended (killed since it began), not only those still running."""
+    place = Files(tmp_path, verdict(STOP, 10.2))
+    place.asked = tags  # one list: the place's steps and the tagging, in the order they came
+    before = time.time()
+    guard.fire(place, place.found)
+    assert [name for name, _ in tags] == ["sweeps", "tag", "the rest"]
+    assert before <= tags[1][1] <= tags[0][1], "it tags the runs ended since the stop began"
+    record = json.loads(place.ledger_path.read_text())["ledger"]["fired"]
+    assert record["did"][0] == "sweeps stopped as `lab sweep stop` does: s1"
 
 
 def test_at_the_budget_it_stops_once_and_records_why(tmp_path):

@@ -2,9 +2,10 @@
 each running sweep's dispatch.log, and `lab sweep watch` through `<root>/sweeps/budget.json`); when the budget or the
 hour limit is reached it stops the lab and says what it did and why.
 
-Stopping, in order: the running sweeps' runs get the MLflow tag `lab.budget_stop` (the reason), the sweeps stop as
-`lab sweep stop` stops them (running trials interrupted, their parameters queued: the same dispatch resumes them), a
-verified snapshot is taken, the workers stop. Where it runs decides how (a `Place`):
+Stopping, in order: the sweeps stop as `lab sweep stop` stops them, all at once (the stop is a barrier: no trial
+starts after it; running trials interrupted, their parameters queued: the same dispatch resumes them), the runs the
+stop ended get the MLflow tag `lab.budget_stop` (the reason), a verified snapshot is taken, the workers stop. Where
+it runs decides how (a `Place`):
 
   LocalPlace    the local target: a process of the local lab (`lab up` starts it, `lab down` stops it); the lab's
                 own `lab down` does the rest (sweeps interrupted, snapshot, services stopped)
@@ -50,8 +51,12 @@ class Place:
         """Studies swept by a `lab dispatch` in the foreground here (not a detached sweep)."""
         return []
 
+    def stop_sweeps(self, say: Any) -> str:
+        """Stop every sweep here at once (none hands out a trial after this) and wait for their bookkeeping."""
+        raise NotImplementedError
+
     def stop(self, say: Any) -> list[str]:
-        """Stop the sweeps, take a verified snapshot, stop the workers; what was done, one line each."""
+        """Once the sweeps are stopped: take a verified snapshot, stop the workers; what was done, one line each."""
         raise NotImplementedError
 
 
@@ -95,19 +100,22 @@ def publish(root: Path, found: Verdict, make: bool = False) -> None:
     partial.replace(path)
 
 
-def tag_runs(tracking_uri: str | None, studies: list[str], reason: str) -> list[str]:
-    """Tag the running runs of these sweeps (`lab.budget_stop`); the runs tagged."""
+def tag_runs(tracking_uri: str | None, studies: list[str], reason: str, since: float) -> list[str]:
+    """Tag the runs of these sweeps the stop ended (`lab.budget_stop`): those still running and those killed since
+    `since` (the stop's start, seconds since the epoch); the runs tagged."""
     if not tracking_uri or not studies:
         return []
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri)
     tagged = []
+    killed = f"attributes.status = 'KILLED' and attributes.end_time >= {since * 1000:.0f}"
+    ended = ("attributes.status = 'RUNNING'", killed)
     for study in studies:
         experiment = client.get_experiment_by_name(study)
         if experiment is None:
             continue
-        for run in client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'"):
+        for run in [run for query in ended for run in client.search_runs([experiment.experiment_id], query)]:
             client.set_tag(run.info.run_id, TAG, reason)
             tagged.append(run.info.run_id)
     return tagged
@@ -128,17 +136,20 @@ def check(place: Place, last: str) -> tuple[str, bool]:
 
 
 def fire(place: Place, found: Verdict) -> list[str]:
-    """Stop the lab for the budget: tag, stop, snapshot, workers; recorded in the ledger and the log."""
+    """Stop the lab for the budget: the sweeps first (the stop is a barrier: no trial starts after it), then their
+    interrupted runs tagged, a snapshot, the workers; recorded in the ledger and the log."""
     why = f"the budget guard stopped the lab: {found.reason}"
-    say(why)
+    since = time.time()
     sweeps = running_sweeps(place.sweeps_root)
+    studies = sweeps + place.foreground_studies()
     note_sweeps(place.sweeps_root, sweeps, f"{why}; running trials are interrupted and queued")
-    did: list[str] = []
+    say(why)
+    did = [place.stop_sweeps(say)]
     try:
-        tagged = tag_runs(place.tracking_uri(), sweeps + place.foreground_studies(), why)
-        did.append(f"tagged {len(tagged)} running runs {TAG}")
+        tagged = tag_runs(place.tracking_uri(), studies, why, since)
+        did.append(f"tagged {len(tagged)} interrupted runs {TAG}")
     except Exception as exc:  # the stop matters more than the tag
-        did.append(f"could not tag the running runs: {type(exc).__name__}: {exc}")
+        did.append(f"could not tag the interrupted runs: {type(exc).__name__}: {exc}")
     did += place.stop(say)
     for line in did:
         say(f"budget guard: {line}")
@@ -176,6 +187,13 @@ class LocalPlace(Place):
                 found.append(str(holder["study"]))
         return found
 
+    def stop_sweeps(self, say: Any) -> str:
+        """Every sweep on this machine, detached or in a terminal, holds its study's lock beside the tracker's DBs."""
+        from toolkit.sweeps import dispatch
+
+        stopped = dispatch.interrupt_running(self.lab.tracker_dir, say) if self.lab.tracker_dir.is_dir() else []
+        return f"sweeps stopped as `lab sweep stop` does: {', '.join(stopped) or 'none'}"
+
     def stop(self, say: Any) -> list[str]:
         from toolkit.console import Ui
         from toolkit.labs.base import DownRequest
@@ -194,7 +212,6 @@ class LocalPlace(Place):
         services.forget(self.lab.run_dir, local.GUARD)  # this process: it ends once the lab is down
         document = report.document
         return [
-            f"sweeps stopped as `lab sweep stop` does: {', '.join(document.get('sweeps_interrupted') or []) or 'none'}",
             f"verified snapshot: {document.get('backup')}",
             f"stopped: {', '.join(document.get('stopped') or [])}",
         ]

@@ -79,7 +79,7 @@ class TrackerPlace(Place):
         return self.facts().get("mlflow_url")
 
     def stop(self, say: Say) -> list[str]:
-        did = [self.stop_sweeps(say), self.snapshot(say)]
+        did = [self.snapshot(say)]
         gcp = self._handed().get("gcp")
         did += stop_vms(gcp, say) if gcp and gcp.get("workers") else stop_worker_services(self.facts(), say)
         return did
@@ -87,11 +87,11 @@ class TrackerPlace(Place):
     def stop_sweeps(self, say: Say) -> str:
         listed = systemctl("list-units", "--state=active", "--plain", "--no-legend", SWEEP_UNITS)
         units = [line.split()[0] for line in listed.stdout.splitlines() if line.strip()]
-        for unit in units:
-            say(f"stopping {unit} as Ctrl-C does (`lab sweep stop`)")
-            stopped = systemctl("stop", unit)
+        if units:  # one transaction: systemd stops them all at once, so none hands out a trial while another stops
+            say(f"stopping {', '.join(units)} as Ctrl-C does (`lab sweep stop`)")
+            stopped = systemctl("stop", *units)
             if stopped.returncode != 0:
-                say(f"warning: {unit} did not stop: {stopped.stderr.strip()}")
+                say(f"warning: {' '.join(units)} did not all stop: {stopped.stderr.strip()}")
         return f"sweeps stopped as `lab sweep stop` does: {', '.join(units) or 'none'}"
 
     def snapshot(self, say: Say) -> str:

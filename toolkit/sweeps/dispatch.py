@@ -45,6 +45,10 @@ LEASE_ATTR = "lab.dispatcher"  # on the study: which dispatcher sweeps it, until
 LEASE_S = 30.0  # a dispatcher that was killed frees its study in this time
 LEASE_SETTLE_S = 0.3  # a lease taken is read back after this, so two dispatchers starting at once cannot both hold it
 COST_METRIC = "cost_usd"  # on each trial's run, and as a user attribute of the Optuna trial
+REPEAT_ATTR = "lab_repeat_of"  # a trial skipped for repeating an earlier one's parameters (`sampling`); not counted
+
+
+STOPPED_BEFORE = slots.Outcome("cancelled", 0.0, "the sweep was stopped before this trial ran")
 
 
 @dataclass
@@ -155,13 +159,25 @@ def held(lock_path: Path) -> dict[str, Any] | None:
 
 def interrupt(lock_path: Path, what: str, timeout_s: float, hint: str) -> None:
     """Stop the holder of a `pid_lock` as Ctrl-C does (SIGINT) and wait until it has let go (its bookkeeping done)."""
+    pid = signal_holder(lock_path)
+    if pid is not None:
+        wait_for(lock_path, pid, what, timeout_s, hint)
+
+
+def signal_holder(lock_path: Path) -> int | None:
+    """Send the holder of a `pid_lock` SIGINT (a sweep hands out no trial after it); its pid, None when none held it."""
     holder = held(lock_path)
     if holder is None:
-        return
+        return None
     pid = int(holder["pid"])
     if pid > 0:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGINT)
+    return pid
+
+
+def wait_for(lock_path: Path, pid: int, what: str, timeout_s: float, hint: str) -> None:
+    """Wait until the holder of a `pid_lock` has let go of it."""
     deadline = time.monotonic() + timeout_s
     while held(lock_path) is not None:
         if time.monotonic() > deadline:
@@ -173,17 +189,20 @@ def interrupt_running(folder: Path, say: Callable[[str], None], timeout_s: float
     """Stop every `lab dispatch` sweeping into the study storage in `folder`, as Ctrl-C does (SIGINT: its
     running trials are stopped, marked interrupted and their parameters queued to run again), and wait for
     each to finish that bookkeeping; the studies stopped. Only dispatchers on this machine can be reached."""
-    stopped: list[str] = []
-    for lock_path in sorted(folder.glob(f"{LOCK_PREFIX}*.lock")):
+    signalled: list[tuple[Path, int, str]] = []
+    for lock_path in sorted(folder.glob(f"{LOCK_PREFIX}*.lock")):  # every sweep first: none hands out a trial after
         holder = held(lock_path)
         if holder is None:
             continue
         study = str(holder.get("study", "?"))
         say(f"stopping the sweep of study {study!r} (`lab dispatch`, pid {holder['pid']}) as Ctrl-C does")
-        hint = "stop it (kill -INT {pid}), then run `lab down` again"
-        interrupt(lock_path, f"the sweep of study {study!r}", timeout_s, hint)
-        stopped.append(study)
-    return stopped
+        pid = signal_holder(lock_path)
+        if pid is not None:
+            signalled.append((lock_path, pid, study))
+    hint = "stop it (kill -INT {pid}), then run `lab down` again"
+    for lock_path, pid, study in signalled:  # ... then each one's bookkeeping
+        wait_for(lock_path, pid, f"the sweep of study {study!r}", timeout_s, hint)
+    return [study for _, _, study in signalled]
 
 
 class Sweep:
@@ -217,6 +236,7 @@ class Sweep:
         self.lease: dict[str, Any] | None = None
         self.prepared: dict[str, prepare.Prepared] = {}  # host -> what its preparation hands its trials
         self.host_locks: dict[str, threading.Lock] = {}  # one preparation per host at a time
+        self.exhausted = ""  # why no more trials are asked: a finite space the study has tried all of
 
     # -- setup ---------------------------------------------------------------------------------
     def open(self) -> Progress:
@@ -250,7 +270,7 @@ class Sweep:
         done = [
             t
             for t in self.study.get_trials(deepcopy=False)
-            if t.state.is_finished() and not t.user_attrs.get(INTERRUPTED)
+            if t.state.is_finished() and not t.user_attrs.get(INTERRUPTED) and REPEAT_ATTR not in t.user_attrs
         ]
         self.client = MlflowClient(self.spec.tracking_uri)
         try:
@@ -380,9 +400,18 @@ class Sweep:
                 trial, result = self.requeued.pop(0)
                 result.slot = slot.name
                 return trial, result
-            if len(progress.results) >= progress.planned:
+            if len(progress.results) >= progress.planned or self.exhausted:
                 return None
-            trial = self.study.ask(self.spec.space.distributions())
+            from toolkit.sweeps import sampling
+
+            try:
+                trial = sampling.ask(self.study, self.spec.space)  # never a parameter set the study already has
+            except sampling.Exhausted as exc:
+                self.exhausted = (
+                    f"the search space ({self.spec.space.path.name}) holds {exc.count} parameter sets and study "
+                    f"{self.spec.study!r} has tried them all: no more trials to run"
+                )
+                return None
             result = TrialResult(
                 number=trial.number,
                 params=dict(trial.params),
@@ -462,7 +491,8 @@ class Sweep:
             progress = self.progress
             if progress is None:
                 return False
-            return bool(self.requeued) or len(progress.results) < progress.planned or self._busy_elsewhere()
+            more = len(progress.results) < progress.planned and not self.exhausted
+            return bool(self.requeued) or more or self._busy_elsewhere()
 
     def _waiting_for_others(self) -> bool:
         """Whether a healthy slot should stay around: another slot may still hand back a trial."""
@@ -496,6 +526,9 @@ class Sweep:
         }
         outcome = slots.Outcome("died", 0.0)
         while result.attempts <= spec.max_retries:
+            if self.cancel.is_set():  # stopped after it was asked for: the stop is a barrier, it does not start
+                outcome, output = STOPPED_BEFORE, Path(result.output)
+                break
             result.attempts += 1
             if result.run_id:
                 result.resume_run_id = result.run_id  # this attempt repeats that one: it resumes from its checkpoints
@@ -526,7 +559,7 @@ class Sweep:
             result.log = str(job.log or "")
             result.slot_start = result.slot_start or time.monotonic()
             result.slot_end = 0.0
-            outcome = slot.run(job, self.cancel)
+            outcome = STOPPED_BEFORE if self.cancel.is_set() else slot.run(job, self.cancel)
             ended = time.monotonic()
             result.seconds += outcome.seconds
             self._log_cost(slot, run_id, outcome, result)
@@ -576,7 +609,7 @@ class Sweep:
             self.client.set_tag(run_id, "lab.usd_per_hour", f"{price:.6f}")
 
     def _store_notebook(self, run_id: str, output: Path) -> None:
-        if output.exists():
+        if run_id and output.is_file():
             with contextlib.suppress(Exception):
                 self.client.log_artifact(run_id, str(output))
 
@@ -708,4 +741,5 @@ def summary(sweep: Sweep, wall: float) -> dict[str, Any]:
         "interrupted": progress.count("INTERRUPTED") if progress else 0,
         "best": sweep.best() if sweep.study is not None else None,
         "cost_usd": total_cost(results),
+        "exhausted": sweep.exhausted or None,
     }

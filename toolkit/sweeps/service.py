@@ -324,6 +324,8 @@ def run(root: Path, name: str, place: Callable[[dict[str, Any], contextlib.ExitS
                 finally:
                     sweep.close()
                 events(sweep)
+                if sweep.exhausted:
+                    log_line(folder, sweep.exhausted)
                 result = engine.summary(sweep, time.monotonic() - started)
                 (folder / "result.json").write_text(json.dumps(result, default=str, indent=1))
         except KeyboardInterrupt:

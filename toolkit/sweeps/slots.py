@@ -19,11 +19,12 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from toolkit import environment
+from toolkit.sweeps import workdir
 
 ERROR_LINES = 12
 POLL_S = 0.05
@@ -56,6 +57,7 @@ class Job:
     timeout: float | None = None
     log: Path | None = None  # where the trial's output goes while it runs (`lab sweep logs`); appended to
     kernel: str | None = None  # the kernelspec to run it with (an experiment's environment); None: the notebook's
+    cwd: Path | None = None  # the trial's working folder (`toolkit.sweeps.workdir`); None: the notebook's folder
 
 
 @dataclass(frozen=True)
@@ -208,7 +210,8 @@ def runner_job(job: Job) -> dict[str, Any]:
         "parameters": yaml.safe_dump(job.parameters),
         "env": dict(job.env),
         "log": str(job.log.resolve()) if job.log else None,
-        "cwd": str(notebook.parent),
+        "cwd": str((job.cwd or notebook.parent).resolve()),
+        "kernel_cwd": str(notebook.parent),  # the same for every trial: the next trial's warm kernel fits
         "kernel": job.kernel,
     }
 
@@ -260,6 +263,14 @@ def drive(
             ), False
 
 
+def own_folder(job: Job) -> Job:
+    """The job run in a working folder of its own, the notebook's neighbours in it (`toolkit.sweeps.workdir`)."""
+    notebook_dir = job.notebook.resolve().parent
+    folder = workdir.make(notebook_dir, workdir.folder_of(job.output.resolve()))
+    env = {**job.env, workdir.NOTEBOOK_DIR_ENV: str(notebook_dir), workdir.TRIAL_DIR_ENV: str(folder)}
+    return replace(job, cwd=folder, env=env)
+
+
 @dataclass
 class LocalSlot:
     """A slot on this machine: a runner that keeps the next kernel warm (or, with `warm=False`, a papermill
@@ -275,6 +286,7 @@ class LocalSlot:
         job.output.parent.mkdir(parents=True, exist_ok=True)
         if job.log:
             job.log.parent.mkdir(parents=True, exist_ok=True)
+        job = own_folder(job)
         if not self.warm or not python_notebook(job.notebook):
             return self._run_papermill(job, cancel)  # the runner puts a trial's variables in with Python
         if self.runner is None or not self.runner.alive():
@@ -309,7 +321,7 @@ class LocalSlot:
                 "-f",
                 str(params_file),
                 "--cwd",
-                str(job.notebook.parent),
+                str(job.cwd or job.notebook.parent),
                 "--no-progress-bar",
                 *(["--log-output"] if job.log else []),
                 *(["-k", job.kernel] if job.kernel else []),

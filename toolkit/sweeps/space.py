@@ -70,13 +70,10 @@ class Space:
         return made
 
     def make_sampler(self) -> Any:
-        import optuna
+        """The Optuna sampler; a seeded one is seeded per trial, so a resumed study continues (`sampling`)."""
+        from toolkit.sweeps import sampling
 
-        if self.sampler == "random":
-            return optuna.samplers.RandomSampler(seed=self.seed)
-        if self.sampler == "qmc":
-            return optuna.samplers.QMCSampler(seed=self.seed)
-        return optuna.samplers.TPESampler(seed=self.seed)
+        return sampling.make(self.sampler, self.seed)
 
     def trial_seed(self, trial_number: int) -> int:
         """Each trial's seed: fixed by the sampler's seed and the trial number, so a rerun repeats it."""

@@ -236,6 +236,8 @@ def _sweep(spec: SweepSpec, slot_list: list, as_json: bool, budget: Watch | None
             out().print_json(json.dumps(summary, default=str))
         raise stopped
     best = summary["best"]
+    if sweep.exhausted:
+        err().print(sweep.exhausted, markup=False, highlight=False)  # said once, at the end
     if as_json:
         out().print_json(json.dumps(summary, default=str))
     else:
@@ -245,5 +247,5 @@ def _sweep(spec: SweepSpec, slot_list: list, as_json: bool, budget: Watch | None
             out().print(f"best run: {best['url']}")
         if summary["cost_usd"] is not None:
             out().print(f"cost of this run's trials: ${summary['cost_usd']:.4f} (`lab cost` for every sweep)")
-    if (progress.planned and summary["completed"] == 0) or best is None:
+    if (progress.planned and summary["completed"] == 0 and not sweep.exhausted) or best is None:
         raise LabError(f"no trial of study {spec.study!r} completed", hint="see each run's lab.error tag in MLflow")
