@@ -26,10 +26,11 @@ def watch(
 
     from toolkit import labs
     from toolkit.cli import sweep_view
-    from toolkit.sweeps import service
+    from toolkit.sweeps import hosting, service
 
     service.check_name(name)
-    host = labs.open_lab(stack_name, local=local, target=options.target_name(target)).sweep_host()
+    lab = labs.open_lab(stack_name, local=local, target=options.target_name(target))
+    host = hosting.holding(lab.sweep_hosts(), name)  # a detached sweep's record, or a terminal's here
     process = subprocess.Popen(host.command("watch", "--name", name), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert process.stdout is not None and process.stderr is not None  # noqa: S101
     state: dict = {}
