@@ -851,10 +851,9 @@ def _lab_restore(lab: LocalLab, request: RestoreRequest, ui: Ui) -> Report:
         if chosen is None:
             if _replica_position(lab, ui.say) is None:
                 raise LabError(f"the replica {replica_url(lab)} holds no tracker DB", hint="`lab status` shows it")
-            raise LabError(
-                f"the replica {replica_url(lab)} holds nothing as early as {request.at.isoformat()}",
-                hint="give a later --at TIME",
-            )
+            from toolkit.tracker import replica
+
+            raise replica.too_early(replica_url(lab), request.at, replica_env(replica_url(lab)))
         backups.verify(chosen.path)
         ui.say(f"the tracker as it was at {request.at.isoformat()}, from {replica_url(lab)}: verified")
     else:

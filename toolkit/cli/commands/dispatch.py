@@ -232,9 +232,9 @@ def _sweep(
             elif as_json:
                 sweep.run(on_change=changed)
             else:
-                from rich.live import Live
+                from toolkit.console import live as live_view
 
-                with Live(view(), console=err(), refresh_per_second=4, transient=False) as live:
+                with live_view(view(), console=err(), refresh_per_second=4, transient=False) as live:
                     try:
                         sweep.run(on_change=lambda: (changed(), live.update(view())))
                     except KeyboardInterrupt:
@@ -244,8 +244,6 @@ def _sweep(
                         else:
                             err().print(f"{_stopped_line(progress)}; run the same command again to resume")
                         raise
-                if not err().is_terminal:
-                    err().line()  # the live view's last line is not ended where stderr is no terminal
             if budget is not None and budget.fired:
                 if keep is not None:
                     keep.stopped(f"the budget guard stopped the lab: {budget.fired.get('reason', '?')}")
