@@ -196,3 +196,13 @@ def test_links_between_the_pages_hold(page):
         elif anchor and anchor not in anchors(linked):
             broken.append(f"{target}#{anchor} (no such heading)")
     assert not broken, f"{page.relative_to(ROOT)}: broken links: {', '.join(broken)}"
+
+
+def test_what_dispatch_writes_in_the_checkout_is_ignored():
+    """`lab dispatch` keeps executed notebooks under out/ (its default --output, from the quickstart's folder too):
+    git leaves them out."""
+    from toolkit.cli.commands.dispatch import DEFAULT_OUTPUT
+
+    assert DEFAULT_OUTPUT.startswith("out/")
+    ignored = (ROOT / ".gitignore").read_text(encoding="utf-8").splitlines()
+    assert "out/" in ignored

@@ -13,18 +13,45 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 
-@cache
-def out() -> Console:
+# Without a terminal (a pipe, a CI log) rich takes 80 columns and cuts a live table's title there; a log is as wide as
+# its lines, so the consoles are this wide there unless COLUMNS says otherwise.
+NO_TERMINAL_WIDTH = 1000
+
+
+def _console(stderr: bool) -> Console:
+    import os
+    import sys
+
     from rich.console import Console
 
-    return Console(soft_wrap=True)
+    stream = sys.stderr if stderr else sys.stdout
+    wide = not os.environ.get("COLUMNS") and not (hasattr(stream, "isatty") and stream.isatty())
+    return Console(stderr=stderr, soft_wrap=True, width=NO_TERMINAL_WIDTH if wide else None)
+
+
+@cache
+def out() -> Console:
+    return _console(stderr=False)
 
 
 @cache
 def err() -> Console:
-    from rich.console import Console
+    return _console(stderr=True)
 
-    return Console(stderr=True, soft_wrap=True)
+
+@contextmanager
+def live(renderable: Any = None, console: Console | None = None, **options: Any) -> Iterator[Any]:
+    """A rich Live view that ends its last line also without a terminal (rich leaves it open there, and the next
+    line, an error say, would follow the table's border)."""
+    from rich.live import Live
+
+    shown_on = console or err()
+    try:
+        with Live(renderable, console=shown_on, **options) as view:
+            yield view
+    finally:
+        if not shown_on.is_terminal:
+            shown_on.line()
 
 
 @dataclass(frozen=True)
@@ -49,9 +76,7 @@ class Ui:
         if self.json:
             yield lambda renderable: None
             return
-        from rich.live import Live
-
-        with Live(console=err(), refresh_per_second=4, transient=False) as shown:
+        with live(refresh_per_second=4, transient=False) as shown:
             yield shown.update
 
     def confirm(self, question: str) -> bool:

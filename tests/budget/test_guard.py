@@ -61,9 +61,10 @@ def test_the_warning_reaches_the_sweeps_log_and_watch_once(tmp_path):
         again, _ = guard.check(place, last)
     assert not stopped and again == last
     log = (folder / "dispatch.log").read_text()
-    assert log.count("budget warning: budget: $8.50 of $10.00 spent") == 1, log
+    assert log.count("budget warning: $8.50 of $10.00 spent (85%)") == 1, log
+    assert log.count("budget") == 1 and log.count("warning") == 1, "said once each"
     shown = service.read_state(folder)
-    assert shown is not None and "warning: $8.50 of the $10.00 budget spent (85%)" in shown["budget"]
+    assert shown is not None and shown["budget"].startswith("budget warning: $8.50 of $10.00 spent (85%)")
     assert "(85%)" in str(sweep_view.table(shown).caption)
 
     place.found = verdict(OK, 1.0)  # `lab up --budget` gave the period more

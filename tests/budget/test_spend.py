@@ -137,7 +137,7 @@ def test_lab_cost_and_status_show_the_budget(lab, project):
     assert budget["state"] == "warn" and budget["budget_usd"] == 10.0
     assert budget["spend_usd"] == pytest.approx(9.0, abs=0.1) and budget["max_hours"] == 4.0
     shown = lab("cost", "--local")
-    assert "of $10.00 spent since" in shown.out and "of the $10.00 budget spent (90%)" in shown.out, shown.out
+    assert "budget warning: $9.0" in shown.out and "of $10.00 spent (90%) since" in shown.out, shown.out
     status = lab("status", "--local")
     assert status.code == 0, status.err
     assert "workers up 1.50 of 4 h" in status.out and "(90%)" in status.out, status.out

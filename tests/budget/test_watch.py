@@ -43,7 +43,7 @@ def test_the_tracker_record_read_as_the_guard_reads_it():
     fine = watch.from_record(handed(up), Ledger(), now=up + 0.5 * 3600)  # $5 of $10
     assert fine.line is None and fine.fired is None
     near = watch.from_record(handed(up), Ledger(), now=up + 0.85 * 3600)
-    assert near.state == WARN and "$8.50 of the $10.00 budget spent (85%)" in str(near.line)
+    assert near.state == WARN and "budget warning: $8.50 of $10.00 spent (85%)" in str(near.line)
     stopped = watch.from_record(handed(up, fired_at=up + 3600), Ledger(hours_from=up), now=up + 3700)
     assert stopped.fired is not None and stopped.reason == "the budget of $10.00 is spent ($10.00)"
     assert stopped.line == "the budget guard stopped the lab: the budget of $10.00 is spent ($10.00)"
@@ -109,8 +109,7 @@ def test_the_watch_warns_once_and_stops_the_sweep_when_the_guard_fired():
     looking = watch.Watch(read, said.append, every=0.01).start(lambda news: stopped.set())
     assert stopped.wait(5), "the guard's stop reached the sweep"
     looking.stop()
-    assert said == ["budget warning: budget: $8.50 of $10.00 spent since 1970-01-12 13:46 UTC, $1.50 left "
-                    "(warning: $8.50 of the $10.00 budget spent (85%))"]  # fmt: skip
+    assert said == ["budget warning: $8.50 of $10.00 spent (85%) since 1970-01-12 13:46 UTC, $1.50 left"]
     assert looking.fired is not None and "the budget of $10.00 is spent" in looking.fired["reason"]
 
 

@@ -31,6 +31,9 @@ def test_usage_errors_exit_2(lab):
     ran = lab("config", "validate", "--target", "aws")
     assert ran.code == 2
     assert "'aws' is not one of" in ran.err
+    # A value the command itself finds bad is a usage error too, in one line.
+    ran = lab("restore", "--local", "--at", "yesterday")
+    assert ran.code == 2 and ran.err.startswith("error: --at 'yesterday' is not a time"), ran.err
 
 
 def test_user_error_is_one_line_without_traceback(lab):
@@ -122,3 +125,29 @@ def test_gcp_lab_that_was_never_up(lab):
         ran = lab(*command.split()[:1], "--target", "gcp", *command.split()[1:])
         assert ran.code == 1, command
         assert "is not up" in ran.err and "run `lab up`" in ran.err, (command, ran.err)
+
+
+LIVE_THEN_ERROR = """
+from rich.table import Table
+from toolkit.cli import failures
+from toolkit.console import Ui
+from toolkit.errors import LabError
+
+def run():
+    with Ui().live() as show:
+        show(Table("host", title="a live table whose title is longer than the eighty columns rich takes without a tty"))
+        raise LabError("the playbook failed")
+
+raise SystemExit(failures.handle(run, []))
+"""
+
+
+def test_a_live_table_then_an_error_without_a_terminal():
+    """Piped (a CI log): the live table's title is not cut at 80 columns, and the error starts a line of its own
+    rather than following the table's bottom border."""
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    ran = subprocess.run([sys.executable, "-c", LIVE_THEN_ERROR], capture_output=True, text=True, env=env, check=False)
+    assert ran.returncode == 1, ran.stderr
+    lines = ran.stderr.splitlines()
+    assert "the eighty columns rich takes without a tty" in lines[0], ran.stderr
+    assert lines[-1] == "error: the playbook failed", ran.stderr

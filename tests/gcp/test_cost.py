@@ -136,9 +136,14 @@ def test_lab_cost_of_a_gcp_lab_that_is_up(lab, isolated):
     assert document["now"]["usd_so_far"] == pytest.approx(2 * hourly, rel=1e-2)
     assert {r["resource"] for r in document["now"]["resources"]} >= {"tracker", "worker", "replica operations"}
     assert document["sweeps"] == [] and "not up" in document["sweeps_unreadable"]
+    assert document["prices_pending"] is None
     ran = lab("cost", "--target", "gcp")
     assert ran.code == 0, ran.err
     assert "a2-highgpu-1g (spot)" in ran.out and "retrieved" in ran.out
+    # A price changed while the lab is up counts from the next `lab up`, and `lab cost` says so.
+    (isolated / ".lab" / "prices.yaml").write_text("hosts: {gpu-box: 0.8}\n")
+    ran = lab("cost", "--target", "gcp")
+    assert "prices.yaml changed after this `lab up`: its prices count from the next `lab up`" in ran.out, ran.out
     uptime.record_down("dev")
     ran = lab("cost", "--target", "gcp")
     assert "nothing priced is up now" in ran.out and "every time it was up (1 period): $" in ran.out

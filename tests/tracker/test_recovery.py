@@ -300,6 +300,11 @@ def test_replica_snapshot_at_a_moment_between_two_writes(tmp_path, current_db):
 
     early = agent("replica-snapshot", "--data", str(data), "--replica", url, "--at", "2000-01-01T00:00:00Z")
     assert early.returncode == 1 and "holds nothing as early as 2000-01-01" in early.stderr
+    named = early.stderr.split("its earliest point is ", 1)[-1].split(";", 1)[0]
+    first = dt.datetime.fromisoformat(named)  # the refusal names the earliest point, and that point restores
+    assert first <= moment + dt.timedelta(seconds=1), early.stderr
+    ran = agent("replica-snapshot", "--data", str(data), "--replica", url, "--at", first.isoformat())
+    assert ran.returncode == 0, ran.stderr
     empty = agent("replica-snapshot", "--data", str(data), "--replica", f"file://{tmp_path / 'none'}")
     assert empty.returncode == 1 and "holds no tracker DB" in empty.stderr
     assert not list((data / "restore").glob(".from-replica*")), "the staging folder is cleaned up"

@@ -126,8 +126,8 @@ def check(place: Place, last: str) -> tuple[str, bool]:
     found = place.verdict()
     publish(place.sweeps_root, found, place.makes_sweeps_folder)
     if found.state == WARN and found.reason != last:
-        say(f"warning: {found.line()}")
-        note_sweeps(place.sweeps_root, running_sweeps(place.sweeps_root), f"budget warning: {found.line()}")
+        say(found.line())  # "budget warning: ..." (Verdict.line)
+        note_sweeps(place.sweeps_root, running_sweeps(place.sweeps_root), found.line())
         return found.reason, False
     if found.state != STOP:
         return (found.reason if found.state == WARN else ""), False

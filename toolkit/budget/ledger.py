@@ -58,7 +58,7 @@ def before_up(settings: Any, budget: float | None, now: float | None = None) -> 
     spent = found.budget_usd is not None and found.spend_usd >= found.budget_usd
     if budget is None and (fired_for_budget or (spent and not new_period) or (spent and limits.period == "month")):
         raise LabError(
-            f"the budget is spent: {_why(found.reason, ledger)}; the workers are not started",
+            f"the budget is spent: {_why(found.reason, ledger)}; nothing was started",
             hint="raise lab:budgetUsd, or give this period a budget: lab up --budget USD",
         )
     start = now if new_period and limits.period == "up" else ledger.period_from or now

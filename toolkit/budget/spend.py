@@ -75,16 +75,18 @@ class Verdict:
         since = dt.datetime.fromtimestamp(self.since, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
         parts = []
         if self.budget_usd is not None:
+            share = f" ({self.spend_usd / self.budget_usd:.0%})" if self.state == WARN and self.budget_usd else ""
             parts.append(
-                f"${self.spend_usd:.2f} of ${self.budget_usd:.2f} spent since {since}, ${self.left_usd:.2f} left"
+                f"${self.spend_usd:.2f} of ${self.budget_usd:.2f} spent{share} since {since}, ${self.left_usd:.2f} left"
             )
         else:
             parts.append(f"${self.spend_usd:.2f} spent since {since} (no lab:budgetUsd)")
         if self.max_hours is not None:
-            parts.append(f"workers up {self.hours:.2f} of {self.max_hours:g} h")
+            share = f" ({self.hours / self.max_hours:.0%})" if self.state == WARN and self.max_hours else ""
+            parts.append(f"workers up {self.hours:.2f} of {self.max_hours:g} h{share}")
+        if self.state == WARN:  # the line says "budget" and "warning" once: callers print it as it is
+            return "budget warning: " + "; ".join(parts)
         head = "budget: " + "; ".join(parts)
-        if self.state == WARN:
-            return f"{head} (warning: {self.reason})"
         if self.state == STOP:
             return f"{head} (REACHED: {self.reason})"
         return head

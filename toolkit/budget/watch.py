@@ -111,7 +111,7 @@ class Watch:
                 found = self.look()
                 if found is not None and found.state != OK and found.line and found.line != said and not found.fired:
                     said = found.line
-                    self.say(f"budget warning: {found.line}")
+                    self.say(found.line)  # "budget warning: ..." (Verdict.line)
                 if found is not None and found.fired:
                     self.fired = found.fired
                     on_fired(found)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from toolkit import proc
 from toolkit.config import paths, schema, stack
-from toolkit.errors import LabError
+from toolkit.errors import EXIT_USAGE, LabError
 
 CRONTAB_FILE_ENV = "LAB_CRONTAB_FILE"
 PASSPHRASE_FILE_ENV = "PULUMI_CONFIG_PASSPHRASE_FILE"  # noqa: S105 -- the name of a variable
@@ -101,7 +101,7 @@ def validate_when(expression: str) -> str:
 
     Checked here by hand, field by field, against the grammar cron itself takes: cron libraries such
     as croniter also accept extensions cron rejects (a seconds field, L, #, H), so a check with them
-    would pass entries that `crontab` then refuses.
+    would pass entries that `crontab` then refuses. A bad schedule is a usage error (exit 2).
     """
     when = " ".join(expression.split())
     hint = f"use 5 fields MINUTE HOUR DAY MONTH WEEKDAY, e.g. {EXAMPLE}, or @hourly, @daily, @weekly, @monthly"
@@ -109,17 +109,22 @@ def validate_when(expression: str) -> str:
         if when in MACROS:
             return when
         if when == "@reboot":
-            raise LabError(f"{expression!r} is not a time of day: a teardown needs a schedule", hint=hint)
-        raise LabError(f"{expression!r} is not a cron schedule", hint=hint)
+            raise LabError(
+                f"{expression!r} is not a time of day: a teardown needs a schedule", hint=hint, code=EXIT_USAGE
+            )
+        raise LabError(f"{expression!r} is not a cron schedule", hint=hint, code=EXIT_USAGE)
     fields = when.split(" ") if when else []
     if len(fields) != len(_FIELDS):
-        raise LabError(f"{expression!r} is not a cron schedule: it has {len(fields)} fields, not 5", hint=hint)
+        raise LabError(
+            f"{expression!r} is not a cron schedule: it has {len(fields)} fields, not 5", hint=hint, code=EXIT_USAGE
+        )
     for text, spec in zip(fields, _FIELDS, strict=True):
         if not _field_ok(text, spec):
             raise LabError(
                 f"{expression!r} is not a cron schedule: its {spec.name} field {text!r} is not in "
                 f"{spec.low}-{spec.high} (or a list, range or /step of such)",
                 hint=hint,
+                code=EXIT_USAGE,
             )
     return when
 

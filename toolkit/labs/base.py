@@ -162,6 +162,24 @@ class Lab(abc.ABC):
     def sweep_host(self) -> SweepHost:
         """Where this lab's detached sweeps live and run."""
 
+    def terminal_sweeps(self) -> SweepHost:
+        """Where a sweep run in a terminal keeps its record: this machine, the stack's folder
+        (`toolkit.sweeps.record`), read by the `lab sweep` commands as a detached sweep's is."""
+        from toolkit.config import paths
+        from toolkit.sweeps.hosting import LocalSweeps
+
+        return LocalSweeps(paths.stack_home(self.stack))
+
+    def sweep_hosts(self) -> list[SweepHost]:
+        """Every place that keeps records of this lab's sweeps: where its detached sweeps run, and this machine
+        (its terminal sweeps) when that is another place; this machine alone when the other cannot be named now."""
+        here = self.terminal_sweeps()
+        try:
+            there = self.sweep_host()
+        except LabError:
+            return [here]
+        return [there] if there == here else [there, here]
+
     @abc.abstractmethod
     def detached_place(self, parallel: int | None, gpus: list[str] | None) -> dict[str, Any]:
         """Where a detached sweep's trials run, as its service reads it (`toolkit.sweeps.service.place_of`)."""

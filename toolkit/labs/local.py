@@ -101,7 +101,7 @@ class LocalLab(Lab):
         return f"next: lab up{flag}"
 
     def up(self, request: UpRequest, ui: Ui) -> Report:
-        return _lab_up(self, request, ui)
+        return _preview_up(self, request) if request.preview else _lab_up(self, request, ui)
 
     def status(self, ui: Ui) -> Report:
         return _lab_status(self, ui)
@@ -664,14 +664,65 @@ def choose_backup(
     return chosen
 
 
+def _preview_up(lab: LocalLab, request: UpRequest) -> Report:
+    """`lab up --preview`: what `up` would start, on which ports, and where its state goes; nothing is started,
+    stopped or written (a stale record is left as it is)."""
+    from toolkit.tracker import dashboard as optuna_dashboard
+
+    def state(name: str) -> services.Record | None:
+        record = lab.record(name)
+        return record if record is not None and services.is_running(record) else None
+
+    wanted = {
+        MLFLOW: request.port,
+        DASHBOARD: request.dashboard_port or optuna_dashboard.DEFAULT_PORT,
+        **({} if request.no_jupyter else {JUPYTER: request.jupyter_port}),
+    }
+    services_doc: dict[str, Any] = {}
+    lines = [f"preview of the local lab of stack {lab.stack}: nothing was started or written"]
+    for name, port in wanted.items():
+        record = state(name)
+        if record is not None:
+            services_doc[name] = {"action": "keep", "url": record.url, "pid": record.pid}
+            lines.append(f"  {name:9} runs already at {record.url} (pid {record.pid}): kept")
+        else:
+            url = f"http://{HOST}:{port}"
+            services_doc[name] = {"action": "start", "url": url}
+            also = " (or a free port, if that one is taken)" if name == DASHBOARD and not request.dashboard_port else ""
+            lines.append(f"  {name:9} would start on {url}{also}")
+    replica_to = replica_url(lab)
+    lines.append(
+        f"  {REPLICA:9} {'runs already' if state(REPLICA) else 'would start'}: the DBs replicated to {replica_to}"
+    )
+    restore = state(MLFLOW) is None and not lab.mlflow_db.exists()
+    if restore:
+        lines.append("  tracker   has no DB: the newest state there is (replica or backup) would be restored first")
+    guard = lab.settings.budget_usd is not None or lab.settings.max_hours is not None
+    if guard and state(GUARD) is None:
+        lines.append(f"  {GUARD} would start (lab:budgetUsd / lab:maxHours)")
+    lines.append(f"  state     {lab.root}")
+    document = {
+        "stack": lab.stack,
+        "target": lab.target,
+        "preview": True,
+        "services": services_doc,
+        "replica": replica_to,
+        "restore_first": restore,
+        "budget_guard": guard,
+        "state_dir": str(lab.root),
+    }
+    return Report(document, lines)
+
+
 def _lab_up(lab: LocalLab, request: UpRequest, ui: Ui) -> Report:
     say = ui.say
     mlflow = running(lab, MLFLOW, say)
     jupyter = running(lab, JUPYTER, say)
     dashboard = running(lab, DASHBOARD, say)
     lines: list[str] = []
-    if mlflow and dashboard and (jupyter or request.no_jupyter):
-        lines.append("the lab is already up; nothing changed")
+    already = bool(mlflow and dashboard and (jupyter or request.no_jupyter))
+    if already:
+        before = {name for name in (REPLICA, GUARD) if running(lab, name, say)}
     else:
         if mlflow is None:
             restore_if_empty(lab, say)  # before anything opens the DBs
@@ -692,6 +743,9 @@ def _lab_up(lab: LocalLab, request: UpRequest, ui: Ui) -> Report:
     replicating = start_replica(lab, say)
     _priced_up(lab)
     guard = start_guard(lab, say)
+    if already:  # what this `up` did, when the services were already up (the replica or the guard may have been not)
+        started = [name for name, on in ((REPLICA, replicating), (GUARD, guard)) if on and name not in before]
+        lines.append("the lab is already up; " + (f"started {', '.join(started)}" if started else "nothing changed"))
     lines.append(f"MLflow   {mlflow.url}")
     lines.append(f"Optuna   {dashboard.url}  (optuna-dashboard: the sweeps, live)")
     if jupyter:
@@ -851,10 +905,9 @@ def _lab_restore(lab: LocalLab, request: RestoreRequest, ui: Ui) -> Report:
         if chosen is None:
             if _replica_position(lab, ui.say) is None:
                 raise LabError(f"the replica {replica_url(lab)} holds no tracker DB", hint="`lab status` shows it")
-            raise LabError(
-                f"the replica {replica_url(lab)} holds nothing as early as {request.at.isoformat()}",
-                hint="give a later --at TIME",
-            )
+            from toolkit.tracker import replica
+
+            raise replica.too_early(replica_url(lab), request.at, replica_env(replica_url(lab)))
         backups.verify(chosen.path)
         ui.say(f"the tracker as it was at {request.at.isoformat()}, from {replica_url(lab)}: verified")
     else:

@@ -111,6 +111,8 @@ class SshLab(Lab):
         )
 
     def up(self, request: UpRequest, ui: Ui) -> Report:
+        if request.preview:
+            return preview_up(self)
         report = configure_lab(self, ui, {})
         priced_up(self)
         return report
@@ -815,6 +817,19 @@ def forget_all_host_keys(lab_root: Path) -> None:
 
 
 # -- what the commands ask of a lab on hosts (the ssh target, and the gcp target once its VMs run) --------------
+
+
+def preview_up(lab: SshLab) -> Report:
+    """`lab up --preview` on hosts: which hosts `up` would configure, as what, with which playbook; no host is
+    reached, nothing is run or recorded."""
+    hosts = [{"name": h.name, "address": h.address, "role": h.role} for h in lab.hosts]
+    lines = [f"preview of the {lab.target} lab of stack {lab.stack}: no host was reached, nothing was run or recorded"]
+    lines += [f"  {h['name']:12} {h['address']:24} {h['role']}: the site playbook would configure it" for h in hosts]
+    lines.append(
+        "`lab up` would run the site playbook (site.yml) on these hosts as "
+        f"{lab.access.user}, restore the tracker if it has no DB, and count the lab as up from then (`lab cost`)"
+    )
+    return Report({"stack": lab.stack, "target": lab.target, "preview": True, "hosts": hosts}, lines)
 
 
 def configure_lab(lab: SshLab, ui: Ui, stages: dict[str, float]) -> Report:

@@ -44,6 +44,9 @@ RESUME_ENV = "LAB_RESUME_RUN_ID"  # in a retry's kernel: that run, so `toolkit.c
 LEASE_ATTR = "lab.dispatcher"  # on the study: which dispatcher sweeps it, until when (renewed while it runs)
 LEASE_S = 30.0  # a dispatcher that was killed frees its study in this time
 LEASE_SETTLE_S = 0.3  # a lease taken is read back after this, so two dispatchers starting at once cannot both hold it
+# What every trial's kernel gets: no MLflow download progress bars in the trial's output (the variable is
+# mlflow/environment_variables.py's MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR; a notebook may still set it).
+QUIET_KERNEL = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 COST_METRIC = "cost_usd"  # on each trial's run, and as a user attribute of the Optuna trial
 REPEAT_ATTR = "lab_repeat_of"  # a trial skipped for repeating an earlier one's parameters (`sampling`); not counted
 
@@ -69,6 +72,7 @@ class TrialResult:
     output: str = ""
     resume_run_id: str | None = None  # the previous attempt's run (a retry resumes from its checkpoints)
     log: str = ""  # the trial's output while it runs
+    again: str = ""  # why this attempt runs the trial again (its previous attempt's end), for the sweep's log
 
 
 @dataclass
@@ -547,6 +551,7 @@ class Sweep:
                 parameters=parameters,
                 timeout=spec.timeout,
                 env={
+                    **QUIET_KERNEL,
                     **prepared.env,
                     "MLFLOW_TRACKING_URI": spec.tracking_uri,
                     "MLFLOW_RUN_ID": run_id,
@@ -573,6 +578,7 @@ class Sweep:
                 # (`_waiting_for_others`) that saw it neither running nor queued would leave the sweep without it.
                 with self.lock:
                     result.slot_end = ended
+                    result.again = f"slot {slot.name} went away ({outcome.error})"
                     self.lost_slots.append(slot.name)
                     if result.attempts <= spec.max_retries:
                         self.requeued.append((trial, result))
@@ -585,6 +591,7 @@ class Sweep:
                     f"the slot's process died ({outcome.error}); retrying with the same parameters",
                     status="FAILED",
                 )
+                result.again = f"the slot's process died ({outcome.error})"
                 continue  # still this slot's: its retry may yet find the host gone and hand the trial back
             result.slot_end = ended
             break

@@ -72,6 +72,40 @@ class SweepHost:
         return stopped
 
 
+def holding(hosts: list[SweepHost], name: str) -> SweepHost:
+    """Of the places that keep sweeps' records (`Lab.sweep_hosts`), the one whose record of sweep `name` is the
+    newest: a detached sweep's on the tracker, or the one a terminal left on this machine; the first place when
+    none has one (it says so)."""
+    if len(hosts) == 1:
+        return hosts[0]
+    chosen, newest = hosts[0], -1.0
+    for host in hosts:
+        try:
+            state = host.state(name)
+        except LabError:
+            continue
+        updated = float((state or {}).get("updated") or 0)
+        if state is not None and updated > newest:
+            chosen, newest = host, updated
+    return chosen
+
+
+def listing(hosts: list[SweepHost], say: Say) -> dict[str, dict[str, Any]]:
+    """The sweeps every place keeps (name -> its newest record); a place that cannot be asked is said and skipped."""
+    found: dict[str, dict[str, Any]] = {}
+    for host in hosts:
+        try:
+            records = host.listing()
+        except LabError as exc:
+            say(f"cannot tell which sweeps run {host.where}: {exc.one_line()}")
+            continue
+        for record in records:
+            name = str(record.get("name"))
+            if float(record.get("updated") or 0) >= float(found.get(name, {}).get("updated") or 0):
+                found[name] = record
+    return found
+
+
 def _said(stderr: bytes) -> str:
     lines = [line for line in stderr.decode(errors="replace").strip().splitlines() if line.strip()]
     return lines[-1].removeprefix("error: ") if lines else ""
@@ -93,6 +127,15 @@ class LocalSweeps(SweepHost):
 
     def stop(self, name: str, say: Say) -> bool:
         return service.stop(self.root, name, say)
+
+    def state(self, name: str) -> dict[str, Any] | None:
+        folder = service.folder_of(self.root, name)
+        if not folder.is_dir():
+            raise LabError(f"no sweep named {name!r} {self.where}")
+        return service.read_state(folder)
+
+    def listing(self) -> list[dict[str, Any]]:
+        return service.listing(self.root)
 
     def stop_all(self, say: Say) -> list[str]:
         stopped = []

@@ -269,7 +269,10 @@ class Events:
                 continue
             self.seen[result.number] = key
             if result.state == "RUNNING":
-                again = f" (attempt {result.attempts})" if result.attempts > 1 else ""
+                again = f" (attempt {result.attempts}, again because {result.again or 'an attempt ended early'})"
+                if result.attempts <= 1:
+                    resumed = result.resume_run_id
+                    again = f" (resumes run {resumed}, interrupted earlier)" if resumed else ""
                 log_line(self.folder, f"trial {result.number} started on {result.slot}{again}: {result.params}")
             elif result.state == "COMPLETE":
                 log_line(self.folder, f"trial {result.number} complete: {sweep.spec.space.metric} = {result.value}")

@@ -17,11 +17,12 @@ class StudySummary:
     direction: str
     trials: int
     complete: int
-    failed: int
+    failed: int  # trials that failed (not those interrupted: they are queued to run again)
     best: float | None
     last_activity: dt.datetime | None
     cost_usd: float | None = None  # the trials' cost (dispatch's `cost_usd`), None when none was priced
     trial_hours: float = 0.0  # time the trials ran, in all
+    interrupted: int = 0  # trials stopped by Ctrl-C, `lab sweep stop` or the budget guard (their parameters queued)
 
 
 def local_storage(path: Path) -> str:
@@ -44,6 +45,8 @@ def load(storage: Any, name: str) -> Any:
 def summaries(storage: Any) -> list[StudySummary]:
     import optuna
 
+    from toolkit.sweeps.dispatch import INTERRUPTED
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     found = []
     for name in optuna.get_all_study_names(storage):
@@ -51,6 +54,7 @@ def summaries(storage: Any) -> list[StudySummary]:
         trials = study.get_trials(deepcopy=False)
         stamps = [t.datetime_complete or t.datetime_start for t in trials if t.datetime_complete or t.datetime_start]
         complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+        failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
         costs = [t.user_attrs["cost_usd"] for t in trials if isinstance(t.user_attrs.get("cost_usd"), int | float)]
         hours = sum(
             (t.datetime_complete - t.datetime_start).total_seconds() / 3600
@@ -66,7 +70,8 @@ def summaries(storage: Any) -> list[StudySummary]:
                 direction=study.direction.name.lower(),
                 trials=len(trials),
                 complete=len(complete),
-                failed=sum(1 for t in trials if t.state == optuna.trial.TrialState.FAIL),
+                failed=sum(1 for t in failed if not t.user_attrs.get(INTERRUPTED)),
+                interrupted=sum(1 for t in failed if t.user_attrs.get(INTERRUPTED)),
                 best=best,
                 last_activity=max(stamps) if stamps else None,
                 cost_usd=sum(costs) if costs else None,

@@ -135,7 +135,7 @@ def _replica_snapshot(args: argparse.Namespace) -> int:
     if made is None:
         if at is None or replica.newest(args.replica, replica_env()) is None:
             raise LabError(f"the replica {args.replica} holds no tracker DB")
-        raise LabError(f"the replica {args.replica} holds nothing as early as {at.isoformat()}")
+        raise replica.too_early(args.replica, at, replica_env())
     manifest = backups.verify(made.path)
     print(json.dumps({"id": manifest.id, "path": str(made.path), "created": manifest.created}))
     return 0

@@ -308,6 +308,33 @@ def position(replica: str, name: str, env: dict[str, str]) -> Position | None:
     return Position(txid=int(str(newest["max_txid"]), 16), at=when)
 
 
+def earliest(replica: str, name: str, env: dict[str, str]) -> dt.datetime | None:
+    """The earliest moment a DB can be restored as it was (`restore --at`): the oldest of the replica's files that
+    start at the DB's first transaction (a restore builds on one), else its oldest file; None when it holds none."""
+    ran = _litestream(["ltx", "-json", "-level", "all", db_url(replica, name)], env)
+    if ran.returncode != 0:
+        return None
+    try:
+        files: list[dict[str, Any]] = json.loads(ran.stdout or "[]") or []
+    except json.JSONDecodeError:
+        return None
+    starts = [f for f in files if int(str(f.get("min_txid", "0")), 16) == 1] or files
+    stamps = [dt.datetime.fromisoformat(str(f["timestamp"]).replace("Z", "+00:00")) for f in starts if "timestamp" in f]
+    return min(stamps) if stamps else None
+
+
+def too_early(replica: str, at: dt.datetime, env: dict[str, str]) -> LabError:
+    """`restore --at` before anything the replica holds: the refusal names its earliest point."""
+    first = earliest(replica, DBS[0], env)
+    # `ltx` prints whole seconds and a restore takes the files dated before --at: the next whole second holds it
+    named = first.replace(microsecond=0) + dt.timedelta(seconds=1) if first else None
+    return LabError(
+        f"the replica {replica} holds nothing as early as {at.isoformat()}"
+        + (f"; its earliest point is {named.isoformat()}" if named else ""),
+        hint=f"give --at {named.isoformat()} or later" if named else "give a later --at TIME",
+    )
+
+
 def progress(newest: Position | None, local_txid: int | None) -> tuple[int | None, float | None]:
     """How far the replica is behind the tracker: transactions not yet replicated (None when the tracker's
     own position is not known), and for how long (0 when caught up; the newest replicated state's age when

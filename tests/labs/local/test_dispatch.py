@@ -133,8 +133,18 @@ def test_failures_fail_their_trial_and_the_sweep_goes_on(lab, lab_up, state, tmp
             assert run.info.status == "FAILED"
             assert f"ValueError: boom in trial {trial['number']}" in run.data.tags["lab.error"]
             assert "error.txt" in [a.path for a in client.list_artifacts(trial["run_id"])]
+        else:
+            assert run.data.tags["progress_bars"] == "false", "no MLflow download bars in a trial's output"
     study = study_of(state, "odd")
     assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "COMPLETE", "FAIL"]
+
+    # A sweep run in the terminal is read as a detached one is: its log, a failed trial's error, its status.
+    logs = lab("sweep", "logs", "odd", "--local", "--trial", "1")
+    assert logs.code == 0 and "ValueError: boom in trial 1" in logs.out, logs.err
+    logs = lab("sweep", "logs", "odd", "--local")
+    assert logs.code == 0 and "trial 1 fail" in logs.out and "sweep odd finished" in logs.out, logs.out
+    listed = {s["name"]: s for s in json.loads(lab("sweeps", "--local", "--json").out)}
+    assert listed["odd"]["status"] == "finished" and listed["odd"]["failed"] == 2, listed["odd"]
 
 
 def test_missing_objective_names_the_metric(lab, lab_up, tmp_path):
@@ -196,7 +206,7 @@ def test_timeout_stops_the_kernel_and_fails_the_trial(lab, lab_up, tmp_path):
     assert kernels_of(trial["run_id"]) == [], "the kernel outlived its trial"
 
 
-def test_a_slot_that_dies_is_rerun_with_the_same_parameters(lab, lab_up, tmp_path):
+def test_a_slot_that_dies_is_rerun_with_the_same_parameters(lab, lab_up, state, tmp_path):
     markers = tmp_path / "markers"
     markers.mkdir()
     ran = dispatch(
@@ -224,6 +234,8 @@ def test_a_slot_that_dies_is_rerun_with_the_same_parameters(lab, lab_up, tmp_pat
         attempts = [r for r in runs if r.data.tags["lab.trial"] == str(trial["number"])]
         assert sorted(r.info.status for r in attempts) == ["FAILED", "FINISHED"]
         assert len({r.data.params["x"] for r in attempts}) == 1, "the retry used the same parameters"
+    log = (state / "sweeps" / "dies" / "dispatch.log").read_text()
+    assert "(attempt 2, again because the slot's process died (" in log, log
 
 
 def test_slots_carry_their_gpu(lab, lab_up, tmp_path):
@@ -307,6 +319,8 @@ def test_ctrl_c_stops_trials_and_the_study_resumes(lab, lab_up, state, tmp_path)
     for trial in interrupted:
         assert client.get_run(trial.user_attrs["mlflow_run_id"]).info.status == "KILLED"
         assert kernels_of(trial.user_attrs["mlflow_run_id"]) == []
+    listed = {s["name"]: s for s in json.loads(lab("sweeps", "--local", "--json").out)}["resume"]
+    assert (listed["status"], listed["failed"], listed["interrupted"]) == ("stopped", 0, 2), listed
 
     hold.unlink()
     ran = lab(*argv[1:], timeout=600)
@@ -315,6 +329,10 @@ def test_ctrl_c_stops_trials_and_the_study_resumes(lab, lab_up, state, tmp_path)
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert len(complete) == 4
     assert {t.params["x"] for t in interrupted} <= {t.params["x"] for t in complete}, "interrupted trials re-ran"
+    listed = {s["name"]: s for s in json.loads(lab("sweeps", "--local", "--json").out)}["resume"]
+    assert (listed["status"], listed["failed"]) == ("finished", 0), listed
+    log = (state / "sweeps" / "resume" / "dispatch.log").read_text()
+    assert "interrupted earlier)" in log and "sweep resume stopped" in log, log
 
 
 def test_bad_space_names_the_field(lab, lab_up, tmp_path):

@@ -134,7 +134,7 @@ def test_restore_at_a_time(lab, ports, state):
 
 def test_restore_at_refuses_bad_requests(lab, ports, state):
     ran = lab("restore", "--local", "--at", "yesterday")
-    assert ran.code == 1
+    assert ran.code == 2  # a usage error
     assert "--at 'yesterday' is not a time" in ran.err and "2026-12-01T09:30:00Z" in ran.err
     ran = lab("restore", "--local", "--at", "2026-12-01T09:30:00Z")
     assert ran.code == 1 and "holds no tracker DB" in ran.err

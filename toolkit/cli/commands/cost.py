@@ -80,6 +80,7 @@ def cost(
         "sweeps": sweeps,
         "sweeps_unreadable": unreadable,
         "prices": prices.source_line(),
+        "prices_pending": _pending_prices(uptime.current(stack)),
         "budget": _budget(stack_name, chosen),
     }
     if guard_unread:
@@ -88,6 +89,24 @@ def cost(
         out().print_json(json.dumps(document))
         return
     _show(document, labs.lab_class(chosen).uptime_note)
+
+
+def _pending_prices(period: uptime.Period | None) -> str | None:
+    """A price table changed after the lab went up: its prices count from the next `lab up` (the period running
+    keeps the prices it started with, so what was spent does not change afterwards); None when nothing waits."""
+    from toolkit.cost import prices
+
+    table = prices.user_table()
+    try:
+        changed = table.stat().st_mtime
+    except OSError:
+        return None
+    if period is None or changed <= period.up:
+        return None
+    return (
+        f"{table} changed after this `lab up`: its prices count from the next `lab up` "
+        "(the lab's cost so far and the budget use the prices it went up with)"
+    )
 
 
 def _take_guard(stack_name: str, target: str) -> str | None:
@@ -163,3 +182,5 @@ def _show(document: dict[str, Any], not_up: str) -> None:
     if document.get("budget_guard_unread"):
         err().print(f"the tracker's budget guard could not be asked: {document['budget_guard_unread']}", markup=False)
     out().print(document["prices"])
+    if document["prices_pending"]:
+        out().print(f"note: {document['prices_pending']}", markup=False, highlight=False)

@@ -85,21 +85,41 @@ def dispatch(
             lab, notebook, space_file, searched, study or notebook.stem, trials, timeout, parallel, gpu_list, as_json
         )
         return
+    name = study or notebook.stem
+    kept = _record_folder(lab, name)
     with contextlib.ExitStack() as exits:
         place = lab.sweep_place(exits, parallel, gpu_list, ui)
         spec = engine.SweepSpec(
             notebook=notebook.resolve(),
             space=searched,
-            study=study or notebook.stem,
+            study=name,
             trials=trials,
             timeout=timeout,
             output_pattern=output,
+            logs=kept / "trials" if kept else None,  # `lab sweep logs NAME --trial N`
             tracking_uri=place.tracking_uri,
             storage_path=place.storage_path,
             grpc_port=place.grpc_port,
             steps=prepare.steps_for(searched, notebook.resolve().parent, place, notebook.resolve()),
         )
-        _sweep(spec, place.slots, as_json, _budget_watch(lab))
+        _sweep(spec, place.slots, as_json, _budget_watch(lab), kept)
+
+
+def _record_folder(lab: Lab, name: str) -> Path | None:
+    """Where this terminal's sweep keeps its record (`toolkit.sweeps.record`); None, said, when its name cannot
+    name one."""
+    from toolkit.sweeps import record
+
+    root = getattr(lab.terminal_sweeps(), "root", None)
+    folder = record.folder_for(root, name) if root is not None else None
+    if folder is None:
+        err().print(
+            f"note: {name!r} cannot name a sweep's record, so `lab sweep logs` will not find this sweep; "
+            "name it with --study (letters, digits, '.', '_', '-')",
+            markup=False,
+            highlight=False,
+        )
+    return folder
 
 
 def _detach(
@@ -175,12 +195,14 @@ def _stopped_line(progress: Progress) -> str:
     return f"stopped {stopped} running trial{'s' * (stopped != 1)}, marked them interrupted and queued their parameters"
 
 
-def _sweep(spec: SweepSpec, slot_list: list, as_json: bool, budget: Watch | None = None) -> None:
+def _sweep(
+    spec: SweepSpec, slot_list: list, as_json: bool, budget: Watch | None = None, folder: Path | None = None
+) -> None:
     from toolkit.budget import watch as budget_watch
     from toolkit.budget.spend import STOP
     from toolkit.cli import sweep_view
     from toolkit.sweeps import dispatch as engine
-    from toolkit.sweeps import service
+    from toolkit.sweeps import record, service
 
     output = spec.output_pattern
     notebook = spec.notebook
@@ -188,12 +210,16 @@ def _sweep(spec: SweepSpec, slot_list: list, as_json: bool, budget: Watch | None
     # `lab down` stops a terminal's sweep as Ctrl-C does (SIGINT): also one started as a shell's background job or
     # from cron, which comes in with SIGINT ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    with engine.study_lock(spec.storage_path, spec.study):
+    kept = record.Kept(folder, spec.study) if folder is not None else contextlib.nullcontext(None)
+    with kept as keep, engine.study_lock(spec.storage_path, spec.study):
         sweep = engine.Sweep(spec, slot_list)
         stopped: LabError | None = None  # the budget guard's stop, raised once the summary is out
+        changed = keep or (lambda: None)  # the record (`lab sweep logs`, `lab sweeps`) follows the sweep
         try:
             progress = sweep.open()
             started = time.monotonic()
+            if keep is not None:
+                keep.follow(sweep)
 
             def view() -> object:
                 state = service.snapshot(sweep, started, name=spec.study, status="running")
@@ -204,13 +230,13 @@ def _sweep(spec: SweepSpec, slot_list: list, as_json: bool, budget: Watch | None
             if progress.planned == 0:
                 err().print(f"nothing to do: study {spec.study!r} already has {progress.already} finished trials")
             elif as_json:
-                sweep.run()
+                sweep.run(on_change=changed)
             else:
-                from rich.live import Live
+                from toolkit.console import live as live_view
 
-                with Live(view(), console=err(), refresh_per_second=4, transient=False) as live:
+                with live_view(view(), console=err(), refresh_per_second=4, transient=False) as live:
                     try:
-                        sweep.run(on_change=lambda: live.update(view()))
+                        sweep.run(on_change=lambda: (changed(), live.update(view())))
                     except KeyboardInterrupt:
                         guard = budget.look() if budget is not None else None
                         if guard is not None and guard.state == STOP:  # the local guard's `lab down` stopped it
@@ -218,9 +244,9 @@ def _sweep(spec: SweepSpec, slot_list: list, as_json: bool, budget: Watch | None
                         else:
                             err().print(f"{_stopped_line(progress)}; run the same command again to resume")
                         raise
-                if not err().is_terminal:
-                    err().line()  # the live view's last line is not ended where stderr is no terminal
             if budget is not None and budget.fired:
+                if keep is not None:
+                    keep.stopped(f"the budget guard stopped the lab: {budget.fired.get('reason', '?')}")
                 stopped = LabError(
                     f"the budget guard stopped the lab: {budget.fired.get('reason', '?')}; {_stopped_line(progress)}",
                     hint="`lab up --budget USD` gives this period more; then the same command resumes the sweep",

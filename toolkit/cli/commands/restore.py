@@ -43,10 +43,12 @@ def restore(
 
 def _moment(text: str) -> dt.datetime:
     """--at TIME: ISO 8601 (2026-12-01T09:30:00Z, 2026-12-01 09:30); a time without a zone is UTC."""
-    from toolkit.errors import LabError
+    from toolkit.errors import EXIT_USAGE, LabError
 
     try:
         moment = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
-        raise LabError(f"--at {text!r} is not a time", hint="give it as 2026-12-01T09:30:00Z") from None
+        raise LabError(
+            f"--at {text!r} is not a time", hint="give it as 2026-12-01T09:30:00Z", code=EXIT_USAGE
+        ) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)

@@ -26,10 +26,11 @@ def logs(
 ) -> None:
     """Print a sweep's log (trials started and ended, and why), or one trial's output; --follow goes on."""
     from toolkit import labs
-    from toolkit.sweeps import service
+    from toolkit.sweeps import hosting, service
 
     service.check_name(name)
-    host = labs.open_lab(stack_name, local=local, target=options.target_name(target)).sweep_host()
+    lab = labs.open_lab(stack_name, local=local, target=options.target_name(target))
+    host = hosting.holding(lab.sweep_hosts(), name)  # a detached sweep's record, or a terminal's here
     argv = host.command("logs", "--name", name, *(["--trial", str(trial)] if trial is not None else []))
     process = subprocess.Popen([*argv, *(["--follow"] if follow else [])], stderr=subprocess.PIPE)
     assert process.stderr is not None  # noqa: S101

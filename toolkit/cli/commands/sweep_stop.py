@@ -21,10 +21,11 @@ def stop(
     """Stop a running sweep as Ctrl-C does: its running trials are stopped, marked interrupted and their parameters
     queued; the same `lab dispatch` resumes it."""
     from toolkit import labs
-    from toolkit.sweeps import service
+    from toolkit.sweeps import hosting, service
 
     service.check_name(name)
-    host = labs.open_lab(stack_name, local=local, target=options.target_name(target)).sweep_host()
+    lab = labs.open_lab(stack_name, local=local, target=options.target_name(target))
+    host = hosting.holding(lab.sweep_hosts(), name)  # a detached sweep's record, or a terminal's here
     stopped = host.stop(name, lambda line: err().print(line))
     state = host.state(name) if stopped else None
     if as_json:

@@ -10,6 +10,7 @@ import typer
 
 from toolkit.cli import options
 from toolkit.console import err, out
+from toolkit.console import live as live_view
 from toolkit.errors import LabError
 
 
@@ -22,19 +23,18 @@ def watch(
 ) -> None:
     """Watch a sweep live: slots, running trials and their time, done and failed counts, the best so far, each
     worker's GPUs. Ctrl-C stops watching; the sweep goes on (`lab sweep stop` stops it)."""
-    from rich.live import Live
-
     from toolkit import labs
     from toolkit.cli import sweep_view
-    from toolkit.sweeps import service
+    from toolkit.sweeps import hosting, service
 
     service.check_name(name)
-    host = labs.open_lab(stack_name, local=local, target=options.target_name(target)).sweep_host()
+    lab = labs.open_lab(stack_name, local=local, target=options.target_name(target))
+    host = hosting.holding(lab.sweep_hosts(), name)  # a detached sweep's record, or a terminal's here
     process = subprocess.Popen(host.command("watch", "--name", name), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert process.stdout is not None and process.stderr is not None  # noqa: S101
     state: dict = {}
     try:
-        with Live(console=out(), refresh_per_second=4, transient=False, auto_refresh=not as_json) as live:
+        with live_view(console=out(), refresh_per_second=4, transient=False, auto_refresh=not as_json) as live:
             for line in process.stdout:
                 state = json.loads(line) or {}
                 if as_json:
@@ -51,7 +51,5 @@ def watch(
     if process.wait() != 0:
         said = process.stderr.read().decode(errors="replace").strip().splitlines()
         raise LabError(said[-1].removeprefix("error: ") if said else f"cannot watch sweep {name!r} {host.where}")
-    if not out().is_terminal:
-        out().line()
     if state.get("status") == "failed":
         raise LabError(f"sweep {name!r} failed: {state.get('error', '?')}", hint=f"`lab sweep logs {name}`")

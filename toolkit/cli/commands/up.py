@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from toolkit.cli import options
 from toolkit.config import schema
 from toolkit.tracker import dashboard
+
+if TYPE_CHECKING:
+    from toolkit.console import Ui
+    from toolkit.labs.base import Lab, Report, UpRequest
 
 DEFAULT_JUPYTER_PORT = 8888
 
@@ -35,7 +39,13 @@ def up(
     no_jupyter: Annotated[bool, typer.Option("--no-jupyter", help="Start the tracker only.")] = False,
     yes: options.Yes = False,
     preview: Annotated[
-        bool, typer.Option("--preview", help="gcp: show what would change and the cost per hour, then stop.")
+        bool,
+        typer.Option(
+            "--preview",
+            help="Show what `up` would do and change nothing: local, the services and their ports; ssh, the hosts "
+            "it would configure (none is reached); gcp, what Pulumi would change and the cost per hour. A budget "
+            "refusal is shown as what `up` would do (exit 0).",
+        ),
     ] = False,
     fallback_on_demand: Annotated[
         bool,
@@ -75,22 +85,38 @@ def up(
         fallback_on_demand=fallback_on_demand,
         dashboard_port=dashboard_port,
     )
-    if not preview:
-        with contextlib.suppress(LabError):  # ssh, gcp: the tracker's guard stopped the lab (a lab down: nothing)
-            ledger.sync(lab)
-    kept = None if preview else ledger.before_up(lab.settings, budget)  # refused here when the budget is spent
-    if kept is not None:
-        ledger.after_up(lab.settings, kept)  # before the guard starts with the lab: it reads this period
+    if preview:
+        show(_preview(lab, request, ui, budget), as_json)
+        return
+    with contextlib.suppress(LabError):  # ssh, gcp: the tracker's guard stopped the lab (a lab down: nothing)
+        ledger.sync(lab)
+    kept = ledger.before_up(lab.settings, budget)  # refused here when the budget is spent
+    ledger.after_up(lab.settings, kept)  # before the guard starts with the lab: it reads this period
     report = lab.up(request, ui)
-    if kept is not None:  # also without limits: a guard handed none stops nothing
-        try:
-            lab.hand_budget(
-                tracker.handed(Limits.of(lab.settings), kept, uptime.periods(lab.stack), lab.budget_workers())
-            )
-        except LabError as exc:
-            report.lines.append(f"warning: the budget guard was not handed the budget: {exc.one_line()}")
-    if kept is not None and Limits.of(lab.settings).any:
+    try:  # also without limits: a guard handed none stops nothing
+        lab.hand_budget(tracker.handed(Limits.of(lab.settings), kept, uptime.periods(lab.stack), lab.budget_workers()))
+    except LabError as exc:
+        report.lines.append(f"warning: the budget guard was not handed the budget: {exc.one_line()}")
+    if Limits.of(lab.settings).any:
         found = ledger.verdict(lab.settings)
         report.document["budget"] = found.as_dict()
         report.lines.append(found.line())
     show(report, as_json)
+
+
+def _preview(lab: Lab, request: UpRequest, ui: Ui, budget: float | None) -> Report:
+    """`lab up --preview`: what `up` would do, changing nothing (the lab's own preview); the refusal `up` would give
+    for the budget is part of it (`refused`), and the preview still exits 0."""
+    from toolkit.budget import ledger
+    from toolkit.errors import LabError
+
+    try:
+        ledger.before_up(lab.settings, budget)  # reads the records, writes nothing
+        refusal = None
+    except LabError as exc:
+        refusal = exc.one_line()
+    report = lab.up(request, ui)
+    report.document["refused"] = refusal
+    if refusal:
+        report.lines.append(f"`lab up` would refuse: {refusal}")
+    return report
