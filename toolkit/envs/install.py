@@ -11,8 +11,10 @@ environment are serialized by a lock.
 
 uv runs with an allow-listed environment (toolkit.environment.for_installs: not the caller's secrets, which an
 sdist's build script would see) and copies packages out of its cache (UV_LINK_MODE=copy): a hardlink would share
-one file between the cache and every environment made from it, so an edit in one would reach the next. With --imports, the notebook's modules are then imported in the venv (toolkit.envs.imports):
-one it lacks, or one whose import fails, is an error. Prints one JSON line: hash, kernel, python, path, installed
+one file between the cache and every environment made from it, so an edit in one would reach the next.
+
+With --imports, the notebook's modules are then imported in the venv (toolkit.envs.imports), with a kernel's
+environment: one it lacks, or one whose import fails, is an error. Prints one JSON line: hash, kernel, python, path, installed
 (false when it was there), seconds; or `{"error": ..., "hint": ...}` (one line: what, and uv's reason) with exit 1.
 
 ROOT: --root, else the worker's `envs_dir` (/etc/lab/worker.json), else $LAB_HOME/envs. uv's cache: --cache,

@@ -65,7 +65,7 @@ def _listed(site: Path, record: Path, root: Path) -> set[Path]:
 def _file_hash(path: Path) -> str:
     """sha256 of a file's content; `missing` when it is gone, `link:TARGET` for a symlink (never followed)."""
     if path.is_symlink():
-        return f"link:{os.readlink(path)}"
+        return f"link:{path.readlink()}"
     if not path.is_file():
         return "missing"
     hashed = hashlib.sha256()
