@@ -15,7 +15,8 @@ one file between the cache and every environment made from it, so an edit in one
 
 With --imports, the notebook's modules are then imported in the venv (toolkit.envs.imports), with a kernel's
 environment: one it lacks, or one whose import fails, is an error. Prints one JSON line: hash, kernel, python,
-path, installed (false when it was there), seconds; or `{"error": ..., "hint": ...}` (one line: what, and uv's reason) with exit 1.
+path, installed (false when it was there), seconds; or `{"error": ..., "hint": ...}` (one line: what, and uv's
+reason) with exit 1.
 
 ROOT: --root, else the worker's `envs_dir` (/etc/lab/worker.json), else $LAB_HOME/envs. uv's cache: --cache,
 else the worker's `envs_cache`, else uv's own (UV_CACHE_DIR or ~/.cache/uv); kept across `up`s either way.
