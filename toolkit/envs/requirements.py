@@ -103,7 +103,7 @@ def _check_option(line: str) -> None:
         return
     if name == "--trusted-host":
         raise Refused("turns off TLS checks for a host", "remove it: indexes are fetched over https:// only")
-    if name in FLAGS and not value or name in VALUED and value:
+    if (name in FLAGS and not value) or (name in VALUED and value):
         return
     raise Refused(f"is an option lab does not pass to uv ({name})", "name packages, index URLs and binary options only")
 
