@@ -205,3 +205,23 @@ def test_only_requests_to_the_labs_own_names_are_served(tmp_path):
         assert studies(f"http://127.0.0.1:{port}") == ["kept"]
     finally:
         stop(served)
+
+
+def test_mlflows_own_host_check_stays_on_whatever_the_callers_shell_says(monkeypatch):
+    """MLflow (>= 3.5, the tracker pins 3.17.2) refuses a Host that is not localhost or a private address
+    (mlflow/server/security_utils.py); lab never sets MLFLOW_SERVER_ALLOWED_HOSTS and drops a caller's
+    switch that would turn the check off before it starts the local lab's MLflow."""
+    security = pytest.importorskip("mlflow.server.security")
+    from toolkit.tracker import db
+
+    monkeypatch.setenv("MLFLOW_SERVER_DISABLE_SECURITY_MIDDLEWARE", "true")
+    monkeypatch.setenv("MLFLOW_SERVER_ALLOWED_HOSTS", "*")
+    env = db.server_env()
+    assert not set(db.HOST_CHECK_OFF) & set(env)
+    for name in db.HOST_CHECK_OFF:
+        monkeypatch.delenv(name)
+    allowed = security.get_allowed_hosts()
+    assert not security.is_allowed_host_header(allowed, "evil.example:5000")
+    assert all(
+        security.is_allowed_host_header(allowed, h) for h in ("127.0.0.1:5000", "localhost:5000", "10.0.0.2:5000")
+    )
