@@ -18,6 +18,15 @@ PASSPHRASE, CREDENTIAL, ..._KEY) is left out all the same: MLFLOW_TRACKING_TOKEN
 Only the tracker (MLflow, which writes the artifacts to the bucket) also gets the bucket's credentials
 (GOOGLE_APPLICATION_CREDENTIALS, CLOUDSDK_CONFIG, the project, STORAGE_EMULATOR_HOST); kernels log artifacts
 through MLflow's proxy and need none.
+
+Installs of an experiment's environment (uv, and the build scripts of the sdists it builds, which are as untrusted
+as notebook code) get the same allow-list plus uv's own settings (`for_installs`, INSTALLS): where its cache is, the
+indexes the user set for uv (UV_INDEX_URL, UV_DEFAULT_INDEX, UV_INDEX, UV_EXTRA_INDEX_URL, UV_FIND_LINKS,
+UV_NO_INDEX, UV_OFFLINE, UV_INDEX_STRATEGY, UV_KEYRING_PROVIDER), its TLS (UV_NATIVE_TLS, UV_SYSTEM_CERTS), timeouts
+and concurrency, its config file. uv does not read PIP_INDEX_URL: set UV_INDEX_URL (or uv.toml). An index's password
+in a variable (UV_INDEX_<NAME>_PASSWORD) is left out like every secret: put it in a keyring (UV_KEYRING_PROVIDER) or
+name it in LAB_PASS_ENV. What the caller's files hold (~/.netrc, ~/.config) is not the environment: a build script
+can read those as the user can.
 """
 
 from __future__ import annotations
@@ -75,6 +84,30 @@ BUCKET = (
     "CLOUDSDK_CONFIG",
     "STORAGE_EMULATOR_HOST",
 )
+# uv's own settings, for the installs of experiments' environments (toolkit.envs.install); none holds a secret.
+INSTALLS = frozenset(
+    {
+        "UV_CACHE_DIR",
+        "UV_INDEX_URL",
+        "UV_DEFAULT_INDEX",
+        "UV_INDEX",
+        "UV_EXTRA_INDEX_URL",
+        "UV_FIND_LINKS",
+        "UV_NO_INDEX",
+        "UV_OFFLINE",
+        "UV_INDEX_STRATEGY",
+        "UV_KEYRING_PROVIDER",
+        "UV_NATIVE_TLS",
+        "UV_SYSTEM_CERTS",
+        "UV_HTTP_TIMEOUT",
+        "UV_HTTP_RETRIES",
+        "UV_CONCURRENT_DOWNLOADS",
+        "UV_CONCURRENT_BUILDS",
+        "UV_CONCURRENT_INSTALLS",
+        "UV_CONFIG_FILE",
+        "UV_NO_CONFIG",
+    }
+)
 PASS_ENV = "LAB_PASS_ENV"  # noqa: S105 -- the name of a variable: the user's own additions, by name
 
 
@@ -106,4 +139,13 @@ def for_kernels(*layers: Mapping[str, str], source: Mapping[str, str] | None = N
     env = passed(source)
     for layer in layers:
         env.update(layer)
+    return env
+
+
+def for_installs(source: Mapping[str, str] | None = None) -> dict[str, str]:
+    """uv installing an experiment's environment, and the build scripts it runs: the allow-list and uv's own
+    settings (INSTALLS), never the caller's secrets."""
+    source = os.environ if source is None else source
+    env = passed(source)
+    env.update({name: source[name] for name in INSTALLS if name in source})
     return env

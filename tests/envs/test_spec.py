@@ -69,15 +69,60 @@ def test_the_notebooks_folder_wins_over_the_stack_and_the_stack_serves_the_rest(
         spec.find(bare, write(tmp_path / "empty"))
 
 
-def test_lines_naming_files_on_this_machine_are_refused(tmp_path):
-    for line in ("-r other.txt", "-e .", "./wheels/x.whl", "--constraint c.txt"):
-        folder = write(tmp_path / str(abs(hash(line))), requirements=f"termcolor\n{line}\n")
-        with pytest.raises(LabError, match=r"requirements.txt:2: .* names a file on this machine"):
-            spec.find(folder)
-    ok = write(
-        tmp_path / "ok", requirements="--extra-index-url https://example.org/simple\ntermcolor  # pinned later\n"
+REFUSED = [
+    ("-r other.txt", "names a file on this machine, which a worker does not have"),
+    ("-e .", "names a file on this machine"),
+    ("--constraint c.txt", "names a file on this machine"),
+    ("./wheels/x.whl", "names a file on this machine"),
+    ("wheels/x-1.0-py3-none-any.whl", "names a file on this machine"),
+    ("pkg @ file:///home/me/pkg", "names a file on this machine"),
+    ("file:///home/me/pkg", "names a file on this machine"),
+    ("--find-links /home/me/wheels", "names a file on this machine"),
+    ("-f file:///home/me/wheels", "names a file on this machine"),
+    ("--find-links http://example.org/wheels", "fetches code over plain http, which anyone on the way can change"),
+    ("--index-url http://example.org/simple", "fetches code over plain http"),
+    ("-i http://example.org/simple", "fetches code over plain http"),
+    ("pkg @ git+ssh://git@github.com/me/pkg.git", "fetches code with the host's own SSH keys"),
+    ("git+ssh://git@github.com/me/pkg.git#egg=pkg", "fetches code with the host's own SSH keys"),
+    ("pkg @ git+http://example.org/pkg.git", "fetches code over plain http"),
+    ("--extra-index-url https://user:secret@example.org/simple", "holds a user or password"),
+    ("--trusted-host example.org", "turns off TLS checks for a host"),
+    ("--index-url git+https://example.org/simple", "fetches from a git+https: URL, which lab does not fetch from"),
+    ("pkg --global-option=--evil", "passes --global-option to a requirement"),
+    ("--config-settings x=y", "is an option lab does not pass to uv (--config-settings)"),
+]
+
+
+@pytest.mark.parametrize(("line", "why"), REFUSED)
+def test_each_form_lab_does_not_install_is_refused_naming_its_line(tmp_path, line, why):
+    """Local paths, plain http, SSH-keyed fetches, credentials in URLs, TLS off, unknown options: the file's line,
+    what it is and why, and what to do, in one line; before any install, and again on the host that decodes it."""
+    folder = write(tmp_path / "exp", requirements=f"# the experiment's packages\ntermcolor==2.4.0\n{line}  # why not\n")
+    with pytest.raises(LabError) as refused:
+        spec.find(folder)
+    message = refused.value.one_line()
+    assert message.startswith(f"{folder / 'requirements.txt'}:3: {line!r} {why}"), message
+    assert "\n" not in message and refused.value.hint
+    crafted = spec.Spec(spec.KIND_REQUIREMENTS, {"requirements.txt": f"{line}\n"}, "sent")
+    with pytest.raises(LabError, match=r"^sent:1: "):
+        spec.decode(spec.encode(crafted), "sent")
+
+
+def test_packages_and_https_indexes_pass(tmp_path):
+    text = (
+        "--index-url https://pypi.org/simple\n"
+        "--extra-index-url https://download.pytorch.org/whl/cu121  # torch's own\n"
+        "-f https://data.pyg.org/whl/torch-2.4.0+cu121.html\n"
+        "--only-binary :all:\n"
+        "--pre\n"
+        "termcolor\n"
+        "numpy>=1.26,<3 ; python_version >= '3.10'\n"
+        "torch[opt]==2.4.0 \\\n    --hash=sha256:0123\n"
+        "pkg @ https://example.org/pkg-1.0-py3-none-any.whl\n"
+        "tool @ git+https://github.com/me/tool.git@v1.2\n"
     )
-    assert spec.find(ok) is not None
+    found = spec.find(write(tmp_path / "ok", requirements=text))
+    assert found is not None and spec.decode(spec.encode(found)).files == found.files
 
 
 def test_the_spec_travels_as_one_argument_and_comes_back_the_same(tmp_path):

@@ -4,6 +4,7 @@ of the proxy. Real processes on free ports; the unit's own checks run on VM-like
 
 from __future__ import annotations
 
+import http.client
 import json
 import subprocess
 import sys
@@ -163,3 +164,64 @@ def test_a_storage_it_cannot_read_is_one_line_and_exit_1(url, message, capsys):
     assert refused.value.one_line() == message
     assert dashboard.main(["--storage", url, "--port", str(free_port())]) == 1
     assert capsys.readouterr().err.strip() == f"error: {message}"
+
+
+def request(port: int, method: str, path: str, host: str, origin: str | None = None) -> int:
+    """The status of one request to 127.0.0.1:`port` with the Host (and Origin) given, as a browser sends them."""
+    headers = {"Host": host, "Content-Type": "application/json"}
+    if origin is not None:
+        headers["Origin"] = origin
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request(method, path, body=b"{}" if method == "POST" else None, headers=headers)
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def test_only_requests_to_the_labs_own_names_are_served(tmp_path):
+    """A page that rebinds its name to 127.0.0.1 sends `Host: evil.example`: refused (403) and the study is still
+    there; `Host: 127.0.0.1:PORT`, `localhost`, `[::1]` (and through `lab tunnel`, 127.0.0.1 on another port) work.
+    The local lab's launcher, over its sqlite storage; the tracker's unit runs the same one over the proxy."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage_url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    for name in ("kept", "deleted"):
+        optuna.create_study(study_name=name, storage=storage_url).optimize(lambda t: t.suggest_float("x", 0, 1), 1)
+    port = free_port()
+    served = start(dashboard.argv(storage_url, "127.0.0.1", port), tmp_path / "dashboard.log")
+    try:
+        assert wait_for(lambda: studies(f"http://127.0.0.1:{port}")) == ["kept", "deleted"]
+        for host in ("evil.example", f"evil.example:{port}", f"127.0.0.1.evil.example:{port}", ""):
+            assert request(port, "DELETE", "/api/studies/1", host) == 403, host
+            assert request(port, "POST", "/api/trials/1/tell", host) == 403, host
+            assert request(port, "GET", dashboard.HEALTH_PATH, host) == 403, host
+        rebound = f"http://evil.example:{port}"
+        assert request(port, "DELETE", "/api/studies/1", f"127.0.0.1:{port}", origin=rebound) == 403
+        assert studies(f"http://127.0.0.1:{port}") == ["kept", "deleted"]
+
+        for host in (f"localhost:{port}", "[::1]:9999", "127.0.0.1:18080"):
+            assert request(port, "GET", dashboard.HEALTH_PATH, host) == 200, host
+        assert request(port, "DELETE", "/api/studies/2", f"127.0.0.1:{port}", origin=f"http://127.0.0.1:{port}") == 204
+        assert studies(f"http://127.0.0.1:{port}") == ["kept"]
+    finally:
+        stop(served)
+
+
+def test_mlflows_own_host_check_stays_on_whatever_the_callers_shell_says(monkeypatch):
+    """MLflow (>= 3.5, the tracker pins 3.17.2) refuses a Host that is not localhost or a private address
+    (mlflow/server/security_utils.py); lab never sets MLFLOW_SERVER_ALLOWED_HOSTS and drops a caller's
+    switch that would turn the check off before it starts the local lab's MLflow."""
+    security = pytest.importorskip("mlflow.server.security")
+    from toolkit.tracker import db
+
+    monkeypatch.setenv("MLFLOW_SERVER_DISABLE_SECURITY_MIDDLEWARE", "true")
+    monkeypatch.setenv("MLFLOW_SERVER_ALLOWED_HOSTS", "*")
+    env = db.server_env()
+    assert not set(db.HOST_CHECK_OFF) & set(env)
+    for name in db.HOST_CHECK_OFF:
+        monkeypatch.delenv(name)
+    allowed = security.get_allowed_hosts()
+    assert not security.is_allowed_host_header(allowed, "evil.example:5000")
+    assert all(
+        security.is_allowed_host_header(allowed, h) for h in ("127.0.0.1:5000", "localhost:5000", "10.0.0.2:5000")
+    )

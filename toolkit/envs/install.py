@@ -5,10 +5,18 @@ the spec (a requirements.txt: `uv pip install -r`; a pyproject.toml with its uv.
 what a trial's kernel needs (ipykernel, mlflow-skinny at the lab's version, the lab's toolkit on its path), with a
 Jupyter kernel `lab-env-<hash12>` in the user's Jupyter folder. The venv is layered on the lab's kernel: the lab's
 Python's site-packages come after the venv's own on its path, so what the lab's kernel has stays importable and
-what the spec installs wins. A venv already there and verified is not installed again; installs of one environment
-are serialized by a lock. With --imports, the notebook's modules are then imported in the venv (toolkit.envs.imports):
-one it lacks, or one whose import fails, is an error. Prints one JSON line: hash, kernel, python, path, installed
-(false when it was there), seconds; or `{"error": ..., "hint": ...}` (one line: what, and uv's reason) with exit 1.
+what the spec installs wins. A venv already there and verified (its marker's digest of its files still matches,
+toolkit.envs.integrity) is not installed again; one whose files changed since is installed anew. Installs of one
+environment are serialized by a lock.
+
+uv runs with an allow-listed environment (toolkit.environment.for_installs: not the caller's secrets, which an
+sdist's build script would see) and copies packages out of its cache (UV_LINK_MODE=copy): a hardlink would share
+one file between the cache and every environment made from it, so an edit in one would reach the next.
+
+With --imports, the notebook's modules are then imported in the venv (toolkit.envs.imports), with a kernel's
+environment: one it lacks, or one whose import fails, is an error. Prints one JSON line: hash, kernel, python,
+path, installed (false when it was there), seconds; or `{"error": ..., "hint": ...}` (one line: what, and uv's
+reason) with exit 1.
 
 ROOT: --root, else the worker's `envs_dir` (/etc/lab/worker.json), else $LAB_HOME/envs. uv's cache: --cache,
 else the worker's `envs_cache`, else uv's own (UV_CACHE_DIR or ~/.cache/uv); kept across `up`s either way.
@@ -30,8 +38,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit import proc
+from toolkit import environment, proc
 from toolkit.envs import imports as notebook_imports
+from toolkit.envs import integrity
 from toolkit.envs import spec as envspec
 from toolkit.errors import LabError
 
@@ -116,7 +125,10 @@ def defaults() -> tuple[Path, Path | None]:
 
 
 def uv_env(cache: Path | None) -> dict[str, str]:
-    env = {**os.environ, "NO_COLOR": "1", "UV_NO_PROGRESS": "1", "UV_PYTHON_DOWNLOADS": "never"}
+    """uv's environment: the allow-list (toolkit.environment.for_installs), never the caller's whole shell, and
+    packages copied out of the cache, never hardlinked into the environment."""
+    env = {**environment.for_installs(), "NO_COLOR": "1", "UV_NO_PROGRESS": "1", "UV_PYTHON_DOWNLOADS": "never"}
+    env["UV_LINK_MODE"] = "copy"
     env.setdefault("UV_SYSTEM_CERTS", "1")  # the host's CA store, as Debian's pip uses it
     env.pop("VIRTUAL_ENV", None)
     env.pop("UV_PROJECT_ENVIRONMENT", None)
@@ -168,15 +180,23 @@ def venv_python(folder: Path) -> Path:
 
 
 def _verified(folder: Path, digest: str) -> bool:
-    """Whether the environment is there, complete (its marker is written last) and imports the kernel's modules."""
+    """Whether the environment is there, complete (its marker is written last), made of the files it was installed
+    with (toolkit.envs.integrity) and imports the kernel's modules."""
     marker = folder / MARKER
     if not marker.is_file() or not venv_python(folder).exists():
         return False
-    with contextlib.suppress(ValueError, OSError):
-        if json.loads(marker.read_text()).get("hash") != digest:
-            return False
+    try:
+        written = json.loads(marker.read_text())
+    except (ValueError, OSError):
+        return False
+    if not isinstance(written, dict) or written.get("hash") != digest:
+        return False
+    if written.get("files") != integrity.digest(folder / "venv"):
+        return False  # changed since it was installed (a trial's code can write there): installed anew
     probe = "import importlib.util, sys; sys.exit(any(importlib.util.find_spec(m) is None for m in sys.argv[1:]))"
-    ran = proc.run([venv_python(folder), "-c", probe, *KERNEL_MODULES], check=False, timeout=60)
+    ran = proc.run(
+        [venv_python(folder), "-c", probe, *KERNEL_MODULES], check=False, timeout=60, env=environment.for_kernels()
+    )
     return ran.returncode == 0
 
 
@@ -218,7 +238,8 @@ def _uv(spec: envspec.Spec, argv: Sequence[str | Path], env: dict[str, str]) -> 
 
 
 def _site_packages(folder: Path) -> str:
-    ran = proc.run([venv_python(folder), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], timeout=60)
+    code = "import sysconfig; print(sysconfig.get_path('purelib'))"
+    ran = proc.run([venv_python(folder), "-c", code], timeout=60, env=environment.for_kernels())
     return ran.stdout.strip()
 
 
@@ -247,7 +268,9 @@ def _finish(folder: Path, digest: str, installed: bool) -> None:
     }
     _write(kernels / "kernel.json", json.dumps(kernel, indent=1) + "\n")
     if installed:
-        _write(folder / MARKER, json.dumps({"hash": digest, "python": python_version(), "made": time.time()}) + "\n")
+        files = integrity.digest(folder / "venv")
+        marker = {"hash": digest, "python": python_version(), "made": time.time(), "files": files}
+        _write(folder / MARKER, json.dumps(marker) + "\n")
 
 
 def lab_site_dirs() -> list[str]:
@@ -266,7 +289,10 @@ def check_imports(spec: envspec.Spec, folder: Path, modules: Sequence[str]) -> N
     if not modules:
         return
     ran = proc.run(
-        [venv_python(folder), "-c", notebook_imports.PROBE, *modules], check=False, timeout=IMPORTS_TIMEOUT_S
+        [venv_python(folder), "-c", notebook_imports.PROBE, *modules],
+        check=False,
+        timeout=IMPORTS_TIMEOUT_S,
+        env=environment.for_kernels(),  # the packages' import-time code: as untrusted as a trial's
     )
     answer: dict = {}
     for line in reversed(ran.stdout.strip().splitlines()):

@@ -10,11 +10,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from toolkit.envs import requirements
 from toolkit.errors import LabError
 
 REQUIREMENTS = "requirements.txt"
@@ -24,8 +24,6 @@ KIND_REQUIREMENTS = "requirements"
 KIND_LOCK = "uv.lock"
 HASH_FORMAT = 1  # bump when what goes into the hash changes
 MAX_ENCODED = 100_000  # one command-line argument (Linux allows 128 KiB); a lock compresses about 8x
-# Lines of a requirements.txt that name files on this machine: they do not travel to a worker.
-_LOCAL_LINE = re.compile(r"^\s*(-r|--requirement|-c|--constraint|-e|--editable)\b|^\s*(\.|/|~|file:)")
 
 
 @dataclass(frozen=True)
@@ -97,12 +95,7 @@ def _has_dependencies(pyproject: str) -> bool:
 
 def _requirements(path: Path) -> Spec:
     text = _read(path)
-    for number, line in enumerate(text.splitlines(), 1):
-        if _LOCAL_LINE.match(line.split(" #")[0]):
-            raise LabError(
-                f"{path}:{number}: {line.strip()!r} names a file on this machine, which a worker does not have",
-                hint="name packages (pinned: name==version) or index options only",
-            )
+    requirements.check(text, str(path))  # packages and https indexes only (toolkit.envs.requirements)
     return Spec(KIND_REQUIREMENTS, {REQUIREMENTS: text}, str(path))
 
 
@@ -149,4 +142,6 @@ def decode(text: str, source: str = "the sweep") -> Spec:
     allowed = {REQUIREMENTS} if kind == KIND_REQUIREMENTS else {PYPROJECT, LOCK}
     if set(files) != allowed or not all(isinstance(v, str) for v in files.values()):
         raise LabError(f"an environment with files {sorted(files)}", hint=f"expected {sorted(allowed)}")
+    if kind == KIND_REQUIREMENTS:  # checked where it was read, and again on the host that installs it
+        requirements.check(str(files[REQUIREMENTS]), source)
     return Spec(kind, {str(k): str(v) for k, v in files.items()}, source)

@@ -6,7 +6,12 @@ Run as `python -m toolkit.tracker.dashboard --storage URL --host 127.0.0.1 --por
   as the tracker's proxy does instead of failing at once;
 - `grpc://HOST:PORT`: a tracker host's Optuna storage proxy (lab-optuna.service), the one process that opens
   optuna.db there. optuna-dashboard's own CLI takes only storage URLs (an RDB URL, a journal file or redis),
-  not the proxy, hence this small launcher around `optuna_dashboard.run_server`.
+  not the proxy, hence this small launcher around optuna-dashboard's WSGI app.
+
+optuna-dashboard has no authentication and would obey any Host (a page that rebinds its name to 127.0.0.1 could
+delete studies or `tell` trials): the launcher serves it behind toolkit.tracker.loopback, so only requests to
+127.0.0.1, localhost or [::1] (any port: `lab tunnel`'s local end) are answered; others get 403. The local lab and
+the tracker's unit (lab-optuna-dashboard.service) both run this launcher.
 """
 
 from __future__ import annotations
@@ -79,7 +84,12 @@ def main(args: Sequence[str] | None = None) -> int:
         f" (storage opened in {opened - started:.1f} s, dashboard loaded in {time.monotonic() - opened:.1f} s)",
         flush=True,
     )
-    optuna_dashboard.run_server(storage, host=options.host, port=options.port)
+    import bottle
+
+    from toolkit.tracker import loopback
+
+    # as optuna_dashboard.run_server serves it (bottle's wsgiref server), behind the Host check
+    bottle.run(loopback.guard(optuna_dashboard.wsgi(storage)), host=options.host, port=options.port)
     return 0
 
 

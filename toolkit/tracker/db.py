@@ -16,13 +16,19 @@ from toolkit.tracker import backups
 
 Say = Callable[[str], None]
 MLFLOW_DB = "mlflow.db"
+# What would turn MLflow's Host check off (mlflow.server.security: the defaults are localhost and private addresses)
+HOST_CHECK_OFF = ("MLFLOW_SERVER_DISABLE_SECURITY_MIDDLEWARE", "MLFLOW_SERVER_ALLOWED_HOSTS")
 SIDECARS = ("-wal", "-shm", "-journal")  # what SQLite keeps beside a DB: replayed or rolled back onto it
 
 
 def server_env() -> dict[str, str]:
     """The environment MLflow commands run with: the caller's allow-listed variables and the bucket's
-    credentials (`toolkit.environment`), job execution off (see offline-facts), unbuffered logs."""
+    credentials (`toolkit.environment`), job execution off (see offline-facts), unbuffered logs. MLflow's own
+    Host check (DNS rebinding: only localhost names and private IP addresses are served) stays on, whatever the
+    caller's shell says."""
     env = environment.for_tracker()
+    for name in HOST_CHECK_OFF:
+        env.pop(name, None)
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     env["PYTHONUNBUFFERED"] = "1"
     return env
