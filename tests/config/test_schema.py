@@ -117,6 +117,64 @@ def test_replica_urls_that_are_accepted():
         assert problems(replica=url) == [], url
 
 
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("file:///", "the root folder"),
+        ("file:///etc", "a system folder"),
+        ("file:///etc/lab", "a system folder"),
+        ("file:///usr/local/replica", "a system folder"),
+        ("file:///bin", "a system folder"),
+        ("file:///sbin", "a system folder"),
+        ("file:///lib64", "a system folder"),
+        ("file:///boot/r", "a system folder"),
+        ("file:///dev/shm/r", "a system folder"),
+        ("file:///proc", "a system folder"),
+        ("file:///sys/fs", "a system folder"),
+        ("file:///run/lab", "a system folder"),
+        ("file:///root/replica", "a system folder"),
+        ("file:///var", "a system folder"),
+        ("file:///var/lib/dpkg", "a system folder"),
+        ("file:///var/tmp", "a system folder"),
+        ("file:///home", "a system folder"),
+        ("file:///srv", "a system folder"),
+        ("file:///tmp", "a system folder"),
+        ("file:///opt", "a system folder"),
+        ("file:///home/alice", "a user's home folder"),
+        ("file://~", "a user's home folder"),
+        ("file:///home/alice/.ssh", "a user's SSH folder"),
+        ("file://~/.ssh/replica", "a user's SSH folder"),
+        ("file:///srv/lab", "the lab's own folder"),
+        ("file:///srv/lab/tracker", "the lab's own folder"),
+        ("file:///srv/lab/backups/r", "the lab's own folder"),
+        ("file:///opt/lab/venv", "the lab's own folder"),
+        ("file:///srv/r/../../etc", "'..'"),
+        ("file://~root/r", "'~user'"),
+    ],
+)
+def test_a_file_replica_in_a_system_or_lab_folder_is_refused(url, why):
+    """The role makes a file:// replica's folder the tracker user's (chown): never a folder the system, a user or
+    the lab itself needs (issue 26, finding 7)."""
+    found = problems(replica=url)
+    assert len(found) == 1 and found[0].startswith(f"lab:replica: {url!r} is ") and why in found[0], found
+    assert "\n" not in found[0] and "choose a folder of its own" in found[0]
+
+
+def test_a_file_replica_in_a_folder_of_its_own_is_accepted():
+    for url in (
+        "file:///srv/replica",
+        "file:///srv/lab/replica",
+        "file:///var/tmp/lab-replica",
+        "file:///data/replica",
+        "file:///home/alice/lab-replica",
+        "file://~/.lab/stacks/dev/replica",
+        "file:///tmp/pytest-of-me/r",
+        "file:///mnt/nas/replica",
+        "file:///replica",
+    ):
+        assert problems(replica=url) == [], url
+
+
 def test_every_problem_is_reported_not_just_the_first():
     found = problems(workers=-1, spot="maybe", workerz=2, allowedSshCidrs=["0.0.0.0/0"])
     assert len(found) == 4, found

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import toolkit.data as data
+from tests.data_sync.conftest import TOKEN
 from toolkit.data import fetch, serve
 from toolkit.data.store import FolderStore, push
 from toolkit.errors import LabError
@@ -45,7 +46,7 @@ def store(tmp_path: Path) -> FolderStore:
 
 
 @pytest.fixture
-def served(store: FolderStore):
+def served(store: FolderStore, token_file: Path):
     """The tracker's read-only dataset server over `store`, each request slowed a little and counted."""
     seen = {"now": 0, "most": 0, "ranges": 0}
     lock = threading.Lock()
@@ -63,7 +64,7 @@ def served(store: FolderStore):
                 with lock:
                     seen["now"] -= 1
 
-    httpd = serve.server(store.root, "127.0.0.1", 0, Counting)
+    httpd = serve.server(store.root, "127.0.0.1", 0, Counting, token=serve.read_token(token_file))
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}", seen
@@ -94,9 +95,15 @@ def test_the_server_is_read_only_and_serves_only_the_store(served, store):
 
     url, _ = served
     (store.root.parent / "secret.txt").write_text("no")
-    for path in ("/../secret.txt", "/toy/blobs/../../secret.txt", "/toy/blobs/abc", "/Toy/versions/"):
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(url + path)
+    for path in (
+        "/../secret.txt",
+        "/toy/blobs/../../secret.txt",
+        "/toy/blobs/abc",
+        "/Toy/versions/",
+        "/toy/versions/..json",
+    ):
+        with pytest.raises(urllib.error.HTTPError) as refused:  # with the stack's token: still only the store
+            urllib.request.urlopen(urllib.request.Request(url + path, headers={"Authorization": f"Bearer {TOKEN}"}))
         refused.value.close()
         assert refused.value.code in (400, 404)
     for method in ("PUT", "DELETE", "POST"):

@@ -150,8 +150,22 @@ def test_workers_get_the_stacks_datasets_at_configure_time(site):
 def test_only_the_workers_reach_the_trackers_dataset_server(site):
     worker = site.workers[0]
     url = f"http://{site.tracker.ip}:{PORT}/toy/versions/"
-    fetched = site.on(worker, f"python3 -c \"import urllib.request;print(urllib.request.urlopen('{url}').status)\"")
+    # only with the stack's token, which the role wrote for the worker's login user (0600)
+    mode = site.on(worker, "stat -c '%U %a' /etc/lab/datasets.token")
+    assert mode.stdout.split() == [USER, "600"], mode
+    ask = (
+        "import sys, urllib.error, urllib.request\n"
+        "token = open('/etc/lab/datasets.token').read().strip() if sys.argv[1:] else ''\n"
+        "headers = {'Authorization': 'Bearer ' + token} if token else {}\n"
+        "try:\n"
+        f"    print(urllib.request.urlopen(urllib.request.Request('{url}', headers=headers)).status)\n"
+        "except urllib.error.HTTPError as refused:\n"
+        "    print(refused.code)\n"
+    )
+    fetched = site.on(worker, f"python3 -c {shlex.quote(ask)} with-token")
     assert fetched.stdout.strip() == "200", fetched.stderr
+    anonymous = site.on(worker, f"python3 -c {shlex.quote(ask)}")
+    assert anonymous.stdout.strip() == "401", anonymous
     script = (
         "import urllib.error, urllib.request\n"
         "try:\n"

@@ -602,6 +602,57 @@ _S3_BOOLEAN_OPTIONS = frozenset(S3_REPLICA_OPTIONS[2:])
 _ENDPOINT = re.compile(r"^(https?://)?[A-Za-z0-9.-]+(:[0-9]{1,5})?/?$")
 
 
+# A file:// replica's folder becomes the tracker user's (lab_tracker: "Create the replica's folder on this host",
+# chown + 0750), so it must be a folder of its own: never one the system, a user's login, or the lab itself needs.
+# Trees refused with everything below them (FHS 3.0's system hierarchy; /var holds the package manager's and the
+# services' state, so only folders below /var/tmp, which survives reboots, are allowed there):
+_SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/root", "/run")
+_SYSTEM_TREES += ("/sbin", "/snap", "/sys", "/usr", "/var")
+# Folders refused themselves (what is below them may be a replica's own folder):
+_VAR_TMP = "/var/tmp"  # noqa: S108 -- a folder name checked against, not a file made
+_SYSTEM_FOLDERS = ("/home", "/mnt", "/media", "/opt", "/srv", "/tmp", _VAR_TMP, "/lost+found")  # noqa: S108
+# The lab's own folders on its hosts (role defaults: lab_tracker_data, lab_base_venv's /opt/lab), with the one a
+# replica may use: the role's default replica folder (lab_tracker_replica_dir).
+_LAB_TREES = ("/srv/lab", "/opt/lab")
+_LAB_REPLICA_DIR = "/srv/lab/replica"
+
+
+def _under(path: str, tree: str) -> bool:
+    return path == tree or path.startswith(tree.rstrip("/") + "/")
+
+
+def _replica_folder_problem(path: str) -> str | None:
+    """Why a file:// replica may not be `path` (absolute, or ~/...), or None."""
+    if path == "~" or path.startswith("~/"):
+        home, rest = "~", path[1:]
+    elif path.startswith("~"):
+        return "another user's home (write '~user'); name the folder as an absolute path"
+    else:
+        home, rest = "", path
+    parts = [p for p in rest.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        return "a path with '..'; name the folder itself"
+    full = "/" + "/".join(parts)
+    if home:
+        if not parts:
+            return "a user's home folder"
+        return "a user's SSH folder" if parts[0] == ".ssh" else None
+    if full == "/":
+        return "the root folder"
+    if _under(full, _LAB_REPLICA_DIR):
+        return None
+    if any(_under(full, tree) for tree in _LAB_TREES):
+        return "the lab's own folder (the tracker's data, the lab's venv)"
+    below_var_tmp = full.startswith(_VAR_TMP + "/")
+    if any(_under(full, tree) and not below_var_tmp for tree in _SYSTEM_TREES) or full in _SYSTEM_FOLDERS:
+        return "a system folder"
+    if len(parts) == 2 and parts[0] == "home":
+        return "a user's home folder"
+    if len(parts) >= 3 and parts[0] == "home" and parts[2] == ".ssh":
+        return "a user's SSH folder"
+    return None
+
+
 def _replica_problems(url: str) -> list[Problem]:
     key = "lab:replica"
     if url.startswith("sftp://"):
@@ -614,6 +665,14 @@ def _replica_problems(url: str) -> list[Problem]:
     host = where.split("/", 1)[0]
     if scheme == "file" and not where.startswith(("/", "~")):
         return [Problem(key, f"{url!r} needs an absolute folder, such as file:///srv/replica")]
+    if scheme == "file" and (why := _replica_folder_problem(where)):
+        return [
+            Problem(
+                key,
+                f"{url!r} is {why}: the tracker's replica folder becomes the tracker user's; choose a folder of its"
+                " own, such as file:///srv/replica",
+            )
+        ]
     if scheme != "file" and not host:
         return [Problem(key, f"{url!r} names no bucket or host")]
     if ":" in host.rpartition("@")[0]:

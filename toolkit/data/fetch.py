@@ -6,7 +6,12 @@
 - a folder (`/abs/path` or `file:///abs/path`): the local lab's `$LAB_HOME/datasets`, the tracker's own;
 - `gs://BUCKET/datasets`: the bucket (google-cloud-storage; on a worker its read-only service account);
 - `http://TRACKER:PORT`: the tracker's read-only dataset server (toolkit.data.serve), on the ssh target
-  without a bucket.
+  without a bucket. Every request carries the stack's dataset token (`Authorization: Bearer`, read from
+  `--token-file`, else `$LAB_DATASETS_TOKEN_FILE`, else /etc/lab/datasets.token, which the lab's roles write 0600).
+
+Nothing a store says is trusted: every version it lists is checked (toolkit.data.manifest.check_listed) and every
+manifest (Manifest.load: names, safe relative paths, sizes, sha256) before any of it becomes a path, the manifests
+cached on this host are checked again when read back, and no file is written past the size its manifest declares.
 
 How a sync goes, per dataset: the version is resolved (`NAME@VERSION`, or the newest by `pushed_at`); every file
 of its manifest already in place and verified is kept; the others are fetched in parallel into a partial file
@@ -37,12 +42,15 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from toolkit.data import STATE  # beside the datasets: partial files, what was verified, locks, manifests
-from toolkit.data.manifest import FileEntry, Manifest, parse_ref, parse_time
+from toolkit.data.manifest import Manifest, check_listed, parse_ref, parse_time
 from toolkit.errors import LabError
 
 THREADS = 16  # files fetched at once (small files are latency-bound: more in flight, more throughput)
 CHUNK = 1 << 20
 HTTP_TIMEOUT_S = 60.0
+TOKEN_FILE = Path("/etc/lab/datasets.token")  # the stack's dataset token (lab_tracker and lab_worker write it, 0600)
+TOKEN_ENV = "LAB_DATASETS_TOKEN_FILE"  # noqa: S105 -- the name of a variable naming a file
+DOCUMENT_LIMIT = 256 << 20  # the most a listing or a manifest may be (50,000 files' manifest: ~8 MB)
 
 
 # -- the store, read-only ------------------------------------------------------------------------------------------
@@ -128,9 +136,12 @@ class BucketSource:
 class HttpSource:
     """The tracker's dataset server (toolkit.data.serve): one kept-alive connection per thread."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, token_file: Path | None = None) -> None:
         parts = urlsplit(url)
         self.address = url.rstrip("/")
+        self.token_file = token_file or Path(os.environ.get(TOKEN_ENV, "").strip() or TOKEN_FILE)
+        token = _read_token(self.token_file)
+        self.auth = {"Authorization": f"Bearer {token}"} if token else {}
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
         self.base = parts.path.rstrip("/")
         self.local = threading.local()
@@ -146,7 +157,7 @@ class HttpSource:
                 self.local.connection = connection
                 self.opened.append(connection)
             try:
-                connection.request("GET", self.base + path, headers=headers or {})
+                connection.request("GET", self.base + path, headers={**self.auth, **(headers or {})})
                 response = connection.getresponse()
             except (ConnectionError, http.client.HTTPException, OSError):
                 connection.close()
@@ -157,6 +168,14 @@ class HttpSource:
             if response.status == 404:
                 response.read()
                 raise FileNotFoundError(path)
+            if response.status in (401, 403):
+                response.read()
+                held = "the token in" if self.auth else "no token at"
+                raise LabError(
+                    f"the dataset server {self.address} refused this host (HTTP {response.status}): {held}"
+                    f" {self.token_file} is not the stack's datasets token",
+                    hint="run `lab up` to write it again",
+                )
             if response.status not in (200, 206):
                 response.read()
                 raise OSError(f"{self.address}{path} answered HTTP {response.status}")
@@ -167,30 +186,49 @@ class HttpSource:
         for connection in self.opened:
             connection.close()
 
+    def _document(self, path: str) -> bytes:
+        data = self._get(path).read(DOCUMENT_LIMIT + 1)
+        if len(data) > DOCUMENT_LIMIT:
+            raise OSError(f"{self.address}{path} is larger than {DOCUMENT_LIMIT >> 20} MiB")
+        return bytes(data)
+
     def versions(self, name: str) -> dict[str, str]:
         try:
-            return dict(json.loads(self._get(f"/{name}/versions/").read()))
+            listed = json.loads(self._document(f"/{name}/versions/"))
         except FileNotFoundError:
             return {}
+        return listed  # type: ignore[no-any-return]  # checked by resolve (check_listed)
 
     def manifest(self, name: str, version: str) -> bytes:
-        return bytes(self._get(f"/{name}/versions/{version}.json").read())
+        return self._document(f"/{name}/versions/{version}.json")
 
     def blob(self, name: str, sha256: str, handle: Any, offset: int) -> None:
         response = self._get(f"/{name}/blobs/{sha256}", {"Range": f"bytes={offset}-"} if offset else None)
         if offset and response.status != 206:
             handle.seek(0)
             handle.truncate()
-        shutil.copyfileobj(response, handle, CHUNK)
+        try:
+            shutil.copyfileobj(response, handle, CHUNK)
+        except BaseException:  # a body left half read: this connection cannot carry another request
+            self.local.connection.close()
+            self.local.connection = None
+            raise
 
 
-def source(address: str) -> Source:
-    """The store at `address` (see the module's doc)."""
+def _read_token(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""  # the server's 401 says which file this host lacks
+
+
+def source(address: str, token_file: Path | None = None) -> Source:
+    """The store at `address` (see the module's doc); `token_file` holds the tracker server's token."""
     if address.startswith("gs://"):
         bucket, _, prefix = address[len("gs://") :].partition("/")
         return BucketSource(bucket, prefix or "datasets")
     if address.startswith(("http://", "https://")):
-        return HttpSource(address)
+        return HttpSource(address, token_file)
     path = Path(address[len("file://") :] if address.startswith("file://") else address)
     if not path.is_absolute():
         raise LabError(f"the dataset store {address!r} is not an absolute folder, gs:// or http:// address")
@@ -256,11 +294,12 @@ def resolve(store: Source, ref: str, cache: Path | None = None) -> Manifest:
     Manifests are cached under `cache` by version and tag (a version's manifest read once per change)."""
     name, version = parse_ref(ref)
     try:
-        versions = store.versions(name)
+        listed = store.versions(name)
     except LabError:
         raise
     except Exception as exc:
         raise LabError(f"cannot read the dataset store {store.address}: {_reason(exc)}") from None
+    versions = check_listed(listed, name, store.address)  # each becomes a folder and a file name here
     if not versions:
         raise LabError(f"dataset {name} is not in the store {store.address}", hint="push it with `lab data push`")
     if version is not None and version not in versions:
@@ -276,7 +315,7 @@ def _manifest(store: Source, name: str, version: str, tag: str, cache: Path | No
     if kept is not None:
         document = _read_json(kept)
         if isinstance(document, dict) and document.get("tag") == tag:
-            return _cached(document)
+            return _cached(document, name, version, kept)
     try:
         text = store.manifest(name, version)
     except Exception as exc:
@@ -290,11 +329,18 @@ def _manifest(store: Source, name: str, version: str, tag: str, cache: Path | No
     return manifest
 
 
-def _cached(document: dict[str, Any]) -> Manifest:
-    """A manifest this host checked when it read it from the store (Manifest.load), as it kept it."""
-    raw = document["manifest"]
-    files = tuple(FileEntry(path, size, sha256) for path, size, sha256 in raw["files"])
-    return Manifest(name=raw["name"], version=raw["version"], pushed_at=raw["pushed_at"], files=files)
+def _cached(document: dict[str, Any], name: str, version: str, kept: Path) -> Manifest:
+    """A manifest as this host kept it, checked again as one from the store (Manifest.from_dict): the cache is a
+    file on disk, and whatever wrote it there is not trusted with paths."""
+    where = f"the cached manifest {kept}"
+    hint = f"remove it (something other than a sync wrote it); the next sync reads {name}@{version} again"
+    try:
+        manifest = Manifest.from_rows(document.get("manifest"), where=where)
+    except LabError as exc:
+        raise LabError(exc.message, hint=hint) from None
+    if (manifest.name, manifest.version) != (name, version):
+        raise LabError(f"{where} describes {manifest.ref}", hint=hint)
+    return manifest
 
 
 def _reason(exc: BaseException) -> str:
@@ -325,6 +371,7 @@ class _Sync:
         self.folder = root / manifest.name / manifest.version
         self.partial = state_dir(root) / "partial" / manifest.name
         self.threads, self.progress = threads, progress
+        self.sizes = {entry.sha256: entry.size for entry in manifest.files}  # one size per blob (Manifest checks)
         self.record: dict[str, list[Any]] = {}
         self.lock = threading.Lock()
         self.fetched_files = self.fetched_bytes = 0
@@ -388,7 +435,7 @@ class _Sync:
     def _fetch(self, item: tuple[str, list[str]]) -> None:
         sha256, paths = item
         partial = self.partial / sha256
-        got = self._download(sha256, partial)
+        got = self._download(sha256, partial, paths[0])
         first = self.folder / paths[0]
         first.parent.mkdir(parents=True, exist_ok=True)
         for other in paths[1:]:  # the same bytes at several paths: fetched once
@@ -401,16 +448,29 @@ class _Sync:
             self.fetched_files += len(paths)
             self.fetched_bytes += got
 
-    def _download(self, sha256: str, partial: Path) -> int:
+    def _download(self, sha256: str, partial: Path, path: str) -> int:
         """The blob into `partial`, finished from what an interrupted sync left there; checked, else fetched
-        whole once more; the bytes that arrived."""
+        whole once more; the bytes that arrived. Never more than the manifest's size is written."""
         name = self.manifest.name
+        size = self.sizes[sha256]
         arrived = 0
         for attempt in (1, 2):
             offset = partial.stat().st_size if partial.exists() and attempt == 1 else 0
+            if offset > size:  # left by something else than this sync: start over
+                partial.unlink()
+                offset = 0
             try:
                 with partial.open("ab" if offset else "wb") as handle:
-                    self.store.blob(name, sha256, _Counting(handle, self.progress), offset)
+                    self.store.blob(name, sha256, _Counting(handle, self.progress, size), offset)
+            except _TooLarge:
+                partial.unlink(missing_ok=True)
+                raise LabError(
+                    f"{name}'s file {path} from {self.store.address} is larger than the {size} bytes its manifest"
+                    " declares; refused",
+                    hint="the store is damaged or is not the lab's: push the dataset again",
+                ) from None
+            except LabError:
+                raise
             except FileNotFoundError:
                 raise LabError(f"{name}'s file {sha256[:12]} is missing from the store {self.store.address}") from None
             except OSError as exc:
@@ -424,13 +484,19 @@ class _Sync:
         raise LabError(f"{name}'s file {sha256[:12]} from {self.store.address} does not match its sha256 twice")
 
 
-class _Counting:
-    """A file handle that tells `progress` how many bytes were written."""
+class _TooLarge(Exception):
+    """More bytes arrived than the manifest declares for the file."""
 
-    def __init__(self, handle: Any, progress: Progress | None) -> None:
-        self.handle, self.progress = handle, progress
+
+class _Counting:
+    """A file handle that tells `progress` how many bytes were written, and refuses to grow past `limit` bytes."""
+
+    def __init__(self, handle: Any, progress: Progress | None, limit: int) -> None:
+        self.handle, self.progress, self.limit = handle, progress, limit
 
     def write(self, data: bytes) -> int:
+        if self.handle.tell() + len(data) > self.limit:
+            raise _TooLarge
         written = self.handle.write(data)
         if self.progress is not None:
             self.progress(len(data))
@@ -457,10 +523,11 @@ def sync(
     threads: int = THREADS,
     verify_all: bool = False,
     progress: Progress | None = None,
+    token_file: Path | None = None,
 ) -> list[Synced]:
     """Each of `refs` (`NAME` or `NAME@VERSION`) materialized under `root/NAME/VERSION`, checked file by file.
     Every ref is resolved before anything is fetched: one missing is a one-line error naming it."""
-    store = source(address)
+    store = source(address, token_file)
     try:
         cache = state_dir(root)
         manifests = [resolve(store, ref, cache) for ref in refs]
@@ -473,10 +540,10 @@ def sync(
         store.close()
 
 
-def check(address: str, refs: Sequence[str]) -> list[str]:
+def check(address: str, refs: Sequence[str], token_file: Path | None = None) -> list[str]:
     """`NAME@VERSION` of each ref as the store has it now (the newest where none is named); a one-line error
     naming the first that is not there."""
-    store = source(address)
+    store = source(address, token_file)
     try:
         return [resolve(store, ref).ref for ref in refs]
     finally:
@@ -489,6 +556,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--store", required=True, help="the store's address: a folder, gs://BUCKET/datasets, http://")
     parser.add_argument("--root", help="LAB_DATA: where the datasets go (default: $LAB_DATA)")
     parser.add_argument("--threads", type=int, default=THREADS)
+    parser.add_argument(
+        "--token-file", type=Path, help=f"the dataset server's token (default: ${TOKEN_ENV}, {TOKEN_FILE})"
+    )
     parser.add_argument("--verify", action="store_true", help="hash every file again, whatever was recorded")
     parser.add_argument("--check", action="store_true", help="only say which versions the store has")
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
@@ -496,14 +566,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.check:
-            found: Any = check(args.store, args.refs)
+            found: Any = check(args.store, args.refs, args.token_file)
         else:
             root = args.root or os.environ.get("LAB_DATA", "").strip()
             if not root:
                 raise LabError("no folder for the datasets", hint="pass --root or set LAB_DATA")
             found = [
                 s.to_dict()
-                for s in sync(args.store, args.refs, Path(root), threads=args.threads, verify_all=args.verify)
+                for s in sync(
+                    args.store,
+                    args.refs,
+                    Path(root),
+                    threads=args.threads,
+                    verify_all=args.verify,
+                    token_file=args.token_file,
+                )
             ]
     except LabError as exc:
         print(exc.one_line(), file=sys.stderr)

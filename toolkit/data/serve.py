@@ -1,7 +1,10 @@
 """The tracker's dataset store, read-only, for the workers (the ssh target without a bucket).
 
-`python -m toolkit.data.serve --root /srv/lab/datasets --bind ADDRESS --port 5003` (lab-datasets.service on the
-tracker, as the tracker's user). Standard library only. It answers GET and HEAD (any other method: 501):
+`python -m toolkit.data.serve --root /srv/lab/datasets --bind ADDRESS --port 5003 --token-file FILE`
+(lab-datasets.service on the tracker, as the tracker's user). Standard library and the toolkit's name checks only.
+It answers GET and HEAD (any other method: 501), and only a request that carries the stack's dataset token,
+`Authorization: Bearer TOKEN` (compared in constant time; else 401). The token file (the roles write the same one
+on the tracker and on each worker, 0600) must be readable by its owner alone, or the server does not start:
 
 - `/NAME/versions/`            -> JSON {VERSION: tag}, the tag changing when that manifest does
 - `/NAME/versions/VERSION.json` -> the manifest
@@ -15,6 +18,7 @@ workers reach its port (the `inet lab` table, as for MLflow).
 from __future__ import annotations
 
 import argparse
+import hmac
 import json
 import os
 import re
@@ -24,6 +28,9 @@ from collections.abc import Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from toolkit.data.manifest import VERSION_PATTERN
+from toolkit.errors import LabError
 
 DEFAULT_PORT = 5003  # lab_tracker_datasets_port's default
 CHUNK = 1 << 20
@@ -38,6 +45,7 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # kept-alive connections: a worker fetching 50,000 files opens a few
     server_version = "lab-datasets"
     root: Path = Path("/srv/lab/datasets")
+    token: bytes = b""  # an empty token answers nothing
 
     def log_message(self, format: str, *args: object) -> None:
         return  # one line per file of 50,000 would drown the journal
@@ -50,12 +58,21 @@ class Handler(BaseHTTPRequestHandler):
 
     def _refuse(self, status: HTTPStatus) -> None:
         self.send_response(status)
+        if status == HTTPStatus.UNAUTHORIZED:
+            self.send_header("WWW-Authenticate", 'Bearer realm="lab-datasets"')
         self.send_header("Content-Length", "0")
         self.end_headers()
 
+    def _allowed(self) -> bool:
+        sent = self.headers.get("Authorization", "").encode("utf-8", "replace")
+        return bool(self.token) and hmac.compare_digest(sent, b"Bearer " + self.token)
+
     def _answer(self, body: bool) -> None:
+        if not self._allowed():
+            self._refuse(HTTPStatus.UNAUTHORIZED)
+            return
         match = ROUTE.fullmatch(self.path.split("?", 1)[0])
-        if match is None:
+        if match is None or (match["version"] is not None and not VERSION_PATTERN.fullmatch(match["version"])):
             self._refuse(HTTPStatus.NOT_FOUND)
             return
         name, version, blob = match["name"], match["version"], match["blob"]
@@ -105,9 +122,23 @@ class Handler(BaseHTTPRequestHandler):
                 shutil.copyfileobj(handle, self.wfile, CHUNK)
 
 
-def server(root: Path, bind: str, port: int, handler: type[Handler] = Handler) -> ThreadingHTTPServer:
-    """A server of the store at `root` (not yet serving: call serve_forever)."""
-    made = type("StoreHandler", (handler,), {"root": root})
+def read_token(path: Path) -> str:
+    """The dataset token in `path`: a one-line error when it is missing, empty, or readable by others."""
+    try:
+        mode = path.stat().st_mode
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise LabError(f"no dataset token at {path} ({exc.strerror})", hint="run `lab up` to write it") from None
+    if mode & 0o077:
+        raise LabError(f"the dataset token {path} is readable by others (mode {mode & 0o777:o})", hint="chmod 600 it")
+    if not token:
+        raise LabError(f"the dataset token {path} is empty", hint="run `lab up` to write it")
+    return token
+
+
+def server(root: Path, bind: str, port: int, handler: type[Handler] = Handler, *, token: str) -> ThreadingHTTPServer:
+    """A server of the store at `root` for requests with `token` (not yet serving: call serve_forever)."""
+    made = type("StoreHandler", (handler,), {"root": root, "token": token.encode()})
     httpd = ThreadingHTTPServer((bind, port), made)
     httpd.daemon_threads = True
     return httpd
@@ -118,9 +149,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, required=True, help="the store's folder (/srv/lab/datasets)")
     parser.add_argument("--bind", required=True, help="the tracker's internal address")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--token-file", type=Path, required=True, help="the stack's dataset token (0600)")
     args = parser.parse_args(argv)
+    try:
+        token = read_token(args.token_file)
+    except LabError as exc:
+        print(exc.one_line(), file=sys.stderr)
+        return 1
     args.root.mkdir(parents=True, exist_ok=True)
-    httpd = server(args.root, args.bind, args.port)
+    httpd = server(args.root, args.bind, args.port, token=token)
     print(f"serving {args.root} read-only on http://{args.bind}:{args.port}", file=sys.stderr, flush=True)
     try:
         httpd.serve_forever()

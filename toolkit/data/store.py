@@ -243,7 +243,8 @@ class FolderStore(Store):
         folder = self.root / name / VERSIONS
         if not folder.is_dir():
             return []
-        return sorted(m.group(1) for p in folder.iterdir() if (m := _VERSION_FILE.fullmatch(p.name)) and p.is_file())
+        found = (m.group(1) for p in folder.iterdir() if (m := _VERSION_FILE.fullmatch(p.name)) and p.is_file())
+        return sorted(v for v in found if manifests.VERSION_PATTERN.fullmatch(v))  # not '.' or '..'
 
     def blobs(self, name: str) -> dict[str, int]:
         folder = self.root / name / BLOBS

@@ -32,12 +32,13 @@ class DataStep:
     local_root: Path  # LAB_DATA of the local lab
     name: str = "datasets"
     pinned: tuple[str, ...] = field(default=())  # NAME@VERSION, resolved by check()
+    token_here: Path | None = None  # the tracker's dataset server's token as this process reads it (None: the default)
 
     def check(self) -> None:
         from toolkit.data import fetch
 
         if self.store_here:
-            self.pinned = tuple(fetch.check(self.store_here, self.refs))
+            self.pinned = tuple(fetch.check(self.store_here, self.refs, self.token_here))
 
     def on_host(self, host: HostCommands) -> Prepared:
         root = str(self.local_root) if host.local else WORKER_ROOT
@@ -73,4 +74,5 @@ def step(space: Any, folder: Path, place: Any, notebook: Path | None = None) -> 
         store=str(store),
         store_here=str(store if here is None else here),
         local_root=Path(local_root) if local_root else root(),
+        token_here=getattr(place, "data_token_here", None),
     )

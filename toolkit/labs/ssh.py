@@ -5,7 +5,8 @@ The controller (this machine) keeps the stack's state in `$LAB_HOME/stacks/<stac
   hostkeys.json  gcp: each VM's SSH host keys as GCE published them, pinned per instance id
   ansible/     ansible-runner's private folder (artifacts of the last runs)
   backups/     verified backups downloaded from the tracker
-  secrets/     each worker's own Jupyter token, jupyter_token.<worker> (0600, in a 0700 folder)
+  secrets/     each worker's own Jupyter token, jupyter_token.<worker>, and the stack's datasets_token (the
+               tracker's dataset server asks it of every request) (0600, in a 0700 folder)
 The hosts are configured by the packaged playbooks (`toolkit.hosts.configure`); the tracker keeps its DBs in
 /srv/lab and runs the tracker agent (`toolkit.tracker.agent`) for backups and restores.
 """
@@ -65,6 +66,7 @@ AGENT_TIMEOUT_S = 1800
 BUDGET_READ_TIMEOUT_S = 20  # the tracker's budget record: a terminal's sweep reads it every 30 s
 REPLICA_CATCH_UP_TIMEOUT_S = 240  # the agent's wait: toolkit.tracker.replica.CATCH_UP_TIMEOUT_S per DB, and SSH
 TOKEN_FILE_PREFIX = "jupyter_token."  # noqa: S105 -- a file name: secrets/jupyter_token.<worker>
+DATASETS_TOKEN = "datasets_token"  # noqa: S105 -- a file name: secrets/datasets_token, the tracker's dataset server's
 
 Say = Callable[[str], None]
 
@@ -469,6 +471,7 @@ def extravars(lab: SshLab, restore_from: Path | None) -> dict[str, Any]:
 
     for worker in lab.workers:
         local_lab.ensure_token(lab.token_file(worker))
+    local_lab.ensure_token(lab.root / "secrets" / DATASETS_TOKEN)
     return {
         "lab_stack": lab.stack,
         "lab_toolkit_src": str(Path(toolkit.__file__).resolve().parent),
@@ -479,6 +482,10 @@ def extravars(lab: SshLab, restore_from: Path | None) -> dict[str, Any]:
         "lab_jupyter_token": "{{ lookup('ansible.builtin.file', '"
         + str(lab.root / "secrets" / TOKEN_FILE_PREFIX)
         + "' ~ inventory_hostname) }}",
+        # the stack's dataset token (the tracker's dataset server asks it of every request), as a lookup too
+        "lab_datasets_token": "{{ lookup('ansible.builtin.file', '"
+        + str(lab.root / "secrets" / DATASETS_TOKEN)
+        + "') }}",
         "lab_bucket": lab.bucket or "",
         "lab_backup_keep": lab.settings.backup_keep,
         "lab_backup_days": lab.settings.backup_days,
@@ -1187,6 +1194,7 @@ def sweep_place(
         optuna_port,
         data_store=store,
         data_store_here=here,
+        data_token_here=lab.root / "secrets" / DATASETS_TOKEN,
         requirements=stack_requirements(lab.settings.requirements),
     )
 

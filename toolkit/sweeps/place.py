@@ -17,5 +17,6 @@ class SweepPlace:
     # the dataset store (toolkit.data.fetch's address) as the slots' hosts reach it; None: the lab has none
     data_store: str | None = None
     data_store_here: str | None = None  # the same store as this process reaches it (None: as the hosts do)
+    data_token_here: Path | None = None  # the dataset server's token here (None: toolkit.data.fetch's default)
     data_root: Path | None = None  # LAB_DATA of trials run on this machine (the local lab's $LAB_HOME/data)
     requirements: Path | None = None  # the stack's lab:requirements (toolkit.envs): a sweep's default environment
