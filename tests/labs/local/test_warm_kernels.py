@@ -38,6 +38,7 @@ seen = {
         for k in ("MLFLOW_RUN_ID", "LAB_RESUME_RUN_ID", "CUDA_VISIBLE_DEVICES", "AWS_SECRET_ACCESS_KEY")
     },
     "cwd": os.getcwd(),
+    "notebook_dir": os.environ.get("LAB_NOTEBOOK_DIR"),
 }
 LEFT_BY_A_TRIAL = trial_number
 if mode == "child":
@@ -129,7 +130,8 @@ def test_each_trial_gets_a_fresh_kernel_started_before_it_with_its_own_environme
         "AWS_SECRET_ACCESS_KEY": None,
     }
     assert one["env"]["LAB_RESUME_RUN_ID"] is None, "a trial's variables are its own"
-    assert two["cwd"] == str(notebook.parent)
+    assert two["cwd"] == str(tmp_path / "out" / "1"), "a trial works in its own folder, beside its executed notebook"
+    assert two["notebook_dir"] == str(notebook.parent)
     # The variables were put in the kernel out of band: the executed notebook does not hold them.
     executed = (tmp_path / "out" / "1.ipynb").read_text()
     assert "run0" not in executed and "run1" not in executed
