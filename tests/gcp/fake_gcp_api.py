@@ -66,6 +66,11 @@ WAIT_DEADLINE_S = 120.0
 # begins" (https://cloud.google.com/compute/docs/shutdownscript, "Limitations"); Spot VMs get the preemptible
 # process's 30 s (https://cloud.google.com/compute/docs/instances/spot, "Preemption process").
 SHUTDOWN_WINDOW_S = {"standard": 90.0, "spot": 30.0}
+# No operation finishes at once: a guest the test gave no shutdown steps still takes its system's own shutdown
+# (systemd stopping its units), and a start spends time in PROVISIONING/STAGING before RUNNING
+# (https://cloud.google.com/compute/docs/instances/instance-life-cycle). Tests that time a step set their own.
+DEFAULT_SHUTDOWN_S = 5.0
+DEFAULT_START_S = 15.0
 # The stand-in runs GCP's time at this many real seconds per GCP second, and hands the same factor to the client
 # (LAB_GCP_TIME_SCALE, toolkit.gcp.api.time_scale): both sides scale every duration alike, so every comparison
 # (the client's read timeout against the wait's deadline, a guest's shutdown against the window) holds as on GCP.
@@ -139,7 +144,7 @@ class FakeInstance:
     next_ip: str | None = None  # the ephemeral address a start gives it
     spot: bool = False  # spot/preemptible: a 30 s shutdown window, else 90 s
     shutdown: list[Step] = field(default_factory=list)  # what the guest does from the stop signal, in order
-    start_s: float = 0.0  # GCP seconds in STAGING before a start is RUNNING
+    start_s: float = DEFAULT_START_S  # GCP seconds in STAGING before a start is RUNNING
     shut_down: list[str] = field(default_factory=list)  # the shutdown steps that finished before the power-off
     cut: bool = False  # the last stop powered the VM off while its guest was still shutting down
     stopped_after_s: float | None = None  # GCP seconds from the last stop request to the power-off
@@ -354,13 +359,14 @@ class FakeGcp:
             self.finish(operation)  # stopping a stopped VM: nothing to do
             return
         instance.status, instance.shut_down, instance.cut = "STOPPING", [], False
+        steps = instance.shutdown or [Step("the guest's own shutdown", DEFAULT_SHUTDOWN_S)]
         elapsed = 0.0
-        for step in instance.shutdown:
+        for step in steps:
             elapsed += step.seconds
             if elapsed > instance.window_s:
                 break
             self.at(signal + elapsed, functools.partial(self.step_done, instance, step))
-        needed = sum(step.seconds for step in instance.shutdown)
+        needed = sum(step.seconds for step in steps)
 
         def power_off() -> None:
             instance.status = "TERMINATED"
