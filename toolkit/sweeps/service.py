@@ -189,14 +189,25 @@ def write_state(folder: Path, state: dict[str, Any]) -> None:
     temporary.replace(folder / "state.json")
 
 
-def read_state(folder: Path) -> dict[str, Any] | None:
+def _state_file(folder: Path) -> dict[str, Any] | None:
     try:
         state = json.loads((folder / "state.json").read_text())
     except (OSError, json.JSONDecodeError):
         return None
+    return state if isinstance(state, dict) else None
+
+
+def read_state(folder: Path) -> dict[str, Any] | None:
+    state = _state_file(folder)
+    if state is None:
+        return None
     if state.get("status") not in FINAL and state.get("status") != "submitted" and running(folder) is None:
-        state["status"] = "failed"  # the process went away without saying how it ended (killed, machine reboot)
-        state.setdefault("error", "the sweep's process ended without a word: see `lab sweep logs`")
+        # The process writes its last state before it lets go of the lock: read again now that it has, or a sweep
+        # that ended between the two reads above would look killed.
+        state = _state_file(folder) or state
+        if state.get("status") not in FINAL and state.get("status") != "submitted":
+            state["status"] = "failed"  # the process went away without saying how it ended (killed, machine reboot)
+            state.setdefault("error", "the sweep's process ended without a word: see `lab sweep logs`")
     with contextlib.suppress(OSError, json.JSONDecodeError):  # the budget guard's warning (toolkit.budget.guard)
         state["budget"] = json.loads((folder.parent / "budget.json").read_text()).get("line")
     return state
