@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 # "module:function" entries; each function(space, folder, place, notebook=...) -> Step | None (None: nothing to
 # prepare); `notebook` is passed when the sweep names it.
-STEP_FACTORIES: list[str] = ["toolkit.data.sweep:step", "toolkit.envs.sweep:step"]
+STEP_FACTORIES: list[str] = ["toolkit.sweeps.workdir:step", "toolkit.data.sweep:step", "toolkit.envs.sweep:step"]
 PREPARE_TIMEOUT_S = 3600.0  # the longest one command of a step may take on a host (a big dataset, an install)
 
 

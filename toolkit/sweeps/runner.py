@@ -405,9 +405,15 @@ class Runner:
         from nbclient.exceptions import DeadKernelError
         from papermill.exceptions import PapermillExecutionError
 
+        from toolkit.sweeps import workdir
+
         handler = self._log_to(job.get("log"))
         try:
-            run_sync(_execute_silently)(km, environ_code(job["env"], str(Path(job["cwd"]).resolve())), START_TIMEOUT_S)
+            cwd = str(Path(job["cwd"]).resolve())
+            # On a worker the trial's folder holds copies of the notebook's neighbours: it is both folders there
+            # (a local slot names the notebook's own folder, `toolkit.sweeps.slots.own_folder`).
+            env = {workdir.NOTEBOOK_DIR_ENV: cwd, workdir.TRIAL_DIR_ENV: cwd, **job["env"]}
+            run_sync(_execute_silently)(km, environ_code(env, cwd), START_TIMEOUT_S)
             papermill.execute_notebook(
                 job["notebook"],
                 job["output"],

@@ -35,16 +35,16 @@ import socket
 import sys
 import tarfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from toolkit.errors import LabError
+from toolkit.sweeps import workdir
 
 SWEEPS = "sweeps"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-BUNDLE_LIMIT_BYTES = 64 * 1024 * 1024  # what a sweep takes beside its notebook; datasets belong in the bucket
-SKIPPED_DIRS = {".git", "__pycache__", ".ipynb_checkpoints", ".venv", "venv", "node_modules", "mlruns", "out"}
+BUNDLE_LIMIT_BYTES = workdir.SENT_LIMIT_BYTES
 STATE_EVERY_S = 1.0
 FINAL = ("finished", "stopped", "failed")
 STOP_TIMEOUT_S = 90  # a sweep told to stop records its running trials as interrupted in this time (takes seconds)
@@ -65,15 +65,6 @@ def folder_of(root: Path, name: str) -> Path:
 
 
 # -- handing a sweep over --------------------------------------------------------------------------------------
-def _files(base: Path) -> Iterator[Path]:
-    for top, dirs, names in os.walk(base):
-        dirs[:] = sorted(d for d in dirs if d not in SKIPPED_DIRS and not d.startswith("."))
-        for name in sorted(names):
-            path = Path(top) / name
-            if path.is_file() and not name.startswith("."):
-                yield path
-
-
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int) -> None:
     info = tarfile.TarInfo(name)
     info.size, info.mtime, info.mode = len(data), int(time.time()), mode
@@ -81,22 +72,8 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int) -> None:
 
 
 def measure(notebook: Path, space_file: Path, limit: int = BUNDLE_LIMIT_BYTES) -> list[Path]:
-    """The files a sweep takes from the notebook's folder (hidden files, .git, out/, caches left out); refused past
-    `limit` bytes in all, naming the biggest."""
-    base = notebook.parent
-    files = list(_files(base))
-    sizes = {path: path.stat().st_size for path in files}
-    total = sum(sizes.values()) + space_file.stat().st_size
-    if total > limit:
-        biggest = sorted(sizes, key=lambda p: -sizes[p])[:3]
-        named = ", ".join(f"{p.relative_to(base)} ({sizes[p] / 2**20:.1f} MB)" for p in biggest)
-        raise LabError(
-            f"the sweep's folder {base} holds {total / 2**20:.1f} MB, more than the {limit / 2**20:.0f} MB a sweep "
-            f"takes with it (biggest: {named})",
-            hint="move data out of the notebook's folder (into the lab's bucket or the workers' disks); a sweep "
-            "takes the notebook, its code and small files",
-        )
-    return files
+    """The files a sweep takes from the notebook's folder (`toolkit.sweeps.workdir.sent`), with its space file."""
+    return workdir.sent(notebook.parent, limit, beside=space_file.stat().st_size)
 
 
 def pack(

@@ -16,10 +16,12 @@ refused with what to do, never used. Every path in the scripts sent to the worke
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import re
 import shlex
 import subprocess
+import tarfile
 import tempfile
 import threading
 import time
@@ -28,7 +30,7 @@ from pathlib import Path
 
 from toolkit.errors import LabError
 from toolkit.hosts import ssh as remote
-from toolkit.sweeps import slots
+from toolkit.sweeps import slots, workdir
 
 TRIALS_DIR = ".lab-trials"  # in the login user's home (ssh starts there): private to that user (0700)
 MARKERS_DIR = "/var/lib/lab/trials"
@@ -47,6 +49,11 @@ SIGNALLED = 128  # a shell's exit status above this: the command was killed by a
 # What the slot's send script says when ~/.lab-trials cannot be trusted (the line starts with this).
 REFUSED = "lab-trials:"
 FETCH_STALL_S = 60.0  # an executed notebook's fetch fails when no byte of it has come for this long
+# The lab's own files in a trial's folder, hidden so that none is ever one of the notebook's neighbouring files
+# (`toolkit.sweeps.workdir.sent` leaves hidden files out): a `parameters.yaml` of the researcher's stays theirs.
+NOTEBOOK = ".lab-notebook.ipynb"
+OUTPUT = ".lab-output.ipynb"
+PARAMETERS = ".lab-parameters.yaml"
 
 
 def send_script(trial_id: str, trials_dir: str = TRIALS_DIR) -> str:
@@ -63,6 +70,23 @@ def send_script(trial_id: str, trials_dir: str = TRIALS_DIR) -> str:
         f"echo '{REFUSED} ~/{trials_dir} holds files of other users' >&2; exit 1; fi; "
         f"chmod 700 {folder} && rm -rf {trial} && mkdir {trial} && tar -C {folder} -xf -"
     )
+
+
+def write_trial(tar: tarfile.TarFile, trial_id: str, job: slots.Job) -> None:
+    """A trial's folder as the send script unpacks it: `trial_id`/ with copies of the notebook's neighbouring files,
+    the notebook and its parameters (under the lab's hidden names)."""
+    import yaml
+
+    folder = tarfile.TarInfo(trial_id)
+    folder.type, folder.mode, folder.mtime = tarfile.DIRTYPE, 0o700, int(time.time())
+    tar.addfile(folder)
+    base = job.notebook.parent
+    for path in workdir.sent(base):
+        tar.add(path, arcname=f"{trial_id}/{path.relative_to(base).as_posix()}", recursive=False)
+    for name, data in ((NOTEBOOK, job.notebook.read_bytes()), (PARAMETERS, yaml.safe_dump(job.parameters).encode())):
+        info = tarfile.TarInfo(f"{trial_id}/{name}")
+        info.size, info.mode, info.mtime = len(data), 0o600, int(time.time())
+        tar.addfile(info, io.BytesIO(data))
 
 
 def run_script(
@@ -83,10 +107,10 @@ def run_script(
     command = shlex.join(
         [
             papermill,
-            "notebook.ipynb",
-            "output.ipynb",
+            NOTEBOOK,
+            OUTPUT,
             "-f",
-            "parameters.yaml",
+            PARAMETERS,
             "--cwd",
             ".",
             "--no-progress-bar",
@@ -97,6 +121,7 @@ def run_script(
     return (
         f"set -a; [ -r {source} ] && . {source}; set +a; {exports(env)}"
         f"cd {shlex.quote(folder)} || exit 97; "
+        f'export {workdir.NOTEBOOK_DIR_ENV}="$PWD" {workdir.TRIAL_DIR_ENV}="$PWD"; '
         f"echo $$ > {marker} 2>/dev/null; trap {shlex.quote(f'rm -f {marker}')} EXIT; "
         f"{command} >/dev/null"
     )
@@ -137,8 +162,6 @@ class SshSlot:
     runner: slots.RunnerProcess | None = field(default=None, init=False, repr=False, compare=False)
 
     def run(self, job: slots.Job, cancel: threading.Event) -> slots.Outcome:
-        import yaml
-
         trial_id = job.env.get("MLFLOW_RUN_ID") or f"{int(time.time() * 1000)}"
         if not TRIAL_ID.fullmatch(trial_id):
             raise LabError(f"not a run id: {trial_id!r}")
@@ -146,11 +169,7 @@ class SshSlot:
         started = time.monotonic()
         try:
             with tempfile.TemporaryDirectory(prefix="lab-trial-") as scratch:
-                bundle = Path(scratch) / trial_id
-                bundle.mkdir()
-                (bundle / "notebook.ipynb").write_bytes(job.notebook.read_bytes())
-                (bundle / "parameters.yaml").write_text(yaml.safe_dump(job.parameters))
-                self._send(bundle, trial_id)
+                self._send(trial_id, job)
                 stderr_path = job.log or Path(scratch) / "stderr.txt"
                 stderr_path.parent.mkdir(parents=True, exist_ok=True)
                 if self.warm and slots.python_notebook(job.notebook):
@@ -226,8 +245,8 @@ class SshSlot:
         env = {k: v for k, v in job.env.items() if k not in WORKER_OWNED}
         exports(env)  # the names are checked as for a script
         return {
-            "notebook": f"{trial_id}/notebook.ipynb",
-            "output": f"{trial_id}/output.ipynb",
+            "notebook": f"{trial_id}/{NOTEBOOK}",
+            "output": f"{trial_id}/{OUTPUT}",
             "parameters": yaml.safe_dump(job.parameters),
             "env": env,
             "log": "-" if job.log else None,
@@ -245,16 +264,27 @@ class SshSlot:
             remote.run(self.access, self.host, ["sh", "-c", f"{kill}rm -f {marker}; true"], check=False, timeout=30)
 
     # -- the steps ------------------------------------------------------------------------------
-    def _send(self, bundle: Path, trial_id: str) -> None:
-        script = send_script(trial_id)
-        with subprocess.Popen(
-            ["tar", "-C", str(bundle.parent), "-cf", "-", bundle.name], stdout=subprocess.PIPE
-        ) as tar:
-            sent = subprocess.run(
-                [*self.access.ssh(self.host), "--", script], stdin=tar.stdout, capture_output=True, check=False
-            )
-            assert tar.stdout is not None  # noqa: S101
-            tar.stdout.close()
+    def _send(self, trial_id: str, job: slots.Job) -> None:
+        """The trial's folder onto the worker, as one tar on the send script's stdin: the notebook's neighbouring
+        files (`toolkit.sweeps.workdir.sent`: the trial works among copies of them), then the lab's own."""
+        process = subprocess.Popen(
+            [*self.access.ssh(self.host), "--", send_script(trial_id)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        assert process.stdin is not None and process.stderr is not None  # noqa: S101
+        # A refusing or vanished worker stops reading: its exit status says which.
+        with (
+            contextlib.suppress(BrokenPipeError),
+            tarfile.open(fileobj=process.stdin, mode="w|", dereference=True) as tar,
+        ):
+            write_trial(tar, trial_id, job)
+        with contextlib.suppress(BrokenPipeError):
+            process.stdin.close()
+        said_bytes = process.stderr.read()
+        process.wait()
+        sent = subprocess.CompletedProcess(process.args, process.returncode, b"", said_bytes)
         if sent.returncode == 255:
             raise remote.Unreachable(self.host, sent.stderr.decode(errors="replace").strip() or "no answer")
         if sent.returncode != 0:
@@ -327,7 +357,7 @@ class SshSlot:
         worker that went away sooner). `output` is replaced only by a complete copy."""
         output.parent.mkdir(parents=True, exist_ok=True)
         partial = output.with_name(output.name + ".partial")
-        argv = self.access.ssh(self.host, ["cat", f"{folder}/output.ipynb"])
+        argv = self.access.ssh(self.host, ["cat", f"{folder}/{OUTPUT}"])
         try:
             with partial.open("wb") as sink, tempfile.TemporaryFile() as errors:
                 process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sink, stderr=errors)

@@ -33,7 +33,7 @@ def bundle(trial_id: str = TRIAL) -> bytes:
         folder.type, folder.mode = tarfile.DIRTYPE, 0o755
         tar.addfile(folder)
         content = b'{"cells": []}'
-        notebook = tarfile.TarInfo(f"{trial_id}/notebook.ipynb")
+        notebook = tarfile.TarInfo(f"{trial_id}/{ssh_slots.NOTEBOOK}")
         notebook.size = len(content)
         tar.addfile(notebook, io.BytesIO(content))
     return data.getvalue()
@@ -54,7 +54,7 @@ def test_a_new_trials_folder_is_private(tmp_path):
     assert sent.returncode == 0, sent.stderr
     trials = tmp_path / ssh_slots.TRIALS_DIR
     assert mode(trials) == 0o700
-    assert (trials / TRIAL / "notebook.ipynb").read_text() == '{"cells": []}'
+    assert (trials / TRIAL / ssh_slots.NOTEBOOK).read_text() == '{"cells": []}'
 
 
 def test_a_world_writable_trials_folder_of_the_user_is_made_private(tmp_path):
@@ -66,7 +66,7 @@ def test_a_world_writable_trials_folder_of_the_user_is_made_private(tmp_path):
     sent = send(tmp_path)
     assert sent.returncode == 0, sent.stderr
     assert mode(trials) == 0o700
-    assert sorted(p.name for p in (trials / TRIAL).iterdir()) == ["notebook.ipynb"]
+    assert sorted(p.name for p in (trials / TRIAL).iterdir()) == [ssh_slots.NOTEBOOK]
 
 
 def test_a_symlinked_trials_folder_is_refused(tmp_path):
@@ -127,8 +127,8 @@ def test_the_trial_runs_with_quoted_paths_and_its_marker(tmp_path):
         )
     ]
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(notebook, folder / "notebook.ipynb")
-    (folder / "parameters.yaml").write_text("{}\n")
+    nbformat.write(notebook, folder / ssh_slots.NOTEBOOK)
+    (folder / ssh_slots.PARAMETERS).write_text("{}\n")
     script = ssh_slots.run_script(
         {"MLFLOW_RUN_ID": TRIAL, "ODD": "it's a $HOME; `x`"},
         str(folder),
@@ -142,8 +142,9 @@ def test_the_trial_runs_with_quoted_paths_and_its_marker(tmp_path):
     got = json.loads(seen.read_text())
     assert got["marker"].isdigit()
     assert got["env"]["ODD"] == "it's a $HOME; `x`" and got["env"]["FROM_ENV_FILE"] == "yes"
+    assert got["env"]["LAB_TRIAL_DIR"] == got["env"]["LAB_NOTEBOOK_DIR"] == str(folder)
     assert not (markers / TRIAL).exists(), "the marker outlived the trial"
-    assert (folder / "output.ipynb").is_file()
+    assert (folder / ssh_slots.OUTPUT).is_file()
 
 
 def test_what_cannot_be_a_trial_or_a_variable_is_refused():
@@ -190,9 +191,9 @@ def test_the_slots_runner_runs_each_trial_warm_in_its_folder_with_its_marker(tmp
                 )
             ]
             notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-            nbformat.write(notebook, folder / "notebook.ipynb")
+            nbformat.write(notebook, folder / ssh_slots.NOTEBOOK)
             job = slots.Job(
-                folder / "notebook.ipynb",
+                folder / ssh_slots.NOTEBOOK,
                 tmp_path / "out.ipynb",
                 {},
                 {"MLFLOW_RUN_ID": trial, "ODD": "it's a $HOME; `x`", "MLFLOW_TRACKING_URI": "http://laptop:5000"},
@@ -209,9 +210,93 @@ def test_the_slots_runner_runs_each_trial_warm_in_its_folder_with_its_marker(tmp
             assert env["ODD"] == "it's a $HOME; `x`" and env["FROM_ENV_FILE"] == "yes"
             assert env["MLFLOW_RUN_ID"] == trial and env["CUDA_VISIBLE_DEVICES"] == "1"
             assert env["MLFLOW_TRACKING_URI"] == "http://tracker-inside:5000"  # the worker's own view
-            assert (folder / "output.ipynb").is_file()
+            assert (folder / ssh_slots.OUTPUT).is_file()
             assert f"hello from trial {number}" in (tmp_path / f"{trial}.log").read_text()
             assert runner.warm_start == (number == 1)
     finally:
         runner.close()
     assert runner.process.returncode == 0
+
+
+def test_a_worker_trial_works_among_copies_of_the_notebooks_neighbours(tmp_path):
+    """Issue 25 item 7 on workers: the tar a slot sends (`write_trial`), unpacked by the send script and run by the
+    slot's runner as a worker runs them. The notebook reads data.csv and sub/more.txt beside it, imports helpers.py,
+    reads the researcher's own parameters.yaml and writes model.txt: all in the trial's own folder, never in the
+    notebook's; caches, out/ and hidden files stay behind; a linked file arrives as a copy."""
+    import threading
+
+    from toolkit.sweeps import slots
+
+    nb = tmp_path / "nb"
+    (nb / "sub").mkdir(parents=True)
+    (nb / "out").mkdir()
+    (nb / "data.csv").write_text("a,b\n1,2\n")
+    (nb / "helpers.py").write_text("ANSWER = 42\n")
+    (nb / "parameters.yaml").write_text("mine: true\n")  # the researcher's, not the lab's
+    (nb / "sub" / "more.txt").write_text("more\n")
+    (nb / "out" / "old.ipynb").write_text("{}")
+    (nb / ".secret").write_text("stays here")
+    (nb / "linked.csv").symlink_to(nb / "data.csv")
+    notebook = nbformat.v4.new_notebook()
+    parameters = nbformat.v4.new_code_cell("lr = 0.0")
+    parameters.metadata["tags"] = ["parameters"]
+    notebook.cells = [
+        parameters,
+        nbformat.v4.new_code_cell(
+            "import json, os, helpers\nfrom pathlib import Path\n"
+            "Path('model.txt').write_text(str(lr))\n"
+            "Path('seen.json').write_text(json.dumps({'cwd': os.getcwd(), 'answer': helpers.ANSWER, "
+            "'data': open('data.csv').read(), 'linked': open('linked.csv').read(), "
+            "'more': open('sub/more.txt').read(), 'mine': open('parameters.yaml').read(), "
+            "'trial_dir': os.environ['LAB_TRIAL_DIR'], 'notebook_dir': os.environ['LAB_NOTEBOOK_DIR']}))\n"
+        ),
+    ]
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(notebook, nb / "train.ipynb")
+    home = tmp_path / "home of 'ci'"
+    home.mkdir()
+    job = slots.Job(nb / "train.ipynb", tmp_path / "out.ipynb", {"lr": 0.5}, {"MLFLOW_RUN_ID": TRIAL})
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w", dereference=True) as tar:
+        ssh_slots.write_trial(tar, TRIAL, job)
+    sent = subprocess.run(
+        ["sh", "-c", ssh_slots.send_script(TRIAL)], cwd=home, input=data.getvalue(), capture_output=True
+    )
+    assert sent.returncode == 0, sent.stderr
+    folder = home / ssh_slots.TRIALS_DIR / TRIAL
+    assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) == sorted(
+        [ssh_slots.NOTEBOOK, ssh_slots.PARAMETERS, "data.csv", "helpers.py", "linked.csv", "parameters.yaml",
+         "sub", "sub/more.txt", "train.ipynb"]
+    )  # fmt: skip
+    assert not (folder / "linked.csv").is_symlink()
+    trials = str(home / ssh_slots.TRIALS_DIR)
+    script = ssh_slots.runner_script({}, env_file=str(tmp_path / "none"), trials_dir=trials, python=sys.executable)
+    runner = slots.RunnerProcess(["sh", "-c", script], None, local=False)
+    slot = ssh_slots.SshSlot("worker-1/0", access=None, host=None)  # type: ignore[arg-type] -- only its jobs' shape
+    try:
+        message = {**slot._remote_job(job, TRIAL), "marker": str(tmp_path / "marker")}
+        outcome, usable = slots.drive(runner, job, threading.Event(), message)
+        assert (outcome.kind, usable) == ("ok", True), outcome.error
+    finally:
+        runner.close()
+    seen = json.loads((folder / "seen.json").read_text())
+    assert seen["cwd"] == seen["trial_dir"] == seen["notebook_dir"] == str(folder)
+    assert (seen["answer"], seen["data"], seen["linked"], seen["more"]) == (42, "a,b\n1,2\n", "a,b\n1,2\n", "more\n")
+    assert seen["mine"] == "mine: true\n"
+    assert (folder / "model.txt").read_text() == "0.5"
+    assert not (nb / "model.txt").exists() and not (nb / "seen.json").exists()
+
+
+def test_a_notebook_folder_too_big_for_the_workers_is_refused_before_the_first_trial(tmp_path):
+    from toolkit.errors import LabError
+    from toolkit.sweeps import workdir
+
+    (tmp_path / "train.ipynb").write_text("{}")
+    (tmp_path / "big.bin").write_bytes(b"x" * 2048)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "huge.bin").write_bytes(b"x" * 4096)  # out/ stays behind: not counted
+    step = workdir.FolderStep(tmp_path)
+    assert [p.name for p in workdir.sent(tmp_path, limit=4096)] == ["big.bin", "train.ipynb"]
+    with pytest.raises(LabError, match=r"holds 0\.0 MB, more than .*biggest: big\.bin"):
+        workdir.sent(tmp_path, limit=1024)
+    step.check()  # within the real limit
