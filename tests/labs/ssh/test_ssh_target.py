@@ -287,11 +287,13 @@ def test_a_trials_kernel_on_a_worker_sees_no_token_nor_the_callers_secrets(site,
     notebook.cells = [
         nbformat.v4.new_code_cell(
             "import json, os\nfrom pathlib import Path\n"
-            "Path.home().joinpath('trial-env.json').write_text(json.dumps(dict(os.environ)))"
+            "seen = {**os.environ, '_cwd': os.getcwd(), '_beside': open('beside.txt').read()}\n"
+            "Path.home().joinpath('trial-env.json').write_text(json.dumps(seen))"
         )
     ]
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(notebook, tmp_path / "env.ipynb")
+    (tmp_path / "beside.txt").write_text("next to the notebook\n")  # issue 25 item 7: it goes with the trial
     access = remote.Access(user="ci", key=site.pool.key, known_hosts=site.home / "stacks" / "hosts" / "known_hosts")
     worker = remote.Host("worker-1", site.workers[0].ip, remote.WORKER)
     slot = ssh_slots.SshSlot("worker-1/0", access, worker, {"CUDA_VISIBLE_DEVICES": "0"})
@@ -305,6 +307,8 @@ def test_a_trials_kernel_on_a_worker_sees_no_token_nor_the_callers_secrets(site,
     assert worker_tokens(site)[0] not in "\n".join(trial_env.values())
     assert trial_env["MLFLOW_RUN_ID"] == "feedc0de" * 4 and trial_env["CUDA_VISIBLE_DEVICES"] == "0"
     assert trial_env["MLFLOW_TRACKING_URI"] == f"http://{site.tracker.ip}:5000"  # the worker's lab.env
+    assert trial_env["_beside"] == "next to the notebook\n"
+    assert trial_env["_cwd"] == trial_env["LAB_TRIAL_DIR"] == f"/home/ci/.lab-trials/{'feedc0de' * 4}"
 
 
 def test_an_ssh_slot_keeps_its_next_kernel_warm_and_a_stopped_trial_leaves_nothing(site, tmp_path):
