@@ -51,6 +51,18 @@ class Place:
         """Studies swept by a `lab dispatch` in the foreground here (not a detached sweep)."""
         return []
 
+    def running_sweeps(self) -> list[str]:
+        """The detached sweeps running here."""
+        return running_sweeps(self.sweeps_root)
+
+    def note_sweeps(self, names: list[str], text: str) -> None:
+        """A line in each of these sweeps' dispatch.log."""
+        note_sweeps(self.sweeps_root, names, text)
+
+    def publish(self, found: Verdict) -> None:
+        """What `lab sweep watch` shows of the budget (`publish`)."""
+        publish(self.sweeps_root, found, self.makes_sweeps_folder)
+
     def stop_sweeps(self, say: Any) -> str:
         """Stop every sweep here at once (none hands out a trial after this) and wait for their bookkeeping."""
         raise NotImplementedError
@@ -124,10 +136,10 @@ def tag_runs(tracking_uri: str | None, studies: list[str], reason: str, since: f
 def check(place: Place, last: str) -> tuple[str, bool]:
     """One look at the budget: warn once per new warning, stop at the limit; (the warning shown, stopped)."""
     found = place.verdict()
-    publish(place.sweeps_root, found, place.makes_sweeps_folder)
+    place.publish(found)
     if found.state == WARN and found.reason != last:
         say(found.line())  # "budget warning: ..." (Verdict.line)
-        note_sweeps(place.sweeps_root, running_sweeps(place.sweeps_root), found.line())
+        place.note_sweeps(place.running_sweeps(), found.line())
         return found.reason, False
     if found.state != STOP:
         return (found.reason if found.state == WARN else ""), False
@@ -140,9 +152,9 @@ def fire(place: Place, found: Verdict) -> list[str]:
     interrupted runs tagged, a snapshot, the workers; recorded in the ledger and the log."""
     why = f"the budget guard stopped the lab: {found.reason}"
     since = time.time()
-    sweeps = running_sweeps(place.sweeps_root)
+    sweeps = place.running_sweeps()
     studies = sweeps + place.foreground_studies()
-    note_sweeps(place.sweeps_root, sweeps, f"{why}; running trials are interrupted and queued")
+    place.note_sweeps(sweeps, f"{why}; running trials are interrupted and queued")
     say(why)
     did = [place.stop_sweeps(say)]
     try:
@@ -218,7 +230,10 @@ class LocalPlace(Place):
 
 
 def loop(place: Place, every: float = EVERY_S) -> int:
-    say(f"budget guard watching (every {every:g} s): {place.verdict().line()}")
+    try:
+        say(f"budget guard watching (every {every:g} s): {place.verdict().line()}")
+    except LabError as exc:  # a malformed budget is said each look, never an exit (a restart loop)
+        say(f"budget guard watching (every {every:g} s); warning: {exc.one_line()}")
     last = ""
     while True:
         try:
@@ -235,7 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m toolkit.budget.guard", description=__doc__.splitlines()[0])
     parser.add_argument("where", choices=("local", "tracker"))
     parser.add_argument("--stack", default="dev")
-    parser.add_argument("--data", type=Path, help="tracker: the data folder (sweeps/, budget.json)")
+    parser.add_argument("--data", type=Path, help="tracker: the tracker's data folder (sweeps/)")
+    parser.add_argument("--state", type=Path, help="tracker: the guard's own folder, root's alone (budget.json)")
+    parser.add_argument("--user", help="tracker: the tracker's service user, who owns the data folder")
     parser.add_argument("--every", type=float, default=EVERY_S)
     parser.add_argument("--once", action="store_true", help="look once (a timer's run), then exit")
     args = parser.parse_args(argv)
@@ -245,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from toolkit.budget import tracker
 
-            place = tracker.TrackerPlace(args.data or tracker.DATA)
+            place = tracker.TrackerPlace(args.data or tracker.DATA, args.state or tracker.STATE, args.user)
         if args.once:
             check(place, "")
             return 0

@@ -1,6 +1,12 @@
 """The budget guard on the tracker of an ssh or gcp lab (`lab-budget-guard.service`, as root: `python -m
-toolkit.budget.guard tracker --data /srv/lab`). `lab up` hands it the budget (`<data>/budget.json`: the limits, the
-ledger and the uptime periods, `handed`); it reads the workers from /etc/lab/tracker.json.
+toolkit.budget.guard tracker --data /srv/lab --state /var/lib/lab/guard --user lab-tracker`). `lab up` hands it the
+budget (`<state>/budget.json`: the limits, the ledger and the uptime periods, `handed`) in the guard's own folder,
+which only root writes; it reads the workers from /etc/lab/tracker.json (root's).
+
+Root trusts nothing the tracker's service user can write: the guard's inputs are root's, its HOME is its own folder
+(so no credentials file of that user reaches google.auth), and what it does in that user's folders (the budget's
+line for `lab sweep watch`, a line in a sweep's log) or with that user's SSH key (stopping an ssh lab's workers) it
+does as that user, in a child process (`toolkit.budget.tracker_user`). It finds the running sweeps from systemd.
 
 When the lab must stop: the detached sweeps stop as `lab sweep stop` stops them (`systemctl stop
 lab-sweep@NAME.service`: SIGINT, running trials interrupted and queued), a verified snapshot is taken (`systemctl
@@ -25,7 +31,9 @@ from toolkit.cost import uptime
 from toolkit.errors import LabError
 
 DATA = Path("/srv/lab")
+STATE = Path("/var/lib/lab/guard")  # the guard's own folder (root:root 0700)
 FACTS = Path("/etc/lab/tracker.json")
+AS_USER_TIMEOUT_S = 600  # a child's work as the tracker user (stopping the workers over SSH)
 FILE = "budget.json"
 SWEEP_UNITS = "lab-sweep@*.service"
 BACKUP_UNIT = "lab-backup.service"
@@ -49,10 +57,20 @@ def systemctl(*args: str, timeout: float = SYSTEMCTL_TIMEOUT_S) -> subprocess.Co
 
 
 class TrackerPlace(Place):
-    def __init__(self, data: Path, facts: Path = FACTS) -> None:
+    def __init__(
+        self,
+        data: Path,
+        state: Path = STATE,
+        user: str | None = None,
+        facts: Path = FACTS,
+        python: tuple[str, str | None] | None = None,
+    ) -> None:
+        self.python = python  # the child's interpreter and PYTHONPATH (tracker_user.run_as); None: the guard's
         self.sweeps_root = data
-        self.ledger_path = data / FILE
+        self.ledger_path = state / FILE
         self.facts_path = facts
+        self.user = user
+        self.published: tuple[str, str] | None = None
 
     def _handed(self) -> dict[str, Any]:
         try:
@@ -62,7 +80,15 @@ class TrackerPlace(Place):
         return raw if isinstance(raw, dict) else {}
 
     def verdict(self) -> Verdict:
-        raw = self._handed()
+        try:
+            return self._verdict(self._handed())
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise LabError(
+                f"the budget `lab up` handed the guard ({self.ledger_path}) is malformed: {type(exc).__name__}: {exc}",
+                hint="run `lab up` again",
+            ) from None
+
+    def _verdict(self, raw: dict[str, Any]) -> Verdict:
         limits = Limits(**raw["limits"]) if raw.get("limits") else Limits(None, "up", None)
         now = time.time()
         if raw.get("ledger", {}).get("fired"):  # stopped already: nothing to do until the next `lab up`
@@ -70,10 +96,34 @@ class TrackerPlace(Place):
             return Verdict(OK, found.spend_usd, found.budget_usd, found.since, found.hours, found.max_hours, "")
         return decide(limits, ledger.read(self.ledger_path), uptime.parse(raw), now)
 
-    def facts(self) -> dict[str, Any]:
-        from toolkit.labs import tracker_sweep
+    def running_sweeps(self) -> list[str]:
+        """From systemd (their units), not from files in the tracker user's folders."""
+        listed = systemctl("list-units", "--state=active", "--plain", "--no-legend", SWEEP_UNITS)
+        units = [line.split()[0] for line in listed.stdout.splitlines() if line.strip()]
+        return [unit.removeprefix("lab-sweep@").removesuffix(".service") for unit in units]
 
-        return tracker_sweep.facts(self.facts_path)
+    def note_sweeps(self, names: list[str], text: str) -> None:
+        if names:
+            self.as_user("note", "--data", str(self.sweeps_root), "--text", text, *names)
+
+    def publish(self, found: Verdict) -> None:
+        shown = (found.state, found.line() if found.state != OK else "")
+        if shown == self.published and found.state == OK:  # all well, and said so: no child process each look
+            return
+        self.as_user(
+            "publish", "--data", str(self.sweeps_root), "--state", found.state, "--line", shown[1],
+            "--reason", found.reason,
+        )  # fmt: skip
+        self.published = shown
+
+    def as_user(self, *args: str) -> list[str]:
+        """Run `toolkit.budget.tracker_user` with `args` as the tracker's service user; the lines it hands back."""
+        from toolkit.budget import guard, tracker_user
+
+        user = self.user or owner_of(self.sweeps_root)
+        if self.python is None:
+            return tracker_user.run_as(user, list(args), AS_USER_TIMEOUT_S, guard.say)
+        return tracker_user.run_as(user, list(args), AS_USER_TIMEOUT_S, guard.say, self.python)
 
     def tracking_uri(self) -> str | None:
         return self.facts().get("mlflow_url")
@@ -81,8 +131,10 @@ class TrackerPlace(Place):
     def stop(self, say: Say) -> list[str]:
         did = [self.snapshot(say)]
         gcp = self._handed().get("gcp")
-        did += stop_vms(gcp, say) if gcp and gcp.get("workers") else stop_worker_services(self.facts(), say)
-        return did
+        if gcp and gcp.get("workers"):
+            return did + stop_vms(gcp, say)
+        say("stopping the lab's services and trials on the workers, over the tracker's own key")
+        return did + self.as_user("stop-workers", "--facts", str(self.facts_path))
 
     def stop_sweeps(self, say: Say) -> str:
         listed = systemctl("list-units", "--state=active", "--plain", "--no-legend", SWEEP_UNITS)
@@ -100,6 +152,12 @@ class TrackerPlace(Place):
         if done.returncode != 0:
             return f"the snapshot failed ({BACKUP_UNIT}: {done.stderr.strip()}); the replica still holds every write"
         return f"verified snapshot taken ({BACKUP_UNIT})"
+
+
+def owner_of(folder: Path) -> str:
+    import pwd
+
+    return pwd.getpwuid(folder.stat().st_uid).pw_name
 
 
 def stop_vms(gcp: dict[str, Any], say: Say) -> list[str]:

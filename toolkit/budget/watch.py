@@ -4,7 +4,8 @@ warning, shown in its live view as `lab sweep watch` shows it, and whether the g
 Where the guard keeps its records decides how they are read (`Lab.budget_record`): the local guard writes this
 machine's (the warning file `<stack folder>/sweeps/budget.json`, the ledger's `fired` record); the tracker's
 guard (ssh, gcp) keeps the budget `lab up` handed it, with its `fired` record, in the tracker's
-/srv/lab/budget.json, read over the lab's SSH access at most every `POLL_S` seconds, on a thread of its own.
+/var/lib/lab/guard/budget.json (root's), read over the lab's SSH access at most every `POLL_S` seconds, on a
+thread of its own.
 
 When the tracker's guard has fired, the terminal's sweep stops itself as Ctrl-C stops it (running trials
 interrupted, their parameters queued: the same dispatch resumes them after `lab up --budget`). The local guard

@@ -48,6 +48,7 @@ from toolkit.tracker import backups
 from toolkit.tracker import dashboard as optuna_dashboard
 
 DATA = "/srv/lab"
+GUARD_STATE = "/var/lib/lab/guard"  # the budget guard's own folder (root's alone): the budget `lab up` hands it
 TRACKER_USER = "lab-tracker"
 AGENT = ["/opt/lab/venv/bin/python", "-m", "toolkit.tracker.agent"]
 OPTUNA_PORT = 5001
@@ -120,18 +121,18 @@ class SshLab(Lab):
         return report
 
     def hand_budget(self, document: dict[str, Any]) -> None:
-        """The tracker's guard reads it from its data folder (`lab-budget-guard.service`)."""
-        path = f"{DATA}/budget.json"
+        """The tracker's guard reads it from its own folder, which only root writes (`lab-budget-guard.service`)."""
+        path = f"{GUARD_STATE}/budget.json"
         remote.run(self.access, self.tracker, ["sudo", "-n", "tee", path], stdin=json.dumps(document), timeout=60)
 
     def budget_record(self) -> dict[str, Any] | None:
         """The tracker's budget record (root's: read through the SSH user's passwordless sudo)."""
-        command = ["sudo", "-n", "cat", f"{DATA}/budget.json"]
+        command = ["sudo", "-n", "cat", f"{GUARD_STATE}/budget.json"]
         ran = remote.run(self.access, self.tracker, command, check=False, timeout=BUDGET_READ_TIMEOUT_S)
         if ran.returncode != 0:
             if "No such file" in ran.stderr:
                 return {}
-            raise LabError(f"could not read {DATA}/budget.json on {self.tracker.name}: {ran.stderr.strip()[-200:]}")
+            raise LabError(f"could not read {GUARD_STATE}/budget.json on {self.tracker.name}: {ran.stderr.strip()[-200:]}")
         try:
             record = json.loads(ran.stdout)
         except ValueError:

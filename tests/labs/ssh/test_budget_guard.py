@@ -25,6 +25,9 @@ BUDGET_USD = 90  # reached 45 s after `lab up`: time for the terminal's sweep to
 USD_PER_S = 1.0  # each host
 PROBE = ROOT / "tests" / "data" / "notebooks" / "probe.ipynb"
 HOLD = "/tmp/lab-budget-hold"  # on the worker: the probe's trial runs while it exists
+GUARD_DIR = "/var/lib/lab/guard"  # the guard's own folder (the role's lab_tracker_guard_dir)
+TRACKER_USER = "lab-tracker"
+VICTIM = "/etc/lab-victim"  # a root-only file on the tracker that the tracker's service user tries to have written
 
 
 class Site:
@@ -45,7 +48,7 @@ class Site:
         return self.pool.ssh(host, command, check=False, timeout=timeout)  # type: ignore[attr-defined]
 
     def handed(self) -> dict:
-        ran = self.on(self.tracker, "sudo cat /srv/lab/budget.json")
+        ran = self.on(self.tracker, f"sudo cat {GUARD_DIR}/budget.json")
         return json.loads(ran.stdout) if ran.returncode == 0 and ran.stdout.strip() else {}
 
 
@@ -68,7 +71,7 @@ def site(host_pool, tracker_host, worker_hosts, tmp_path_factory):
     assert ran.returncode == 0, f"exit {ran.returncode}\n{ran.stdout}\n{ran.stderr[-3000:]}"
     made.up = json.loads(ran.stdout)  # type: ignore[attr-defined]
     yield made
-    made.on(tracker_host, "sudo rm -f /srv/lab/budget.json")  # no guard of this stack stays armed for the next
+    made.on(tracker_host, f"sudo rm -f {GUARD_DIR}/budget.json")  # no guard of this stack stays armed for the next
     made.lab("down", "--force")
 
 
@@ -157,3 +160,63 @@ def test_the_tracker_guard_stops_the_workers_at_the_budget(site, tmp_path):
     assert refused.returncode == 1, refused.stdout
     assert "the budget is spent" in refused.stderr and "--budget USD" in refused.stderr, refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+
+
+def hand_budget(site: Site, document: dict) -> subprocess.CompletedProcess[str]:
+    """What `lab up` does to hand the guard its budget (`SshLab.hand_budget`), run from the laptop."""
+    code = (
+        "import json, sys; from toolkit.labs import ssh; "
+        "ssh.open_lab(sys.argv[1], 'ssh').hand_budget(json.loads(sys.argv[2]))"
+    )
+    argv = [str(LAB.with_name("python")), "-c", code, str(site.stack), json.dumps(document)]
+    return subprocess.run(argv, env=site.env(), capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_the_tracker_user_cannot_steer_the_root_guard(site):
+    """Issue 26 finding 2, on the real tracker: each attack the tracker's service user could make on root's guard."""
+    as_user = f"sudo -n -u {TRACKER_USER} sh -c"
+    kept = site.handed()
+    assert site.on(site.tracker, f"echo untouched > {VICTIM} && chmod 600 {VICTIM}").returncode == 0
+    # (a) The budget lives in root's own folder: the service user can neither write it nor plant a link for `up`.
+    assert site.on(site.tracker, f"stat -c '%U %G %a' {GUARD_DIR}").stdout.strip() == "root root 700"
+    denied = site.on(site.tracker, f"{as_user} 'echo {{}} > {GUARD_DIR}/budget.json'")
+    assert denied.returncode != 0 and "Permission denied" in denied.stderr, denied
+    planted = site.on(site.tracker, f"{as_user} 'ln -sf {VICTIM} /srv/lab/budget.json'")  # where it used to be
+    assert planted.returncode == 0, planted.stderr
+    handed = hand_budget(site, kept)
+    assert handed.returncode == 0, handed.stderr[-2000:]
+    assert site.on(site.tracker, f"cat {VICTIM}").stdout == "untouched\n", "root wrote through the user's link"
+    assert site.handed() == kept
+    # (b) Root's google.auth never reads the service user's credentials: a planted external_account file would make
+    # root read any file (here the victim) as its token and post it to the address in the file.
+    planted_adc = json.dumps({
+        "type": "external_account", "audience": "//iam.googleapis.com/x", "subject_token_type": "urn:x",
+        "token_url": "http://127.0.0.1:9/token", "credential_source": {"file": VICTIM},
+    })  # fmt: skip
+    folder = "/srv/lab/home/.config/gcloud"
+    write = f"mkdir -p {folder} && cat > {folder}/application_default_credentials.json"
+    assert site.pool.ssh(site.tracker, f"{as_user} '{write}'", input=planted_adc, check=False).returncode == 0
+    environment = site.on(site.tracker, "systemctl show -p Environment --value lab-budget-guard").stdout.split()
+    home = dict(item.split("=", 1) for item in environment)["HOME"]
+    assert site.on(site.tracker, f"stat -c '%U %a' {home}").stdout.strip() == "root 700", home
+    probe = "import google.auth; c, _ = google.auth.default(); print(type(c).__module__)"
+    for where, finds in (("/srv/lab/home", True), (home, False)):  # the old HOME finds the planted file: a real attack
+        ran = site.on(site.tracker, f"env -i HOME={where} /opt/lab/venv/bin/python -c '{probe}'")
+        found = any(word in ran.stdout + ran.stderr for word in ("identity_pool", "external_account"))
+        assert found == finds, (where, ran.stdout, ran.stderr[-1500:])
+    # (c) A malformed budget is a line in the guard's journal, not an exit: the guard keeps running, no restart.
+    malformed = {**kept, "limits": {"budget_usd": "ninety", "no_such_limit": 1}}
+    assert site.pool.ssh(site.tracker, f"cat > {GUARD_DIR}/budget.json", input=json.dumps(malformed)).returncode == 0
+    try:
+        assert site.on(site.tracker, "systemctl restart lab-budget-guard").returncode == 0
+        deadline, journal = time.monotonic() + 60, ""
+        while "is malformed" not in journal:
+            assert time.monotonic() < deadline, journal
+            time.sleep(1)
+            journal = site.on(site.tracker, "journalctl -u lab-budget-guard -n 5 --no-pager").stdout
+        time.sleep(7)  # past RestartSec: a crash would have been restarted by now
+        show = "systemctl show -p ActiveState -p NRestarts --value lab-budget-guard"
+        assert site.on(site.tracker, show).stdout.split() == ["active", "0"]
+    finally:
+        assert hand_budget(site, kept).returncode == 0
+        site.on(site.tracker, f"rm -f {VICTIM} /srv/lab/budget.json; rm -rf {folder}")
