@@ -6,13 +6,21 @@ kernel. The kernel sees the caller's allow-listed variables (`toolkit.environmen
 secrets) and the slot's (for example CUDA_VISIBLE_DEVICES); the trial's (MLFLOW_TRACKING_URI,
 MLFLOW_RUN_ID, ...) are put in its environment before the notebook's first cell. Remote slots (SSH to a
 worker) implement the same `run`. A slot's `close()` stops what it keeps running between trials.
+
+What a runner answers is not trusted (on a worker, anything running as the login user, notebook code included,
+can write it): an answer is a JSON object of at most ANSWER_LIMIT_BYTES, a trial's log keeps its first
+LOG_LIMIT_BYTES (then one line saying the rest was left out), an outcome is one a runner may give (`RUNNER_OUTCOMES`;
+"lost" is the dispatcher's alone), and text is stripped of terminal control sequences (`printable`) before it is
+kept or printed.
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import json
 import queue
+import re
 import subprocess
 import sys
 import tempfile
@@ -27,6 +35,16 @@ from toolkit import environment
 from toolkit.sweeps import workdir
 
 ERROR_LINES = 12
+ERROR_LIMIT_CHARS = 8000  # of a trial's error, as a runner tells it
+ANSWER_LIMIT_BYTES = 1024 * 1024  # one answer of a runner (a line of JSON): a longer one is left out
+LOG_LIMIT_BYTES = 16 * 1024 * 1024  # of a trial's log (`lab sweep logs`): the rest is left out, and said so
+RUNNER_OUTCOMES = ("ok", "failed", "died")  # what a runner may answer; anything else is "died"
+# Terminal control sequences (CSI, OSC, other escapes, also as C1 characters) and control characters but tab and
+# newline.
+CONTROL = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]|(?:\x1b\]|\x9d)[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?|\x1b[@-_]?"
+    r"|[\x00-\x08\x0b-\x1f\x7f-\x9f]"
+)
 POLL_S = 0.05
 # A runner whose process ended is gone once no answer came for this long, even if its output has not ended: a
 # process it left behind (or an SSH connection master) may hold the pipe open for ever.
@@ -94,6 +112,40 @@ def kill_tree(pid: int) -> None:
     psutil.wait_procs(family, timeout=5)
 
 
+def printable(text: str) -> str:
+    """`text` without terminal control sequences: what a trial says cannot move the cursor or retitle a terminal."""
+    return CONTROL.sub("", text)
+
+
+class CappedLog:
+    """A trial's log file, appended to up to `limit` bytes; past it, one line says the rest was left out."""
+
+    def __init__(self, path: Path, limit: int = LOG_LIMIT_BYTES) -> None:
+        self.path, self.limit, self.left = path, limit, limit
+        self.full = False
+
+    def write(self, text: str) -> None:
+        if self.full or not text:
+            return
+        data = printable(text).encode("utf-8", errors="replace")
+        kept = data[: max(self.left, 0)]
+        with self.path.open("ab") as log:
+            log.write(kept)
+            self.left -= len(kept)
+            if len(kept) < len(data):
+                self.full = True
+                log.write(
+                    f"\n[lab: this trial's log passed {LOG_LIMIT_BYTES // 2**20} MB; the rest is left out]\n".encode()
+                )
+
+    def copy(self, stream: Any) -> None:
+        """Append what `stream` (bytes) gives until it ends (a thread's work), decoded as UTF-8."""
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        for chunk in iter(lambda: stream.read1(65536), b""):
+            self.write(decoder.decode(chunk))
+        self.write(decoder.decode(b"", final=True))
+
+
 def read_from(path: Path, offset: int) -> str:
     with path.open("rb") as handle:
         handle.seek(offset)
@@ -134,9 +186,16 @@ class RunnerProcess:
         stdout = self.process.stdout
         assert stdout is not None  # noqa: S101
         with contextlib.suppress(ValueError, OSError), stdout:
-            for line in stdout:
-                with contextlib.suppress(json.JSONDecodeError):
-                    self.answers.put(json.loads(line))
+            while line := stdout.readline(ANSWER_LIMIT_BYTES):
+                if not line.endswith(b"\n") and len(line) >= ANSWER_LIMIT_BYTES:
+                    while (rest := stdout.readline(ANSWER_LIMIT_BYTES)) and not rest.endswith(b"\n"):
+                        pass  # the rest of an answer too long to be one
+                    self.answers.put({"event": "oversized"})
+                    continue
+                with contextlib.suppress(ValueError):
+                    answer = json.loads(line)
+                    if isinstance(answer, dict):
+                        self.answers.put(answer)
         self.answers.put(None)  # the runner is gone
 
     def alive(self) -> bool:
@@ -237,6 +296,7 @@ def drive(
     if not runner.send(message or runner_job(job)):
         return Outcome("died", time.monotonic() - started, runner.why_gone()), False
     kernel = 0
+    log = CappedLog(job.log) if job.log is not None else None
     while True:
         answer = runner.answer(POLL_S)
         seconds = time.monotonic() - started
@@ -244,14 +304,19 @@ def drive(
             if kernel and runner.local:
                 kill_tree(kernel)  # the trial's kernel outlived its runner: it goes too (a worker's: its slot's job)
             return Outcome("died", seconds, runner.why_gone()), False
-        if answer.get("event") == "started":
-            kernel = runner.kernel_pid = int(answer.get("kernel_pid") or 0)
-            runner.warm_start = bool(answer.get("warm"))
-        if answer.get("event") == "log" and job.log is not None:
-            with job.log.open("a", encoding="utf-8") as log:
-                log.write(str(answer.get("text", "")))
-        if answer.get("event") == "done":
-            return Outcome(str(answer["kind"]), seconds, str(answer.get("error", ""))), True
+        event = answer.get("event")
+        if event == "started":
+            with contextlib.suppress(TypeError, ValueError):
+                kernel = runner.kernel_pid = int(answer.get("kernel_pid") or 0)
+            runner.warm_start = answer.get("warm") is True
+        if event == "log" and log is not None:
+            log.write(str(answer.get("text", "")))
+        if event == "oversized" and log is not None:
+            log.write(
+                f"[lab: an answer of the slot's runner passed {ANSWER_LIMIT_BYTES // 1024} KB and was left out]\n"
+            )
+        if event == "done":
+            return done(answer, seconds), True
         stop = "cancelled" if cancel.is_set() else None
         if job.timeout is not None and seconds > job.timeout:
             stop = "timeout"
@@ -261,6 +326,16 @@ def drive(
             return Outcome(
                 stop, time.monotonic() - started, why if stop == "cancelled" else why + " and was stopped"
             ), False
+
+
+def done(answer: dict[str, Any], seconds: float) -> Outcome:
+    """A runner's "done" answer as an outcome: only one a runner may give, its error printable and bounded."""
+    kind = answer.get("kind")
+    error = printable(str(answer.get("error", "")))[-ERROR_LIMIT_CHARS:]
+    if kind not in RUNNER_OUTCOMES:
+        told = printable(repr(kind))[:60]
+        return Outcome("died", seconds, f"the slot's runner answered an outcome lab does not know ({told}): {error}")
+    return Outcome(str(kind), seconds, error)
 
 
 def own_folder(job: Job) -> Job:

@@ -49,6 +49,9 @@ SIGNALLED = 128  # a shell's exit status above this: the command was killed by a
 # What the slot's send script says when ~/.lab-trials cannot be trusted (the line starts with this).
 REFUSED = "lab-trials:"
 FETCH_STALL_S = 60.0  # an executed notebook's fetch fails when no byte of it has come for this long
+OUTPUT_LIMIT_BYTES = (
+    128 * 1024 * 1024
+)  # an executed notebook past this fails its trial (it is kept twice: out/, MLflow)
 # The lab's own files in a trial's folder, hidden so that none is ever one of the notebook's neighbouring files
 # (`toolkit.sweeps.workdir.sent` leaves hidden files out): a `parameters.yaml` of the researcher's stays theirs.
 NOTEBOOK = ".lab-notebook.ipynb"
@@ -311,8 +314,11 @@ class SshSlot:
         stderr_path: Path,
     ) -> tuple[str | None, int]:
         argv = [*self.access.ssh(self.host), "--", self._script(job, folder, trial_id)]
-        with stderr_path.open("ab") as stderr:
-            process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # The worker's output is not trusted: kept up to the log's limit, without terminal control sequences.
+        copier = threading.Thread(target=slots.CappedLog(stderr_path).copy, args=(process.stderr,), daemon=True)
+        copier.start()
+        try:
             while True:
                 try:
                     return None, process.wait(timeout=slots.POLL_S * 4)
@@ -326,6 +332,10 @@ class SshSlot:
                     process.kill()
                     process.wait()
                     return stop, -1
+        finally:
+            copier.join(timeout=10)
+            if process.stderr is not None:
+                process.stderr.close()
 
     def _kill_remote(self, run_id: str) -> None:
         """Kill every process of the trial on the worker: those whose environment carries its run id
@@ -351,7 +361,7 @@ class SshSlot:
             return False
         return True
 
-    def _fetch(self, folder: str, output: Path, stall_s: float = FETCH_STALL_S) -> str:
+    def _fetch(self, folder: str, output: Path, stall_s: float = FETCH_STALL_S, limit: int = OUTPUT_LIMIT_BYTES) -> str:
         """Stream the executed notebook from the worker into `output`; '' when it came, else why not. There is
         no fixed time limit: a fetch fails when no byte has come for `stall_s` (SSH's keepalives notice a
         worker that went away sooner). `output` is replaced only by a complete copy."""
@@ -361,8 +371,14 @@ class SshSlot:
         try:
             with partial.open("wb") as sink, tempfile.TemporaryFile() as errors:
                 process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sink, stderr=errors)
-                if not self._stream(process, partial, stall_s):
+                streamed = self._stream(process, partial, stall_s, limit)
+                if streamed == "stalled":
                     return f"fetching the executed notebook from {self.host.name} stalled: no byte for {stall_s:g} s"
+                if streamed == "too big":
+                    return (
+                        f"the executed notebook on {self.host.name} passed {limit / 2**20:g} MB, so the trial fails "
+                        "(print less; log big results to its MLflow run as artifacts)"
+                    )
                 errors.seek(0)
                 said = slots.last_lines(errors.read().decode(errors="replace"), 1)
             if process.returncode != 0:
@@ -379,22 +395,24 @@ class SshSlot:
         return ""
 
     @staticmethod
-    def _stream(process: subprocess.Popen, sink: Path, stall_s: float) -> bool:
-        """Wait for a fetch while bytes keep arriving; False (and the fetch killed) when they stop."""
+    def _stream(process: subprocess.Popen, sink: Path, stall_s: float, limit: int = OUTPUT_LIMIT_BYTES) -> str:
+        """Wait for a fetch while bytes keep arriving: "done", or (the fetch killed) "stalled" when they stop or
+        "too big" past `limit` bytes."""
         size, moved = -1, time.monotonic()
         while True:
             try:
-                process.wait(timeout=min(1.0, stall_s))
-                return True
+                process.wait(timeout=min(0.25, stall_s))
+                return "too big" if sink.stat().st_size > limit else "done"
             except subprocess.TimeoutExpired:
                 pass
             now = sink.stat().st_size
             if now != size:
                 size, moved = now, time.monotonic()
-            elif time.monotonic() - moved > stall_s:
+            ended = "too big" if now > limit else "stalled" if time.monotonic() - moved > stall_s else None
+            if ended:
                 process.kill()
                 process.wait()
-                return False
+                return ended
 
 
 def worker_gpus(access: remote.Access, host: remote.Host) -> int:
