@@ -147,8 +147,8 @@ KEYS: tuple[Key, ...] = (
     ),
     Key(
         "lab:idleMinutes",
-        "integer",
-        "a worker powers itself off after this long idle (0 = never)",
+        "number",
+        "a worker powers itself off after this many minutes idle (0 = never; a fraction is taken)",
         default=30,
         minimum=0,
     ),
@@ -262,7 +262,7 @@ class Settings:
     replica: str | None
     state_backend: str | None
     secrets_provider: str
-    idle_minutes: int
+    idle_minutes: float
     budget_usd: float | None = None
     budget_period: str = "up"
     max_hours: float | None = None
@@ -463,8 +463,13 @@ def _check_values(values: dict[str, Any], sources: dict[str, str]) -> list[Probl
 
     for key in KEYS:
         found = value(key.name)
-        if key.minimum is not None and isinstance(found, int) and found < key.minimum:
-            problems.append(Problem(key.name, f"must be at least {key.minimum}, got {found}"))
+        if (
+            key.minimum is not None
+            and isinstance(found, int | float)
+            and not isinstance(found, bool)
+            and found < key.minimum
+        ):
+            problems.append(Problem(key.name, f"must be at least {key.minimum}, got {found:g}"))
 
     project = value("gcp:project")
     if isinstance(project, str) and not _PROJECT_ID.match(project):

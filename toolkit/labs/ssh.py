@@ -132,7 +132,8 @@ class SshLab(Lab):
         if ran.returncode != 0:
             if "No such file" in ran.stderr:
                 return {}
-            raise LabError(f"could not read {GUARD_STATE}/budget.json on {self.tracker.name}: {ran.stderr.strip()[-200:]}")
+            said = ran.stderr.strip()[-200:]
+            raise LabError(f"could not read {GUARD_STATE}/budget.json on {self.tracker.name}: {said}")
         try:
             record = json.loads(ran.stdout)
         except ValueError:
@@ -490,7 +491,7 @@ def extravars(lab: SshLab, restore_from: Path | None) -> dict[str, Any]:
         "lab_bucket": lab.bucket or "",
         "lab_backup_keep": lab.settings.backup_keep,
         "lab_backup_days": lab.settings.backup_days,
-        "lab_idle_minutes": lab.settings.idle_minutes,
+        "lab_idle_minutes": f"{lab.settings.idle_minutes:g}",  # 30, not 30.0 (a fraction is taken: 0.25)
         "lab_restore_from": str(restore_from) if restore_from else "",
         "lab_replica": lab.settings.replica or "",  # empty: the role's default (the bucket's, else on the tracker)
         "lab_replica_sync_interval": lab.settings.replica_sync_interval,  # lab:replicaSyncInterval

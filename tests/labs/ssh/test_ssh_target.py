@@ -52,7 +52,7 @@ class Site:
             check=False,
         )
 
-    def write_stack(self, idle_minutes: int = 0) -> None:
+    def write_stack(self, idle_minutes: float = 0) -> None:
         key = self.pool.key  # type: ignore[attr-defined]
         self.stack.write_text(
             "config:\n"
@@ -781,14 +781,14 @@ def test_status_backup_restore_and_down(site):
 
 
 def test_idle_worker_powers_itself_off(site):
-    site.write_stack(idle_minutes=1)
+    site.write_stack(idle_minutes=0.25)  # 15 s: the check's timer (every 20 s) is what the test waits on
     json_of(site.lab("up", "--json"))
     started = time.monotonic()
     # No SSH to the workers from here on: an SSH session counts as activity.
     for number, worker in enumerate(site.workers, start=1):
         assert site.pool.wait_stopped(worker, timeout=330), f"worker-{number} should have powered itself off"
         seconds = time.monotonic() - started
-        print(f"idle self-shutdown with lab:idleMinutes=1: worker-{number} off {seconds:.0f} s after `lab up`")
+        print(f"idle self-shutdown with lab:idleMinutes=0.25: worker-{number} off {seconds:.0f} s after `lab up`")
     assert site.pool.is_running(site.tracker), "the tracker never powers itself off"
     # Read why from their disks while they are off, and take the timer off those disks: booted with it on, a
     # worker powers itself off again a minute later, while the next module uses it (seen in CI).
