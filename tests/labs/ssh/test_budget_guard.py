@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -249,10 +250,10 @@ def test_each_unit_is_as_locked_down_as_it_says(site):
         host = site.tracker if role == "tracker" else site.worker
         for unit, most in units.items():
             ran = site.on(host, f"systemd-analyze security --no-pager {unit} | tail -1")
-            said = ran.stdout.strip()
-            assert "Overall exposure level" in said, (unit, said, ran.stderr[-500:])
-            level = float(said.split(":")[-1].split()[0])
-            print(f"systemd-analyze security: {role} {unit}: {said.split(':')[-1].strip()}")
+            said = re.search(r"Overall exposure level for \S+: ([0-9.]+) (\w+)", ran.stdout)
+            assert said, (unit, ran.stdout[-500:], ran.stderr[-500:])
+            level = float(said[1])
+            print(f"systemd-analyze security: {role} {unit}: {level} {said[2]}")
             if level > most:
                 over[unit] = (level, most)
     assert not over, f"exposure over the stated level (found, stated): {over}"
