@@ -104,3 +104,40 @@ def test_the_probe_runs_with_any_python():
         [sys.executable, "-c", imports.PROBE, "json", "nosuchmodule_lab_test"], capture_output=True, text=True
     )
     assert json.loads(ran.stdout.splitlines()[-1]) == {"missing": ["nosuchmodule_lab_test"], "failed": {}}
+
+
+def notebook_with(folder: Path, *sources: str) -> Path:
+    cells = [{"cell_type": "code", "source": source, "metadata": {}, "outputs": [], "execution_count": None}
+             for source in sources]  # fmt: skip
+    path = folder / "train.ipynb"
+    path.write_text(json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    return path
+
+
+def test_without_requirements_a_module_the_labs_kernel_lacks_stops_the_sweep_before_its_first_trial(tmp_path):
+    """Issue 25 item 2, for a sweep in the lab's own kernel: the step looks for the notebook's modules with the
+    host's Python (here this machine, the local lab's kernel) and names what is missing, with where to add it."""
+    from toolkit.envs import sweep
+    from toolkit.sweeps import prepare
+
+    notebook = notebook_with(tmp_path, "import json, no_such_module_xyz\nfrom yaml import safe_load")
+    step = sweep.step(None, tmp_path, None, notebook)  # type: ignore[arg-type]
+    assert isinstance(step, sweep.KernelModulesStep) and step.imports == ("json", "no_such_module_xyz", "yaml")
+    with pytest.raises(LabError) as raised:
+        step.on_host(prepare.LocalHost())
+    said = raised.value.one_line()
+    assert "the notebook imports 'no_such_module_xyz', which the lab's kernel does not provide" in said, said
+    assert "requirements.txt beside the notebook" in said and "'json'" not in said and "'yaml'" not in said
+    fine = sweep.step(None, tmp_path, None, notebook_with(tmp_path, "import json\nimport yaml"))  # type: ignore[arg-type]
+    assert fine is not None and fine.on_host(prepare.LocalHost()) == prepare.Prepared()
+
+
+def test_a_notebook_that_installs_its_own_packages_or_imports_nothing_gets_no_step(tmp_path):
+    from toolkit.envs import sweep
+
+    installs = notebook_with(tmp_path, "%pip install lightgbm", "import lightgbm")
+    assert sweep.step(None, tmp_path, None, installs) is None  # type: ignore[arg-type]
+    bang = notebook_with(tmp_path, "!pip install -q lightgbm\nimport lightgbm")
+    assert sweep.step(None, tmp_path, None, bang) is None  # type: ignore[arg-type]
+    nothing = notebook_with(tmp_path, "x = 1")
+    assert sweep.step(None, tmp_path, None, nothing) is None  # type: ignore[arg-type]
