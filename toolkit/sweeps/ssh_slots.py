@@ -270,23 +270,22 @@ class SshSlot:
     def _send(self, trial_id: str, job: slots.Job) -> None:
         """The trial's folder onto the worker, as one tar on the send script's stdin: the notebook's neighbouring
         files (`toolkit.sweeps.workdir.sent`: the trial works among copies of them), then the lab's own."""
-        process = subprocess.Popen(
+        with subprocess.Popen(
             [*self.access.ssh(self.host), "--", send_script(trial_id)],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-        )
-        assert process.stdin is not None and process.stderr is not None  # noqa: S101
-        # A refusing or vanished worker stops reading: its exit status says which.
-        with (
-            contextlib.suppress(BrokenPipeError),
-            tarfile.open(fileobj=process.stdin, mode="w|", dereference=True) as tar,
-        ):
-            write_trial(tar, trial_id, job)
-        with contextlib.suppress(BrokenPipeError):
-            process.stdin.close()
-        said_bytes = process.stderr.read()
-        process.wait()
+        ) as process:
+            assert process.stdin is not None and process.stderr is not None  # noqa: S101
+            # A refusing or vanished worker stops reading: its exit status says which.
+            with (
+                contextlib.suppress(BrokenPipeError),
+                tarfile.open(fileobj=process.stdin, mode="w|", dereference=True) as tar,
+            ):
+                write_trial(tar, trial_id, job)
+            with contextlib.suppress(BrokenPipeError):
+                process.stdin.close()
+            said_bytes = process.stderr.read()
         sent = subprocess.CompletedProcess(process.args, process.returncode, b"", said_bytes)
         if sent.returncode == 255:
             raise remote.Unreachable(self.host, sent.stderr.decode(errors="replace").strip() or "no answer")
