@@ -228,19 +228,22 @@ def test_the_tracker_user_cannot_steer_the_root_guard(site):
 # docs/security.md gives the table and why each unit needs what it keeps).
 EXPOSURE = {
     "tracker": {
-        "lab-mlflow.service": 10.0,
-        "lab-optuna.service": 10.0,
-        "lab-optuna-dashboard.service": 10.0,
-        "lab-replica.service": 10.0,
-        "lab-backup.service": 10.0,
-        "lab-final-backup.service": 10.0,
-        "lab-firewall.service": 10.0,
-        "lab-firewall-guard.service": 10.0,
-        "lab-datasets.service": 10.0,
-        "lab-budget-guard.service": 10.0,
-        "lab-sweep@probe.service": 10.0,
+        "lab-mlflow.service": 2.9,  # each service of the tracker: lab_base_unit_sandbox_service, as its user
+        "lab-optuna.service": 2.9,
+        "lab-optuna-dashboard.service": 2.9,
+        "lab-replica.service": 2.9,
+        "lab-backup.service": 2.9,
+        "lab-final-backup.service": 2.9,
+        "lab-datasets.service": 2.9,
+        "lab-sweep@probe.service": 2.9,
+        "lab-budget-guard.service": 3.7,  # root, with CAP_SETUID/CAP_SETGID for its child
+        "lab-firewall.service": 3.8,  # root, with CAP_NET_ADMIN for nft
+        "lab-firewall-guard.service": 4.1,  # the same, and it runs all the time
     },
-    "worker": {"lab-jupyter.service": 10.0, "lab-idle.service": 10.0},
+    "worker": {
+        "lab-idle.service": 6.8,  # root: it powers the host off and reads the GPUs (nvidia-smi)
+        "lab-jupyter.service": 7.6,  # the researcher's kernels: GPUs, sudo and namespaces stay theirs
+    },
 }
 
 
