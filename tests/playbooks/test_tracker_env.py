@@ -54,8 +54,11 @@ def test_the_env_file_is_roots_and_the_replica_users_group_0640():
 
 def test_mlflow_does_not_load_it_and_cannot_open_it():
     source = (ROLE / "templates/lab-mlflow.service.j2").read_text()
-    unit = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False).from_string(source)  # noqa: S701
-    rendered = unit.render(
+    jinja = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)  # noqa: S701
+    base = yaml.safe_load((ROLE.parent / "lab_base/defaults/main.yml").read_text())
+    sandbox = jinja.from_string(base["lab_base_unit_sandbox_service"]).render(base)
+    rendered = jinja.from_string(source).render(
+        lab_base_unit_sandbox_service=sandbox,
         ansible_managed="test",
         lab_tracker_firewall=True,
         lab_tracker_firewall_guard="/opt/lab/bin/lab-firewall-guard",
@@ -72,3 +75,4 @@ def test_mlflow_does_not_load_it_and_cannot_open_it():
     assert not [line for line in lines if line.startswith("EnvironmentFile")], "MLflow's unit loads an env file"
     # MLflow runs as the tracker's user, who is in the file's group: systemd hides the file from its namespace.
     assert "InaccessiblePaths=-/etc/lab/tracker.env" in lines
+    assert "CapabilityBoundingSet=" in lines and "PrivateDevices=true" in lines  # the tracker services' sandbox
