@@ -66,7 +66,6 @@ def test_terminal_escapes_never_reach_the_log_or_the_error(tmp_path):
 
 def test_a_flood_of_log_is_cut_at_the_limit_and_said_once(tmp_path, monkeypatch):
     monkeypatch.setattr(slots, "LOG_LIMIT_BYTES", 1000)
-    monkeypatch.setattr(slots.CappedLog.__init__, "__defaults__", (1000,))
     outcome, log = drive(tmp_path, *[line(event="log", text="x" * 300 + "\n")] * 20, line(event="done", kind="ok"))
     assert outcome.kind == "ok"
     text = log.read_text()

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from toolkit.budget import ledger
 from toolkit.budget.guard import Place, Say
+from toolkit.budget.guard import say as guard_say
 from toolkit.budget.spend import OK, Limits, Verdict, decide
 from toolkit.cost import uptime
 from toolkit.errors import LabError
@@ -65,7 +67,7 @@ class TrackerPlace(Place):
         facts: Path = FACTS,
         python: tuple[str, str | None] | None = None,
     ) -> None:
-        self.python = python  # the child's interpreter and PYTHONPATH (tracker_user.run_as); None: the guard's
+        self.python = python or (sys.executable, None)  # the child's interpreter and PYTHONPATH (tracker_user.run_as)
         self.sweeps_root = data
         self.ledger_path = state / FILE
         self.facts_path = facts
@@ -104,26 +106,31 @@ class TrackerPlace(Place):
 
     def note_sweeps(self, names: list[str], text: str) -> None:
         if names:
-            self.as_user("note", "--data", str(self.sweeps_root), "--text", text, *names)
+            try:
+                self.as_user("note", "--data", str(self.sweeps_root), "--text", text, *names)
+            except LabError as exc:  # a line the sweeps miss never keeps the guard from stopping the lab
+                guard_say(f"warning: the sweeps' logs were not told: {exc.one_line()}")
 
     def publish(self, found: Verdict) -> None:
         shown = (found.state, found.line() if found.state != OK else "")
         if shown == self.published and found.state == OK:  # all well, and said so: no child process each look
             return
-        self.as_user(
-            "publish", "--data", str(self.sweeps_root), "--state", found.state, "--line", shown[1],
-            "--reason", found.reason,
-        )  # fmt: skip
+        try:
+            self.as_user(
+                "publish", "--data", str(self.sweeps_root), "--state", found.state, "--line", shown[1],
+                "--reason", found.reason,
+            )  # fmt: skip
+        except LabError as exc:  # `lab sweep watch` misses the line; the guard still looks, and stops the lab
+            guard_say(f"warning: the budget's line for `lab sweep watch` was not written: {exc.one_line()}")
+            return
         self.published = shown
 
     def as_user(self, *args: str) -> list[str]:
         """Run `toolkit.budget.tracker_user` with `args` as the tracker's service user; the lines it hands back."""
-        from toolkit.budget import guard, tracker_user
+        from toolkit.budget import tracker_user
 
         user = self.user or owner_of(self.sweeps_root)
-        if self.python is None:
-            return tracker_user.run_as(user, list(args), AS_USER_TIMEOUT_S, guard.say)
-        return tracker_user.run_as(user, list(args), AS_USER_TIMEOUT_S, guard.say, self.python)
+        return tracker_user.run_as(user, list(args), AS_USER_TIMEOUT_S, guard_say, self.python)
 
     def tracking_uri(self) -> str | None:
         return self.facts().get("mlflow_url")
@@ -134,7 +141,10 @@ class TrackerPlace(Place):
         if gcp and gcp.get("workers"):
             return did + stop_vms(gcp, say)
         say("stopping the lab's services and trials on the workers, over the tracker's own key")
-        return did + self.as_user("stop-workers", "--facts", str(self.facts_path))
+        try:
+            return did + self.as_user("stop-workers", "--facts", str(self.facts_path))
+        except LabError as exc:  # recorded in the ledger as what happened, never an exit before the record
+            return [*did, f"the workers were not stopped: {exc.one_line()}"]
 
     def stop_sweeps(self, say: Say) -> str:
         listed = systemctl("list-units", "--state=active", "--plain", "--no-legend", SWEEP_UNITS)

@@ -120,7 +120,8 @@ def printable(text: str) -> str:
 class CappedLog:
     """A trial's log file, appended to up to `limit` bytes; past it, one line says the rest was left out."""
 
-    def __init__(self, path: Path, limit: int = LOG_LIMIT_BYTES) -> None:
+    def __init__(self, path: Path, limit: int | None = None) -> None:
+        limit = LOG_LIMIT_BYTES if limit is None else limit
         self.path, self.limit, self.left = path, limit, limit
         self.full = False
 
